@@ -1,0 +1,20 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { createDb, migrateToLatest, type Db } from '../src/db/index.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    db: Db
+  }
+}
+
+/** Kysely over PostgreSQL or PGlite (https://kysely.dev); migrates to the latest schema at start. */
+async function dbPlugin (fastify: FastifyInstance): Promise<void> {
+  const db = createDb(fastify.config, (error) => fastify.log.error({ err: error }, 'idle database connection lost'))
+  fastify.addHook('onClose', async () => { await db.destroy() })
+  const applied = await migrateToLatest(db)
+  if (applied.length > 0) fastify.log.info({ migrations: applied }, 'database migrated')
+  fastify.decorate('db', db)
+}
+
+export default fp(dbPlugin, { name: 'db', dependencies: ['config'] })

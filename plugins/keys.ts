@@ -1,0 +1,30 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { durationToSeconds } from '../src/lib/duration.ts'
+import { SecretBox } from '../src/lib/secret-box.ts'
+import { ensureSigningKey, loadSigningKeys } from '../src/services/keys.ts'
+import { Keyring } from '../src/services/tokens.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    keys: Keyring
+  }
+}
+
+/** The signing keys: created on first start, loaded from `signing_keys`, published as the JWKS. */
+async function keysPlugin (fastify: FastifyInstance): Promise<void> {
+  const { config, db } = fastify
+  const box = new SecretBox(config.SECRET_KEY, 'signing-keys')
+  // A retired key verifies until the last token it signed has expired.
+  const keepRetiredS = Math.max(durationToSeconds(config.JWT_ACCESS_TOKEN_LIFETIME), durationToSeconds(config.JWT_REFRESH_TOKEN_LIFETIME))
+  await ensureSigningKey(db, box, config.JWT_ALGORITHM)
+  const keys = new Keyring({
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+    load: () => loadSigningKeys(db, box, keepRetiredS)
+  })
+  await keys.reload()
+  fastify.decorate('keys', keys)
+}
+
+export default fp(keysPlugin, { name: 'keys', dependencies: ['config', 'db'] })

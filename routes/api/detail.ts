@@ -1,0 +1,22 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { problems, UserSchema } from '../../src/schemas.ts'
+
+const detail: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get('/detail', {
+    onRequest: [fastify.authenticate],
+    schema: {
+      tags: ['account'],
+      summary: 'The signed-in user (Bearer access token or access cookie)',
+      security: [{ bearer: [] }, { cookie: [] }],
+      response: {
+        200: Type.Object({ message: Type.String(), user: UserSchema }),
+        ...problems(401)
+      }
+    }
+  }, async (request) => {
+    // authenticate has set the user, or answered 401.
+    return { message: 'Welcome to Page', user: request.user! }
+  })
+}
+
+export default detail

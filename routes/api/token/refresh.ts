@@ -1,0 +1,35 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { NotAuthenticatedError, TokenNotValidError } from '../../../src/errors.ts'
+import { problems, TokenPairSchema, TokenSchema } from '../../../src/schemas.ts'
+import { refreshSession } from '../../../src/services/sessions.ts'
+
+export const RefreshBodySchema = Type.Object({
+  refresh: Type.Optional(TokenSchema)
+}, { additionalProperties: false })
+
+const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/refresh', {
+    schema: {
+      tags: ['token'],
+      summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',
+      body: RefreshBodySchema,
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415) }
+    }
+  }, async (request, reply) => {
+    const fromCookie = request.body.refresh === undefined
+    const token = request.body.refresh ?? request.cookies[fastify.cookieNames.refresh]
+    if (token === undefined || token === '') throw new NotAuthenticatedError()
+
+    const claims = await fastify.keys.verify(token, 'refresh')
+    const outcome = await refreshSession(fastify.db, fastify.tokens, claims)
+    if (outcome.kind === 'reused') {
+      request.log.warn({ sessionId: outcome.sessionId, userId: outcome.userId }, 'refresh token reuse detected: session revoked')
+      if (fromCookie) reply.clearAuthCookies()
+      throw new TokenNotValidError()
+    }
+    if (fromCookie) reply.setAuthCookies(outcome.pair)
+    return { access: outcome.pair.access, refresh: outcome.pair.refresh }
+  })
+}
+
+export default refresh

@@ -1,0 +1,59 @@
+import { PGlite } from '@electric-sql/pglite'
+import { citext } from '@electric-sql/pglite/contrib/citext'
+import { Kysely, PGliteDialect, PostgresDialect } from 'kysely'
+import { Migrator, type MigrationResultSet } from 'kysely/migration'
+import pg from 'pg'
+import { join } from 'node:path'
+import { migrations } from '../../migrations/index.ts'
+import type { Config } from '../config.ts'
+import type { Database } from './types.ts'
+
+export type Db = Kysely<Database>
+
+type DbConfig = Pick<Config, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
+
+/** The PGlite data directory inside the data folder DB_NAME; `memory://` keeps it in memory. */
+export function pgliteDataDir (dbName: string): string {
+  return dbName.startsWith('memory://') ? dbName : join(dbName, 'pglite')
+}
+
+export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
+  if (config.DB_ENGINE === 'pglite') {
+    return new Kysely<Database>({
+      dialect: new PGliteDialect({ pglite: () => PGlite.create(pgliteDataDir(config.DB_NAME), { extensions: { citext } }) })
+    })
+  }
+  if (config.DATABASE_URL === undefined) {
+    throw new Error('DATABASE_URL is required when DB_ENGINE=postgres')
+  }
+  const pool = new pg.Pool({
+    connectionString: config.DATABASE_URL,
+    max: config.DB_POOL_MAX,
+    // A request waits this long for a connection, then answers 503 instead of hanging.
+    connectionTimeoutMillis: 5000
+  })
+  // An idle client losing its server must not crash the process: the next query reconnects.
+  pool.on('error', onPoolError)
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+}
+
+function migrator (db: Db): Migrator {
+  return new Migrator({ db, provider: { getMigrations: async () => migrations } })
+}
+
+function check ({ error, results }: MigrationResultSet): NonNullable<MigrationResultSet['results']> {
+  if (error !== undefined) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName
+    throw new Error(`migration ${failed ?? ''} failed: ${String(error)}`, { cause: error })
+  }
+  return results ?? []
+}
+
+/** Runs the pending migrations; Kysely holds an advisory lock meanwhile, so replicas take turns. */
+export async function migrateToLatest (db: Db): Promise<string[]> {
+  return check(await migrator(db).migrateToLatest()).map((r) => r.migrationName)
+}
+
+export async function migrateDown (db: Db): Promise<string[]> {
+  return check(await migrator(db).migrateDown()).map((r) => r.migrationName)
+}

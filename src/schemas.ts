@@ -1,0 +1,54 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+// Shared schema atoms; route-specific shapes stay in their route.
+
+/** Letters, digits and . + - _ (no @: an identifier with @ is always an email), NFKC-normalised by the service. */
+export const UsernameSchema = Type.String({ minLength: 1, maxLength: 150, pattern: '^[\\p{L}\\p{N}.+_-]+$' })
+export const EmailSchema = Type.String({ format: 'email', minLength: 3, maxLength: 254 })
+// The byte limit (72, bcrypt's) is checked by the password policy; this bounds the work first.
+// NUL is refused: bcrypt would stop reading at it.
+export const PasswordSchema = Type.String({ minLength: 1, maxLength: 256, pattern: '^[^\\u0000]*$' })
+/** A compact JWS: three base64url parts. */
+export const TokenSchema = Type.String({ minLength: 1, maxLength: 4096, pattern: '^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]*$' })
+
+/** A public JWK as the JWKS publishes it (RFC 7517 §4, RFC 7518 §6). */
+export const JwkSchema = Type.Object({
+  kty: Type.String(),
+  kid: Type.String(),
+  alg: Type.String(),
+  use: Type.Literal('sig'),
+  crv: Type.Optional(Type.String()),
+  x: Type.Optional(Type.String()),
+  y: Type.Optional(Type.String()),
+  n: Type.Optional(Type.String()),
+  e: Type.Optional(Type.String())
+})
+export type Jwk = Static<typeof JwkSchema>
+
+export const UserSchema = Type.Object({
+  id: Type.Integer(),
+  username: Type.String(),
+  email: Type.String()
+})
+export type User = Static<typeof UserSchema>
+
+export const TokenPairSchema = Type.Object({
+  refresh: Type.String(),
+  access: Type.String()
+})
+export type TokenPair = Static<typeof TokenPairSchema>
+
+/** RFC 9457 problem details, with simplejwt's `detail` and `code`. */
+export const ProblemSchema = Type.Object({
+  type: Type.String(),
+  title: Type.String(),
+  status: Type.Integer(),
+  detail: Type.String(),
+  code: Type.String(),
+  errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() })))
+})
+
+/** Response schemas for the error statuses a route can answer. */
+export function problems (...statuses: number[]): Record<number, typeof ProblemSchema> {
+  return Object.fromEntries(statuses.map((status) => [status, ProblemSchema]))
+}

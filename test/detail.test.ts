@@ -1,0 +1,67 @@
+import t from 'tap'
+import { build, login, postJson } from './helper.ts'
+
+t.test('detail', async (t) => {
+  const app = await build(t)
+
+  t.test('answers the user of a Bearer access token', async (t) => {
+    const { access, user } = await login(app)
+    const res = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })
+    t.equal(res.statusCode, 200)
+    t.same(res.json(), { message: 'Welcome to Page', user: { id: user.id, username: user.username, email: user.email } })
+  })
+
+  t.test('answers with a trailing slash and a lower-case scheme', async (t) => {
+    const { access } = await login(app)
+    const res = await app.inject({ url: '/api/detail/', headers: { authorization: `bearer ${access}` } })
+    t.equal(res.statusCode, 200)
+  })
+
+  t.test('answers the user of the access cookie', async (t) => {
+    const { user } = await login(app)
+    const res = await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
+    const cookie = (res.headers['set-cookie'] as string[]).find((c) => c.startsWith('__Host-access_token='))!.split(';')[0]!
+    const detail = await app.inject({ url: '/api/detail', headers: { cookie } })
+    t.equal(detail.statusCode, 200)
+    t.equal(detail.json().user.id, user.id)
+  })
+
+  t.test('without credentials: 401 not_authenticated with a bare Bearer challenge', async (t) => {
+    const res = await app.inject({ url: '/api/detail' })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'not_authenticated')
+    t.equal(res.headers['www-authenticate'], 'Bearer realm="authgate"')
+  })
+
+  t.test('a malformed Authorization header: 401 token_not_valid, error="invalid_token"', async (t) => {
+    for (const authorization of ['Bearer', 'Basic dXNlcjpwYXNz', 'Bearer a b', 'Token abc', 'Bearer not-a-jwt']) {
+      const res = await app.inject({ url: '/api/detail', headers: { authorization } })
+      t.equal(res.statusCode, 401, authorization)
+      t.equal(res.json().code, 'token_not_valid', authorization)
+      t.match(res.headers['www-authenticate'], /^Bearer realm="authgate", error="invalid_token"/)
+    }
+  })
+
+  t.test('a refresh token is not an access token', async (t) => {
+    const { refresh } = await login(app)
+    const res = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${refresh}` } })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_not_valid')
+  })
+
+  t.test('a deactivated user is refused at once', async (t) => {
+    const { access, user } = await login(app)
+    await app.db.updateTable('users').set({ is_active: false }).where('id', '=', user.id).execute()
+    const res = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })
+    t.equal(res.statusCode, 401)
+  })
+
+  t.test('a revoked session is refused at once', async (t) => {
+    const { access } = await login(app)
+    const { sid } = JSON.parse(Buffer.from(access.split('.')[1]!, 'base64url').toString())
+    await app.db.updateTable('sessions').set({ revoked_at: new Date() }).where('id', '=', sid).execute()
+    const res = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_not_valid')
+  })
+})

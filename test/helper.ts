@@ -1,0 +1,92 @@
+import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import fp from 'fastify-plugin'
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import type { Test } from 'tap'
+import app, { serverOptions } from '../src/app.ts'
+
+export const SECRET_KEY = 'test-secret-key-that-is-long-enough-for-production'
+
+/** A clock the tests move: tokens, grace periods and session ages follow it. */
+export class TestClock {
+  #ms = Date.now()
+  now = (): Date => new Date(this.#ms)
+  advance (seconds: number): void {
+    this.#ms += seconds * 1000
+  }
+}
+
+/**
+ * A fresh database for one app: PGlite in memory by default, or, with DB_ENGINE=postgres and
+ * DATABASE_URL, a new PostgreSQL database dropped at teardown.
+ */
+export async function freshDatabase (t: Test): Promise<Record<string, string>> {
+  if (process.env.DB_ENGINE !== 'postgres') return { DB_ENGINE: 'pglite', DB_NAME: 'memory://' }
+  const base = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
+  const name = `authgate_test_${randomBytes(6).toString('hex')}`
+  const admin = new pg.Client({ connectionString: base })
+  await admin.connect()
+  await admin.query(`create database ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const cleanup = new pg.Client({ connectionString: base })
+    await cleanup.connect()
+    await cleanup.query(`drop database if exists ${name} with (force)`)
+    await cleanup.end()
+  })
+  const url = new URL(base)
+  url.pathname = `/${name}`
+  return { DB_ENGINE: 'postgres', DATABASE_URL: url.toString() }
+}
+
+export interface BuildOptions {
+  env?: Record<string, string>
+  clock?: TestClock
+}
+
+/** The app as production builds it, on a fresh database, closed when the test ends. */
+export async function build (t: Test, { env = {}, clock = new TestClock() }: BuildOptions = {}): Promise<FastifyInstance> {
+  const fullEnv = {
+    NODE_ENV: 'test',
+    SECRET_KEY,
+    BCRYPT_COST: '4',
+    LOG_LEVEL: 'silent',
+    ...await freshDatabase(t),
+    ...env
+  }
+  const fastify = Fastify(serverOptions({ TRUST_PROXY: '', LOG_LEVEL: 'silent', DEBUG: false }))
+  t.teardown(() => fastify.close())
+  // fp: the tests reach the app's decorators (db, keys) as fastify-cli's helper does.
+  await fastify.register(fp(app), { env: fullEnv, now: clock.now })
+  await fastify.ready()
+  return fastify
+}
+
+let counter = 0
+/** A username and email no other test uses. */
+export function uniqueUser (prefix = 'user'): { username: string, email: string, password: string } {
+  const id = `${prefix}${process.pid}x${++counter}`
+  return { username: id, email: `${id}@example.com`, password: 'correct horse battery staple' }
+}
+
+export function postJson (fastify: FastifyInstance, url: string, payload: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  return fastify.inject({ method: 'POST', url, payload: payload as object, headers: { 'content-type': 'application/json', ...headers } })
+}
+
+export async function register (fastify: FastifyInstance, user = uniqueUser()): Promise<{ id: number, username: string, email: string, password: string }> {
+  const res = await postJson(fastify, '/api/auth/register', user)
+  if (res.statusCode !== 201) throw new Error(`register failed: ${res.statusCode} ${res.body}`)
+  return { ...user, id: res.json().user.id }
+}
+
+export async function login (fastify: FastifyInstance, user?: { username: string, password: string }): Promise<{ access: string, refresh: string, user: { id: number, username: string, email: string, password: string } }> {
+  const registered = user === undefined ? await register(fastify) : { ...uniqueUser(), ...user, id: 0 }
+  const res = await postJson(fastify, '/api/auth/login', { identifier: registered.username, password: registered.password })
+  if (res.statusCode !== 200) throw new Error(`login failed: ${res.statusCode} ${res.body}`)
+  return { ...res.json(), user: registered }
+}
+
+/** The claims of a JWT, without verifying it. */
+export function claimsOf (token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString())
+}

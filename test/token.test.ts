@@ -1,0 +1,171 @@
+import t from 'tap'
+import { build, claimsOf, login, postJson, register, TestClock } from './helper.ts'
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+
+t.test('token endpoints', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock })
+
+  t.test('POST /api/token answers a pair without cookies, with and without the slash', async (t) => {
+    const user = await register(app)
+    for (const url of ['/api/token', '/api/token/']) {
+      const res = await postJson(app, url, { username: user.username, password: user.password })
+      t.equal(res.statusCode, 200, url)
+      t.same(Object.keys(res.json()).sort(), ['access', 'refresh'])
+      t.equal(res.headers['set-cookie'], undefined)
+    }
+    const wrong = await postJson(app, '/api/token', { username: user.username, password: 'wrong password here' })
+    t.equal(wrong.statusCode, 401)
+    t.equal(wrong.json().code, 'invalid_credentials')
+  })
+
+  t.test('tokens carry the simplejwt claims and the added ones', async (t) => {
+    const { access, refresh, user } = await login(app)
+    const a = claimsOf(access)
+    const r = claimsOf(refresh)
+    t.match(a, { token_type: 'access', user_id: user.id, sub: String(user.id), sid: String, jti: String, iat: Number, exp: Number, iss: 'authgate', aud: 'authgate' })
+    t.match(r, { token_type: 'refresh', user_id: user.id, sid: a.sid })
+    t.equal((a.exp as number) - (a.iat as number), 300)
+    t.equal((r.exp as number) - (r.iat as number), 86400)
+    t.not(a.jti, r.jti)
+    const header = JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString())
+    t.same(Object.keys(header).sort(), ['alg', 'kid', 'typ'])
+    t.match(header, { alg: 'ES256', typ: 'JWT', kid: app.keys.jwks.keys[0]!.kid })
+  })
+
+  t.test('refresh with the body rotates the pair and sets no cookies', async (t) => {
+    const { refresh } = await login(app)
+    const res = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(res.statusCode, 200)
+    const pair = res.json()
+    t.same(Object.keys(pair).sort(), ['access', 'refresh'])
+    t.not(pair.refresh, refresh)
+    t.equal(claimsOf(pair.refresh).sid, claimsOf(refresh).sid, 'same session')
+    t.equal(res.headers['set-cookie'], undefined)
+    t.equal((await app.inject({ url: '/api/detail', headers: bearer(pair.access) })).statusCode, 200)
+    t.equal((await postJson(app, '/api/token/refresh/', { refresh: pair.refresh })).statusCode, 200, 'the new one refreshes, with a slash too')
+  })
+
+  t.test('refresh with the cookie rotates and sets the cookies again', async (t) => {
+    const user = await register(app)
+    const loginRes = await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
+    const cookie = (loginRes.headers['set-cookie'] as string[]).find((c) => c.startsWith('__Secure-refresh_token='))!.split(';')[0]!
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie })
+    t.equal(res.statusCode, 200)
+    const setCookies = res.headers['set-cookie'] as string[]
+    t.equal(setCookies.length, 2)
+    t.ok(setCookies.some((c) => c.startsWith(`__Secure-refresh_token=${res.json().refresh};`)))
+    t.ok(setCookies.some((c) => c.startsWith(`__Host-access_token=${res.json().access};`)))
+  })
+
+  t.test('refresh without any token: 401 not_authenticated', async (t) => {
+    const res = await postJson(app, '/api/token/refresh', {})
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'not_authenticated')
+  })
+
+  t.test('an access token cannot refresh', async (t) => {
+    const { access } = await login(app)
+    const res = await postJson(app, '/api/token/refresh', { refresh: access })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_not_valid')
+  })
+
+  t.test('a used token presented again within the grace gets the same child pair', async (t) => {
+    const { refresh } = await login(app)
+    const first = await postJson(app, '/api/token/refresh', { refresh })
+    clock.advance(9)
+    const again = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(again.statusCode, 200)
+    t.same(again.json(), first.json())
+    t.equal((await app.inject({ url: '/api/detail', headers: bearer(first.json().access) })).statusCode, 200, 'the session lives on')
+  })
+
+  t.test('a used refresh token revokes the session after the grace period', async (t) => {
+    const { refresh, access } = await login(app)
+    const first = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(first.statusCode, 200)
+    clock.advance(11)
+    const reuse = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(reuse.statusCode, 401)
+    t.equal(reuse.json().code, 'token_not_valid')
+    const sid = claimsOf(refresh).sid as string
+    const session = await app.db.selectFrom('sessions').select('revoked_at').where('id', '=', sid).executeTakeFirstOrThrow()
+    t.type(session.revoked_at, Date, 'the revocation is committed')
+    for (const token of [access, first.json().access]) {
+      t.equal((await app.inject({ url: '/api/detail', headers: bearer(token) })).statusCode, 401, 'every access token of the session stops')
+    }
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: first.json().refresh })).statusCode, 401, 'the child is dead too')
+  })
+
+  t.test('reuse through the cookie clears the cookies', async (t) => {
+    const { refresh } = await login(app)
+    await postJson(app, '/api/token/refresh', { refresh })
+    clock.advance(11)
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${refresh}` })
+    t.equal(res.statusCode, 401)
+    t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)
+  })
+
+  t.test('concurrent refreshes of one token never mint two families', async (t) => {
+    const { refresh } = await login(app)
+    const results = await Promise.all(Array.from({ length: 10 }, () => postJson(app, '/api/token/refresh', { refresh })))
+    t.same(results.map((r) => r.statusCode), Array(10).fill(200))
+    const children = new Set(results.map((r) => r.json().refresh))
+    t.equal(children.size, 1, 'every caller got the one child pair')
+    const rows = await app.db.selectFrom('refresh_tokens').select('jti').where('session_id', '=', claimsOf(refresh).sid as string).execute()
+    t.equal(rows.length, 2, 'the parent and one child')
+  })
+
+  t.test('an expired refresh token is refused with token_expired', async (t) => {
+    const { refresh } = await login(app)
+    clock.advance(-86400 - 60)
+    const old = await login(app)
+    clock.advance(86400 + 60)
+    const res = await postJson(app, '/api/token/refresh', { refresh: old.refresh })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_expired')
+    t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 200)
+  })
+
+  t.test('a session cannot be refreshed past its absolute lifetime (30 days)', async (t) => {
+    const { refresh } = await login(app)
+    const sessionEnd = (claimsOf(refresh).iat as number) + 30 * 86400
+    let token = refresh
+    let refreshes = 0
+    for (;;) {
+      clock.advance(86400 - 60)
+      const res = await postJson(app, '/api/token/refresh', { refresh: token })
+      if (res.statusCode !== 200) {
+        t.equal(res.statusCode, 401)
+        break
+      }
+      token = res.json().refresh
+      refreshes++
+      t.ok((claimsOf(token).exp as number) <= sessionEnd, 'no refresh token outlives the session')
+    }
+    t.equal(refreshes, 30, 'a refresh a day for 30 days, then no more')
+  })
+
+  t.test('verify answers {} for a live token of either type', async (t) => {
+    const { access, refresh } = await login(app)
+    for (const token of [access, refresh]) {
+      const res = await postJson(app, '/api/token/verify', { token })
+      t.equal(res.statusCode, 200)
+      t.same(res.json(), {})
+    }
+    t.equal((await postJson(app, '/api/token/verify/', { token: access })).statusCode, 200)
+  })
+
+  t.test('verify answers 401 for a token of a revoked session and for garbage', async (t) => {
+    const { access } = await login(app)
+    await app.db.updateTable('sessions').set({ revoked_at: new Date() }).where('id', '=', claimsOf(access).sid as string).execute()
+    const revoked = await postJson(app, '/api/token/verify', { token: access })
+    t.equal(revoked.statusCode, 401)
+    t.equal(revoked.json().code, 'token_not_valid')
+    const garbage = await postJson(app, '/api/token/verify', { token: 'a.b.c' })
+    t.equal(garbage.statusCode, 401)
+    t.equal(garbage.json().code, 'token_not_valid')
+  })
+})
