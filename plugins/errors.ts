@@ -74,7 +74,9 @@ function sendProblem (reply: FastifyReply, problem: Problem): FastifyReply {
 async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.setErrorHandler(function (error: FastifyError, request, reply) {
     const problem = toProblem(error)
-    if (problem.status >= 500) {
+    if (problem.status === 503) {
+      request.log.warn({ err: error }, 'service unavailable')
+    } else if (problem.status >= 500) {
       request.log.error({ err: error }, 'request failed')
     } else if (problem.code === 'bad_request' || problem.code === 'invalid_json') {
       request.log.info({ err: { message: error.message, code: error.code } }, 'bad request')

@@ -12,7 +12,12 @@ declare module 'fastify' {
 }
 
 /** The signing keys: created on first start, loaded from `signing_keys`, published as the JWKS. */
-async function keysPlugin (fastify: FastifyInstance): Promise<void> {
+export interface KeysPluginOptions {
+  /** The clock; tests move it instead of sleeping. */
+  now?: () => Date
+}
+
+async function keysPlugin (fastify: FastifyInstance, opts: KeysPluginOptions): Promise<void> {
   const { config, db } = fastify
   const box = new SecretBox(config.SECRET_KEY, 'signing-keys')
   // A retired key verifies until the last token it signed has expired.
@@ -21,7 +26,8 @@ async function keysPlugin (fastify: FastifyInstance): Promise<void> {
   const keys = new Keyring({
     issuer: config.JWT_ISSUER,
     audience: config.JWT_AUDIENCE,
-    load: () => loadSigningKeys(db, box, keepRetiredS)
+    load: () => loadSigningKeys(db, box, keepRetiredS),
+    now: opts.now
   })
   await keys.reload()
   fastify.decorate('keys', keys)

@@ -4,9 +4,10 @@ import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import type { ConfigPluginOptions } from '../plugins/config.ts'
 import type { AuthPluginOptions } from '../plugins/auth.ts'
+import type { KeysPluginOptions } from '../plugins/keys.ts'
 import type { Config } from './config.ts'
 
-export type AppOptions = ConfigPluginOptions & AuthPluginOptions
+export type AppOptions = ConfigPluginOptions & KeysPluginOptions & AuthPluginOptions
 
 const root = join(import.meta.dirname, '..')
 

@@ -17,11 +17,14 @@ export class TestClock {
 }
 
 /**
- * A fresh database for one app: PGlite in memory by default, or, with DB_ENGINE=postgres and
- * DATABASE_URL, a new PostgreSQL database dropped at teardown.
+ * A fresh database: PGlite in memory (or in a test folder) by default, or, with
+ * DB_ENGINE=postgres and DATABASE_URL, a new PostgreSQL database dropped at teardown.
  */
-export async function freshDatabase (t: Test): Promise<Record<string, string>> {
-  if (process.env.DB_ENGINE !== 'postgres') return { DB_ENGINE: 'pglite', DB_NAME: 'memory://' }
+export async function freshDatabase (t: Test, { onDisk = false } = {}): Promise<Record<string, string>> {
+  if (process.env.DB_ENGINE !== 'postgres') {
+    // On disk, it outlives an app, so that a second one can open it.
+    return { DB_ENGINE: 'pglite', DB_NAME: onDisk ? t.testdir() : 'memory://' }
+  }
   const base = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
   const name = `authgate_test_${randomBytes(6).toString('hex')}`
   const admin = new pg.Client({ connectionString: base })
@@ -40,20 +43,23 @@ export async function freshDatabase (t: Test): Promise<Record<string, string>> {
 }
 
 export interface BuildOptions {
-  env?: Record<string, string>
+  /** Variables over the test defaults; undefined removes one. */
+  env?: Record<string, string | undefined>
   clock?: TestClock
+  /** The database variables, to share one database between apps; a fresh one when absent. */
+  database?: Record<string, string>
 }
 
 /** The app as production builds it, on a fresh database, closed when the test ends. */
-export async function build (t: Test, { env = {}, clock = new TestClock() }: BuildOptions = {}): Promise<FastifyInstance> {
-  const fullEnv = {
+export async function build (t: Test, { env = {}, clock = new TestClock(), database }: BuildOptions = {}): Promise<FastifyInstance> {
+  const fullEnv = Object.fromEntries(Object.entries({
     NODE_ENV: 'test',
     SECRET_KEY,
     BCRYPT_COST: '4',
     LOG_LEVEL: 'silent',
-    ...await freshDatabase(t),
+    ...database ?? await freshDatabase(t),
     ...env
-  }
+  }).filter(([, value]) => value !== undefined))
   const fastify = Fastify(serverOptions({ TRUST_PROXY: '', LOG_LEVEL: 'silent', DEBUG: false }))
   t.teardown(() => fastify.close())
   // fp: the tests reach the app's decorators (db, keys) as fastify-cli's helper does.

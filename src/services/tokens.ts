@@ -25,6 +25,7 @@ export interface KeyringOptions {
   load: () => Promise<SigningKey[]>
   /** At most one reload for an unknown kid in this many milliseconds: a flood of forged kids cannot hammer the database. */
   reloadIntervalMs?: number
+  now?: () => Date
 }
 
 type Verifier = (token: string) => Record<string, unknown>
@@ -50,6 +51,10 @@ export class Keyring {
     this.#options = options
   }
 
+  #now (): number {
+    return this.#options.now?.().getTime() ?? Date.now()
+  }
+
   get jwks (): { keys: Jwk[] } {
     return this.#jwks
   }
@@ -69,7 +74,7 @@ export class Keyring {
       cache: 1000
     }) as Verifier]))
     this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
-    this.#lastReload = Date.now()
+    this.#lastReload = this.#now()
   }
 
   sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
@@ -111,7 +116,7 @@ export class Keyring {
 
   // A kid this replica has not seen may come from a key another replica created: look once.
   async #verifierAfterReload (kid: string): Promise<Verifier | undefined> {
-    if (Date.now() - this.#lastReload >= (this.#options.reloadIntervalMs ?? 10_000)) {
+    if (this.#now() - this.#lastReload >= (this.#options.reloadIntervalMs ?? 10_000)) {
       this.#reloading ??= this.reload().finally(() => { this.#reloading = undefined })
       await this.#reloading
     }

@@ -1,0 +1,116 @@
+import { createPublicKey } from 'node:crypto'
+import { createVerifier } from 'fast-jwt'
+import t from 'tap'
+import { SecretBox } from '../src/lib/secret-box.ts'
+import { ensureSigningKey } from '../src/services/keys.ts'
+import { build, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
+
+t.test('JWKS and signing keys', async (t) => {
+  const app = await build(t)
+
+  t.test('the JWKS publishes the public ES256 key, cacheable, with and without the slash', async (t) => {
+    for (const url of ['/.well-known/jwks.json', '/.well-known/jwks.json/']) {
+      const res = await app.inject({ url })
+      t.equal(res.statusCode, 200)
+      t.equal(res.headers['cache-control'], 'public, max-age=300')
+      const { keys } = res.json()
+      t.equal(keys.length, 1)
+      t.same(Object.keys(keys[0]).sort(), ['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y'], 'public parts only: no d')
+      t.match(keys[0], { kty: 'EC', crv: 'P-256', alg: 'ES256', use: 'sig', kid: String })
+    }
+  })
+
+  t.test('another service verifies an access token with nothing but the JWKS', async (t) => {
+    const { access, user } = await login(app)
+    const { keys } = (await app.inject({ url: '/.well-known/jwks.json' })).json()
+    const header = JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString())
+    const jwk = keys.find((k: { kid: string }) => k.kid === header.kid)
+    const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
+    const claims = createVerifier({ key: pem, algorithms: ['ES256'], allowedIss: 'authgate', allowedAud: 'authgate' })(access)
+    t.match(claims, { user_id: user.id, token_type: 'access' })
+  })
+
+  t.test('the private key is stored encrypted', async (t) => {
+    const rows = await app.db.selectFrom('signing_keys').selectAll().execute()
+    t.equal(rows.length, 1)
+    t.match(rows[0]!.private_key_enc, /^v1\./)
+    t.notMatch(rows[0]!.private_key_enc, /PRIVATE KEY/)
+    t.notMatch(JSON.stringify(rows[0]!.public_jwk), /"d"/)
+  })
+
+  t.test('replicas creating the first key at once create one', async (t) => {
+    await app.db.deleteFrom('signing_keys').execute()
+    const box = new SecretBox(SECRET_KEY, 'signing-keys')
+    const kids = await Promise.all(Array.from({ length: 5 }, () => ensureSigningKey(app.db, box, 'ES256')))
+    t.equal(new Set(kids).size, 1)
+    t.equal((await app.db.selectFrom('signing_keys').select('kid').execute()).length, 1)
+  })
+})
+
+t.test('two instances starting together on one database make one key', async (t) => {
+  if (process.env.DB_ENGINE !== 'postgres') {
+    t.pass('PGlite is one process\'s database: only PostgreSQL has replicas')
+    return
+  }
+  const database = await freshDatabase(t)
+  const [a, b] = await Promise.all([build(t, { database }), build(t, { database })])
+  t.same(a.keys.jwks, b.keys.jwks)
+  t.equal(a.keys.jwks.keys.length, 1)
+  const token = await login(a)
+  t.equal((await b.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token.access}` } })).statusCode, 200, 'one replica verifies what the other signed')
+})
+
+t.test('a key created by another replica after start is found by its kid', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock })
+  const { access } = await login(app)
+  // Another replica rotates: this one has not loaded the new key yet.
+  const box = new SecretBox(SECRET_KEY, 'signing-keys')
+  await ensureSigningKey(app.db, box, 'ES256', { rotate: true })
+  const { default: { createSigner } } = await import('fast-jwt')
+  const { loadSigningKeys } = await import('../src/services/keys.ts')
+  const [newest] = await loadSigningKeys(app.db, box, 86400)
+  const claims = JSON.parse(Buffer.from(access.split('.')[1]!, 'base64url').toString())
+  const token = createSigner({ key: newest!.privateKey, algorithm: 'ES256', kid: newest!.kid })(claims)
+  t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })).statusCode, 401, 'within 10 s of the last load, an unknown kid costs no query')
+  clock.advance(10)
+  t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })).statusCode, 200, 'new kid: reloaded')
+  t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200, 'the retired key still verifies')
+  t.equal(app.keys.jwks.keys.length, 2, 'both keys in the JWKS')
+})
+
+for (const [alg, kty] of [['EdDSA', 'OKP'], ['RS256', 'RSA']] as const) {
+  t.test(`JWT_ALGORITHM=${alg} signs, verifies and publishes ${kty} keys`, async (t) => {
+    const app = await build(t, { env: { JWT_ALGORITHM: alg } })
+    const { access } = await login(app)
+    t.equal(JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString()).alg, alg)
+    t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
+    t.match(app.keys.jwks.keys, [{ kty, alg }])
+  })
+}
+
+t.test('JWT_ALGORITHM=HS256 works and publishes no key', async (t) => {
+  const app = await build(t, { env: { JWT_ALGORITHM: 'HS256' } })
+  const { access } = await login(app)
+  t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
+  t.same((await app.inject({ url: '/.well-known/jwks.json' })).json(), { keys: [] })
+})
+
+t.test('changing JWT_ALGORITHM retires the old key, whose tokens keep working', async (t) => {
+  const database = await freshDatabase(t, { onDisk: true })
+  const first = await build(t, { database })
+  const { access } = await login(first)
+  await first.close()
+  const second = await build(t, { database, env: { JWT_ALGORITHM: 'EdDSA' } })
+  t.equal((await second.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
+  const { access: fresh } = await login(second)
+  t.equal(JSON.parse(Buffer.from(fresh.split('.')[0]!, 'base64url').toString()).alg, 'EdDSA')
+  t.same(second.keys.jwks.keys.map((k) => k.alg).sort(), ['ES256', 'EdDSA'])
+})
+
+t.test('a different SECRET_KEY cannot open the stored keys: the start fails and says why', async (t) => {
+  const database = await freshDatabase(t, { onDisk: true })
+  const first = await build(t, { database })
+  await first.close()
+  await t.rejects(build(t, { database, env: { SECRET_KEY: 'another-secret-key-of-sufficient-length-x' } }), /SECRET_KEY is not the one/)
+})
