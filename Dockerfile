@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# authgate: Node.js 24 runs the TypeScript sources directly (type stripping): no build step.
+
+FROM node:24-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
+FROM node:24-bookworm-slim
+ENV NODE_ENV=production \
+    HOST=0.0.0.0 \
+    PORT=3000 \
+    DB_NAME=/app/data
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json ./
+COPY src ./src
+COPY plugins ./plugins
+COPY routes ./routes
+COPY migrations ./migrations
+# The embedded engine's data folder, for a single container without PostgreSQL.
+RUN mkdir -p /app/data && chown node:node /app/data
+VOLUME ["/app/data"]
+USER node
+EXPOSE 3000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/health/ready').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+# Migrations run at start, under a lock, so replicas can start together.
+CMD ["node", "src/server.ts"]

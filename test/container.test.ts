@@ -1,0 +1,89 @@
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { parse } from 'yaml'
+import { freshDatabase } from './helper.ts'
+
+// No Docker engine runs here: what the image and compose file would run is run as they say it,
+// against the local PostgreSQL instead of the compose service.
+
+async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  return port
+}
+
+const dockerfile = await readFile('Dockerfile', 'utf8')
+const compose = parse(await readFile('docker-compose.yml', 'utf8'))
+
+/** The JSON-form CMD of the final stage, or of its HEALTHCHECK. */
+function jsonCommand (of: 'CMD' | 'HEALTHCHECK'): string[] {
+  const pattern = of === 'CMD' ? /^CMD (\[.*\])$/gm : /^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$/gm
+  const match = [...dockerfile.matchAll(pattern)].at(-1)
+  if (match === undefined) throw new Error(`no ${of} in the Dockerfile`)
+  return JSON.parse(match[1]!)
+}
+
+function dockerfileEnv (): Record<string, string> {
+  const block = /^ENV ((?:.*\\\n)*.*)$/m.exec(dockerfile)![1]!
+  return Object.fromEntries([...block.matchAll(/([A-Z_]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]))
+}
+
+t.test('the image command with the compose environment serves, migrates, and passes its HEALTHCHECK', async (t) => {
+  if (process.env.DB_ENGINE !== 'postgres') {
+    t.pass('compose runs PostgreSQL: checked in the PostgreSQL run')
+    return
+  }
+  const port = String(await freePort())
+  const database = await freshDatabase(t)
+  const composeEnv = compose.services.authgate.environment as Record<string, string>
+  // ${VAR:-default} as compose resolves it with VAR unset.
+  const resolved = Object.fromEntries(Object.entries(composeEnv).map(([k, v]) => [k, String(v).replace(/\$\{[A-Z_]+:-([^}]*)\}/g, '$1')]))
+  const env: Record<string, string> = {
+    PATH: process.env.PATH!,
+    ...dockerfileEnv(),
+    ...resolved,
+    DATABASE_URL: database.DATABASE_URL!,
+    HOST: '127.0.0.1',
+    PORT: port
+  }
+  t.equal(env.NODE_ENV, 'production')
+  t.equal(env.DB_ENGINE, 'postgres')
+
+  const [command, ...args] = jsonCommand('CMD')
+  t.same([command, ...args], ['node', 'src/server.ts'])
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (chunk) => { output += chunk })
+  child.stderr.on('data', (chunk) => { output += chunk })
+  t.teardown(() => { child.kill('SIGKILL') })
+  for (let i = 0; i < 600 && !output.includes('Server listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.match(output, /database migrated/)
+
+  const [, ...check] = jsonCommand('HEALTHCHECK')
+  await t.resolves(promisify(execFile)(process.execPath, check, { env: { PATH: env.PATH!, PORT: port } }), 'HEALTHCHECK exits 0')
+  child.kill('SIGTERM')
+  t.equal((await once(child, 'exit'))[0], 0)
+})
+
+t.test('the compose file wires authgate to a healthy PostgreSQL', async (t) => {
+  const { authgate, postgres } = compose.services
+  t.same(authgate.depends_on, { postgres: { condition: 'service_healthy' } })
+  t.ok(postgres.healthcheck.test.join(' ').includes('pg_isready'))
+  const url = new URL(authgate.environment.DATABASE_URL)
+  t.equal(url.hostname, 'postgres')
+  t.equal(url.username, postgres.environment.POSTGRES_USER)
+  t.equal(url.password, postgres.environment.POSTGRES_PASSWORD)
+  t.equal(url.pathname, `/${postgres.environment.POSTGRES_DB}`)
+})
+
+t.test('the image runs as a non-root user and ignores local state', async (t) => {
+  t.match(dockerfile, /^USER node$/m)
+  const ignored = (await readFile('.dockerignore', 'utf8')).split('\n')
+  for (const path of ['node_modules', 'data', '.env']) t.ok(ignored.includes(path), path)
+})
