@@ -38,6 +38,8 @@ export function serverOptions (config: Pick<Config, 'TRUST_PROXY' | 'LOG_LEVEL' 
     // Behind a gateway, its request id follows the request into the logs.
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
+    // Starting may wait for PGlite's first initdb, or for another replica's migrations.
+    pluginTimeout: 120_000,
     connectionTimeout: 10_000,
     requestTimeout: 30_000,
     keepAliveTimeout: 72_000,

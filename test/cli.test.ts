@@ -8,7 +8,7 @@ const cli = (env: Record<string, string>, ...args: string[]) =>
   run(process.execPath, ['src/cli.ts', ...args], { env: { ...process.env, ...env, LOG_LEVEL: 'silent' } })
 
 t.test('npm run migrate applies, reports up to date, and migrate:down undoes', async (t) => {
-  const database = await freshDatabase(t, { onDisk: true })
+  const database = await freshDatabase(t)
   t.match((await cli(database, 'migrate')).stdout, /applied: 0001-initial/)
   t.match((await cli(database, 'migrate')).stdout, /database is up to date/)
   t.match((await cli(database, 'migrate:down')).stdout, /undone: 0001-initial/)

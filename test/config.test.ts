@@ -43,7 +43,7 @@ t.test('in development a missing SECRET_KEY is generated once into the data fold
     t.pass('the data folder is PGlite\'s')
     return
   }
-  const database = await freshDatabase(t, { onDisk: true })
+  const database = await freshDatabase(t)
   const first = await build(t, { database, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })
   t.equal(first.config.SECRET_KEY.length >= 32, true)
   await first.close()

@@ -1,9 +1,14 @@
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { cp, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import pg from 'pg'
 import type { Test } from 'tap'
 import app, { serverOptions } from '../src/app.ts'
+import { pgliteDataDir } from '../src/db/index.ts'
 
 export const SECRET_KEY = 'test-secret-key-that-is-long-enough-for-production'
 
@@ -16,14 +21,22 @@ export class TestClock {
   }
 }
 
+/** An initialised PGlite cluster, made once per run by test/pglite-template.ts. */
+export const PGLITE_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-template')
+
 /**
- * A fresh database: PGlite in memory (or in a test folder) by default, or, with
- * DB_ENGINE=postgres and DATABASE_URL, a new PostgreSQL database dropped at teardown.
+ * A fresh database: a PGlite data folder (a copy of the template, removed at teardown) by
+ * default, or, with DB_ENGINE=postgres and DATABASE_URL, a new PostgreSQL database dropped
+ * at teardown.
  */
-export async function freshDatabase (t: Test, { onDisk = false } = {}): Promise<Record<string, string>> {
+export async function freshDatabase (t: Test): Promise<Record<string, string>> {
   if (process.env.DB_ENGINE !== 'postgres') {
-    // On disk, it outlives an app, so that a second one can open it.
-    return { DB_ENGINE: 'pglite', DB_NAME: onDisk ? t.testdir() : 'memory://' }
+    const folder = await mkdtemp(join(tmpdir(), 'authgate-test-'))
+    // Teardowns run last-registered first: the app closes before its folder goes.
+    t.teardown(() => rm(folder, { recursive: true, force: true }))
+    // Without the template (a test file run by node alone), PGlite runs initdb itself.
+    if (existsSync(PGLITE_TEMPLATE)) await cp(PGLITE_TEMPLATE, pgliteDataDir(folder), { recursive: true })
+    return { DB_ENGINE: 'pglite', DB_NAME: folder }
   }
   const base = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
   const name = `authgate_test_${randomBytes(6).toString('hex')}`

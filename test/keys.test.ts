@@ -97,7 +97,7 @@ t.test('JWT_ALGORITHM=HS256 works and publishes no key', async (t) => {
 })
 
 t.test('changing JWT_ALGORITHM retires the old key, whose tokens keep working', async (t) => {
-  const database = await freshDatabase(t, { onDisk: true })
+  const database = await freshDatabase(t)
   const first = await build(t, { database })
   const { access } = await login(first)
   await first.close()
@@ -109,7 +109,7 @@ t.test('changing JWT_ALGORITHM retires the old key, whose tokens keep working', 
 })
 
 t.test('a different SECRET_KEY cannot open the stored keys: the start fails and says why', async (t) => {
-  const database = await freshDatabase(t, { onDisk: true })
+  const database = await freshDatabase(t)
   const first = await build(t, { database })
   await first.close()
   await t.rejects(build(t, { database, env: { SECRET_KEY: 'another-secret-key-of-sufficient-length-x' } }), /SECRET_KEY is not the one/)
