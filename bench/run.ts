@@ -1,0 +1,115 @@
+// Throughput of authgate's endpoints, measured with autocannon against the real server.
+// Every figure is also given as a ratio to /health/live measured in the same run (the
+// floor of Fastify + hooks on this machine), since a shared machine's absolute numbers drift.
+//
+//   npm run bench                      embedded PGlite, in a temporary folder
+//   DB_ENGINE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench
+//   BENCH_DURATION=10 BENCH_CONNECTIONS=20 npm run bench
+import autocannon, { type Options } from 'autocannon'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const duration = Number(process.env.BENCH_DURATION ?? 5)
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 10)
+const bcryptCost = process.env.BCRYPT_COST ?? '12'
+
+async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  return port
+}
+
+const port = await freePort()
+const base = `http://127.0.0.1:${port}`
+const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
+const server = spawn(process.execPath, ['src/server.ts'], {
+  env: {
+    ...process.env,
+    NODE_ENV: 'production',
+    SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+    DB_NAME: process.env.DB_ENGINE === 'postgres' ? (process.env.DB_NAME ?? 'test') : folder,
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    LOG_LEVEL: 'warn',
+    BCRYPT_COST: bcryptCost
+  },
+  stdio: ['ignore', 'inherit', 'inherit']
+})
+const stop = async (): Promise<void> => {
+  server.kill('SIGTERM')
+  await once(server, 'exit')
+  await rm(folder, { recursive: true, force: true })
+}
+
+try {
+  for (let i = 0; ; i++) {
+    const ready = await fetch(`${base}/health/ready`).then((r) => r.ok, () => false)
+    if (ready) break
+    if (i > 600) throw new Error('the server did not start')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+
+  const post = async (path: string, body: unknown): Promise<Record<string, string>> => {
+    const res = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`)
+    return await res.json() as Record<string, string>
+  }
+  const user = { username: `bench${Date.now()}`, email: `bench${Date.now()}@example.com`, password: 'correct horse battery staple' }
+  await post('/api/auth/register', user)
+  const credentials = { identifier: user.username, password: user.password }
+  const { access } = await post('/api/auth/login', credentials)
+  // Sessions to refresh: each request takes a token from the pool and its answer returns the
+  // successor. autocannon prepares a connection's next request before the answer arrives, so
+  // the pool holds more sessions than there are connections.
+  const refreshPool: string[] = []
+  for (let i = 0; i < 4 * connections; i++) refreshPool.push((await post('/api/token', { username: user.username, password: user.password })).refresh!)
+
+  const json = { 'content-type': 'application/json' }
+  const scenarios: Array<[string, Partial<Options>]> = [
+    ['GET /health/live (baseline)', { url: `${base}/health/live` }],
+    ['GET /health/ready (one query)', { url: `${base}/health/ready` }],
+    ['GET /.well-known/jwks.json', { url: `${base}/.well-known/jwks.json` }],
+    ['GET /api/detail (Bearer)', { url: `${base}/api/detail`, headers: { authorization: `Bearer ${access}` } }],
+    ['POST /api/token/verify', { url: `${base}/api/token/verify`, method: 'POST', headers: json, body: JSON.stringify({ token: access }) }],
+    ['POST /api/token/refresh (rotation)', {
+      url: `${base}/api/token/refresh`,
+      requests: [{
+        method: 'POST',
+        headers: json,
+        setupRequest: (request) => ({ ...request, body: JSON.stringify({ refresh: refreshPool.shift() }) }),
+        onResponse: (status, body) => { if (status === 200) refreshPool.push(JSON.parse(body).refresh) }
+      }]
+    }],
+    [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, { url: `${base}/api/auth/login`, method: 'POST', headers: json, body: JSON.stringify(credentials) }]
+  ]
+
+  // Warm-up, not measured: the JIT and the connection pool settle first.
+  for (const [, options] of scenarios.slice(0, -1)) await autocannon({ duration: 1, connections, ...options } as Options)
+
+  const rows: Array<{ scenario: string, 'req/s': number, 'vs baseline': string, 'p50 ms': number, 'p99 ms': number, non2xx: number, errors: number }> = []
+  let baseline = 0
+  for (const [scenario, options] of scenarios) {
+    const result = await autocannon({ duration, connections, ...options } as Options)
+    const rps = result.requests.average
+    if (baseline === 0) baseline = rps
+    rows.push({
+      scenario,
+      'req/s': Math.round(rps),
+      'vs baseline': (rps / baseline).toFixed(3),
+      'p50 ms': result.latency.p50,
+      'p99 ms': result.latency.p99,
+      non2xx: result.non2xx,
+      errors: result.errors
+    })
+  }
+  console.log(`\nauthgate on ${process.env.DB_ENGINE ?? 'pglite'}, node ${process.version}, ${connections} connections, ${duration} s each`)
+  console.table(rows)
+} finally {
+  await stop()
+}
