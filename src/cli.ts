@@ -1,30 +1,29 @@
 import envSchema from 'env-schema'
 import { ConfigSchema, type Config } from './config.ts'
-import { createDb, migrateDown, migrateToLatest } from './db/index.ts'
+import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
   migrate:down    undo the latest migration`
 
-const commands: Record<string, (config: Config) => Promise<string>> = {
-  async migrate (config) {
-    const db = createDb(config)
-    try {
-      const applied = await migrateToLatest(db)
-      return applied.length === 0 ? 'database is up to date' : `applied: ${applied.join(', ')}`
-    } finally {
-      await db.destroy()
-    }
-  },
-  async 'migrate:down' (config) {
-    const db = createDb(config)
-    try {
-      const undone = await migrateDown(db)
-      return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
-    } finally {
-      await db.destroy()
-    }
+async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise<T> {
+  const db = createDb(config)
+  try {
+    return await work(db)
+  } finally {
+    await db.destroy()
   }
+}
+
+const commands: Record<string, (config: Config) => Promise<string>> = {
+  migrate: (config) => withDb(config, async (db) => {
+    const applied = await migrateToLatest(db)
+    return applied.length === 0 ? 'database is up to date' : `applied: ${applied.join(', ')}`
+  }),
+  'migrate:down': (config) => withDb(config, async (db) => {
+    const undone = await migrateDown(db)
+    return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
+  })
 }
 
 const command = commands[process.argv[2] ?? '']
