@@ -6,6 +6,7 @@ import { durationToSeconds } from '../src/lib/duration.ts'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import type { TokenPair, User } from '../src/schemas.ts'
 import { findSessionUser, type TokenContext } from '../src/services/sessions.ts'
+import { dummyHash } from '../src/services/users.ts'
 
 export interface AuthenticatedUser extends User {
   sessionId: string
@@ -41,6 +42,8 @@ const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i
 async function authPlugin (fastify: FastifyInstance, opts: AuthPluginOptions): Promise<void> {
   const { config, db, keys } = fastify
   await fastify.register(cookie)
+
+  await dummyHash(config.BCRYPT_COST)
 
   const tokens: TokenContext = {
     keys,

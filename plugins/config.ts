@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ConfigSchema, type Config } from '../src/config.ts'
+import { durationToSeconds } from '../src/lib/duration.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -18,6 +19,8 @@ export interface ConfigPluginOptions {
 }
 
 const MIN_SECRET_LENGTH = 32
+const DURATIONS = ['JWT_ACCESS_TOKEN_LIFETIME', 'JWT_REFRESH_TOKEN_LIFETIME', 'AUTH_SESSION_MAX_LIFETIME'] as const
+const MAX_DURATION_S = 3650 * 86400
 
 // In development a missing SECRET_KEY is generated once into the data folder, so tokens and
 // encrypted keys survive restarts; in production it must be given, and long.
@@ -42,7 +45,9 @@ async function developmentSecret (fastify: FastifyInstance, config: Config): Pro
 
 /** Reads and validates the configuration (https://github.com/fastify/fastify-env). */
 async function configPlugin (fastify: FastifyInstance, opts: ConfigPluginOptions): Promise<void> {
-  await fastify.register(fastifyEnv, { schema: ConfigSchema, data: opts.env ?? process.env, dotenv: opts.env === undefined })
+  // Given variables are the whole configuration: the process environment is not merged in.
+  const fromProcess = opts.env === undefined
+  await fastify.register(fastifyEnv, { schema: ConfigSchema, data: opts.env ?? {}, env: fromProcess, dotenv: fromProcess })
   const config = fastify.config as Config
   if (config.SECRET_KEY === undefined) {
     if (config.NODE_ENV === 'production') throw new Error('SECRET_KEY is required when NODE_ENV=production')
@@ -50,8 +55,9 @@ async function configPlugin (fastify: FastifyInstance, opts: ConfigPluginOptions
   } else if (config.NODE_ENV === 'production' && config.SECRET_KEY.length < MIN_SECRET_LENGTH) {
     throw new Error(`SECRET_KEY must be at least ${MIN_SECRET_LENGTH} characters when NODE_ENV=production`)
   }
-  if (config.DB_ENGINE === 'postgres' && config.DATABASE_URL === undefined) {
-    throw new Error('DATABASE_URL is required when DB_ENGINE=postgres')
+  for (const name of DURATIONS) {
+    const seconds = durationToSeconds(config[name])
+    if (seconds < 1 || seconds > MAX_DURATION_S) throw new Error(`${name} must be between 1s and 3650d, not ${config[name]}`)
   }
   if (config.COOKIE_SAMESITE === 'none' && !config.COOKIE_SECURE) {
     throw new Error('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')

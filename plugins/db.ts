@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import { createDb, migrateToLatest, type Db } from '../src/db/index.ts'
+import { createDb, foldsCase, migrateToLatest, type Db } from '../src/db/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -14,6 +14,9 @@ async function dbPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.addHook('onClose', async () => { await db.destroy() })
   const applied = await migrateToLatest(db)
   if (applied.length > 0) fastify.log.info({ migrations: applied }, 'database migrated')
+  if (!await foldsCase(db)) {
+    fastify.log.warn('the database locale folds only ASCII letters: usernames and emails differing in the case of other letters count as different; use a UTF-8 LC_CTYPE')
+  }
   fastify.decorate('db', db)
 }
 

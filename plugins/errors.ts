@@ -11,17 +11,19 @@ interface Problem {
 }
 
 // Fastify's own 4xx errors, as stable codes and plain sentences.
-const FASTIFY_ERRORS: Record<string, Omit<Problem, 'status'>> = {
+const FASTIFY_ERRORS = new Map<string, Omit<Problem, 'status'>>(Object.entries({
   FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: 'unsupported_media_type', detail: 'Request bodies must be application/json.' },
   FST_ERR_CTP_BODY_TOO_LARGE: { code: 'payload_too_large', detail: 'The request body is too large.' },
   FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_json', detail: 'The request body is empty; send a JSON object.' },
   FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_json', detail: 'The request body is not valid JSON.' },
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'bad_request', detail: 'Content-Length does not match the body.' },
   FST_ERR_CTP_INVALID_TYPE: { code: 'unsupported_media_type', detail: 'The Content-Type header is not valid.' }
-}
+}))
 
-// Errors of a database that cannot be reached: the request may succeed later, so 503.
-const UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300'])
+// Errors of a database that cannot be reached or is overloaded: the request may succeed
+// later, so 503. SQLSTATE 08xxx connection, 57P0x shutdown, 53300 too many connections,
+// 57014 statement timeout, 55P03 lock timeout.
+const UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300', '57014', '55P03'])
 function isDatabaseUnavailable (error: FastifyError): boolean {
   const code = (error as { code?: unknown }).code
   return (typeof code === 'string' && (UNAVAILABLE.has(code) || code.startsWith('08'))) ||
@@ -46,7 +48,7 @@ function toProblem (error: FastifyError): Problem {
     return { status: 400, code: 'validation_failed', detail: error.message, errors: error.errors }
   }
   if (isDomainError(error)) return { status: error.statusCode, code: error.code.toLowerCase(), detail: error.message }
-  const known = FASTIFY_ERRORS[error.code]
+  const known = FASTIFY_ERRORS.get(error.code)
   const status = error.statusCode ?? 500
   if (known !== undefined) return { status, ...known }
   if (status < 500 && status >= 400) {

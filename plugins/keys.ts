@@ -11,12 +11,18 @@ declare module 'fastify' {
   }
 }
 
-/** The signing keys: created on first start, loaded from `signing_keys`, published as the JWKS. */
 export interface KeysPluginOptions {
   /** The clock; tests move it instead of sleeping. */
   now?: () => Date
 }
 
+// Another replica may rotate the key: every replica picks up the newest one within this time.
+const RELOAD_INTERVAL_MS = 60_000
+
+/**
+ * The signing keys: created on first start, loaded from `signing_keys`, published as the JWKS;
+ * signing and verification with fast-jwt (https://github.com/nearform/fast-jwt).
+ */
 async function keysPlugin (fastify: FastifyInstance, opts: KeysPluginOptions): Promise<void> {
   const { config, db } = fastify
   const box = new SecretBox(config.SECRET_KEY, 'signing-keys')
@@ -30,6 +36,10 @@ async function keysPlugin (fastify: FastifyInstance, opts: KeysPluginOptions): P
     now: opts.now
   })
   await keys.reload()
+  const timer = setInterval(() => {
+    keys.reload().catch((error: unknown) => fastify.log.warn({ err: error }, 'reloading the signing keys failed'))
+  }, RELOAD_INTERVAL_MS).unref()
+  fastify.addHook('onClose', async () => { clearInterval(timer) })
   fastify.decorate('keys', keys)
 }
 

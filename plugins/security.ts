@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { UnsupportedMediaTypeError } from '../src/errors.ts'
 
-const JSON_TYPE = /^application\/(?:[a-z0-9.+-]+\+)?json\s*(?:;|$)/i
+const JSON_TYPE = /^application\/json\s*(?:;|$)/i
 
 /** Security headers (https://github.com/fastify/fastify-helmet) and JSON-only state changes. */
 async function securityPlugin (fastify: FastifyInstance): Promise<void> {

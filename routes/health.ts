@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { sql } from 'kysely'
 import { ServiceUnavailableError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
+import { pingDatabase } from '../src/services/health.ts'
 
 const StatusSchema = Type.Object({ status: Type.Literal('ok') })
 
@@ -17,7 +17,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: { tags: ['health'], summary: 'The database answers', response: { 200: StatusSchema, ...problems(503) } }
   }, async (request) => {
     try {
-      await sql`select 1`.execute(fastify.db)
+      await pingDatabase(fastify.db)
     } catch (error) {
       request.log.warn({ err: error }, 'readiness check failed')
       throw new ServiceUnavailableError()

@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 
 // Seconds ("300") or a number with a unit ("15m", "7d"), as the seed's settings accepted.
 const Duration = (defaultValue: string) =>
-  Type.String({ pattern: '^[0-9]+[smhd]?$', default: defaultValue })
+  Type.String({ pattern: '^[0-9]{1,10}[smhd]?$', default: defaultValue })
 
 /** The one configuration schema: read from the environment (or .env) by @fastify/env. */
 export const ConfigSchema = Type.Object({

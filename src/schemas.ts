@@ -5,9 +5,15 @@ import { Type, type Static } from '@sinclair/typebox'
 /** Letters, digits and . + - _ (no @: an identifier with @ is always an email), NFKC-normalised by the service. */
 export const UsernameSchema = Type.String({ minLength: 1, maxLength: 150, pattern: '^[\\p{L}\\p{N}.+_-]+$' })
 export const EmailSchema = Type.String({ format: 'email', minLength: 3, maxLength: 254 })
+// Refuses NUL (bcrypt stops reading at it; PostgreSQL text cannot hold it) and lone UTF-16
+// surrogates (they would all encode as U+FFFD: two different passwords would be one). Ajv
+// compiles patterns with the u flag, so a surrogate pair is one code point and passes.
+const WELL_FORMED_TEXT = '^[^\\u0000\\uD800-\\uDFFF]+$'
+
 // The byte limit (72, bcrypt's) is checked by the password policy; this bounds the work first.
-// NUL is refused: bcrypt would stop reading at it.
-export const PasswordSchema = Type.String({ minLength: 1, maxLength: 256, pattern: '^[^\\u0000]*$' })
+export const PasswordSchema = Type.String({ minLength: 1, maxLength: 256, pattern: WELL_FORMED_TEXT })
+/** A username, or an email (it contains @). */
+export const IdentifierSchema = Type.String({ minLength: 1, maxLength: 254, pattern: WELL_FORMED_TEXT })
 /** A compact JWS: three base64url parts. */
 export const TokenSchema = Type.String({ minLength: 1, maxLength: 4096, pattern: '^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]*$' })
 
@@ -48,7 +54,7 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() })))
 })
 
-/** Response schemas for the error statuses a route can answer. */
+/** Response schemas for the error statuses a route can answer; any route can answer 500. */
 export function problems (...statuses: number[]): Record<number, typeof ProblemSchema> {
-  return Object.fromEntries(statuses.map((status) => [status, ProblemSchema]))
+  return Object.fromEntries([...statuses, 500].map((status) => [status, ProblemSchema]))
 }

@@ -13,7 +13,14 @@ try {
 }
 
 const fastify = Fastify(serverOptions(config))
-await fastify.register(app, { env: config })
+try {
+  await fastify.register(app, { env: config })
+  await fastify.ready()
+} catch (error) {
+  fastify.log.fatal({ err: error }, 'could not start')
+  console.error(`authgate: could not start: ${(error as Error).message}`)
+  process.exit(1)
+}
 
 // SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close the pool; then exit.
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {

@@ -13,21 +13,25 @@ t.test('durations are seconds or a number with s, m, h or d', async (t) => {
 })
 
 t.test('a bad value stops the start with a message naming the variable', async (t) => {
-  const cases: Array<[Record<string, string>, RegExp]> = [
+  const cases: Array<[Record<string, string | undefined>, RegExp]> = [
     [{ PORT: 'abc' }, /PORT/],
     [{ PORT: '70000' }, /PORT/],
     [{ JWT_ACCESS_TOKEN_LIFETIME: '5 minutes' }, /JWT_ACCESS_TOKEN_LIFETIME/],
     [{ JWT_REFRESH_TOKEN_LIFETIME: '-1d' }, /JWT_REFRESH_TOKEN_LIFETIME/],
+    [{ JWT_ACCESS_TOKEN_LIFETIME: '0' }, /JWT_ACCESS_TOKEN_LIFETIME must be between 1s and 3650d/],
+    [{ AUTH_SESSION_MAX_LIFETIME: '3651d' }, /AUTH_SESSION_MAX_LIFETIME must be between 1s and 3650d/],
+    [{ AUTH_SESSION_MAX_LIFETIME: '99999999999d' }, /AUTH_SESSION_MAX_LIFETIME/],
     [{ BCRYPT_COST: '3' }, /BCRYPT_COST/],
     [{ DB_ENGINE: 'mysql' }, /DB_ENGINE/],
     [{ JWT_ALGORITHM: 'none' }, /JWT_ALGORITHM/],
     [{ COOKIE_SAMESITE: 'sometimes' }, /COOKIE_SAMESITE/],
     [{ COOKIE_SECURE: 'maybe' }, /COOKIE_SECURE/],
     [{ COOKIE_SAMESITE: 'none', COOKIE_SECURE: 'false' }, /COOKIE_SAMESITE=none requires COOKIE_SECURE/],
-    [{ DB_ENGINE: 'postgres', DATABASE_URL: '' }, /DATABASE_URL/]
+    [{ DB_ENGINE: 'postgres', DATABASE_URL: '' }, /DATABASE_URL/],
+    [{ DB_ENGINE: 'postgres', DATABASE_URL: undefined }, /DATABASE_URL is required when DB_ENGINE=postgres/]
   ]
   for (const [env, message] of cases) {
-    await t.rejects(build(t, { env, database: { DB_ENGINE: 'pglite', DB_NAME: 'memory://', ...env } }), message, JSON.stringify(env))
+    await t.rejects(build(t, { env, database: { DB_ENGINE: 'pglite', DB_NAME: 'memory://' } }), message, JSON.stringify(env))
   }
 })
 
@@ -44,8 +48,10 @@ t.test('in development a missing SECRET_KEY is generated once into the data fold
     return
   }
   const database = await freshDatabase(t)
-  const first = await build(t, { database, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })
+  const logLines: string[] = []
+  const first = await build(t, { database, logLines, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })
   t.equal(first.config.SECRET_KEY.length >= 32, true)
+  t.ok(logLines.map((l) => JSON.parse(l)).some((e) => e.level === 40 && e.msg === 'SECRET_KEY is not set: generated one into the data folder (development only)'), 'with a warning')
   await first.close()
   const file = join(database.DB_NAME!, 'secret_key')
   t.equal((await stat(file)).mode & 0o777, 0o600, 'readable by the owner only')

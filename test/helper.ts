@@ -61,10 +61,12 @@ export interface BuildOptions {
   clock?: TestClock
   /** The database variables, to share one database between apps; a fresh one when absent. */
   database?: Record<string, string>
+  /** Collects the app's log lines (level info) instead of discarding them. */
+  logLines?: string[]
 }
 
 /** The app as production builds it, on a fresh database, closed when the test ends. */
-export async function build (t: Test, { env = {}, clock = new TestClock(), database }: BuildOptions = {}): Promise<FastifyInstance> {
+export async function build (t: Test, { env = {}, clock = new TestClock(), database, logLines }: BuildOptions = {}): Promise<FastifyInstance> {
   const fullEnv = Object.fromEntries(Object.entries({
     NODE_ENV: 'test',
     SECRET_KEY,
@@ -73,7 +75,11 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
     ...database ?? await freshDatabase(t),
     ...env
   }).filter(([, value]) => value !== undefined))
-  const fastify = Fastify(serverOptions({ TRUST_PROXY: '', LOG_LEVEL: 'silent', DEBUG: false }))
+  const options = serverOptions({ TRUST_PROXY: '', LOG_LEVEL: logLines === undefined ? 'silent' : 'info', DEBUG: false })
+  if (logLines !== undefined) {
+    options.logger = { ...options.logger as object, stream: { write: (line: string) => { logLines.push(line) } } }
+  }
+  const fastify = Fastify(options)
   t.teardown(() => fastify.close())
   // fp: the tests reach the app's decorators (db, keys) as fastify-cli's helper does.
   await fastify.register(fp(app), { env: fullEnv, now: clock.now })

@@ -71,7 +71,6 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
       const res = await app.inject({ method: 'POST', url: '/api/auth/login', payload: body, headers: { 'content-type': 'application/json' } })
       t.equal(res.statusCode, 400, body)
       t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
-      t.equal(({} as Record<string, unknown>).isAdmin, undefined, 'no pollution')
     }
   })
 
@@ -133,9 +132,31 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
     }
   })
 
-  t.test('JSON with a charset, and application/*+json, are JSON', async (t) => {
-    const res = await app.inject({ method: 'POST', url: '/api/token/verify', payload: '{"token":"a.b.c"}', headers: { 'content-type': 'application/json; charset=utf-8' } })
+  t.test('JSON with a charset is JSON; other JSON-like types are not', async (t) => {
+    const payload = '{"token":"a.b.c"}'
+    const res = await app.inject({ method: 'POST', url: '/api/token/verify', payload, headers: { 'content-type': 'application/json; charset=utf-8' } })
     t.equal(res.statusCode, 401)
+    const vendor = await app.inject({ method: 'POST', url: '/api/token/verify', payload, headers: { 'content-type': 'application/vnd.api+json' } })
+    expectProblem(t, vendor, 415, 'unsupported_media_type', 'application/vnd.api+json')
+  })
+
+  t.test('lone UTF-16 surrogates are refused; surrogate pairs are fine', async (t) => {
+    for (const [url, body] of [
+      ['/api/auth/register', { ...uniqueUser(), password: 'correct horse \ud800 battery' }],
+      ['/api/auth/login', { identifier: 'lone\udfffsurrogate', password: 'correct horse battery' }],
+      ['/api/auth/login', { identifier: 'someone', password: 'abc\udbffdefghijk' }]
+    ] as Array<[string, unknown]>) {
+      expectProblem(t, await postJson(app, url, body), 400, 'validation_failed', `${url} ${JSON.stringify(body)}`)
+    }
+    const emoji = await postJson(app, '/api/auth/register', { ...uniqueUser(), password: '😀 correct horse 🐎' })
+    t.equal(emoji.statusCode, 201)
+  })
+
+  t.test('HEAD and OPTIONS get answers, never a 500', async (t) => {
+    t.equal((await app.inject({ method: 'HEAD', url: '/health/live' })).statusCode, 200)
+    const options = await app.inject({ method: 'OPTIONS', url: '/api/auth/login' })
+    t.equal(options.statusCode, 404)
+    t.equal(options.json().code, 'not_found')
   })
 
   t.test('an unknown route: 404 in the same shape', async (t) => {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, claimsOf, postJson, register } from './helper.ts'
+import { build, claimsOf, postJson, register, uniqueUser } from './helper.ts'
 
 function cookieMap (setCookie: string | string[] | undefined): Map<string, string> {
   const list = Array.isArray(setCookie) ? setCookie : setCookie === undefined ? [] : [setCookie]
@@ -54,6 +54,15 @@ t.test('login', async (t) => {
       detail: 'No active account found with the given credentials',
       code: 'invalid_credentials'
     })
+  })
+
+  t.test('a password over 72 bytes never matches on its first 72 (bcrypt truncation)', async (t) => {
+    const password = 'é'.repeat(36)
+    const long = await register(app, { ...uniqueUser(), password })
+    t.equal((await postJson(app, '/api/auth/login', { identifier: long.username, password })).statusCode, 200)
+    const res = await postJson(app, '/api/auth/login', { identifier: long.username, password: password + 'XYZ' })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'invalid_credentials')
   })
 
   t.test('an inactive account cannot sign in', async (t) => {

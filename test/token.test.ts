@@ -158,6 +158,38 @@ t.test('token endpoints', async (t) => {
     t.equal((await postJson(app, '/api/token/verify/', { token: access })).statusCode, 200)
   })
 
+  t.test('verify answers 401 for a refresh token already rotated', async (t) => {
+    const { refresh } = await login(app)
+    t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 200)
+    const res = await postJson(app, '/api/token/verify', { token: refresh })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_not_valid')
+  })
+
+  t.test('tokens expire by the clock: access after 5 minutes, refresh after a day', async (t) => {
+    const { access, refresh } = await login(app)
+    clock.advance(299)
+    t.equal((await app.inject({ url: '/api/detail', headers: bearer(access) })).statusCode, 200)
+    clock.advance(1)
+    const expired = await app.inject({ url: '/api/detail', headers: bearer(access) })
+    t.equal(expired.statusCode, 401)
+    t.equal(expired.json().code, 'token_expired')
+    clock.advance(86400 - 300)
+    const res = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_expired')
+  })
+
+  t.test('a refresh cookie that can no longer refresh is cleared', async (t) => {
+    const { refresh } = await login(app)
+    await app.db.updateTable('sessions').set({ revoked_at: new Date() }).where('id', '=', claimsOf(refresh).sid as string).execute()
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${refresh}` })
+    t.equal(res.statusCode, 401)
+    const cleared = (res.headers['set-cookie'] as string[]).join('\n')
+    t.match(cleared, /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)
+    t.match(cleared, /__Host-access_token=;.*Expires=Thu, 01 Jan 1970/)
+  })
+
   t.test('verify answers 401 for a token of a revoked session and for garbage', async (t) => {
     const { access } = await login(app)
     await app.db.updateTable('sessions').set({ revoked_at: new Date() }).where('id', '=', claimsOf(access).sid as string).execute()

@@ -10,7 +10,7 @@ const detail: FastifyPluginAsyncTypebox = async (fastify) => {
       security: [{ bearer: [] }, { cookie: [] }],
       response: {
         200: Type.Object({ message: Type.String(), user: UserSchema }),
-        ...problems(401)
+        ...problems(401, 503)
       }
     }
   }, async (request) => {

@@ -1,6 +1,6 @@
 import { PGlite } from '@electric-sql/pglite'
 import { citext } from '@electric-sql/pglite/contrib/citext'
-import { Kysely, PGliteDialect, PostgresDialect } from 'kysely'
+import { Kysely, PGliteDialect, PostgresDialect, sql } from 'kysely'
 import { Migrator, type MigrationResultSet } from 'kysely/migration'
 import pg from 'pg'
 import { join } from 'node:path'
@@ -29,11 +29,17 @@ export function createDb (config: DbConfig, onPoolError: (error: Error) => void 
   const pool = new pg.Pool({
     connectionString: config.DATABASE_URL,
     max: config.DB_POOL_MAX,
-    // A request waits this long for a connection, then answers 503 instead of hanging.
-    connectionTimeoutMillis: 5000
+    // A request waits at most this long for a connection, a lock or a statement, then
+    // answers 503 instead of hanging.
+    connectionTimeoutMillis: 5000,
+    lock_timeout: 5000,
+    statement_timeout: 10_000,
+    idle_in_transaction_session_timeout: 30_000
   })
-  // An idle client losing its server must not crash the process: the next query reconnects.
+  // A client losing its server (restart, failover) must not crash the process: an idle one is
+  // the pool's, a checked-out one fails its query (503) and the next query reconnects.
   pool.on('error', onPoolError)
+  pool.on('connect', (client) => client.on('error', onPoolError))
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
 }
 
@@ -44,7 +50,8 @@ function migrator (db: Db): Migrator {
 function check ({ error, results }: MigrationResultSet): NonNullable<MigrationResultSet['results']> {
   if (error !== undefined) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName
-    throw new Error(`migration ${failed ?? ''} failed: ${String(error)}`, { cause: error })
+    const message = error instanceof Error ? error.message : String(error)
+    throw new Error(failed === undefined ? `database migration failed: ${message}` : `migration ${failed} failed: ${message}`, { cause: error })
   }
   return results ?? []
 }
@@ -52,6 +59,12 @@ function check ({ error, results }: MigrationResultSet): NonNullable<MigrationRe
 /** Runs the pending migrations; Kysely holds an advisory lock meanwhile, so replicas take turns. */
 export async function migrateToLatest (db: Db): Promise<string[]> {
   return check(await migrator(db).migrateToLatest()).map((r) => r.migrationName)
+}
+
+/** Whether citext compares non-ASCII letters without regard to case: not on a C-locale cluster. */
+export async function foldsCase (db: Db): Promise<boolean> {
+  const { rows } = await sql<{ folds: boolean }>`select 'É'::citext = 'é'::citext as folds`.execute(db)
+  return rows[0]?.folds === true
 }
 
 export async function migrateDown (db: Db): Promise<string[]> {

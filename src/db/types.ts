@@ -1,4 +1,4 @@
-import type { ColumnType, Generated, Insertable, Selectable } from 'kysely'
+import type { ColumnType, Generated, Selectable } from 'kysely'
 
 type Timestamp = ColumnType<Date, Date | string, Date | string>
 
@@ -49,7 +49,4 @@ export interface Database {
   signing_keys: SigningKeysTable
 }
 
-export type UserRow = Selectable<UsersTable>
-export type NewUserRow = Insertable<UsersTable>
-export type SessionRow = Selectable<SessionsTable>
 export type SigningKeyRow = Selectable<SigningKeysTable>

@@ -35,7 +35,7 @@ function generate (alg: Algorithm): { privatePem: string, publicJwk: Record<stri
 }
 
 function fromRow (row: SigningKeyRow, box: SecretBox): SigningKey {
-  const privateKey = box.open(row.private_key_enc)
+  const privateKey = box.open(row.private_key_enc, row.kid)
   const alg = row.alg as Algorithm
   return {
     kid: row.kid,
@@ -77,7 +77,7 @@ export async function ensureSigningKey (
       alg,
       // An explicit cast: pg and PGlite serialise a bare parameter for jsonb differently.
       public_jwk: publicJwk === null ? null : sql<Record<string, unknown>>`cast(${JSON.stringify(publicJwk)} as jsonb)`,
-      private_key_enc: box.seal(privatePem),
+      private_key_enc: box.seal(privatePem, kid),
       created_at: now,
       retired_at: null
     }).execute()
@@ -96,12 +96,4 @@ export async function loadSigningKeys (db: Kysely<Database>, box: SecretBox, kee
     .orderBy('created_at', 'desc')
     .execute()
   return rows.map((row) => fromRow(row, box))
-}
-
-/** Deletes keys retired so long ago that no token they signed can still be live. */
-export async function deleteRetiredKeys (db: Kysely<Database>, keepRetiredS: number, now = new Date()): Promise<number> {
-  const result = await db.deleteFrom('signing_keys')
-    .where('retired_at', '<=', new Date(now.getTime() - keepRetiredS * 1000))
-    .executeTakeFirst()
-  return Number(result.numDeletedRows)
 }

@@ -84,7 +84,7 @@ export async function refreshSession (db: Db, ctx: TokenContext, claims: TokenCl
       const refreshExpires = new Date(Math.min(addSeconds(now, ctx.refreshTtlS).getTime(), row.expires_at.getTime()))
       const pair = signPair(ctx, row.user_id, claims.sid, jti, now, refreshExpires)
       await trx.updateTable('refresh_tokens')
-        .set({ used_at: now, successor_enc: ctx.box.seal(JSON.stringify(pair)) })
+        .set({ used_at: now, successor_enc: ctx.box.seal(JSON.stringify(pair), claims.jti) })
         .where('jti', '=', claims.jti)
         .execute()
       await trx.insertInto('refresh_tokens').values({ jti, session_id: claims.sid, issued_at: now, expires_at: refreshExpires }).execute()
@@ -93,7 +93,7 @@ export async function refreshSession (db: Db, ctx: TokenContext, claims: TokenCl
     }
 
     if (row.successor_enc !== null && now.getTime() - row.used_at.getTime() <= ctx.reuseGraceS * 1000) {
-      return { kind: 'rotated', pair: JSON.parse(ctx.box.open(row.successor_enc)) as TokenPair }
+      return { kind: 'rotated', pair: JSON.parse(ctx.box.open(row.successor_enc, claims.jti)) as TokenPair }
     }
 
     await trx.updateTable('sessions').set({ revoked_at: now }).where('id', '=', claims.sid).execute()
@@ -114,4 +114,19 @@ export async function findSessionUser (db: Db, sessionId: string, userId: number
     .where('s.expires_at', '>', now)
     .where('u.is_active', '=', true)
     .executeTakeFirst()
+}
+
+/**
+ * Whether a verified token is still live: its session active and, for a refresh token, not
+ * yet used (a rotated refresh token is spent, whatever its exp says).
+ */
+export async function isTokenLive (db: Db, claims: TokenClaims, now: Date): Promise<boolean> {
+  if (await findSessionUser(db, claims.sid, claims.user_id, now) === undefined) return false
+  if (claims.token_type === 'access') return true
+  const token = await db.selectFrom('refresh_tokens')
+    .select('used_at')
+    .where('jti', '=', claims.jti)
+    .where('session_id', '=', claims.sid)
+    .executeTakeFirst()
+  return token !== undefined && token.used_at === null
 }

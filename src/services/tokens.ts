@@ -1,4 +1,4 @@
-import { createDecoder, createSigner, createVerifier, TokenError } from 'fast-jwt'
+import { createDecoder, createSigner, createVerifier } from 'fast-jwt'
 import { TokenExpiredError, TokenNotValidError } from '../errors.ts'
 import type { Jwk } from '../schemas.ts'
 import type { SigningKey } from './keys.ts'
@@ -71,6 +71,8 @@ export class Keyring {
       allowedIss: iss,
       allowedAud: aud,
       requiredClaims: REQUIRED_CLAIMS,
+      // Expiry is checked below against the injectable clock.
+      ignoreExpiration: true,
       cache: 1000
     }) as Verifier]))
     this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
@@ -102,10 +104,11 @@ export class Keyring {
     let claims: Record<string, unknown>
     try {
       claims = verifier(token)
-    } catch (error) {
-      if (error instanceof TokenError && error.code === TokenError.codes.expired) throw new TokenExpiredError()
+    } catch {
       throw new TokenNotValidError()
     }
+    // RFC 7519 §4.1.4: expired once the current time is at or after exp.
+    if (typeof claims.exp !== 'number' || claims.exp * 1000 <= this.#now()) throw new TokenExpiredError()
     if (!(type === undefined ? claims.token_type === 'access' || claims.token_type === 'refresh' : claims.token_type === type) ||
         !Number.isSafeInteger(claims.user_id) ||
         typeof claims.sid !== 'string' || typeof claims.jti !== 'string') {
@@ -115,9 +118,11 @@ export class Keyring {
   }
 
   // A kid this replica has not seen may come from a key another replica created: look once.
+  // A failed look counts too, so an unreachable database is not asked again on every request.
   async #verifierAfterReload (kid: string): Promise<Verifier | undefined> {
     if (this.#now() - this.#lastReload >= (this.#options.reloadIntervalMs ?? 10_000)) {
-      this.#reloading ??= this.reload().finally(() => { this.#reloading = undefined })
+      this.#lastReload = this.#now()
+      this.#reloading ??= this.reload().catch(() => {}).finally(() => { this.#reloading = undefined })
       await this.#reloading
     }
     return this.#verifiers.get(kid)

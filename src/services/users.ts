@@ -1,7 +1,7 @@
 import bcrypt from 'bcrypt'
 import type { Db } from '../db/index.ts'
 import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, ValidationFailedError, type FieldError } from '../errors.ts'
-import { passwordProblems } from '../lib/password-policy.ts'
+import { MAX_PASSWORD_BYTES, passwordProblems } from '../lib/password-policy.ts'
 import type { User } from '../schemas.ts'
 
 const USERNAME_PATTERN = /^[\p{L}\p{N}.+_-]{1,150}$/u
@@ -48,7 +48,8 @@ export async function registerUser (db: Db, input: Registration, bcryptCost: num
 // Compared against when the account does not exist, so that an unknown user costs one bcrypt
 // comparison like a wrong password does: the answer's timing tells nothing.
 const dummyHashes = new Map<number, Promise<string>>()
-function dummyHash (cost: number): Promise<string> {
+/** The hash an unknown user's password is compared with; made at start, not on the first login. */
+export function dummyHash (cost: number): Promise<string> {
   let hash = dummyHashes.get(cost)
   if (hash === undefined) {
     hash = bcrypt.hash('authgate timing equaliser', cost)
@@ -68,8 +69,11 @@ export async function authenticateUser (db: Db, identifier: string, password: st
     .where(byEmail ? 'email' : 'username', '=', byEmail ? identifier : normalizeUsername(identifier))
     .executeTakeFirst()
 
-  const matches = await bcrypt.compare(password, row?.password_hash ?? await dummyHash(bcryptCost))
-  if (row === undefined || !matches || !row.is_active) throw new InvalidCredentialsError()
+  // bcrypt reads 72 bytes: a longer password would match on its first 72. Refused, after the
+  // same comparison as any other failure.
+  const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
+  const matches = await bcrypt.compare(password, row === undefined || tooLong ? await dummyHash(bcryptCost) : row.password_hash)
+  if (row === undefined || tooLong || !matches || !row.is_active) throw new InvalidCredentialsError()
 
   const rehash = bcrypt.getRounds(row.password_hash) !== bcryptCost ? await bcrypt.hash(password, bcryptCost) : undefined
   await db.updateTable('users')

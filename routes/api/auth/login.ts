@@ -1,10 +1,10 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
+import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
 import { startSession } from '../../../src/services/sessions.ts'
 import { authenticateUser } from '../../../src/services/users.ts'
 
 export const LoginBodySchema = Type.Object({
-  identifier: Type.String({ minLength: 1, maxLength: 254, pattern: '^[^\\u0000]+$', description: 'Username, or email (contains @)' }),
+  identifier: IdentifierSchema,
   password: PasswordSchema
 }, { additionalProperties: false })
 
@@ -14,7 +14,7 @@ const login: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',
       body: LoginBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {
     const { db, config, tokens } = fastify

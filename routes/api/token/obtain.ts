@@ -1,10 +1,11 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
+import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
 import { startSession } from '../../../src/services/sessions.ts'
 import { authenticateUser } from '../../../src/services/users.ts'
 
 export const ObtainBodySchema = Type.Object({
-  username: Type.String({ minLength: 1, maxLength: 254, pattern: '^[^\\u0000]+$', description: 'Username (an email is accepted too)' }),
+  // simplejwt's field name; an email is accepted too.
+  username: IdentifierSchema,
   password: PasswordSchema
 }, { additionalProperties: false })
 
@@ -15,7 +16,7 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
       body: ObtainBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request) => {
     const { db, config, tokens } = fastify

@@ -13,22 +13,27 @@ const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',
       body: RefreshBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined
     const token = request.body.refresh ?? request.cookies[fastify.cookieNames.refresh]
     if (token === undefined || token === '') throw new NotAuthenticatedError()
 
-    const claims = await fastify.keys.verify(token, 'refresh')
-    const outcome = await refreshSession(fastify.db, fastify.tokens, claims)
-    if (outcome.kind === 'reused') {
-      request.log.warn({ sessionId: outcome.sessionId, userId: outcome.userId }, 'refresh token reuse detected: session revoked')
-      if (fromCookie) reply.clearAuthCookies()
-      throw new TokenNotValidError()
+    try {
+      const claims = await fastify.keys.verify(token, 'refresh')
+      const outcome = await refreshSession(fastify.db, fastify.tokens, claims)
+      if (outcome.kind === 'reused') {
+        request.log.warn({ sessionId: outcome.sessionId, userId: outcome.userId }, 'refresh token reuse detected: session revoked')
+        throw new TokenNotValidError()
+      }
+      if (fromCookie) reply.setAuthCookies(outcome.pair)
+      return { access: outcome.pair.access, refresh: outcome.pair.refresh }
+    } catch (error) {
+      // A refresh cookie that cannot refresh any more is of no use to the browser.
+      if (fromCookie && (error as { statusCode?: number }).statusCode === 401) reply.clearAuthCookies()
+      throw error
     }
-    if (fromCookie) reply.setAuthCookies(outcome.pair)
-    return { access: outcome.pair.access, refresh: outcome.pair.refresh }
   })
 }
 

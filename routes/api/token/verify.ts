@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '../../../src/errors.ts'
 import { problems, TokenSchema } from '../../../src/schemas.ts'
-import { findSessionUser } from '../../../src/services/sessions.ts'
+import { isTokenLive } from '../../../src/services/sessions.ts'
 
 export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additionalProperties: false })
 
@@ -11,13 +11,12 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Check a token: signature, claims, and that its session is still active',
       body: VerifyBodySchema,
-      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415) }
+      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request) => {
     const claims = await fastify.keys.verify(request.body.token)
-    // Stricter than simplejwt: a token of a logged-out or revoked session is not valid.
-    const user = await findSessionUser(fastify.db, claims.sid, claims.user_id, fastify.tokens.now())
-    if (user === undefined) throw new TokenNotValidError()
+    // Stricter than simplejwt: a token of a revoked session, or a spent refresh token, is not valid.
+    if (!await isTokenLive(fastify.db, claims, fastify.tokens.now())) throw new TokenNotValidError()
     return {}
   })
 }
