@@ -6,52 +6,33 @@
 //   DB_ENGINE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench
 //   BENCH_DURATION=10 BENCH_CONNECTIONS=20 npm run bench
 import autocannon, { type Options } from 'autocannon'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { freePort, startServer } from '../test/server-process.ts'
 
 const duration = Number(process.env.BENCH_DURATION ?? 5)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 10)
 const bcryptCost = process.env.BCRYPT_COST ?? '12'
 
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  return port
-}
-
+const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
 const port = await freePort()
 const base = `http://127.0.0.1:${port}`
-const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
-const server = spawn(process.execPath, ['src/server.ts'], {
-  env: {
-    ...process.env,
-    NODE_ENV: 'production',
-    SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
-    DB_NAME: process.env.DB_ENGINE === 'postgres' ? (process.env.DB_NAME ?? 'test') : folder,
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    LOG_LEVEL: 'warn',
-    BCRYPT_COST: bcryptCost
-  },
-  stdio: ['ignore', 'inherit', 'inherit']
+const server = startServer({
+  ...process.env as Record<string, string>,
+  NODE_ENV: 'production',
+  SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+  DB_NAME: process.env.DB_ENGINE === 'postgres' ? (process.env.DB_NAME ?? 'test') : folder,
+  HOST: '127.0.0.1',
+  PORT: String(port),
+  // Measures the service, not the writing of a log line per request.
+  LOG_LEVEL: 'warn',
+  BCRYPT_COST: bcryptCost
 })
-const stop = async (): Promise<void> => {
-  server.kill('SIGTERM')
-  await once(server, 'exit')
-  await rm(folder, { recursive: true, force: true })
-}
 
 try {
-  for (let i = 0; ; i++) {
-    const ready = await fetch(`${base}/health/ready`).then((r) => r.ok, () => false)
-    if (ready) break
-    if (i > 600) throw new Error('the server did not start')
+  for (let i = 0; !await fetch(`${base}/health/ready`).then((r) => r.ok, () => false); i++) {
+    if (i > 600 || server.child.exitCode !== null) throw new Error(`the server did not start:\n${server.output()}`)
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
 
@@ -111,5 +92,6 @@ try {
   console.log(`\nauthgate on ${process.env.DB_ENGINE ?? 'pglite'}, node ${process.version}, ${connections} connections, ${duration} s each`)
   console.table(rows)
 } finally {
-  await stop()
+  await server.stop()
+  await rm(folder, { recursive: true, force: true })
 }

@@ -1,22 +1,13 @@
-import { execFile, spawn } from 'node:child_process'
-import { once } from 'node:events'
+import { execFile } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { parse } from 'yaml'
 import { freshDatabase } from './helper.ts'
+import { startServer } from './server-process.ts'
 
 // No Docker engine runs here: what the image and compose file would run is run as they say it,
 // against the local PostgreSQL instead of the compose service.
-
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  return port
-}
 
 const dockerfile = await readFile('Dockerfile', 'utf8')
 const compose = parse(await readFile('docker-compose.yml', 'utf8'))
@@ -39,7 +30,6 @@ t.test('the image command with the compose environment serves, migrates, and pas
     t.pass('compose runs PostgreSQL: checked in the PostgreSQL run')
     return
   }
-  const port = String(await freePort())
   const database = await freshDatabase(t)
   const composeEnv = compose.services.authgate.environment as Record<string, string>
   // ${VAR:-default} as compose resolves it with VAR unset.
@@ -50,25 +40,22 @@ t.test('the image command with the compose environment serves, migrates, and pas
     ...resolved,
     DATABASE_URL: database.DATABASE_URL!,
     HOST: '127.0.0.1',
-    PORT: port
+    PORT: '0'
   }
   t.equal(env.NODE_ENV, 'production')
   t.equal(env.DB_ENGINE, 'postgres')
 
   const [command, ...args] = jsonCommand('CMD')
   t.same([command, ...args], ['node', 'src/server.ts'])
-  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  child.stdout.on('data', (chunk) => { output += chunk })
-  child.stderr.on('data', (chunk) => { output += chunk })
-  t.teardown(() => { child.kill('SIGKILL') })
-  for (let i = 0; i < 600 && !output.includes('Server listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
-  t.match(output, /database migrated/)
+  const server = startServer(env, args)
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  const url = await server.listening
+  t.match(server.output(), /database migrated/)
 
   const [, ...check] = jsonCommand('HEALTHCHECK')
+  const port = new URL(url).port
   await t.resolves(promisify(execFile)(process.execPath, check, { env: { PATH: env.PATH!, PORT: port } }), 'HEALTHCHECK exits 0')
-  child.kill('SIGTERM')
-  t.equal((await once(child, 'exit'))[0], 0)
+  t.equal(await server.stop(), 0)
 })
 
 t.test('the compose file wires authgate to a healthy PostgreSQL', async (t) => {

@@ -1,45 +1,35 @@
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { createServer } from 'node:net'
 import t from 'tap'
 import { freshDatabase, SECRET_KEY } from './helper.ts'
-
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  return port
-}
-
-function start (env: Record<string, string>) {
-  const child = spawn(process.execPath, ['src/server.ts'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  child.stdout.on('data', (chunk) => { output += chunk })
-  child.stderr.on('data', (chunk) => { output += chunk })
-  return { child, output: () => output }
-}
+import { startServer } from './server-process.ts'
 
 t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', async (t) => {
-  const port = await freePort()
   const database = await freshDatabase(t)
-  const { child, output } = start({ ...database, SECRET_KEY, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'info' })
-  t.teardown(() => { child.kill('SIGKILL') })
-  for (let i = 0; i < 600 && !output().includes('Server listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
-  const res = await fetch(`http://127.0.0.1:${port}/health/ready`)
+  const server = startServer({ ...process.env, ...database, SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  const res = await fetch(`${await server.listening}/health/ready`)
   t.equal(res.status, 200)
-  t.equal(res.headers.get('x-request-id'), null)
-  const logs = output().split('\n').filter(Boolean).map((line) => JSON.parse(line))
+  const logs = server.output().split('\n').filter(Boolean).map((line) => JSON.parse(line))
   t.ok(logs.every((l) => typeof l.level === 'number'), 'structured JSON logs')
-  child.kill('SIGTERM')
-  const [code] = await once(child, 'exit')
-  t.equal(code, 0)
-  t.match(output(), /"signal":"SIGTERM"/)
+  t.equal(await server.stop(), 0)
+  t.match(server.output(), /"signal":"SIGTERM"/)
 })
 
 t.test('a bad variable stops the start, naming it', async (t) => {
-  const { child, output } = start({ PORT: 'eighty' })
-  const [code] = await once(child, 'exit')
+  const server = startServer({ ...process.env, PORT: 'eighty' })
+  const [code] = await once(server.child, 'exit')
   t.equal(code, 1)
-  t.match(output(), /invalid configuration: .*PORT/)
+  t.match(server.output(), /invalid configuration: .*PORT/)
+})
+
+t.test('a start that fails later says why in one line', async (t) => {
+  const { SECRET_KEY: _, ...env } = process.env as Record<string, string>
+  const noSecret = startServer({ ...env, NODE_ENV: 'production', DB_NAME: 'memory://', DB_ENGINE: 'pglite' })
+  t.equal((await once(noSecret.child, 'exit'))[0], 1)
+  t.match(noSecret.output(), /authgate: could not start: SECRET_KEY is required when NODE_ENV=production/)
+
+  // Port 1 on the loopback: nothing listens there.
+  const noDatabase = startServer({ ...env, SECRET_KEY, DB_ENGINE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' })
+  t.equal((await once(noDatabase.child, 'exit'))[0], 1)
+  t.match(noDatabase.output(), /authgate: could not start: database migration failed: .*ECONNREFUSED/)
 })

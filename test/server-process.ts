@@ -1,0 +1,46 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+
+export interface ServerProcess {
+  child: ChildProcess
+  /** Everything the process wrote, stdout and stderr. */
+  output: () => string
+  /** The base URL once it listens (logged at info; PORT=0 lets the system choose); rejects if it exits first. */
+  listening: Promise<string>
+  /** SIGTERM, then the exit code. */
+  stop: () => Promise<number | null>
+}
+
+/** Runs `node src/server.ts` (what `npm start` and the image run) with exactly `env`. */
+export function startServer (env: Record<string, string>, args = ['src/server.ts']): ServerProcess {
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  const listening = new Promise<string>((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      output += chunk
+      const url = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1]
+      if (url !== undefined) resolve(url)
+    }
+    child.stdout.on('data', onData)
+    child.stderr.on('data', onData)
+    child.once('exit', (code) => reject(new Error(`the server exited (${code}) before listening:\n${output}`)))
+  })
+  listening.catch(() => {})
+  const stop = async (): Promise<number | null> => {
+    if (child.exitCode !== null) return child.exitCode
+    const exited = once(child, 'exit')
+    child.kill('SIGTERM')
+    return (await exited)[0] as number | null
+  }
+  return { child, output: () => output, listening, stop }
+}
+
+/** A port free on 127.0.0.1 now, for a server that does not log at info. */
+export async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  return port
+}
