@@ -6,23 +6,40 @@
 //   DB_ENGINE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench
 //   BENCH_DURATION=10 BENCH_CONNECTIONS=20 npm run bench
 import autocannon, { type Options } from 'autocannon'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import pg from 'pg'
 import { freePort, startServer } from '../test/server-process.ts'
 
 const duration = Number(process.env.BENCH_DURATION ?? 5)
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 10)
 const bcryptCost = process.env.BCRYPT_COST ?? '12'
 
+// A fresh database: a PGlite folder, or a PostgreSQL database made from DATABASE_URL.
 const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
+const pgDatabase = process.env.DB_ENGINE === 'postgres' ? `authgate_bench_${randomBytes(4).toString('hex')}` : undefined
+async function admin (statement: string): Promise<void> {
+  const client = new pg.Client({ connectionString: process.env.DATABASE_URL })
+  await client.connect()
+  await client.query(statement)
+  await client.end()
+}
+const database: Record<string, string> = { DB_NAME: folder }
+if (pgDatabase !== undefined) {
+  await admin(`create database ${pgDatabase}`)
+  const url = new URL(process.env.DATABASE_URL!)
+  url.pathname = `/${pgDatabase}`
+  database.DATABASE_URL = url.toString()
+}
 const port = await freePort()
 const base = `http://127.0.0.1:${port}`
 const server = startServer({
   ...process.env as Record<string, string>,
   NODE_ENV: 'production',
   SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
-  DB_NAME: process.env.DB_ENGINE === 'postgres' ? (process.env.DB_NAME ?? 'test') : folder,
+  ...database,
   HOST: '127.0.0.1',
   PORT: String(port),
   // Measures the service, not the writing of a log line per request.
@@ -94,4 +111,5 @@ try {
 } finally {
   await server.stop()
   await rm(folder, { recursive: true, force: true })
+  if (pgDatabase !== undefined) await admin(`drop database ${pgDatabase} with (force)`)
 }
