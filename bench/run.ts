@@ -27,27 +27,29 @@ async function admin (statement: string): Promise<void> {
   await client.end()
 }
 const database: Record<string, string> = { DB_NAME: folder }
-if (pgDatabase !== undefined) {
-  await admin(`create database ${pgDatabase}`)
-  const url = new URL(process.env.DATABASE_URL!)
-  url.pathname = `/${pgDatabase}`
-  database.DATABASE_URL = url.toString()
-}
-const port = await freePort()
-const base = `http://127.0.0.1:${port}`
-const server = startServer({
-  ...process.env as Record<string, string>,
-  NODE_ENV: 'production',
-  SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
-  ...database,
-  HOST: '127.0.0.1',
-  PORT: String(port),
-  // Measures the service, not the writing of a log line per request.
-  LOG_LEVEL: 'warn',
-  BCRYPT_COST: bcryptCost
-})
+let server: ReturnType<typeof startServer> | undefined
 
 try {
+  if (pgDatabase !== undefined) {
+    await admin(`create database ${pgDatabase}`)
+    const url = new URL(process.env.DATABASE_URL!)
+    url.pathname = `/${pgDatabase}`
+    database.DATABASE_URL = url.toString()
+  }
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  server = startServer({
+    ...process.env as Record<string, string>,
+    NODE_ENV: 'production',
+    SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+    ...database,
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    // Measures the service, not the writing of a log line per request.
+    LOG_LEVEL: 'warn',
+    BCRYPT_COST: bcryptCost
+  })
+
   for (let i = 0; !await fetch(`${base}/health/ready`).then((r) => r.ok, () => false); i++) {
     if (i > 600 || server.child.exitCode !== null) throw new Error(`the server did not start:\n${server.output()}`)
     await new Promise((resolve) => setTimeout(resolve, 100))
@@ -109,7 +111,7 @@ try {
   console.log(`\nauthgate on ${process.env.DB_ENGINE ?? 'pglite'}, node ${process.version}, ${connections} connections, ${duration} s each`)
   console.table(rows)
 } finally {
-  await server.stop()
+  await server?.stop()
   await rm(folder, { recursive: true, force: true })
-  if (pgDatabase !== undefined) await admin(`drop database ${pgDatabase} with (force)`)
+  if (pgDatabase !== undefined) await admin(`drop database if exists ${pgDatabase} with (force)`)
 }

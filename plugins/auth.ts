@@ -6,6 +6,7 @@ import { durationToSeconds } from '../src/lib/duration.ts'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import type { TokenPair, User } from '../src/schemas.ts'
 import { findSessionUser, type TokenContext } from '../src/services/sessions.ts'
+import { readOwnClaims } from '../src/services/tokens.ts'
 import { dummyHash } from '../src/services/users.ts'
 
 export interface AuthenticatedUser extends User {
@@ -71,10 +72,13 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthPluginOptions): P
     ...(config.COOKIE_DOMAIN === undefined ? {} : { domain: config.COOKIE_DOMAIN })
   } as const
 
+  // A cookie lives as long as its token: a refresh token capped by the session's end, or one
+  // answered again within the grace, has less than the full lifetime left.
+  const secondsLeft = (token: string): number => Math.max(0, readOwnClaims(token).exp - Math.floor(tokens.now().getTime() / 1000))
   fastify.decorateReply('setAuthCookies', function (this: FastifyReply, pair: TokenPair) {
     return this
-      .setCookie(cookieNames.access, pair.access, { ...base, path: '/', maxAge: tokens.accessTtlS })
-      .setCookie(cookieNames.refresh, pair.refresh, { ...base, path: REFRESH_COOKIE_PATH, maxAge: tokens.refreshTtlS })
+      .setCookie(cookieNames.access, pair.access, { ...base, path: '/', maxAge: secondsLeft(pair.access) })
+      .setCookie(cookieNames.refresh, pair.refresh, { ...base, path: REFRESH_COOKIE_PATH, maxAge: secondsLeft(pair.refresh) })
   })
   fastify.decorateReply('clearAuthCookies', function (this: FastifyReply) {
     return this

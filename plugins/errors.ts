@@ -27,7 +27,7 @@ const UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOU
 function isDatabaseUnavailable (error: FastifyError): boolean {
   const code = (error as { code?: unknown }).code
   return (typeof code === 'string' && (UNAVAILABLE.has(code) || code.startsWith('08'))) ||
-    /Connection terminated|timeout exceeded when trying to connect|Cannot use a pool after calling end/.test(error.message)
+    /Connection terminated|timeout exceeded when trying to connect|Cannot use a pool after calling end|is not queryable/.test(error.message)
 }
 
 function fieldErrors (error: FastifyError): FieldError[] {

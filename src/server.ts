@@ -32,6 +32,7 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 try {
   await fastify.listen({ host: config.HOST, port: config.PORT })
 } catch (error) {
-  fastify.log.error({ err: error }, 'could not start')
+  fastify.log.fatal({ err: error }, 'could not listen')
+  console.error(`authgate: could not listen on ${config.HOST}:${config.PORT}: ${(error as Error).message}`)
   process.exit(1)
 }

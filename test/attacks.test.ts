@@ -73,10 +73,15 @@ t.test('forged and tampered tokens are refused', async (t) => {
     await expectRefused(t, `${header}.${b64({ ...claims, user_id: 999, sub: '999' })}.${signature}`, 'tampered payload')
   })
 
-  t.test('a wrong issuer or audience, even correctly signed', async (t) => {
-    const other = await build(t, { clock, env: { JWT_ISSUER: 'someone-else', JWT_AUDIENCE: 'another-api' } })
-    const foreign = await login(other)
-    await expectRefused(t, foreign.access, 'token of another issuer and key')
+  t.test('a wrong issuer or audience, even signed with our own key', async (t) => {
+    const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
+    const signWith = (changes: Record<string, unknown>): string =>
+      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid })({ ...claims, ...changes })
+    t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${signWith({})}` } })).statusCode, 200, 'control: our key, our claims')
+    await expectRefused(t, signWith({ iss: 'someone-else' }), 'wrong issuer')
+    await expectRefused(t, signWith({ aud: 'another-api' }), 'wrong audience')
+    await expectRefused(t, signWith({ iss: undefined }), 'no issuer')
+    await expectRefused(t, signWith({ token_type: 'admin' }), 'unknown token type')
   })
 
   t.test('a token of another deployment, same issuer and audience, other keys', async (t) => {

@@ -42,11 +42,9 @@ t.test('in production a missing or short SECRET_KEY stops the start', async (t) 
   await t.rejects(build(t, { database, env: { NODE_ENV: 'production', SECRET_KEY: 'short-secret' } }), /at least 32 characters/)
 })
 
-t.test('in development a missing SECRET_KEY is generated once into the data folder', async (t) => {
-  if (process.env.DB_ENGINE === 'postgres') {
-    t.pass('the data folder is PGlite\'s')
-    return
-  }
+t.test('in development a missing SECRET_KEY is generated once into the data folder', {
+  skip: process.env.DB_ENGINE === 'postgres' && 'the data folder is PGlite\'s'
+}, async (t) => {
   const database = await freshDatabase(t)
   const logLines: string[] = []
   const first = await build(t, { database, logLines, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })

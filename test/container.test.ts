@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { parse } from 'yaml'
@@ -25,11 +25,9 @@ function dockerfileEnv (): Record<string, string> {
   return Object.fromEntries([...block.matchAll(/([A-Z_]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]))
 }
 
-t.test('the image command with the compose environment serves, migrates, and passes its HEALTHCHECK', async (t) => {
-  if (process.env.DB_ENGINE !== 'postgres') {
-    t.pass('compose runs PostgreSQL: checked in the PostgreSQL run')
-    return
-  }
+t.test('the image command with the compose environment serves, migrates, and passes its HEALTHCHECK', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'compose runs PostgreSQL: checked in the PostgreSQL run'
+}, async (t) => {
   const database = await freshDatabase(t)
   const composeEnv = compose.services.authgate.environment as Record<string, string>
   // ${VAR:-default} as compose resolves it with VAR unset.
@@ -67,6 +65,26 @@ t.test('the compose file wires authgate to a healthy PostgreSQL', async (t) => {
   t.equal(url.username, postgres.environment.POSTGRES_USER)
   t.equal(url.password, postgres.environment.POSTGRES_PASSWORD)
   t.equal(url.pathname, `/${postgres.environment.POSTGRES_DB}`)
+})
+
+// The image holds the runtime folders and production dependencies only: whatever they import
+// must be copied, and be a dependency, not a devDependency.
+t.test('the image copies every runtime folder, and they import only production dependencies', async (t) => {
+  const runtime = ['src', 'plugins', 'routes', 'migrations']
+  const copied = [...dockerfile.matchAll(/^COPY (?!--from)(\S+) /gm)].map((m) => m[1])
+  for (const folder of runtime) t.ok(copied.includes(folder), `COPY ${folder}`)
+  const { dependencies } = JSON.parse(await readFile('package.json', 'utf8'))
+  const files = (await Promise.all(runtime.map((folder) => readdir(folder, { recursive: true }))))
+    .flatMap((names, i) => names.filter((n) => n.endsWith('.ts')).map((n) => `${runtime[i]}/${n}`))
+  const imported = new Set<string>()
+  for (const file of files) {
+    for (const [, specifier] of (await readFile(file, 'utf8')).matchAll(/from '([^'.][^']*)'/g)) {
+      if (specifier!.startsWith('node:')) continue
+      imported.add(specifier!.split('/').slice(0, specifier!.startsWith('@') ? 2 : 1).join('/'))
+    }
+  }
+  t.ok(imported.size > 10, `${imported.size} packages imported`)
+  for (const name of imported) t.ok(name in dependencies, `${name} is a production dependency`)
 })
 
 t.test('the image runs as a non-root user and ignores local state', async (t) => {

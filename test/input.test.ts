@@ -32,6 +32,13 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
     }
   })
 
+  t.test('a token that is not a JWT: 401 token_not_valid, as simplejwt answers', async (t) => {
+    for (const token of ['not-a-jwt', 'a.b.\u0000', '...', 'a.b', '\u00e9.\u00e9.\u00e9']) {
+      expectProblem(t, await postJson(app, '/api/token/verify', { token }), 401, 'token_not_valid', `verify ${JSON.stringify(token)}`)
+      expectProblem(t, await postJson(app, '/api/token/refresh', { refresh: token }), 401, 'token_not_valid', `refresh ${JSON.stringify(token)}`)
+    }
+  })
+
   t.test('every missing field is named', async (t) => {
     const res = await postJson(app, '/api/auth/register', {})
     expectProblem(t, res, 400, 'validation_failed', 'empty object')
@@ -90,8 +97,7 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
       ['/api/auth/register', { ...uniqueUser(), password: 'correct horse\u0000battery' }],
       ['/api/auth/login', { identifier: 'nul\u0000byte', password: 'correct horse battery' }],
       ['/api/auth/login', { identifier: 'nul\u0000@example.com', password: 'correct horse battery' }],
-      ['/api/token', { username: '\u0000', password: '\u0000' }],
-      ['/api/token/verify', { token: 'a.b.\u0000' }]
+      ['/api/token', { username: '\u0000', password: '\u0000' }]
     ]
     for (const [url, body] of cases) {
       expectProblem(t, await postJson(app, url, body), 400, 'validation_failed', `${url} ${JSON.stringify(body)}`)

@@ -28,7 +28,7 @@ export function startServer (env: Record<string, string>, args = ['src/server.ts
   })
   listening.catch(() => {})
   const stop = async (): Promise<number | null> => {
-    if (child.exitCode !== null) return child.exitCode
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
     const exited = once(child, 'exit')
     child.kill('SIGTERM')
     return (await exited)[0] as number | null

@@ -56,9 +56,24 @@ function check ({ error, results }: MigrationResultSet): NonNullable<MigrationRe
   return results ?? []
 }
 
+// Migrating is not a request: waiting for another replica's migrations (Kysely's advisory lock)
+// or a long migration must not hit the request timeouts, so one connection lifts them meanwhile.
+async function withoutTimeouts<T> (db: Db, work: (connection: Db) => Promise<T>): Promise<T> {
+  return await db.connection().execute(async (connection) => {
+    await sql`set statement_timeout = 0`.execute(connection)
+    await sql`set lock_timeout = 0`.execute(connection)
+    try {
+      return await work(connection)
+    } finally {
+      await sql`reset statement_timeout`.execute(connection)
+      await sql`reset lock_timeout`.execute(connection)
+    }
+  })
+}
+
 /** Runs the pending migrations; Kysely holds an advisory lock meanwhile, so replicas take turns. */
 export async function migrateToLatest (db: Db): Promise<string[]> {
-  return check(await migrator(db).migrateToLatest()).map((r) => r.migrationName)
+  return await withoutTimeouts(db, async (connection) => check(await migrator(connection).migrateToLatest()).map((r) => r.migrationName))
 }
 
 /** Whether citext compares non-ASCII letters without regard to case: not on a C-locale cluster. */
@@ -68,5 +83,5 @@ export async function foldsCase (db: Db): Promise<boolean> {
 }
 
 export async function migrateDown (db: Db): Promise<string[]> {
-  return check(await migrator(db).migrateDown()).map((r) => r.migrationName)
+  return await withoutTimeouts(db, async (connection) => check(await migrator(connection).migrateDown()).map((r) => r.migrationName))
 }

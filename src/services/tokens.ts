@@ -31,6 +31,8 @@ export interface KeyringOptions {
 type Verifier = (token: string) => Record<string, unknown>
 
 const decodeComplete = createDecoder({ complete: true })
+/** The claims of a token this service just issued, read without verifying. */
+export const readOwnClaims = createDecoder() as (token: string) => TokenClaims
 // Headers that would let a token name its own key (RFC 7515 §4.1.2-4.1.5): never followed.
 const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c']
 const REQUIRED_CLAIMS = ['token_type', 'user_id', 'sub', 'sid', 'jti', 'iat', 'exp', 'iss', 'aud']
@@ -44,8 +46,8 @@ export class Keyring {
   #signer: ((payload: Record<string, unknown>) => string) | undefined
   #verifiers = new Map<string, Verifier>()
   #jwks: { keys: Jwk[] } = { keys: [] }
-  #lastReload = 0
-  #reloading: Promise<void> | undefined
+  #lastKidLookup = Number.NEGATIVE_INFINITY
+  #kidLookup: Promise<void> | undefined
 
   constructor (options: KeyringOptions) {
     this.#options = options
@@ -76,7 +78,6 @@ export class Keyring {
       cache: 1000
     }) as Verifier]))
     this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
-    this.#lastReload = this.#now()
   }
 
   sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
@@ -117,14 +118,15 @@ export class Keyring {
     return claims as unknown as TokenClaims
   }
 
-  // A kid this replica has not seen may come from a key another replica created: look once.
-  // A failed look counts too, so an unreachable database is not asked again on every request.
+  // A kid this replica has not seen may come from a key another replica created: look in the
+  // database, at most once per interval whatever the lookups find, so a flood of forged kids
+  // costs one query. A database error propagates (503), rather than refusing a good token.
   async #verifierAfterReload (kid: string): Promise<Verifier | undefined> {
-    if (this.#now() - this.#lastReload >= (this.#options.reloadIntervalMs ?? 10_000)) {
-      this.#lastReload = this.#now()
-      this.#reloading ??= this.reload().catch(() => {}).finally(() => { this.#reloading = undefined })
-      await this.#reloading
+    if (this.#now() - this.#lastKidLookup >= (this.#options.reloadIntervalMs ?? 10_000)) {
+      this.#lastKidLookup = this.#now()
+      this.#kidLookup ??= this.reload().finally(() => { this.#kidLookup = undefined })
     }
+    await this.#kidLookup
     return this.#verifiers.get(kid)
   }
 }
