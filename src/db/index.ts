@@ -47,41 +47,45 @@ function migrator (db: Db): Migrator {
   return new Migrator({ db, provider: { getMigrations: async () => migrations } })
 }
 
-function check ({ error, results }: MigrationResultSet): NonNullable<MigrationResultSet['results']> {
-  if (error !== undefined) {
-    const failed = results?.find((r) => r.status === 'Error')?.migrationName
-    const message = error instanceof Error ? error.message : String(error)
-    throw new Error(failed === undefined ? `database migration failed: ${message}` : `migration ${failed} failed: ${message}`, { cause: error })
-  }
-  return results ?? []
+const messageOf = (error: unknown): string => error instanceof Error ? error.message : String(error)
+
+/** The names of the migrations run, or an error naming the one that failed. */
+function ran ({ error, results }: MigrationResultSet): string[] {
+  if (error === undefined) return (results ?? []).map((r) => r.migrationName)
+  const failed = results?.find((r) => r.status === 'Error')?.migrationName
+  throw failed === undefined ? error : new Error(`${failed}: ${messageOf(error)}`, { cause: error })
 }
 
 // Migrating is not a request: waiting for another replica's migrations (Kysely's advisory lock)
 // or a long migration must not hit the request timeouts, so one connection lifts them meanwhile.
-async function withoutTimeouts<T> (db: Db, work: (connection: Db) => Promise<T>): Promise<T> {
-  return await db.connection().execute(async (connection) => {
-    await sql`set statement_timeout = 0`.execute(connection)
-    await sql`set lock_timeout = 0`.execute(connection)
-    try {
-      return await work(connection)
-    } finally {
-      await sql`reset statement_timeout`.execute(connection)
-      await sql`reset lock_timeout`.execute(connection)
-    }
-  })
+async function migrate (db: Db, step: (migrator: Migrator) => Promise<MigrationResultSet>): Promise<string[]> {
+  try {
+    return await db.connection().execute(async (connection) => {
+      await sql`set statement_timeout = 0`.execute(connection)
+      await sql`set lock_timeout = 0`.execute(connection)
+      try {
+        return ran(await step(migrator(connection)))
+      } finally {
+        await sql`reset statement_timeout`.execute(connection)
+        await sql`reset lock_timeout`.execute(connection)
+      }
+    })
+  } catch (error) {
+    throw new Error(`database migration failed: ${messageOf(error)}`, { cause: error })
+  }
 }
 
 /** Runs the pending migrations; Kysely holds an advisory lock meanwhile, so replicas take turns. */
 export async function migrateToLatest (db: Db): Promise<string[]> {
-  return await withoutTimeouts(db, async (connection) => check(await migrator(connection).migrateToLatest()).map((r) => r.migrationName))
+  return await migrate(db, (m) => m.migrateToLatest())
+}
+
+export async function migrateDown (db: Db): Promise<string[]> {
+  return await migrate(db, (m) => m.migrateDown())
 }
 
 /** Whether citext compares non-ASCII letters without regard to case: not on a C-locale cluster. */
 export async function foldsCase (db: Db): Promise<boolean> {
   const { rows } = await sql<{ folds: boolean }>`select 'É'::citext = 'é'::citext as folds`.execute(db)
   return rows[0]?.folds === true
-}
-
-export async function migrateDown (db: Db): Promise<string[]> {
-  return await withoutTimeouts(db, async (connection) => check(await migrator(connection).migrateDown()).map((r) => r.migrationName))
 }
