@@ -44,6 +44,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthPluginOptions): P
   const { config, db, keys } = fastify
   await fastify.register(cookie)
 
+  // Made now, so that the first login of an unknown user costs what any failed login costs.
   await dummyHash(config.BCRYPT_COST)
 
   const tokens: TokenContext = {
