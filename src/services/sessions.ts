@@ -103,30 +103,30 @@ export async function refreshSession (db: Db, ctx: TokenContext, claims: TokenCl
   return outcome
 }
 
-/** The user of an active session (not revoked, not expired, user active), or undefined. */
-export async function findSessionUser (db: Db, sessionId: string, userId: number, now: Date): Promise<User | undefined> {
-  return await db.selectFrom('sessions as s')
+// The session, joined to its user, if it is active: not revoked, not expired, user active.
+function activeSession (db: Db, sessionId: string, userId: number, now: Date) {
+  return db.selectFrom('sessions as s')
     .innerJoin('users as u', 'u.id', 's.user_id')
-    .select(['u.id', 'u.username', 'u.email'])
     .where('s.id', '=', sessionId)
     .where('s.user_id', '=', userId)
     .where('s.revoked_at', 'is', null)
     .where('s.expires_at', '>', now)
     .where('u.is_active', '=', true)
-    .executeTakeFirst()
+}
+
+/** The user of an active session, or undefined. */
+export async function findSessionUser (db: Db, sessionId: string, userId: number, now: Date): Promise<User | undefined> {
+  return await activeSession(db, sessionId, userId, now).select(['u.id', 'u.username', 'u.email']).executeTakeFirst()
 }
 
 /**
- * Whether a verified token is still live: its session active and, for a refresh token, not
- * yet used (a rotated refresh token is spent, whatever its exp says).
+ * Whether a verified token is still live, in one query: its session active and, for a refresh
+ * token, not yet used (a rotated refresh token is spent, whatever its exp says).
  */
 export async function isTokenLive (db: Db, claims: TokenClaims, now: Date): Promise<boolean> {
-  if (await findSessionUser(db, claims.sid, claims.user_id, now) === undefined) return false
-  if (claims.token_type === 'access') return true
-  const token = await db.selectFrom('refresh_tokens')
-    .select('used_at')
-    .where('jti', '=', claims.jti)
-    .where('session_id', '=', claims.sid)
-    .executeTakeFirst()
-  return token !== undefined && token.used_at === null
+  const session = activeSession(db, claims.sid, claims.user_id, now).select('s.id')
+  const live = claims.token_type === 'access'
+    ? session
+    : session.innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
+  return await live.executeTakeFirst() !== undefined
 }
