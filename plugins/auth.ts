@@ -1,27 +1,35 @@
 import cookie from '@fastify/cookie'
+import jwt, { type JwtVerifyFunction, type TokenOrHeader } from '@fastify/jwt'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
-import { durationToSeconds } from '../src/lib/duration.ts'
-import { SecretBox } from '../src/lib/secret-box.ts'
-import type { TokenPair, User } from '../src/schemas.ts'
-import { findSessionUser, type TokenContext } from '../src/services/sessions.ts'
-import { readOwnClaims } from '../src/services/tokens.ts'
-import { dummyHash } from '../src/services/users.ts'
+import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
+import type { TokenPair } from '../src/schemas.ts'
+import { REFRESH_KID, type JoseHeader } from '../src/services/keyring.ts'
+import type { SessionUser } from '../src/services/sessions.ts'
+import { parseClaims, type TokenClaims, type TokenType } from '../src/services/tokens.ts'
 
-export interface AuthenticatedUser extends User {
-  sessionId: string
+declare module '@fastify/jwt' {
+  interface FastifyJWT {
+    namespaces: 'access' | 'refresh' | 'token'
+    user: SessionUser
+  }
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
-    tokens: TokenContext
     /** onRequest hook: a valid access token (Bearer header, else the access cookie) of an active session. */
-    authenticate: (request: FastifyRequest) => Promise<void>
-    cookieNames: { access: string, refresh: string }
+    authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    /** The claims of the refresh token of a request (body `refresh`, else the refresh cookie), verified; the refresh route clears the cookies on a 401. */
+    verifyRefreshToken: (request: FastifyRequest) => Promise<TokenClaims>
+    /** The claims of a token of either type in the body's `token`, verified. */
+    verifyBodyToken: (request: FastifyRequest) => Promise<TokenClaims>
   }
   interface FastifyRequest {
-    user: AuthenticatedUser | null
+    accessJwtVerify: JwtVerifyFunction
+    refreshJwtVerify: JwtVerifyFunction
+    tokenJwtVerify: JwtVerifyFunction
+    /** The verified claims of the request's token. */
+    claims: TokenClaims | null
   }
   interface FastifyReply {
     setAuthCookies: (pair: TokenPair) => FastifyReply
@@ -29,53 +37,38 @@ declare module 'fastify' {
   }
 }
 
-export interface AuthPluginOptions {
-  /** The clock; tests move it instead of sleeping. */
-  now?: () => Date
-}
-
+// RFC 6750 §2.1: "Bearer" is case-insensitive; b64token characters only.
+const BEARER = /^Bearer [A-Za-z0-9._~+/-]+=*$/i
 // The refresh cookie goes only to the endpoints that take it.
 const REFRESH_COOKIE_PATH = '/api/token'
-// RFC 6750 §2.1: "Bearer" is case-insensitive; b64token characters only.
-const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i
 
-/** Token context, the `authenticate` hook and the auth cookies (https://github.com/fastify/fastify-cookie). */
-async function authPlugin (fastify: FastifyInstance, opts: AuthPluginOptions): Promise<void> {
-  const { config, db, keys } = fastify
+/** How many times a cookie name appears in a Cookie header. */
+function cookieCount (header: string | undefined, name: string): number {
+  if (header === undefined) return 0
+  return header.split(';').filter((pair) => pair.trimStart().startsWith(`${name}=`)).length
+}
+
+/**
+ * Request authentication through @fastify/jwt (https://github.com/fastify/fastify-jwt), one
+ * namespace per token source, each verifying with the one key the keyring names for the
+ * header; the auth cookies (https://github.com/fastify/fastify-cookie).
+ */
+async function authPlugin (fastify: FastifyInstance): Promise<void> {
+  const { config, keyring, sessions, clock } = fastify
+  const { cookieNames } = config
   await fastify.register(cookie)
 
-  // Made now, so that the first login of an unknown user costs what any failed login costs.
-  await dummyHash(config.BCRYPT_COST)
-
-  const tokens: TokenContext = {
-    keys,
-    box: new SecretBox(config.SECRET_KEY, 'refresh-successor'),
-    now: opts.now ?? (() => new Date()),
-    accessTtlS: durationToSeconds(config.JWT_ACCESS_TOKEN_LIFETIME),
-    refreshTtlS: durationToSeconds(config.JWT_REFRESH_TOKEN_LIFETIME),
-    sessionMaxS: durationToSeconds(config.AUTH_SESSION_MAX_LIFETIME),
-    reuseGraceS: config.AUTH_REUSE_GRACE_S
-  }
-  fastify.decorate('tokens', tokens)
-
-  // Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain, so the
-  // access cookie takes it when it can; the refresh cookie has its own path, so __Secure-.
-  const secure = config.COOKIE_SECURE
-  const cookieNames = {
-    access: `${secure ? (config.COOKIE_DOMAIN === undefined ? '__Host-' : '__Secure-') : ''}access_token`,
-    refresh: `${secure ? '__Secure-' : ''}refresh_token`
-  }
-  fastify.decorate('cookieNames', cookieNames)
   const base = {
     httpOnly: true,
-    secure,
+    secure: config.COOKIE_SECURE,
     sameSite: config.COOKIE_SAMESITE,
     ...(config.COOKIE_DOMAIN === undefined ? {} : { domain: config.COOKIE_DOMAIN })
   } as const
-
-  // A cookie lives as long as its token: a refresh token capped by the session's end, or one
-  // answered again within the grace, has less than the full lifetime left.
-  const secondsLeft = (token: string): number => Math.max(0, readOwnClaims(token).exp - Math.floor(tokens.now().getTime() / 1000))
+  // A cookie lives as long as its token.
+  const secondsLeft = (token: string): number => {
+    const { exp } = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as { exp: number }
+    return Math.max(0, exp - Math.floor(clock.now().getTime() / 1000))
+  }
   fastify.decorateReply('setAuthCookies', function (this: FastifyReply, pair: TokenPair) {
     return this
       .setCookie(cookieNames.access, pair.access, { ...base, path: '/', maxAge: secondsLeft(pair.access) })
@@ -87,24 +80,75 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthPluginOptions): P
       .clearCookie(cookieNames.refresh, { ...base, path: REFRESH_COOKIE_PATH })
   })
 
-  fastify.decorateRequest('user', null)
-  fastify.decorate('authenticate', async function authenticate (request: FastifyRequest): Promise<void> {
-    const header = request.headers.authorization
-    let token: string | undefined
-    if (header !== undefined) {
-      token = BEARER.exec(header)?.[1]
-      if (token === undefined) throw new TokenNotValidError()
-    } else {
-      token = request.cookies[cookieNames.access]
-    }
-    if (token === undefined || token === '') throw new NotAuthenticatedError()
+  // A cookie name sent twice was planted by a sibling subdomain or a longer path (cookie
+  // tossing): which one is the user's cannot be told, so neither is taken.
+  function refuseTossedCookie (request: FastifyRequest, name: string): void {
+    if (cookieCount(request.headers.cookie, name) > 1) throw new TokenNotValidError()
+  }
 
-    const claims = await keys.verify(token, 'access')
+  const namespace = (name: 'access' | 'refresh' | 'token', type: TokenType | 'any') => ({
+    namespace: name,
+    decoratorName: 'claims',
+    decode: { complete: true },
+    secret: async (_request: FastifyRequest, token: TokenOrHeader) => await keyring.keyFor((token as { header: JoseHeader }).header, type),
+    // Expiry is checked by parseClaims against the application clock.
+    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true }
+  })
+  await fastify.register(jwt, { ...namespace('access', 'access'), cookie: { cookieName: cookieNames.access, signed: false } })
+  await fastify.register(jwt, {
+    ...namespace('refresh', 'refresh'),
+    verify: {
+      ...namespace('refresh', 'refresh').verify,
+      extractToken: (request) => (request.body as { refresh?: string } | undefined)?.refresh ?? request.cookies[cookieNames.refresh]
+    }
+  })
+  await fastify.register(jwt, {
+    ...namespace('token', 'any'),
+    verify: { ...namespace('token', 'any').verify, extractToken: (request) => (request.body as { token?: string } | undefined)?.token }
+  })
+
+  fastify.decorateRequest('user', null as unknown as SessionUser)
+  fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    // Node keeps the first of several Authorization headers: a request with more is malformed.
+    if (request.raw.rawHeaders.filter((_, i) => i % 2 === 0 && request.raw.rawHeaders[i]!.toLowerCase() === 'authorization').length > 1) {
+      throw new BadRequestError('More than one Authorization header.')
+    }
+    const { authorization } = request.headers
+    // An Authorization header that is not one Bearer token is a bad credential, never a reason to try the cookie.
+    if (authorization !== undefined && !BEARER.test(authorization)) throw new TokenNotValidError()
+    if (authorization === undefined) {
+      if (request.cookies[cookieNames.access] === undefined) throw new NotAuthenticatedError()
+      try {
+        refuseTossedCookie(request, cookieNames.access)
+      } catch (error) {
+        reply.clearAuthCookies()
+        throw error
+      }
+    }
+    const claims = parseClaims(await request.accessJwtVerify(), 'access', clock.now())
     // Checked on every request: a logged-out or revoked session stops working here at once.
-    const user = await findSessionUser(db, claims.sid, claims.user_id, tokens.now())
+    const user = await sessions.userOf(claims)
     if (user === undefined) throw new TokenNotValidError()
-    request.user = { ...user, sessionId: claims.sid }
+    request.claims = claims
+    request.user = user
+  })
+
+  fastify.decorate('verifyRefreshToken', async function verifyRefreshToken (request: FastifyRequest): Promise<TokenClaims> {
+    if ((request.body as { refresh?: string }).refresh === undefined) {
+      if (request.cookies[cookieNames.refresh] === undefined) throw new NotAuthenticatedError()
+      refuseTossedCookie(request, cookieNames.refresh)
+    }
+    return parseClaims(await request.refreshJwtVerify(), 'refresh', clock.now())
+  })
+
+  fastify.decorate('verifyBodyToken', async function verifyBodyToken (request: FastifyRequest): Promise<TokenClaims> {
+    const claims = parseClaims(await request.tokenJwtVerify(), 'any', clock.now())
+    // Verified above: its header can be read as it is.
+    const header = JSON.parse(Buffer.from((request.body as { token: string }).token.split('.')[0]!, 'base64url').toString()) as JoseHeader
+    // The key decides the type: a refresh key signs only refresh tokens, and the reverse.
+    if ((header.kid === REFRESH_KID) !== (claims.token_type === 'refresh')) throw new TokenNotValidError()
+    return claims
   })
 }
 
-export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'db', 'keys'] })
+export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'keys', 'services'] })

@@ -10,9 +10,10 @@ declare module 'fastify' {
 
 /** Kysely over PostgreSQL or PGlite (https://kysely.dev); migrates to the latest schema at start. */
 async function dbPlugin (fastify: FastifyInstance): Promise<void> {
-  const db = createDb(fastify.config, (error) => fastify.log.error({ err: error }, 'idle database connection lost'))
+  const { config } = fastify
+  const db = createDb(config, (error) => fastify.log.warn({ err: error }, 'idle database connection lost'))
   fastify.addHook('onClose', async () => { await db.destroy() })
-  const applied = await migrateToLatest(db)
+  const applied = await migrateToLatest(config, db)
   if (applied.length > 0) fastify.log.info({ migrations: applied }, 'database migrated')
   if (!await foldsCase(db)) {
     fastify.log.warn('the database locale folds only ASCII letters: usernames and emails differing in the case of other letters count as different; use a UTF-8 LC_CTYPE')

@@ -1,27 +1,26 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceUnavailableError } from '../src/errors.ts'
-import { problems } from '../src/schemas.ts'
-import { pingDatabase } from '../src/services/health.ts'
+import { LOG_LEVELS } from '#src/config.ts'
+import { ping } from '#src/db/index.ts'
+import { problems } from '#src/schemas.ts'
 
 const StatusSchema = Type.Object({ status: Type.Literal('ok') })
 
 const health: FastifyPluginAsyncTypebox = async (fastify) => {
-  // Probes come every few seconds: they stay out of the logs unless something fails.
+  // Probes come every few seconds: they stay out of the logs unless something fails, and
+  // never log more than LOG_LEVEL allows.
+  const { logLevel } = fastify.config
+  const quiet = LOG_LEVELS.indexOf(logLevel) < LOG_LEVELS.indexOf('warn') || logLevel === 'silent' ? logLevel : 'warn'
+
   fastify.get('/health/live', {
-    logLevel: 'warn',
+    logLevel: quiet,
     schema: { tags: ['health'], summary: 'The process is up', response: { 200: StatusSchema } }
   }, async () => ({ status: 'ok' as const }))
 
   fastify.get('/health/ready', {
-    logLevel: 'warn',
+    logLevel: quiet,
     schema: { tags: ['health'], summary: 'The database answers', response: { 200: StatusSchema, ...problems(503) } }
-  }, async (request) => {
-    try {
-      await pingDatabase(fastify.db)
-    } catch (error) {
-      request.log.warn({ err: error }, 'readiness check failed')
-      throw new ServiceUnavailableError()
-    }
+  }, async () => {
+    await ping(fastify.db)
     return { status: 'ok' as const }
   })
 }

@@ -1,22 +1,43 @@
 import AutoLoad from '@fastify/autoload'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyServerOptions } from 'fastify'
 import { randomUUID } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import type { ConfigPluginOptions } from '../plugins/config.ts'
-import type { AuthPluginOptions } from '../plugins/auth.ts'
-import type { KeysPluginOptions } from '../plugins/keys.ts'
 import type { Config } from './config.ts'
+import { DB_TIMEOUTS_MS } from './db/index.ts'
+import type { Clock } from './lib/clock.ts'
+import { passwordPolicyKeyword } from './lib/password-policy.ts'
+import { problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from './problems.ts'
 
-export type AppOptions = ConfigPluginOptions & KeysPluginOptions & AuthPluginOptions
+export interface AppOptions {
+  config: Config
+  /** The clock; tests pass one they move instead of sleeping. */
+  clock?: Clock
+}
 
 const root = join(import.meta.dirname, '..')
 
-/** Fastify's server options, the same in production and in tests. */
-export function serverOptions (config: Pick<Config, 'TRUST_PROXY' | 'LOG_LEVEL' | 'DEBUG'>): FastifyServerOptions {
-  const trustProxy = config.TRUST_PROXY
+// A gateway's request id follows the request into the logs, when a trusted proxy sent it.
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+// Node's parser errors (https://nodejs.org/api/http.html#event-clienterror) as problems.
+function clientErrorProblem (error: NodeJS.ErrnoException): Problem {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return { status: 431, code: 'headers_too_large', detail: 'The request headers are too large.' }
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, code: 'request_timeout', detail: 'The request was not received in time.' }
+  return { status: 400, code: 'bad_request', detail: 'The request is not valid HTTP.' }
+}
+
+/**
+ * Fastify's server options, the same in production and in tests. The timeouts are ordered:
+ * the database's (src/db) end before the route deadline, which ends before the socket's idle
+ * timeout, so a slow request still gets its 503 in the error shape.
+ */
+export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>): FastifyServerOptions {
+  const { trustProxy } = config
   return {
     logger: {
-      level: config.LOG_LEVEL ?? (config.DEBUG ? 'debug' : 'info'),
+      level: config.logLevel,
       // Credentials never reach the logs.
       redact: {
         paths: [
@@ -29,20 +50,31 @@ export function serverOptions (config: Pick<Config, 'TRUST_PROXY' | 'LOG_LEVEL' 
     bodyLimit: 16 * 1024,
     // Django clients send /api/token/ with the slash; both forms answer.
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
-    trustProxy: trustProxy === '' || trustProxy === 'false'
-      ? false
-      : trustProxy === 'true'
-        ? true
-        // A hop count: trust that many proxies in front of the service.
-        : /^[0-9]+$/.test(trustProxy) ? (_address: string, hop: number) => hop < Number(trustProxy) : trustProxy,
-    // Behind a gateway, its request id follows the request into the logs.
-    requestIdHeader: 'x-request-id',
-    genReqId: () => randomUUID(),
+    trustProxy,
+    requestIdHeader: false,
+    genReqId: (req: IncomingMessage) => {
+      const id = req.headers['x-request-id']
+      const fromProxy = trustProxy !== false && trustProxy(req.socket.remoteAddress ?? '', 0)
+      return fromProxy && typeof id === 'string' && REQUEST_ID.test(id) ? id : randomUUID()
+    },
     // Starting may wait for PGlite's first initdb, or for another replica's migrations.
     pluginTimeout: 120_000,
-    connectionTimeout: 10_000,
+    handlerTimeout: DB_TIMEOUTS_MS.query + 2000,
+    connectionTimeout: DB_TIMEOUTS_MS.query + 4000,
     requestTimeout: 30_000,
     keepAliveTimeout: 72_000,
+    // The errors plugin answers requests that arrive while closing, in the error shape.
+    return503OnClosing: false,
+    clientErrorHandler (error: NodeJS.ErrnoException, socket: Socket) {
+      if (error.code === 'ECONNRESET' || socket.destroyed) return
+      if (socket.writable) socket.end(rawProblemResponse(clientErrorProblem(error)))
+      else socket.destroy(error)
+    },
+    // A URL Fastify cannot decode (POST /%): never echoed back.
+    frameworkErrors (error, _request, reply: FastifyReply) {
+      const problem = toProblem(error)
+      return reply.headers(RAW_SECURITY_HEADERS).code(problem.status).type('application/problem+json').send(problemBody(problem))
+    },
     ajv: {
       customOptions: {
         // Validation reports every failing field, refuses wrong types instead of coercing
@@ -50,8 +82,11 @@ export function serverOptions (config: Pick<Config, 'TRUST_PROXY' | 'LOG_LEVEL' 
         allErrors: true,
         coerceTypes: false,
         removeAdditional: false
-      }
-    }
+      },
+      plugins: [(ajv) => ajv.addKeyword(passwordPolicyKeyword)]
+    },
+    // A request without Host gets a problem from the security plugin, not Node's empty 400.
+    ...{ http: { requireHostHeader: false } }
   }
 }
 

@@ -1,5 +1,4 @@
-import envSchema from 'env-schema'
-import { ConfigSchema, type Config } from './config.ts'
+import { loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
@@ -17,11 +16,11 @@ async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise
 
 const commands: Record<string, (config: Config) => Promise<string>> = {
   migrate: (config) => withDb(config, async (db) => {
-    const applied = await migrateToLatest(db)
+    const applied = await migrateToLatest(config, db)
     return applied.length === 0 ? 'database is up to date' : `applied: ${applied.join(', ')}`
   }),
   'migrate:down': (config) => withDb(config, async (db) => {
-    const undone = await migrateDown(db)
+    const undone = await migrateDown(config, db)
     return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
   })
 }
@@ -32,7 +31,7 @@ if (command === undefined) {
   process.exit(2)
 }
 try {
-  console.log(await command(envSchema({ schema: ConfigSchema, dotenv: true })))
+  console.log(await command(await loadConfig(processEnv(), (message) => console.warn(`authgate: ${message}`))))
 } catch (error) {
   console.error(`authgate: ${(error as Error).message}`)
   process.exit(1)

@@ -1,31 +1,43 @@
+import { compile as compileTrust } from '@fastify/proxy-addr'
 import { Type, type Static } from '@sinclair/typebox'
+import envSchema from 'env-schema'
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { chmod, link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { parseEnv } from 'node:util'
 
+/** A string from a fixed list: one `enum` keyword, so a bad value is told the allowed ones. */
+const OneOf = <const T extends readonly string[]>(values: T, options: { default?: T[number] } = {}) =>
+  Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options })
+
+const DURATION_HINT = 'a number of seconds, or a number with s, m, h or d (300, 15m, 12h, 7d)'
 // Seconds ("300") or a number with a unit ("15m", "7d"), as the seed's settings accepted.
 const Duration = (defaultValue: string) =>
-  Type.String({ pattern: '^[0-9]{1,10}[smhd]?$', default: defaultValue })
+  Type.String({ pattern: '^[0-9]{1,10}[smhd]?$', default: defaultValue, description: DURATION_HINT })
 
-/** The one configuration schema: read from the environment (or .env) by @fastify/env. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+export const ALGORITHMS = ['ES256', 'EdDSA', 'RS256', 'HS256'] as const
+
+/** The one configuration schema, of the environment (or .env) as it is given. */
 export const ConfigSchema = Type.Object({
-  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], { default: 'development' }),
+  NODE_ENV: OneOf(['development', 'production', 'test'], { default: 'development' }),
   DEBUG: Type.Boolean({ default: false }),
   // Unset: 'debug' when DEBUG is true, 'info' otherwise.
-  LOG_LEVEL: Type.Optional(Type.Union([
-    Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'),
-    Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
-  ])),
+  LOG_LEVEL: Type.Optional(OneOf(LOG_LEVELS)),
   HOST: Type.String({ default: '127.0.0.1' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
   // Fastify's trustProxy: "true", a hop count, or addresses/CIDRs separated by commas; empty: off.
   TRUST_PROXY: Type.String({ default: '' }),
 
-  SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  SECRET_KEY: Type.Optional(Type.String()),
 
-  DB_ENGINE: Type.Union([Type.Literal('pglite'), Type.Literal('postgres')], { default: 'pglite' }),
+  DB_ENGINE: OneOf(['pglite', 'postgres'], { default: 'pglite' }),
   DB_NAME: Type.String({ minLength: 1, default: './data' }),
-  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'a URL postgres://user:password@host:5432/database' })),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
 
-  JWT_ALGORITHM: Type.Union([Type.Literal('ES256'), Type.Literal('EdDSA'), Type.Literal('RS256'), Type.Literal('HS256')], { default: 'ES256' }),
+  JWT_ALGORITHM: OneOf(ALGORITHMS, { default: 'ES256' }),
   JWT_ISSUER: Type.String({ minLength: 1, default: 'authgate' }),
   JWT_AUDIENCE: Type.String({ minLength: 1, default: 'authgate' }),
   JWT_ACCESS_TOKEN_LIFETIME: Duration('5m'),
@@ -36,8 +48,206 @@ export const ConfigSchema = Type.Object({
   BCRYPT_COST: Type.Integer({ minimum: 4, maximum: 15, default: 12 }),
 
   COOKIE_SECURE: Type.Boolean({ default: true }),
-  COOKIE_SAMESITE: Type.Union([Type.Literal('lax'), Type.Literal('strict'), Type.Literal('none')], { default: 'lax' }),
+  COOKIE_SAMESITE: OneOf(['lax', 'strict', 'none'], { default: 'lax' }),
   COOKIE_DOMAIN: Type.Optional(Type.String({ minLength: 1 }))
 })
 
-export type Config = Static<typeof ConfigSchema>
+type Env = Static<typeof ConfigSchema>
+export type Algorithm = Env['JWT_ALGORITHM']
+export type LogLevel = (typeof LOG_LEVELS)[number]
+
+/** Fastify's trustProxy as a function: whether the hop-th address from the socket is a trusted proxy. */
+export type TrustProxy = false | ((address: string, hop: number) => boolean)
+
+/** The validated configuration with its derived values; `SECRET_KEY` may still be missing. */
+export type ParsedConfig = Readonly<Env & {
+  logLevel: LogLevel
+  trustProxy: TrustProxy
+  /** The token and session lifetimes, in seconds. */
+  accessTtlS: number
+  refreshTtlS: number
+  sessionMaxS: number
+  /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
+  cookieNames: Readonly<{ access: string, refresh: string }>
+}>
+
+/** The configuration the service runs with: `SECRET_KEY` resolved. */
+export type Config = ParsedConfig & { readonly SECRET_KEY: string }
+
+/** A configuration that cannot run; the message names the variable and says what it takes. */
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+export const MIN_SECRET_LENGTH = 32
+const MAX_DURATION_S = 3650 * 86400
+const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 } as const
+
+/** "300" or "300s" -> 300, "15m" -> 900, "7d" -> 604800: the schema guarantees the shape. */
+export function durationToSeconds (value: string): number {
+  const unit = value.at(-1) as string
+  if (unit in UNIT_SECONDS) return Number(value.slice(0, -1)) * UNIT_SECONDS[unit as keyof typeof UNIT_SECONDS]
+  return Number(value)
+}
+
+interface AjvError { instancePath: string, keyword: string, params: Record<string, unknown>, message?: string }
+
+// One sentence per variable, in words a person setting it can act on.
+function describe (error: AjvError, env: Record<string, unknown>): string {
+  const name = error.instancePath.slice(1)
+  const schema = (ConfigSchema.properties as Record<string, Record<string, unknown> | undefined>)[name] ?? {}
+  const given = `, not ${JSON.stringify(env[name])}`
+  switch (error.keyword) {
+    case 'enum': return `${name} must be one of ${(error.params.allowedValues as string[]).join(', ')}${given}`
+    case 'pattern': return `${name} must be ${String(schema.description ?? `like ${String(error.params.pattern)}`)}${given}`
+    case 'type': return `${name} must be ${schema.type === 'boolean' ? 'true or false' : 'a whole number'}${given}`
+    case 'minimum': case 'maximum':
+      return `${name} must be between ${String(schema.minimum)} and ${String(schema.maximum)}${given}`
+    case 'minLength': return `${name} must not be empty`
+    default: return `${name} ${error.message ?? 'is not valid'}${given}`
+  }
+}
+
+function parseTrustProxy (value: string): TrustProxy {
+  if (value === '' || value === 'false') return false
+  if (value === 'true') return () => true
+  // A hop count: trust that many proxies in front of the service.
+  if (/^[0-9]+$/.test(value)) return (_address, hop) => hop < Number(value)
+  try {
+    return compileTrust(value.split(',').map((part) => part.trim()))
+  } catch (error) {
+    throw new ConfigError(`TRUST_PROXY must be true, a hop count, or IP addresses/CIDRs separated by commas: ${(error as Error).message}`)
+  }
+}
+
+/**
+ * Validates the environment and derives what the service needs from it. Pure: the same
+ * variables give the same configuration, or the same ConfigError naming every bad variable.
+ */
+export function parseConfig (env: Record<string, string | undefined>): ParsedConfig {
+  let values: Env
+  try {
+    values = envSchema({ schema: structuredClone(ConfigSchema), data: { ...env }, env: false, dotenv: false })
+  } catch (error) {
+    const errors = ((error as { errors?: AjvError[] }).errors ?? [])
+    const lines = [...new Set(errors.map((e) => describe(e, env)))]
+    throw new ConfigError(lines.length > 0 ? lines.join('; ') : (error as Error).message)
+  }
+
+  const problems: string[] = []
+  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME'): number => {
+    const s = durationToSeconds(values[name])
+    if (s < 1 || s > MAX_DURATION_S) problems.push(`${name} must be between 1s and 3650d, not ${values[name]}`)
+    return s
+  }
+  const accessTtlS = seconds('JWT_ACCESS_TOKEN_LIFETIME')
+  const refreshTtlS = seconds('JWT_REFRESH_TOKEN_LIFETIME')
+  const sessionMaxS = seconds('AUTH_SESSION_MAX_LIFETIME')
+  if (values.COOKIE_SAMESITE === 'none' && !values.COOKIE_SECURE) problems.push('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')
+  if (values.DB_ENGINE === 'postgres' && values.DATABASE_URL === undefined) problems.push('DATABASE_URL is required when DB_ENGINE=postgres')
+  if (values.SECRET_KEY !== undefined && values.SECRET_KEY.length < MIN_SECRET_LENGTH) {
+    problems.push(`SECRET_KEY must be at least ${MIN_SECRET_LENGTH} characters`)
+  }
+  if (values.SECRET_KEY === undefined && values.NODE_ENV === 'production') problems.push('SECRET_KEY is required when NODE_ENV=production')
+  let trustProxy: TrustProxy = false
+  try {
+    trustProxy = parseTrustProxy(values.TRUST_PROXY)
+  } catch (error) {
+    problems.push((error as Error).message)
+  }
+  if (problems.length > 0) throw new ConfigError(problems.join('; '))
+
+  const secure = values.COOKIE_SECURE
+  return Object.freeze({
+    ...values,
+    logLevel: values.LOG_LEVEL ?? (values.DEBUG ? 'debug' : 'info'),
+    trustProxy,
+    accessTtlS,
+    refreshTtlS,
+    sessionMaxS,
+    // The refresh cookie has its own path, so it can take __Secure- only.
+    cookieNames: Object.freeze({
+      access: `${secure ? (values.COOKIE_DOMAIN === undefined ? '__Host-' : '__Secure-') : ''}access_token`,
+      refresh: `${secure ? '__Secure-' : ''}refresh_token`
+    })
+  })
+}
+
+/** The folder authgate keeps local state in: PGlite's data, the development secret. */
+export function dataFolder (config: Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME'>): string | undefined {
+  if (config.DB_ENGINE === 'pglite' && config.DB_NAME.startsWith('memory://')) return undefined
+  return config.DB_ENGINE === 'pglite' ? config.DB_NAME : './data'
+}
+
+/**
+ * Creates the data folder, readable by its owner only, with a .gitignore that keeps it out of
+ * any repository it is made in.
+ */
+export async function ensureDataFolder (folder: string): Promise<void> {
+  await mkdir(folder, { recursive: true, mode: 0o700 })
+  // An existing folder keeps its mode through mkdir: PGlite writes its files 0666.
+  await chmod(folder, 0o700)
+  await writeFile(join(folder, '.gitignore'), '*\n', { flag: 'wx' }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EEXIST') throw error
+  })
+}
+
+// In development a missing SECRET_KEY is generated once into the data folder, so tokens and
+// encrypted keys survive restarts. Written to a temporary file, then linked into place: a
+// second process starting at once reads the whole secret or makes none, never an empty one.
+async function developmentSecret (folder: string): Promise<{ secret: string, created: boolean }> {
+  const file = join(folder, 'secret_key')
+  const read = async (): Promise<string> => {
+    const secret = (await readFile(file, 'utf8')).trim()
+    if (secret.length < MIN_SECRET_LENGTH) {
+      throw new ConfigError(`${file} holds a secret of ${secret.length} characters; at least ${MIN_SECRET_LENGTH} are needed: delete the file to generate one, or set SECRET_KEY`)
+    }
+    return secret
+  }
+  try {
+    return { secret: await read(), created: false }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+  }
+  await ensureDataFolder(folder)
+  const secret = randomBytes(48).toString('base64url')
+  const temporary = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`
+  await writeFile(temporary, secret + '\n', { mode: 0o600, flag: 'wx' })
+  try {
+    await link(temporary, file)
+    return { secret, created: true }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    return { secret: await read(), created: false }
+  } finally {
+    await rm(temporary, { force: true })
+  }
+}
+
+/**
+ * The configuration the service runs with: parsed, and with a development SECRET_KEY made or
+ * read when none is set. `warn` receives what an operator should know.
+ */
+export async function loadConfig (env: Record<string, string | undefined>, warn: (message: string) => void = () => {}): Promise<Config> {
+  const config = parseConfig(env)
+  if (config.SECRET_KEY !== undefined) return config as Config
+  const folder = dataFolder(config)
+  if (folder === undefined) {
+    warn('SECRET_KEY is not set: using a random one for this in-memory run')
+    return Object.freeze({ ...config, SECRET_KEY: randomBytes(48).toString('base64url') })
+  }
+  const { secret, created } = await developmentSecret(folder)
+  if (created) warn(`SECRET_KEY is not set: generated one into ${join(folder, 'secret_key')} (development only)`)
+  return Object.freeze({ ...config, SECRET_KEY: secret })
+}
+
+/** The process environment over a .env file of the working directory, as env-schema's dotenv reads it. */
+export function processEnv (): Record<string, string | undefined> {
+  let fromFile: Record<string, string> = {}
+  try {
+    fromFile = parseEnv(readFileSync('.env', 'utf8')) as Record<string, string>
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+  }
+  return { ...fromFile, ...process.env }
+}

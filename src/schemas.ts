@@ -14,8 +14,11 @@ const WELL_FORMED_TEXT = '^[^\\u0000\\uD800-\\uDFFF]+$'
 export const PasswordSchema = Type.String({ minLength: 1, maxLength: 256, pattern: WELL_FORMED_TEXT })
 /** A username, or an email (it contains @). */
 export const IdentifierSchema = Type.String({ minLength: 1, maxLength: 254, pattern: WELL_FORMED_TEXT })
-/** A token, bounded only: one that is not a JWT is refused with 401 token_not_valid, as simplejwt does. */
-export const TokenSchema = Type.String({ minLength: 1, maxLength: 4096 })
+/**
+ * A token, bounded by the body limit alone: any string that is not a valid token is refused
+ * with 401 token_not_valid, as simplejwt does, whatever its length.
+ */
+export const TokenSchema = Type.String({ minLength: 1 })
 
 /** A public JWK as the JWKS publishes it (RFC 7517 §4, RFC 7518 §6). */
 export const JwkSchema = Type.Object({

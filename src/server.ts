@@ -1,25 +1,28 @@
 import closeWithGrace from 'close-with-grace'
-import envSchema from 'env-schema'
 import Fastify from 'fastify'
 import app, { serverOptions } from './app.ts'
-import { ConfigSchema, type Config } from './config.ts'
+import { loadConfig, processEnv, type Config } from './config.ts'
+
+// A failed start is one line on stderr, naming what to fix; the stack goes to the debug log.
+function fail (what: string, error: unknown): never {
+  console.error(`authgate: ${what}: ${(error as Error).message}`)
+  process.exit(1)
+}
 
 let config: Config
 try {
-  config = envSchema({ schema: ConfigSchema, dotenv: true })
+  config = await loadConfig(processEnv(), (message) => console.warn(`authgate: ${message}`))
 } catch (error) {
-  console.error(`authgate: invalid configuration: ${(error as Error).message}`)
-  process.exit(1)
+  fail('invalid configuration', error)
 }
 
 const fastify = Fastify(serverOptions(config))
 try {
-  await fastify.register(app, { env: config })
+  await fastify.register(app, { config })
   await fastify.ready()
 } catch (error) {
-  fastify.log.fatal({ err: error }, 'could not start')
-  console.error(`authgate: could not start: ${(error as Error).message}`)
-  process.exit(1)
+  fastify.log.debug({ err: error }, 'could not start')
+  fail('could not start', error)
 }
 
 // SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close the pool; then exit.
@@ -32,7 +35,6 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 try {
   await fastify.listen({ host: config.HOST, port: config.PORT })
 } catch (error) {
-  fastify.log.fatal({ err: error }, 'could not listen')
-  console.error(`authgate: could not listen on ${config.HOST}:${config.PORT}: ${(error as Error).message}`)
-  process.exit(1)
+  fastify.log.debug({ err: error }, 'could not listen')
+  fail(`could not listen on ${config.HOST}:${config.PORT}`, error)
 }

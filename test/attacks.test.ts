@@ -2,7 +2,7 @@ import { createHmac, createPublicKey, generateKeyPairSync, sign as cryptoSign } 
 import { createSigner } from 'fast-jwt'
 import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { loadSigningKeys } from '../src/services/keys.ts'
+import { loadSigningKeys } from '../src/services/signing-keys.ts'
 import { build, claimsOf, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -18,8 +18,8 @@ t.test('forged and tampered tokens are refused', async (t) => {
   const app = await build(t, { clock })
   const { access, refresh } = await login(app)
   const claims = claimsOf(access)
-  const kid = app.keys.jwks.keys[0]!.kid
-  const publicPem = createPublicKey({ key: app.keys.jwks.keys[0]! as never, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
+  const kid = app.keyring.jwks.keys[0]!.kid
+  const publicPem = createPublicKey({ key: app.keyring.jwks.keys[0]! as never, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
 
   async function expectRefused (t: Test, token: string, why: string): Promise<void> {
     const detail = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })
@@ -60,7 +60,7 @@ t.test('forged and tampered tokens are refused', async (t) => {
     const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
     const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
     const signWith = (header: Record<string, unknown>): string =>
-      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid, header: { alg: 'ES256', ...header } })(claims)
+      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid, header: { alg: 'ES256', typ: 'at+jwt', ...header } })(claims)
     t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${signWith({})}` } })).statusCode, 200, 'control: our key, no extra header')
     await expectRefused(t, signWith({ jku: 'http://127.0.0.1:9/jwks.json' }), 'jku')
     await expectRefused(t, signWith({ x5u: 'http://127.0.0.1:9/cert.pem' }), 'x5u')
@@ -76,7 +76,7 @@ t.test('forged and tampered tokens are refused', async (t) => {
   t.test('a wrong issuer or audience, even signed with our own key', async (t) => {
     const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
     const signWith = (changes: Record<string, unknown>): string =>
-      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid })({ ...claims, ...changes })
+      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid, header: { alg: 'ES256', typ: 'at+jwt' } })({ ...claims, ...changes })
     t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${signWith({})}` } })).statusCode, 200, 'control: our key, our claims')
     await expectRefused(t, signWith({ iss: 'someone-else' }), 'wrong issuer')
     await expectRefused(t, signWith({ aud: 'another-api' }), 'wrong audience')

@@ -1,60 +1,129 @@
-import { readFile, stat } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { durationToSeconds } from '../src/lib/duration.ts'
-import { build, freshDatabase } from './helper.ts'
+import { ConfigError, durationToSeconds, loadConfig, parseConfig } from '../src/config.ts'
 
-t.test('durations are seconds or a number with s, m, h or d', async (t) => {
+// Configuration is a pure function of the environment: these tests start no app.
+
+t.test('durations are seconds or a number with s, m, h or d, derived once as seconds', async (t) => {
   t.equal(durationToSeconds('300'), 300)
   t.equal(durationToSeconds('45s'), 45)
   t.equal(durationToSeconds('15m'), 900)
   t.equal(durationToSeconds('2h'), 7200)
   t.equal(durationToSeconds('7d'), 604800)
+  const config = parseConfig({ JWT_ACCESS_TOKEN_LIFETIME: '15m', JWT_REFRESH_TOKEN_LIFETIME: '7d' })
+  t.match(config, { accessTtlS: 900, refreshTtlS: 604800, sessionMaxS: 30 * 86400 })
 })
 
-t.test('a bad value stops the start with a message naming the variable', async (t) => {
-  const cases: Array<[Record<string, string | undefined>, RegExp]> = [
-    [{ PORT: 'abc' }, /PORT/],
-    [{ PORT: '70000' }, /PORT/],
-    [{ JWT_ACCESS_TOKEN_LIFETIME: '5 minutes' }, /JWT_ACCESS_TOKEN_LIFETIME/],
-    [{ JWT_REFRESH_TOKEN_LIFETIME: '-1d' }, /JWT_REFRESH_TOKEN_LIFETIME/],
-    [{ JWT_ACCESS_TOKEN_LIFETIME: '0' }, /JWT_ACCESS_TOKEN_LIFETIME must be between 1s and 3650d/],
-    [{ AUTH_SESSION_MAX_LIFETIME: '3651d' }, /AUTH_SESSION_MAX_LIFETIME must be between 1s and 3650d/],
-    [{ AUTH_SESSION_MAX_LIFETIME: '99999999999d' }, /AUTH_SESSION_MAX_LIFETIME/],
-    [{ BCRYPT_COST: '3' }, /BCRYPT_COST/],
-    [{ DB_ENGINE: 'mysql' }, /DB_ENGINE/],
-    [{ JWT_ALGORITHM: 'none' }, /JWT_ALGORITHM/],
-    [{ COOKIE_SAMESITE: 'sometimes' }, /COOKIE_SAMESITE/],
-    [{ COOKIE_SECURE: 'maybe' }, /COOKIE_SECURE/],
-    [{ COOKIE_SAMESITE: 'none', COOKIE_SECURE: 'false' }, /COOKIE_SAMESITE=none requires COOKIE_SECURE/],
-    [{ DB_ENGINE: 'postgres', DATABASE_URL: '' }, /DATABASE_URL/],
-    [{ DB_ENGINE: 'postgres', DATABASE_URL: undefined }, /DATABASE_URL is required when DB_ENGINE=postgres/]
+t.test('the defaults', async (t) => {
+  const config = parseConfig({})
+  t.match(config, {
+    NODE_ENV: 'development',
+    DB_ENGINE: 'pglite',
+    DB_NAME: './data',
+    PORT: 3000,
+    HOST: '127.0.0.1',
+    JWT_ALGORITHM: 'ES256',
+    BCRYPT_COST: 12,
+    COOKIE_SECURE: true,
+    COOKIE_SAMESITE: 'lax',
+    logLevel: 'info',
+    trustProxy: false,
+    cookieNames: { access: '__Host-access_token', refresh: '__Secure-refresh_token' }
+  })
+  t.ok(Object.isFrozen(config), 'decorated unchanged: nothing may alter it later')
+  t.equal(parseConfig({ DEBUG: 'true' }).logLevel, 'debug')
+  t.equal(parseConfig({ DEBUG: 'true', LOG_LEVEL: 'warn' }).logLevel, 'warn')
+})
+
+t.test('cookie names follow Secure and COOKIE_DOMAIN', async (t) => {
+  t.same(parseConfig({ COOKIE_SECURE: 'false' }).cookieNames, { access: 'access_token', refresh: 'refresh_token' })
+  t.same(parseConfig({ COOKIE_DOMAIN: 'example.com' }).cookieNames, { access: '__Secure-access_token', refresh: '__Secure-refresh_token' })
+})
+
+t.test('TRUST_PROXY: off, true, a hop count, or addresses', async (t) => {
+  t.equal(parseConfig({}).trustProxy, false)
+  t.equal(parseConfig({ TRUST_PROXY: 'false' }).trustProxy, false)
+  const all = parseConfig({ TRUST_PROXY: 'true' }).trustProxy
+  t.ok(all !== false && all('203.0.113.9', 5))
+  const hops = parseConfig({ TRUST_PROXY: '1' }).trustProxy
+  t.ok(hops !== false && hops('10.0.0.1', 0) && !hops('10.0.0.1', 1))
+  const list = parseConfig({ TRUST_PROXY: '127.0.0.1, 10.0.0.0/8' }).trustProxy
+  t.ok(list !== false && list('10.1.2.3', 0) && list('127.0.0.1', 0) && !list('192.0.2.1', 0))
+})
+
+t.test('a bad value is one message naming the variable and what it takes', async (t) => {
+  const cases: Array<[Record<string, string | undefined>, string | RegExp]> = [
+    [{ PORT: 'abc' }, 'PORT must be a whole number, not "abc"'],
+    [{ PORT: '70000' }, 'PORT must be between 0 and 65535, not "70000"'],
+    [{ JWT_ACCESS_TOKEN_LIFETIME: '5 minutes' }, 'JWT_ACCESS_TOKEN_LIFETIME must be a number of seconds, or a number with s, m, h or d (300, 15m, 12h, 7d), not "5 minutes"'],
+    [{ JWT_REFRESH_TOKEN_LIFETIME: '-1d' }, /^JWT_REFRESH_TOKEN_LIFETIME must be a number of seconds/],
+    [{ JWT_ACCESS_TOKEN_LIFETIME: '0' }, 'JWT_ACCESS_TOKEN_LIFETIME must be between 1s and 3650d, not 0'],
+    [{ AUTH_SESSION_MAX_LIFETIME: '3651d' }, 'AUTH_SESSION_MAX_LIFETIME must be between 1s and 3650d, not 3651d'],
+    [{ AUTH_SESSION_MAX_LIFETIME: '99999999999d' }, /^AUTH_SESSION_MAX_LIFETIME must be a number of seconds/],
+    [{ BCRYPT_COST: '3' }, 'BCRYPT_COST must be between 4 and 15, not "3"'],
+    [{ DB_ENGINE: 'mysql' }, 'DB_ENGINE must be one of pglite, postgres, not "mysql"'],
+    [{ JWT_ALGORITHM: 'HS512' }, 'JWT_ALGORITHM must be one of ES256, EdDSA, RS256, HS256, not "HS512"'],
+    [{ LOG_LEVEL: 'verbose' }, 'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, not "verbose"'],
+    [{ COOKIE_SAMESITE: 'sometimes' }, 'COOKIE_SAMESITE must be one of lax, strict, none, not "sometimes"'],
+    [{ COOKIE_SECURE: 'maybe' }, 'COOKIE_SECURE must be true or false, not "maybe"'],
+    [{ COOKIE_SAMESITE: 'none', COOKIE_SECURE: 'false' }, 'COOKIE_SAMESITE=none requires COOKIE_SECURE=true'],
+    [{ DB_ENGINE: 'postgres', DATABASE_URL: 'mysql://x' }, /^DATABASE_URL must be a URL postgres:/],
+    [{ DB_ENGINE: 'postgres' }, 'DATABASE_URL is required when DB_ENGINE=postgres'],
+    [{ TRUST_PROXY: 'banana' }, /^TRUST_PROXY must be true, a hop count, or IP addresses\/CIDRs separated by commas: .*banana/],
+    [{ SECRET_KEY: '' }, 'SECRET_KEY must be at least 32 characters'],
+    [{ SECRET_KEY: 'short-secret' }, 'SECRET_KEY must be at least 32 characters'],
+    [{ NODE_ENV: 'production' }, 'SECRET_KEY is required when NODE_ENV=production']
   ]
   for (const [env, message] of cases) {
-    await t.rejects(build(t, { env, database: { DB_ENGINE: 'pglite', DB_NAME: 'memory://' } }), message, JSON.stringify(env))
+    const error = (() => { try { parseConfig(env); return undefined } catch (e) { return e as Error } })()
+    t.type(error, ConfigError, JSON.stringify(env))
+    if (typeof message === 'string') t.equal(error?.message, message)
+    else t.match(error?.message, message)
+    t.notMatch(error?.message, /\n|must be equal to constant|must match pattern/, 'one plain line')
   }
+  t.equal(
+    (() => { try { parseConfig({ PORT: 'x', DB_ENGINE: 'oracle' }) } catch (e) { return (e as Error).message } })(),
+    'PORT must be a whole number, not "x"; DB_ENGINE must be one of pglite, postgres, not "oracle"',
+    'every bad variable at once'
+  )
 })
 
-t.test('in production a missing or short SECRET_KEY stops the start', async (t) => {
-  const database = { DB_ENGINE: 'pglite', DB_NAME: 'memory://' }
-  await t.rejects(build(t, { database, env: { NODE_ENV: 'production', SECRET_KEY: undefined } }), /SECRET_KEY is required when NODE_ENV=production/)
-  await t.rejects(build(t, { database, env: { NODE_ENV: 'production', SECRET_KEY: '' } }), /SECRET_KEY/)
-  await t.rejects(build(t, { database, env: { NODE_ENV: 'production', SECRET_KEY: 'short-secret' } }), /at least 32 characters/)
-})
+t.test('the development secret', async (t) => {
+  const folder = await mkdtemp(join(tmpdir(), 'authgate-config-'))
+  t.teardown(() => rm(folder, { recursive: true, force: true }))
 
-t.test('in development a missing SECRET_KEY is generated once into the data folder', {
-  skip: process.env.DB_ENGINE === 'postgres' && 'the data folder is PGlite\'s'
-}, async (t) => {
-  const database = await freshDatabase(t)
-  const logLines: string[] = []
-  const first = await build(t, { database, logLines, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })
-  t.equal(first.config.SECRET_KEY.length >= 32, true)
-  t.ok(logLines.map((l) => JSON.parse(l)).some((e) => e.level === 40 && e.msg === 'SECRET_KEY is not set: generated one into the data folder (development only)'), 'with a warning')
-  await first.close()
-  const file = join(database.DB_NAME!, 'secret_key')
-  t.equal((await stat(file)).mode & 0o777, 0o600, 'readable by the owner only')
-  const secret = (await readFile(file, 'utf8')).trim()
-  t.equal(secret, first.config.SECRET_KEY)
-  const second = await build(t, { database, env: { NODE_ENV: 'development', SECRET_KEY: undefined } })
-  t.equal(second.config.SECRET_KEY, secret, 'the same secret on the next start: keys still open')
+  t.test('is generated once into a data folder that did not exist, readable by the owner only', async (t) => {
+    const dataFolder = join(folder, 'does', 'not', 'exist')
+    const warnings: string[] = []
+    const first = await loadConfig({ DB_NAME: dataFolder }, (m) => warnings.push(m))
+    t.ok(first.SECRET_KEY.length >= 32)
+    t.match(warnings, [/SECRET_KEY is not set: generated one into .*secret_key \(development only\)/])
+    t.equal((await stat(join(dataFolder, 'secret_key'))).mode & 0o777, 0o600)
+    t.equal((await stat(dataFolder)).mode & 0o777, 0o700, 'the data folder is the owner\'s alone')
+    t.equal(await readFile(join(dataFolder, '.gitignore'), 'utf8'), '*\n', 'and stays out of git')
+    t.equal((await loadConfig({ DB_NAME: dataFolder })).SECRET_KEY, first.SECRET_KEY, 'the same secret on the next start')
+  })
+
+  t.test('processes starting together all read the one secret written', async (t) => {
+    const dataFolder = join(folder, 'together')
+    const secrets = await Promise.all(Array.from({ length: 8 }, () => loadConfig({ DB_NAME: dataFolder })))
+    t.equal(new Set(secrets.map((c) => c.SECRET_KEY)).size, 1)
+  })
+
+  t.test('an empty or short secret file is refused, naming it', async (t) => {
+    for (const content of ['', 'short\n']) {
+      const dataFolder = await mkdtemp(join(folder, 'short-'))
+      await writeFile(join(dataFolder, 'secret_key'), content)
+      await t.rejects(loadConfig({ DB_NAME: dataFolder }), /secret_key holds a secret of \d+ characters; at least 32 are needed/)
+    }
+  })
+
+  t.test('an in-memory database gets a random secret, with a warning', async (t) => {
+    const warnings: string[] = []
+    const config = await loadConfig({ DB_NAME: 'memory://' }, (m) => warnings.push(m))
+    t.ok(config.SECRET_KEY.length >= 32)
+    t.match(warnings, [/using a random one for this in-memory run/])
+  })
 })

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { build } from './helper.ts'
+import { build, freshDatabase } from './helper.ts'
+import { startProxy } from './tcp-proxy.ts'
 
 t.test('health', async (t) => {
   const app = await build(t)
@@ -19,13 +20,29 @@ t.test('health', async (t) => {
     t.equal(res.headers['x-frame-options'], 'SAMEORIGIN')
   })
 
-  t.test('ready answers 503 while the database is unreachable; live stays 200', async (t) => {
-    await app.db.destroy()
-    const res = await app.inject({ url: '/health/ready' })
-    t.equal(res.statusCode, 503)
-    t.match(res.json(), { status: 503, code: 'service_unavailable' })
-    t.equal((await app.inject({ url: '/health/live' })).statusCode, 200)
+  t.test('probes log nothing at LOG_LEVEL=silent or below warn', async (t) => {
+    const logLines: string[] = []
+    const quiet = await build(t, { logLines, env: { LOG_LEVEL: 'error' } })
+    t.equal(quiet.config.logLevel, 'error')
+    await quiet.inject({ url: '/health/live' })
+    t.same(logLines.filter((l) => JSON.parse(l).level < 50), [], 'nothing under error')
   })
+})
+
+t.test('ready answers 503 while the database is unreachable, live stays 200, and both recover', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it cannot become unreachable'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
+  const through = new URL(database.DATABASE_URL!)
+  through.port = String(proxy.port)
+  const app = await build(t, { database: { ...database, DATABASE_URL: through.toString() } })
+  t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200)
+  await proxy.close()
+  const res = await app.inject({ url: '/health/ready' })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { status: 503, code: 'service_unavailable', detail: 'The database is unavailable; try again shortly.' })
+  t.equal((await app.inject({ url: '/health/live' })).statusCode, 200)
 })
 
 t.test('a database connection lost mid-transaction answers 503 and the service lives on', {

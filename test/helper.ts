@@ -6,18 +6,26 @@ import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
+import { sql } from 'kysely'
 import type { Test } from 'tap'
 import app, { serverOptions } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
 import { pgliteDataDir } from '../src/db/index.ts'
+import type { Clock } from '../src/lib/clock.ts'
 
 export const SECRET_KEY = 'test-secret-key-that-is-long-enough-for-production'
 
-/** A clock the tests move: tokens, grace periods and session ages follow it. */
-export class TestClock {
-  #ms = Date.now()
-  now = (): Date => new Date(this.#ms)
+/**
+ * A clock the tests move: token times stand still but for `advance`; the database clock runs
+ * on, shifted by the same amount, so grace periods and session ages follow it too.
+ */
+export class TestClock implements Clock {
+  readonly #start = Date.now()
+  #offsetMs = 0
+  now = (): Date => new Date(this.#start + this.#offsetMs)
+  db = () => sql<Date>`clock_timestamp() + make_interval(secs => ${this.#offsetMs / 1000})`
   advance (seconds: number): void {
-    this.#ms += seconds * 1000
+    this.#offsetMs += seconds * 1000
   }
 }
 
@@ -71,18 +79,19 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
     NODE_ENV: 'test',
     SECRET_KEY,
     BCRYPT_COST: '4',
-    LOG_LEVEL: 'silent',
+    LOG_LEVEL: logLines === undefined ? 'silent' : 'info',
     ...database ?? await freshDatabase(t),
     ...env
   }).filter(([, value]) => value !== undefined))
-  const options = serverOptions({ TRUST_PROXY: '', LOG_LEVEL: logLines === undefined ? 'silent' : 'info', DEBUG: false })
+  const config = await loadConfig(fullEnv)
+  const options = serverOptions(config)
   if (logLines !== undefined) {
     options.logger = { ...options.logger as object, stream: { write: (line: string) => { logLines.push(line) } } }
   }
   const fastify = Fastify(options)
   t.teardown(() => fastify.close())
-  // fp: the tests reach the app's decorators (db, keys) as fastify-cli's helper does.
-  await fastify.register(fp(app), { env: fullEnv, now: clock.now })
+  // fp: the tests reach the app's decorators (db, keyring) as fastify-cli's helper does.
+  await fastify.register(fp(app), { config, clock })
   await fastify.ready()
   return fastify
 }

@@ -110,10 +110,16 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
       ['/api/auth/register', { username: big, email: 'a@example.com', password: 'correct horse battery' }],
       ['/api/auth/register', { ...uniqueUser(), email: `${big}@example.com` }],
       ['/api/auth/register', { ...uniqueUser(), password: big }],
-      ['/api/auth/login', { identifier: big, password: 'x' }],
-      ['/api/token/verify', { token: `${big}.${big.slice(0, 100)}.x` }]
+      ['/api/auth/login', { identifier: big, password: 'x' }]
     ] as Array<[string, unknown]>) {
       expectProblem(t, await postJson(app, url, body), 400, 'validation_failed', `${url} big`)
+    }
+  })
+
+  t.test('any string that is not a valid token is 401 token_not_valid, whatever its length up to the body limit', async (t) => {
+    for (const token of ['x'.repeat(4097), `${'a'.repeat(8000)}.${'b'.repeat(8000)}.c`, 'e30.e30.' + 'A'.repeat(16_000)]) {
+      expectProblem(t, await postJson(app, '/api/token/verify', { token }), 401, 'token_not_valid', `verify, ${token.length} characters`)
+      expectProblem(t, await postJson(app, '/api/token/refresh', { refresh: token }), 401, 'token_not_valid', `refresh, ${token.length} characters`)
     }
   })
 

@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto'
 import { createSigner, createVerifier } from 'fast-jwt'
 import t from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { ensureSigningKey, loadSigningKeys } from '../src/services/keys.ts'
+import { ensureSigningKey, loadSigningKeys } from '../src/services/signing-keys.ts'
 import { build, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
 
 t.test('JWKS and signing keys', async (t) => {
@@ -52,8 +52,8 @@ t.test('two instances starting together on one database make one key', {
 }, async (t) => {
   const database = await freshDatabase(t)
   const [a, b] = await Promise.all([build(t, { database }), build(t, { database })])
-  t.same(a.keys.jwks, b.keys.jwks)
-  t.equal(a.keys.jwks.keys.length, 1)
+  t.same(a.keyring.jwks, b.keyring.jwks)
+  t.equal(a.keyring.jwks.keys.length, 1)
   const token = await login(a)
   t.equal((await b.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token.access}` } })).statusCode, 200, 'one replica verifies what the other signed')
 })
@@ -68,14 +68,14 @@ t.test('a key created by another replica after start is found by its kid, one lo
   async function rotateElsewhere (): Promise<string> {
     await ensureSigningKey(app.db, box, 'ES256', { rotate: true })
     const [newest] = await loadSigningKeys(app.db, box, 86400)
-    return createSigner({ key: newest!.privateKey, algorithm: 'ES256', kid: newest!.kid })(claims)
+    return createSigner({ key: newest!.privateKey, algorithm: 'ES256', kid: newest!.kid, header: { alg: 'ES256', typ: 'at+jwt' } })(claims)
   }
   const detail = async (token: string): Promise<number> =>
     (await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })).statusCode
 
   t.equal(await detail(await rotateElsewhere()), 200, 'a new kid: looked up at once')
   t.equal(await detail(access), 200, 'the retired key still verifies')
-  t.equal(app.keys.jwks.keys.length, 2, 'both keys in the JWKS')
+  t.equal(app.keyring.jwks.keys.length, 2, 'both keys in the JWKS')
 
   const second = await rotateElsewhere()
   t.equal(await detail(second), 401, 'another new kid within 10 s of the last lookup: refused without a query')
@@ -89,7 +89,7 @@ for (const [alg, kty] of [['EdDSA', 'OKP'], ['RS256', 'RSA']] as const) {
     const { access } = await login(app)
     t.equal(JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString()).alg, alg)
     t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
-    t.match(app.keys.jwks.keys, [{ kty, alg }])
+    t.match(app.keyring.jwks.keys, [{ kty, alg }])
   })
 }
 
@@ -109,7 +109,7 @@ t.test('changing JWT_ALGORITHM retires the old key, whose tokens keep working', 
   t.equal((await second.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
   const { access: fresh } = await login(second)
   t.equal(JSON.parse(Buffer.from(fresh.split('.')[0]!, 'base64url').toString()).alg, 'EdDSA')
-  t.same(second.keys.jwks.keys.map((k) => k.alg).sort(), ['ES256', 'EdDSA'])
+  t.same(second.keyring.jwks.keys.map((k: { alg: string }) => k.alg).sort(), ['ES256', 'EdDSA'])
 })
 
 t.test('a different SECRET_KEY cannot open the stored keys: the start fails and says why', async (t) => {

@@ -3,7 +3,8 @@ import { build, postJson, uniqueUser } from './helper.ts'
 
 t.test('logs are JSON lines with request ids, and never hold a password, token or cookie', async (t) => {
   const logLines: string[] = []
-  const app = await build(t, { logLines })
+  // Request ids are taken from a trusted proxy only: inject's peer is 127.0.0.1.
+  const app = await build(t, { logLines, env: { TRUST_PROXY: '127.0.0.1' } })
   const user = uniqueUser()
   await postJson(app, '/api/auth/register', user)
   const login = await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password }, { 'x-request-id': 'gateway-request-1' })
@@ -24,4 +25,16 @@ t.test('logs are JSON lines with request ids, and never hold a password, token o
   for (const secret of [user.password, access, refresh, access.split('.')[2]!, 'broken json']) {
     t.notOk(all.includes(secret), `not logged: ${secret.slice(0, 12)}…`)
   }
+})
+
+t.test('an incoming request id is taken from a trusted proxy only, and only when short and plain', async (t) => {
+  const logLines: string[] = []
+  const untrusted = await build(t, { logLines })
+  await untrusted.inject({ url: '/api/nope', headers: { 'x-request-id': 'forged-by-a-client' } })
+  const trusted = await build(t, { logLines, env: { TRUST_PROXY: '127.0.0.1' } })
+  await trusted.inject({ url: '/api/nope', headers: { 'x-request-id': 'x'.repeat(129) } })
+  await trusted.inject({ url: '/api/nope', headers: { 'x-request-id': 'bad id\u0007with"quotes' } })
+  const ids = logLines.map((line) => JSON.parse(line).reqId).filter(Boolean)
+  t.ok(ids.length >= 3)
+  t.ok(ids.every((id: string) => /^[0-9a-f-]{36}$/.test(id)), 'each replaced by a fresh UUID')
 })

@@ -31,7 +31,10 @@ t.test('token endpoints', async (t) => {
     t.not(a.jti, r.jti)
     const header = JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString())
     t.same(Object.keys(header).sort(), ['alg', 'kid', 'typ'])
-    t.match(header, { alg: 'ES256', typ: 'JWT', kid: app.keys.jwks.keys[0]!.kid })
+    t.match(header, { alg: 'ES256', typ: 'at+jwt', kid: app.keyring.jwks.keys[0]!.kid }, 'RFC 9068 access token')
+    const refreshHeader = JSON.parse(Buffer.from(refresh.split('.')[0]!, 'base64url').toString())
+    t.match(refreshHeader, { alg: 'HS256', kid: 'refresh' }, 'refresh tokens: a key no JWKS publishes')
+    t.notOk(app.keyring.jwks.keys.some((k) => k.kid === refreshHeader.kid))
   })
 
   t.test('refresh with the body rotates the pair and sets no cookies', async (t) => {

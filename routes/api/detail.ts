@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { problems, UserSchema } from '../../src/schemas.ts'
+import { problems, UserSchema } from '#src/schemas.ts'
 
 const detail: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/detail', {
@@ -10,13 +10,10 @@ const detail: FastifyPluginAsyncTypebox = async (fastify) => {
       security: [{ bearer: [] }, { cookie: [] }],
       response: {
         200: Type.Object({ message: Type.String(), user: UserSchema }),
-        ...problems(401, 503)
+        ...problems(400, 401, 503)
       }
     }
-  }, async (request) => {
-    // authenticate has set the user, or answered 401.
-    return { message: 'Welcome to Page', user: request.user! }
-  })
+  }, async (request) => ({ message: 'Welcome to Page', user: request.user }))
 }
 
 export default detail

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { JwkSchema } from '../../src/schemas.ts'
+import { JwkSchema } from '#src/schemas.ts'
 
 // Mounted at /.well-known (a folder cannot start with a dot and stay visible to autoload).
 export const prefixOverride = '/.well-known'
@@ -14,7 +14,7 @@ const jwks: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (_request, reply) => {
     // Short enough that a rotation reaches verifiers well before the old key is retired.
     reply.header('cache-control', 'public, max-age=300')
-    return fastify.keys.jwks
+    return fastify.keyring.jwks
   })
 }
 

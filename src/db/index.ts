@@ -1,53 +1,139 @@
-import { PGlite } from '@electric-sql/pglite'
-import { citext } from '@electric-sql/pglite/contrib/citext'
-import { Kysely, PGliteDialect, PostgresDialect, sql } from 'kysely'
+import {
+  Kysely, PGliteDialect, PostgresDialect, sql,
+  type DatabaseConnection, type Dialect, type Driver, type QueryResult, type TransactionSettings
+} from 'kysely'
 import { Migrator, type MigrationResultSet } from 'kysely/migration'
 import pg from 'pg'
 import { join } from 'node:path'
 import { migrations } from '../../migrations/index.ts'
-import type { Config } from '../config.ts'
+import { ensureDataFolder, type ParsedConfig } from '../config.ts'
+import { DatabaseUnavailableError } from '../errors.ts'
 import type { Database } from './types.ts'
 
 export type Db = Kysely<Database>
 
-type DbConfig = Pick<Config, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
+type DbConfig = Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
+
+/**
+ * How long a request may wait on PostgreSQL, in order: a pooled connection or a row lock, a
+ * statement (the server cancels it), an answer at all (the client gives up: a stalled network
+ * never answers). The route deadline, and last the socket's idle timeout, come after all of
+ * them, so a client always gets a 503 before its connection is cut.
+ */
+export const DB_TIMEOUTS_MS = { connect: 3000, lock: 3000, statement: 5000, query: 6000 } as const
 
 /** The PGlite data directory inside the data folder DB_NAME; `memory://` keeps it in memory. */
 export function pgliteDataDir (dbName: string): string {
   return dbName.startsWith('memory://') ? dbName : join(dbName, 'pglite')
 }
 
-export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
-  if (config.DB_ENGINE === 'pglite') {
-    return new Kysely<Database>({
-      dialect: new PGliteDialect({ pglite: () => PGlite.create(pgliteDataDir(config.DB_NAME), { extensions: { citext } }) })
-    })
+// SQLSTATEs of a server that is going away, overloaded, or timing out: 08xxx connection,
+// 57P0x shutdown, 53300 too many connections, 57014 statement timeout, 55P03 lock timeout.
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '57014', '55P03'])
+
+/**
+ * Whether a driver error means the database cannot answer now. A server error always carries
+ * a five-character SQLSTATE; an error without one came from the connection itself (refused,
+ * reset, timed out, closed), so the request may succeed later.
+ */
+export function isUnavailable (error: unknown): boolean {
+  if (error instanceof TypeError || error instanceof RangeError) return false
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return UNAVAILABLE_SQLSTATES.has(code) || code.startsWith('08')
+  return error instanceof Error
+}
+
+async function guard<T> (work: () => Promise<T>): Promise<T> {
+  try {
+    return await work()
+  } catch (error) {
+    throw isUnavailable(error) ? new DatabaseUnavailableError({ cause: error }) : error
   }
-  if (config.DATABASE_URL === undefined) {
-    throw new Error('DATABASE_URL is required when DB_ENGINE=postgres')
+}
+
+const inner = new WeakMap<DatabaseConnection, DatabaseConnection>()
+const unwrap = (connection: DatabaseConnection): DatabaseConnection => inner.get(connection) ?? connection
+
+/** A driver whose connection failures become DatabaseUnavailableError (503): decided here, where the driver is known. */
+class GuardedDriver implements Driver {
+  readonly #driver: Driver
+  constructor (driver: Driver) { this.#driver = driver }
+  init (): Promise<void> { return guard(() => this.#driver.init()) }
+  async acquireConnection (): Promise<DatabaseConnection> {
+    const connection = await guard(() => this.#driver.acquireConnection())
+    const guarded: DatabaseConnection = {
+      executeQuery: <R>(query: Parameters<DatabaseConnection['executeQuery']>[0]): Promise<QueryResult<R>> =>
+        guard(() => connection.executeQuery<R>(query)),
+      streamQuery: (query, chunkSize) => connection.streamQuery(query, chunkSize)
+    }
+    inner.set(guarded, connection)
+    return guarded
   }
+
+  beginTransaction (c: DatabaseConnection, settings: TransactionSettings): Promise<void> { return guard(() => this.#driver.beginTransaction(unwrap(c), settings)) }
+  commitTransaction (c: DatabaseConnection): Promise<void> { return guard(() => this.#driver.commitTransaction(unwrap(c))) }
+  rollbackTransaction (c: DatabaseConnection): Promise<void> { return guard(() => this.#driver.rollbackTransaction(unwrap(c))) }
+  releaseConnection (c: DatabaseConnection): Promise<void> { return this.#driver.releaseConnection(unwrap(c)) }
+  destroy (): Promise<void> { return this.#driver.destroy() }
+}
+
+function guarded (dialect: Dialect): Dialect {
+  return {
+    createAdapter: () => dialect.createAdapter(),
+    createDriver: () => new GuardedDriver(dialect.createDriver()),
+    createIntrospector: (db) => dialect.createIntrospector(db),
+    createQueryCompiler: () => dialect.createQueryCompiler()
+  }
+}
+
+function pgliteDialect (dbName: string): Dialect {
+  return new PGliteDialect({
+    // Imported only when chosen: PostgreSQL deployments never load the WebAssembly engine.
+    pglite: async () => {
+      const [{ PGlite }, { citext }] = await Promise.all([
+        import('@electric-sql/pglite'),
+        import('@electric-sql/pglite/contrib/citext')
+      ])
+      // PGlite writes its files world-writable; a folder of the owner's alone keeps others out.
+      if (!dbName.startsWith('memory://')) await ensureDataFolder(dbName)
+      return await PGlite.create(pgliteDataDir(dbName), { extensions: { citext } })
+    }
+  })
+}
+
+function postgresDialect (url: string, poolMax: number, onPoolError: (error: Error) => void): Dialect {
   const pool = new pg.Pool({
-    connectionString: config.DATABASE_URL,
-    max: config.DB_POOL_MAX,
-    // A request waits at most this long for a connection, a lock or a statement, then
-    // answers 503 instead of hanging.
-    connectionTimeoutMillis: 5000,
-    lock_timeout: 5000,
-    statement_timeout: 10_000,
+    connectionString: url,
+    max: poolMax,
+    connectionTimeoutMillis: DB_TIMEOUTS_MS.connect,
+    lock_timeout: DB_TIMEOUTS_MS.lock,
+    statement_timeout: DB_TIMEOUTS_MS.statement,
+    query_timeout: DB_TIMEOUTS_MS.query,
     idle_in_transaction_session_timeout: 30_000
   })
   // A client losing its server (restart, failover) must not crash the process: an idle one is
   // the pool's, a checked-out one fails its query (503) and the next query reconnects.
   pool.on('error', onPoolError)
   pool.on('connect', (client) => client.on('error', onPoolError))
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+  return new PostgresDialect({ pool })
+}
+
+export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
+  const dialect = config.DB_ENGINE === 'pglite'
+    ? pgliteDialect(config.DB_NAME)
+    // parseConfig guarantees DATABASE_URL with DB_ENGINE=postgres.
+    : postgresDialect(config.DATABASE_URL!, config.DB_POOL_MAX, onPoolError)
+  return new Kysely<Database>({ dialect: guarded(dialect) })
 }
 
 function migrator (db: Db): Migrator {
   return new Migrator({ db, provider: { getMigrations: async () => migrations } })
 }
 
-const messageOf = (error: unknown): string => error instanceof Error ? error.message : String(error)
+const messageOf = (error: unknown): string => {
+  const cause = (error as { cause?: unknown }).cause
+  return error instanceof DatabaseUnavailableError && cause instanceof Error ? cause.message : error instanceof Error ? error.message : String(error)
+}
 
 /** The names of the migrations run, or an error naming the one that failed. */
 function ran ({ error, results }: MigrationResultSet): string[] {
@@ -57,35 +143,37 @@ function ran ({ error, results }: MigrationResultSet): string[] {
 }
 
 // Migrating is not a request: waiting for another replica's migrations (Kysely's advisory lock)
-// or a long migration must not hit the request timeouts, so one connection lifts them meanwhile.
-async function migrate (db: Db, step: (migrator: Migrator) => Promise<MigrationResultSet>): Promise<string[]> {
+// or a long migration must not hit the request timeouts, so PostgreSQL migrations run on a
+// connection of their own without them. PGlite has none, and one connection only.
+async function migrate (config: DbConfig, db: Db, step: (migrator: Migrator) => Promise<MigrationResultSet>): Promise<string[]> {
+  const own = config.DB_ENGINE === 'postgres'
+    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: config.DATABASE_URL, max: 1 }) }) })
+    : db
   try {
-    return await db.connection().execute(async (connection) => {
-      await sql`set statement_timeout = 0`.execute(connection)
-      await sql`set lock_timeout = 0`.execute(connection)
-      try {
-        return ran(await step(migrator(connection)))
-      } finally {
-        await sql`reset statement_timeout`.execute(connection)
-        await sql`reset lock_timeout`.execute(connection)
-      }
-    })
+    return ran(await step(migrator(own)))
   } catch (error) {
     throw new Error(`database migration failed: ${messageOf(error)}`, { cause: error })
+  } finally {
+    if (own !== db) await own.destroy()
   }
 }
 
 /** Runs the pending migrations; Kysely holds an advisory lock meanwhile, so replicas take turns. */
-export async function migrateToLatest (db: Db): Promise<string[]> {
-  return await migrate(db, (m) => m.migrateToLatest())
+export async function migrateToLatest (config: DbConfig, db: Db): Promise<string[]> {
+  return await migrate(config, db, (m) => m.migrateToLatest())
 }
 
-export async function migrateDown (db: Db): Promise<string[]> {
-  return await migrate(db, (m) => m.migrateDown())
+export async function migrateDown (config: DbConfig, db: Db): Promise<string[]> {
+  return await migrate(config, db, (m) => m.migrateDown())
 }
 
 /** Whether citext compares non-ASCII letters without regard to case: not on a C-locale cluster. */
 export async function foldsCase (db: Db): Promise<boolean> {
   const { rows } = await sql<{ folds: boolean }>`select 'É'::citext = 'é'::citext as folds`.execute(db)
   return rows[0]?.folds === true
+}
+
+/** One round trip to the database; throws DatabaseUnavailableError when it cannot answer. */
+export async function ping (db: Db): Promise<void> {
+  await sql`select 1`.execute(db)
 }

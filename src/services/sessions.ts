@@ -1,132 +1,158 @@
 import { randomUUID } from 'node:crypto'
+import { sql } from 'kysely'
+import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { TokenNotValidError } from '../errors.ts'
-import type { SecretBox } from '../lib/secret-box.ts'
+import type { Clock } from '../lib/clock.ts'
+import { SecretBox } from '../lib/secret-box.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import type { Keyring, TokenClaims } from './tokens.ts'
+import type { Keyring } from './keyring.ts'
+import type { TokenClaims } from './tokens.ts'
 
-/** What issuing tokens needs: the keys, lifetimes in seconds, and the clock. */
-export interface TokenContext {
-  keys: Keyring
-  /** Seals the pair a refresh issued, to answer a retry within the grace with the same pair. */
-  box: SecretBox
-  now: () => Date
-  accessTtlS: number
-  refreshTtlS: number
-  /** Absolute cap on a session's life, however often it is refreshed. */
-  sessionMaxS: number
-  reuseGraceS: number
-}
-
+/** Who opened a session: shown in the session list, logged. */
 export interface Client { userAgent: string | null, ip: string | null }
 
-const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
-const addSeconds = (date: Date, s: number): Date => new Date(date.getTime() + s * 1000)
-
-function signPair (ctx: TokenContext, userId: number, sessionId: string, refreshJti: string, now: Date, refreshExpires: Date): TokenPair {
-  const common = { user_id: userId, sub: String(userId), sid: sessionId, iat: seconds(now) }
-  return {
-    refresh: ctx.keys.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: seconds(refreshExpires) }),
-    access: ctx.keys.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: seconds(now) + ctx.accessTtlS })
-  }
-}
-
-/** Opens a session for a user who just proved who they are, and issues its first pair. */
-export async function startSession (db: Db, ctx: TokenContext, userId: number, client: Client): Promise<TokenPair> {
-  const now = ctx.now()
-  const sessionId = randomUUID()
-  const jti = randomUUID()
-  const sessionExpires = addSeconds(now, ctx.sessionMaxS)
-  const refreshExpires = new Date(Math.min(addSeconds(now, ctx.refreshTtlS).getTime(), sessionExpires.getTime()))
-  await db.transaction().execute(async (trx) => {
-    await trx.insertInto('sessions').values({
-      id: sessionId,
-      user_id: userId,
-      created_at: now,
-      last_seen_at: now,
-      expires_at: sessionExpires,
-      user_agent: client.userAgent?.slice(0, 512) ?? null,
-      ip: client.ip
-    }).execute()
-    await trx.insertInto('refresh_tokens').values({ jti, session_id: sessionId, issued_at: now, expires_at: refreshExpires }).execute()
-  })
-  return signPair(ctx, userId, sessionId, jti, now, refreshExpires)
-}
+/** The user of an active session, and the session. */
+export interface SessionUser extends User { sessionId: string }
 
 export type RefreshOutcome =
   | { kind: 'rotated', pair: TokenPair }
   | { kind: 'reused', sessionId: string, userId: number }
 
-/**
- * Rotates a verified refresh token: marks it used and issues the next pair, with the token and
- * session rows locked, so two concurrent refreshes of one token cannot both mint a pair. A used
- * token presented again within the grace gets the pair its first use got; after the grace the
- * whole session is revoked (reuse detection), and the revocation is committed.
- */
-export async function refreshSession (db: Db, ctx: TokenContext, claims: TokenClaims): Promise<RefreshOutcome> {
-  const now = ctx.now()
-  const outcome = await db.transaction().execute(async (trx): Promise<RefreshOutcome | undefined> => {
-    const row = await trx.selectFrom('refresh_tokens as t')
-      .innerJoin('sessions as s', 's.id', 't.session_id')
-      .innerJoin('users as u', 'u.id', 's.user_id')
-      .select(['t.used_at', 't.successor_enc', 's.user_id', 's.revoked_at', 's.expires_at', 'u.is_active'])
-      .where('t.jti', '=', claims.jti)
-      .where('t.session_id', '=', claims.sid)
-      .forUpdate(['t', 's'])
-      .executeTakeFirst()
-    if (row === undefined || row.user_id !== claims.user_id || row.revoked_at !== null ||
-        row.expires_at <= now || !row.is_active) {
-      return undefined
-    }
-
-    if (row.used_at === null) {
-      const jti = randomUUID()
-      const refreshExpires = new Date(Math.min(addSeconds(now, ctx.refreshTtlS).getTime(), row.expires_at.getTime()))
-      const pair = signPair(ctx, row.user_id, claims.sid, jti, now, refreshExpires)
-      await trx.updateTable('refresh_tokens')
-        .set({ used_at: now, successor_enc: ctx.box.seal(JSON.stringify(pair), claims.jti) })
-        .where('jti', '=', claims.jti)
-        .execute()
-      await trx.insertInto('refresh_tokens').values({ jti, session_id: claims.sid, issued_at: now, expires_at: refreshExpires }).execute()
-      await trx.updateTable('sessions').set({ last_seen_at: now }).where('id', '=', claims.sid).execute()
-      return { kind: 'rotated', pair }
-    }
-
-    if (row.successor_enc !== null && now.getTime() - row.used_at.getTime() <= ctx.reuseGraceS * 1000) {
-      return { kind: 'rotated', pair: JSON.parse(ctx.box.open(row.successor_enc, claims.jti)) as TokenPair }
-    }
-
-    await trx.updateTable('sessions').set({ revoked_at: now }).where('id', '=', claims.sid).execute()
-    return { kind: 'reused', sessionId: claims.sid, userId: row.user_id }
-  })
-  if (outcome === undefined) throw new TokenNotValidError()
-  return outcome
+export interface SessionsDeps {
+  db: Db
+  keyring: Keyring
+  clock: Clock
+  config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'sessionMaxS' | 'AUTH_REUSE_GRACE_S' | 'SECRET_KEY'>
 }
 
-// The session, joined to its user, if it is active: not revoked, not expired, user active.
-function activeSession (db: Db, sessionId: string, userId: number, now: Date) {
-  return db.selectFrom('sessions as s')
+const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
+
+/**
+ * Sessions and their tokens. A session row holds the absolute end of the session; each
+ * refresh token is a row of it, used once. Event times (created, seen, used, revoked) and the
+ * reuse grace come from the database clock, the same for every replica; token lifetimes from
+ * the application clock that also checks them.
+ */
+export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
+  // Seals the pair a refresh issued, to answer a retry within the grace with the same pair.
+  const box = new SecretBox(config.SECRET_KEY, 'refresh-successor')
+
+  // Neither token outlives the session: its end caps both expiries.
+  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: Date): TokenPair {
+    const iat = seconds(clock.now())
+    const common = { user_id: userId, sub: String(userId), sid: sessionId, iat }
+    return {
+      refresh: keyring.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: refreshExp }),
+      access: keyring.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: Math.min(iat + config.accessTtlS, seconds(sessionEnd)) })
+    }
+  }
+
+  const refreshExpiry = (sessionEnd: Date): number =>
+    Math.min(seconds(clock.now()) + config.refreshTtlS, seconds(sessionEnd))
+
+  // The session, joined to its user, if it is active: not revoked, not ended, user active.
+  const activeSession = (sessionId: string, userId: number) => db.selectFrom('sessions as s')
     .innerJoin('users as u', 'u.id', 's.user_id')
     .where('s.id', '=', sessionId)
     .where('s.user_id', '=', userId)
     .where('s.revoked_at', 'is', null)
-    .where('s.expires_at', '>', now)
+    .where('s.expires_at', '>', clock.db())
     .where('u.is_active', '=', true)
+
+  return {
+    /** Opens a session for a user who just proved who they are, and issues its first pair: one statement. */
+    async start (userId: number, client: Client): Promise<TokenPair> {
+      const sessionId = randomUUID()
+      const jti = randomUUID()
+      const sessionEnd = new Date((seconds(clock.now()) + config.sessionMaxS) * 1000)
+      const refreshExp = refreshExpiry(sessionEnd)
+      await db
+        .with('s', (q) => q.insertInto('sessions').values({
+          id: sessionId,
+          user_id: userId,
+          created_at: clock.db(),
+          last_seen_at: clock.db(),
+          expires_at: sessionEnd,
+          user_agent: client.userAgent?.slice(0, 512) ?? null,
+          ip: client.ip
+        }).returning('id'))
+        .insertInto('refresh_tokens')
+        .columns(['jti', 'session_id', 'issued_at', 'expires_at'])
+        .expression((eb) => eb.selectFrom('s').select([
+          sql<string>`cast(${jti} as uuid)`.as('jti'), 's.id', clock.db().as('issued_at'), sql<Date>`to_timestamp(${refreshExp})`.as('expires_at')
+        ]))
+        .execute()
+      return signPair(userId, sessionId, jti, refreshExp, sessionEnd)
+    },
+
+    /**
+     * Rotates a verified refresh token: marks it used and issues the next pair, with the token
+     * and session rows locked, so two concurrent refreshes of one token cannot both mint a
+     * pair. A used token presented again within the grace, counted on the database clock from
+     * the moment it was used, gets the pair its first use got; after the grace the whole
+     * session is revoked (reuse detection), and the revocation is committed.
+     */
+    async refresh (claims: TokenClaims): Promise<RefreshOutcome> {
+      const outcome = await db.transaction().execute(async (trx): Promise<RefreshOutcome | undefined> => {
+        const row = await trx.selectFrom('refresh_tokens as t')
+          .innerJoin('sessions as s', 's.id', 't.session_id')
+          .innerJoin('users as u', 'u.id', 's.user_id')
+          .select(['t.used_at', 't.successor_enc', 's.user_id', 's.revoked_at', 's.expires_at', 'u.is_active'])
+          .where('t.jti', '=', claims.jti)
+          .where('t.session_id', '=', claims.sid)
+          .forUpdate(['t', 's'])
+          .executeTakeFirst()
+        if (row === undefined || row.user_id !== claims.user_id || row.revoked_at !== null || !row.is_active) return undefined
+        // Read once the locks are held: a request that waited for them sees the time after the
+        // first one's, never before it (a SELECT's own clock_timestamp() runs before its locks).
+        const { now } = await trx.selectNoFrom(clock.db().as('now')).executeTakeFirstOrThrow()
+        if (row.expires_at <= now) return undefined
+
+        if (row.used_at === null) {
+          const jti = randomUUID()
+          const refreshExp = refreshExpiry(row.expires_at)
+          const pair = signPair(row.user_id, claims.sid, jti, refreshExp, row.expires_at)
+          await trx.updateTable('refresh_tokens')
+            .set({ used_at: clock.db(), successor_enc: box.seal(JSON.stringify(pair), claims.jti) })
+            .where('jti', '=', claims.jti)
+            .execute()
+          await trx.insertInto('refresh_tokens')
+            .values({ jti, session_id: claims.sid, issued_at: clock.db(), expires_at: sql<Date>`to_timestamp(${refreshExp})` })
+            .execute()
+          await trx.updateTable('sessions').set({ last_seen_at: clock.db() }).where('id', '=', claims.sid).execute()
+          return { kind: 'rotated', pair }
+        }
+
+        if (row.successor_enc !== null && now.getTime() - row.used_at.getTime() < config.AUTH_REUSE_GRACE_S * 1000) {
+          return { kind: 'rotated', pair: JSON.parse(box.open(row.successor_enc, claims.jti)) as TokenPair }
+        }
+
+        await trx.updateTable('sessions').set({ revoked_at: clock.db() }).where('id', '=', claims.sid).execute()
+        return { kind: 'reused', sessionId: claims.sid, userId: row.user_id }
+      })
+      if (outcome === undefined) throw new TokenNotValidError()
+      return outcome
+    },
+
+    /** The user of the access token's session, if that session is active. */
+    async userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
+      const user = await activeSession(claims.sid, claims.user_id).select(['u.id', 'u.username', 'u.email']).executeTakeFirst()
+      return user === undefined ? undefined : { ...user, sessionId: claims.sid }
+    },
+
+    /**
+     * Whether a verified token is still live, in one query: its session active and, for a
+     * refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
+     */
+    async isLive (claims: TokenClaims): Promise<boolean> {
+      const session = activeSession(claims.sid, claims.user_id).select('s.id')
+      const live = claims.token_type === 'access'
+        ? session
+        : session.innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
+      return await live.executeTakeFirst() !== undefined
+    }
+  }
 }
 
-/** The user of an active session, or undefined. */
-export async function findSessionUser (db: Db, sessionId: string, userId: number, now: Date): Promise<User | undefined> {
-  return await activeSession(db, sessionId, userId, now).select(['u.id', 'u.username', 'u.email']).executeTakeFirst()
-}
-
-/**
- * Whether a verified token is still live, in one query: its session active and, for a refresh
- * token, not yet used (a rotated refresh token is spent, whatever its exp says).
- */
-export async function isTokenLive (db: Db, claims: TokenClaims, now: Date): Promise<boolean> {
-  const session = activeSession(db, claims.sid, claims.user_id, now).select('s.id')
-  const live = claims.token_type === 'access'
-    ? session
-    : session.innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
-  return await live.executeTakeFirst() !== undefined
-}
+export type Sessions = ReturnType<typeof createSessions>

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
-import { startSession } from '../../../src/services/sessions.ts'
-import { authenticateUser } from '../../../src/services/users.ts'
+import { clientOf } from '#src/lib/client.ts'
+import { normalizeFields } from '#src/lib/usernames.ts'
+import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
 
 export const LoginBodySchema = Type.Object({
   identifier: IdentifierSchema,
@@ -10,6 +10,7 @@ export const LoginBodySchema = Type.Object({
 
 const login: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/login', {
+    preValidation: normalizeFields('identifier'),
     schema: {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',
@@ -17,9 +18,7 @@ const login: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {
-    const { db, config, tokens } = fastify
-    const user = await authenticateUser(db, request.body.identifier, request.body.password, config.BCRYPT_COST, tokens.now())
-    const pair = await startSession(db, tokens, user.id, { userAgent: request.headers['user-agent'] ?? null, ip: request.ip })
+    const { user, pair } = await fastify.accounts.login(request.body.identifier, request.body.password, clientOf(request))
     request.log.info({ userId: user.id }, 'login')
     return reply.setAuthCookies(pair).send(pair)
   })

@@ -1,15 +1,17 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '../../../src/schemas.ts'
-import { registerUser } from '../../../src/services/users.ts'
+import { normalizeFields } from '#src/lib/usernames.ts'
+import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '#src/schemas.ts'
 
 export const RegisterBodySchema = Type.Object({
   username: UsernameSchema,
   email: EmailSchema,
   password: PasswordSchema
-}, { additionalProperties: false })
+}, { additionalProperties: false, 'x-password-policy': { password: 'password', username: 'username', email: 'email' } })
 
 const register: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/register', {
+    // The schema judges the username as it will be stored.
+    preValidation: normalizeFields('username'),
     schema: {
       tags: ['auth'],
       summary: 'Create an account',
@@ -20,7 +22,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const user = await registerUser(fastify.db, request.body, fastify.config.BCRYPT_COST)
+    const user = await fastify.accounts.register(request.body)
     request.log.info({ userId: user.id }, 'user registered')
     return reply.code(201).send({ message: 'User registered successfully', user })
   })

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '../../../src/schemas.ts'
-import { startSession } from '../../../src/services/sessions.ts'
-import { authenticateUser } from '../../../src/services/users.ts'
+import { clientOf } from '#src/lib/client.ts'
+import { normalizeFields } from '#src/lib/usernames.ts'
+import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.
@@ -12,6 +12,7 @@ export const ObtainBodySchema = Type.Object({
 // simplejwt's TokenObtainPairView: tokens in the body only, no cookies (machine clients).
 const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
+    preValidation: normalizeFields('username'),
     schema: {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
@@ -19,9 +20,9 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request) => {
-    const { db, config, tokens } = fastify
-    const user = await authenticateUser(db, request.body.username, request.body.password, config.BCRYPT_COST, tokens.now())
-    return await startSession(db, tokens, user.id, { userAgent: request.headers['user-agent'] ?? null, ip: request.ip })
+    const { user, pair } = await fastify.accounts.login(request.body.username, request.body.password, clientOf(request))
+    request.log.info({ userId: user.id }, 'login')
+    return pair
   })
 }
 

@@ -1,7 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { NotAuthenticatedError, TokenNotValidError } from '../../../src/errors.ts'
-import { problems, TokenPairSchema, TokenSchema } from '../../../src/schemas.ts'
-import { refreshSession } from '../../../src/services/sessions.ts'
+import { TokenNotValidError } from '#src/errors.ts'
+import { problems, TokenPairSchema, TokenSchema } from '#src/schemas.ts'
 
 export const RefreshBodySchema = Type.Object({
   refresh: Type.Optional(TokenSchema)
@@ -17,18 +16,14 @@ const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined
-    const token = request.body.refresh ?? request.cookies[fastify.cookieNames.refresh]
-    if (token === undefined || token === '') throw new NotAuthenticatedError()
-
     try {
-      const claims = await fastify.keys.verify(token, 'refresh')
-      const outcome = await refreshSession(fastify.db, fastify.tokens, claims)
+      const outcome = await fastify.sessions.refresh(await fastify.verifyRefreshToken(request))
       if (outcome.kind === 'reused') {
         request.log.warn({ sessionId: outcome.sessionId, userId: outcome.userId }, 'refresh token reuse detected: session revoked')
         throw new TokenNotValidError()
       }
       if (fromCookie) reply.setAuthCookies(outcome.pair)
-      return { access: outcome.pair.access, refresh: outcome.pair.refresh }
+      return outcome.pair
     } catch (error) {
       // A refresh cookie that cannot refresh any more is of no use to the browser.
       if (fromCookie && (error as { statusCode?: number }).statusCode === 401) reply.clearAuthCookies()

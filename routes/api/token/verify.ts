@@ -1,7 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { TokenNotValidError } from '../../../src/errors.ts'
-import { problems, TokenSchema } from '../../../src/schemas.ts'
-import { isTokenLive } from '../../../src/services/sessions.ts'
+import { TokenNotValidError } from '#src/errors.ts'
+import { problems, TokenSchema } from '#src/schemas.ts'
 
 export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additionalProperties: false })
 
@@ -14,9 +13,8 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request) => {
-    const claims = await fastify.keys.verify(request.body.token)
     // Stricter than simplejwt: a token of a revoked session, or a spent refresh token, is not valid.
-    if (!await isTokenLive(fastify.db, claims, fastify.tokens.now())) throw new TokenNotValidError()
+    if (!await fastify.sessions.isLive(await fastify.verifyBodyToken(request))) throw new TokenNotValidError()
     return {}
   })
 }

@@ -1,10 +1,9 @@
 import { createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
+import type { Algorithm } from '../config.ts'
 import type { Database, SigningKeyRow } from '../db/types.ts'
 import type { SecretBox } from '../lib/secret-box.ts'
 import type { Jwk } from '../schemas.ts'
-
-export type Algorithm = 'ES256' | 'EdDSA' | 'RS256' | 'HS256'
 
 export interface SigningKey {
   kid: string

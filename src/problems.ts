@@ -1,0 +1,113 @@
+import type { FastifyError } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import { isDomainError, ValidationFailedError, type FieldError } from './errors.ts'
+
+/** One error answer, before it becomes RFC 9457 problem details. */
+export interface Problem {
+  status: number
+  code: string
+  detail: string
+  errors?: FieldError[]
+}
+
+/** At most this many field errors in one answer; the detail says how many there were. */
+export const MAX_FIELD_ERRORS = 20
+
+// Fastify's own 4xx errors, as stable codes and plain sentences.
+const FASTIFY_ERRORS = new Map<string, Omit<Problem, 'status'>>(Object.entries({
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: 'unsupported_media_type', detail: 'Request bodies must be application/json.' },
+  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'payload_too_large', detail: 'The request body is too large.' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_json', detail: 'The request body is empty; send a JSON object.' },
+  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_json', detail: 'The request body is not valid JSON.' },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'bad_request', detail: 'Content-Length does not match the body.' },
+  FST_ERR_CTP_INVALID_TYPE: { code: 'unsupported_media_type', detail: 'The Content-Type header is not valid.' },
+  FST_ERR_BAD_URL: { code: 'bad_request', detail: 'The URL is not valid.' },
+  FST_ERR_MAX_PARAM_LENGTH: { code: 'bad_request', detail: 'A URL parameter is too long.' },
+  FST_ERR_HANDLER_TIMEOUT: { code: 'service_unavailable', detail: 'The request took too long; try again shortly.' }
+}))
+
+// @fastify/jwt's errors (https://github.com/fastify/fastify-jwt#error-messages): a missing
+// credential, else a token that is not valid. Any other FST_JWT_ or FAST_JWT_ code is the latter.
+const NO_CREDENTIALS = new Set(['FST_JWT_NO_AUTHORIZATION_IN_HEADER', 'FST_JWT_NO_AUTHORIZATION_IN_COOKIE', 'FST_JWT_BAD_COOKIE_REQUEST'])
+
+function fieldErrors (error: FastifyError): FieldError[] {
+  return (error.validation ?? []).map((v) => {
+    const params = v.params as { missingProperty?: string, additionalProperty?: string }
+    const path = [v.instancePath.split('/').filter(Boolean).join('.'), params.missingProperty ?? params.additionalProperty]
+      .filter(Boolean).join('.')
+    const message = params.additionalProperty !== undefined ? 'is not allowed' : v.message ?? 'is invalid'
+    return { field: path === '' ? (error.validationContext ?? 'body') : path, message }
+  })
+}
+
+function validationProblem (errors: FieldError[]): Problem {
+  const detail = errors.length > MAX_FIELD_ERRORS
+    ? `Invalid input: ${errors.length} problems, the first ${MAX_FIELD_ERRORS} listed.`
+    : 'Invalid input.'
+  return { status: 400, code: 'validation_failed', detail, errors: errors.slice(0, MAX_FIELD_ERRORS) }
+}
+
+/** What a client is told of an error: only what was meant for it; 5xx say no more than their name. */
+export function toProblem (error: FastifyError): Problem {
+  if (error.validation !== undefined) return validationProblem(fieldErrors(error))
+  if (error instanceof ValidationFailedError) return validationProblem(error.errors)
+  if (isDomainError(error)) return { status: error.statusCode, code: error.code.toLowerCase(), detail: error.message }
+  const code = typeof error.code === 'string' ? error.code : ''
+  if (code.startsWith('FST_JWT_') || code.startsWith('FAST_JWT_')) {
+    return NO_CREDENTIALS.has(code)
+      ? { status: 401, code: 'not_authenticated', detail: 'Authentication credentials were not provided.' }
+      : { status: 401, code: 'token_not_valid', detail: 'Token is invalid or expired' }
+  }
+  const known = FASTIFY_ERRORS.get(code)
+  if (known !== undefined) return { status: known.code === 'service_unavailable' ? 503 : error.statusCode ?? 400, ...known }
+  const status = error.statusCode ?? 500
+  if (status >= 400 && status < 500) {
+    // JSON parse errors (including __proto__ keys) and the like: safe to name, not to echo.
+    return { status, code: status === 400 ? 'bad_request' : 'client_error', detail: STATUS_CODES[status] ?? 'Bad Request' }
+  }
+  return { status: 500, code: 'internal_error', detail: 'Internal Server Error' }
+}
+
+/** RFC 9457 problem details, with simplejwt's `detail` and `code`. */
+export function problemBody (problem: Problem): Record<string, unknown> {
+  return { type: 'about:blank', title: STATUS_CODES[problem.status] ?? 'Error', ...problem }
+}
+
+/** RFC 6750 §3: a 401 names the scheme; with a token that failed, error="invalid_token". */
+export function challenge (problem: Problem): string | undefined {
+  if (problem.status !== 401) return undefined
+  const invalid = problem.code === 'token_not_valid' || problem.code === 'token_expired'
+  return `Bearer realm="authgate"${invalid ? `, error="invalid_token", error_description="${problem.detail}"` : ''}`
+}
+
+/**
+ * The security headers of an answer that never reaches Fastify's hooks (a request Node could
+ * not parse): what @fastify/helmet sets on every other answer, as configured in plugins/security.ts.
+ */
+export const RAW_SECURITY_HEADERS: Readonly<Record<string, string>> = {
+  'content-security-policy': "default-src 'none';frame-ancestors 'none'",
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-site',
+  'origin-agent-cluster': '?1',
+  'referrer-policy': 'no-referrer',
+  'strict-transport-security': 'max-age=31536000; includeSubDomains',
+  'x-content-type-options': 'nosniff',
+  'x-dns-prefetch-control': 'off',
+  'x-download-options': 'noopen',
+  'x-frame-options': 'SAMEORIGIN',
+  'x-permitted-cross-domain-policies': 'none',
+  'x-xss-protection': '0'
+}
+
+/** A whole HTTP/1.1 answer for a socket Node could not parse a request from; the connection closes after it. */
+export function rawProblemResponse (problem: Problem): string {
+  const body = JSON.stringify(problemBody(problem))
+  const headers = {
+    ...RAW_SECURITY_HEADERS,
+    'content-type': 'application/problem+json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close'
+  }
+  const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}`)
+  return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? 'Error'}\r\n${lines.join('\r\n')}\r\n\r\n${body}`
+}

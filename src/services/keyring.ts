@@ -1,0 +1,100 @@
+import { createSigner } from 'fast-jwt'
+import { hkdfSync } from 'node:crypto'
+import type { Clock } from '../lib/clock.ts'
+import { TokenNotValidError } from '../errors.ts'
+import type { Jwk } from '../schemas.ts'
+import type { SigningKey } from './signing-keys.ts'
+import type { TokenClaims, TokenType } from './tokens.ts'
+
+export interface KeyringOptions {
+  issuer: string
+  audience: string
+  /** Refresh tokens are signed with a key derived from it, never published. */
+  secret: string
+  /** Loads the usable keys, newest first; the first active one signs. */
+  load: () => Promise<SigningKey[]>
+  /** At most one reload for an unknown kid in this many milliseconds: a flood of forged kids cannot hammer the database. */
+  reloadIntervalMs?: number
+  clock: Clock
+}
+
+/** A JOSE header as decoded: nothing in it is trusted yet. */
+export type JoseHeader = Record<string, unknown>
+
+// Access tokens are RFC 9068 JWTs.
+export const ACCESS_TYP = 'at+jwt'
+// Refresh tokens are HS256 under a key no JWKS holds: a verifier that only knows the JWKS can
+// never take one for an access token, whatever claims it forgets to check.
+export const REFRESH_KID = 'refresh'
+// Headers that would let a token name its own key (RFC 7515 §4.1.2-4.1.6): never followed.
+const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c']
+
+/**
+ * The signing keys of the database, and the refresh key: signs tokens with fast-jwt (the engine
+ * of @fastify/jwt), publishes the JWKS, and names the one key a token header may be verified with.
+ */
+export class Keyring {
+  readonly #options: KeyringOptions
+  readonly #refreshKey: string
+  readonly #signRefresh: (payload: Record<string, unknown>) => string
+  #signAccess: ((payload: Record<string, unknown>) => string) | undefined
+  #keys = new Map<string, SigningKey>()
+  #jwks: { keys: Jwk[] } = { keys: [] }
+  #lastKidLookup = Number.NEGATIVE_INFINITY
+  #kidLookup: Promise<void> | undefined
+
+  constructor (options: KeyringOptions) {
+    this.#options = options
+    this.#refreshKey = Buffer.from(hkdfSync('sha256', options.secret, 'authgate', 'refresh-tokens', 32)).toString('base64url')
+    this.#signRefresh = createSigner({ key: this.#refreshKey, algorithm: 'HS256', kid: REFRESH_KID })
+  }
+
+  get jwks (): { keys: Jwk[] } {
+    return this.#jwks
+  }
+
+  async reload (): Promise<void> {
+    const keys = await this.#options.load()
+    const active = keys.find((k) => k.retiredAt === null)
+    if (active === undefined) throw new Error('no active signing key')
+    this.#signAccess = createSigner({ key: active.privateKey, algorithm: active.alg, kid: active.kid, header: { alg: active.alg, typ: ACCESS_TYP } })
+    this.#keys = new Map(keys.map((k) => [k.kid, k]))
+    this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
+  }
+
+  sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
+    if (this.#signAccess === undefined) throw new Error('keyring not loaded')
+    const payload = { ...claims, iss: this.#options.issuer, aud: this.#options.audience }
+    return claims.token_type === 'refresh' ? this.#signRefresh(payload) : this.#signAccess(payload)
+  }
+
+  /**
+   * The key to verify a token of `type` with, given its unverified header: only the key its
+   * `kid` names, only when the header's `alg` is that key's algorithm (so no HS256 signed
+   * with a public key), never a key the header carries or points to. Throws a 401 otherwise.
+   */
+  async keyFor (header: JoseHeader, type: TokenType | 'any'): Promise<string> {
+    if (FORBIDDEN_HEADERS.some((name) => name in header) || typeof header.kid !== 'string') throw new TokenNotValidError()
+    if (header.kid === REFRESH_KID) {
+      if (type === 'access' || header.alg !== 'HS256') throw new TokenNotValidError()
+      return this.#refreshKey
+    }
+    if (type === 'refresh' || header.typ !== ACCESS_TYP) throw new TokenNotValidError()
+    const key = this.#keys.get(header.kid) ?? await this.#afterReload(header.kid)
+    if (key === undefined || header.alg !== key.alg) throw new TokenNotValidError()
+    return key.verifyKey
+  }
+
+  // A kid this replica has not seen may come from a key another replica created: look in the
+  // database, at most once per interval whatever the lookups find, so a flood of forged kids
+  // costs one query. A database error propagates (503), rather than refusing a good token.
+  async #afterReload (kid: string): Promise<SigningKey | undefined> {
+    const now = this.#options.clock.now().getTime()
+    if (now - this.#lastKidLookup >= (this.#options.reloadIntervalMs ?? 10_000)) {
+      this.#lastKidLookup = now
+      this.#kidLookup ??= this.reload().finally(() => { this.#kidLookup = undefined })
+    }
+    await this.#kidLookup
+    return this.#keys.get(kid)
+  }
+}

@@ -1,0 +1,82 @@
+import pg from 'pg'
+import t from 'tap'
+import { build, claimsOf, freshDatabase, login, postJson, TestClock } from './helper.ts'
+import { startServer } from './server-process.ts'
+import { SECRET_KEY } from './helper.ts'
+import { startProxy } from './tcp-proxy.ts'
+
+const onPostgres = process.env.DB_ENGINE === 'postgres'
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+
+t.test('with the grace off, exactly one of concurrent refreshes of one token succeeds', async (t) => {
+  const app = await build(t, { env: { AUTH_REUSE_GRACE_S: '0' } })
+  for (let round = 0; round < 5; round++) {
+    const { refresh } = await login(app)
+    const results = await Promise.all(Array.from({ length: 10 }, () => postJson(app, '/api/token/refresh', { refresh })))
+    t.equal(results.filter((r) => r.statusCode === 200).length, 1, `round ${round}: one 200`)
+    t.ok(results.every((r) => r.statusCode === 200 || r.statusCode === 401), 'the others 401')
+  }
+})
+
+t.test('the grace counts from when the rotation happened in the database, not from when the request arrived', {
+  skip: !onPostgres && 'another connection holding the row lock needs PostgreSQL'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const clock = new TestClock()
+  const app = await build(t, { database, clock })
+  const { refresh } = await login(app)
+  // Another transaction holds the session row: the refresh waits inside its own.
+  const blocker = new pg.Client({ connectionString: database.DATABASE_URL })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query('select id from sessions where id = $1 for update', [claimsOf(refresh).sid])
+  const first = postJson(app, '/api/token/refresh', { refresh })
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  // While it waits, 20 s pass: the rotation commits 20 s after the request arrived.
+  clock.advance(20)
+  await blocker.query('commit')
+  const firstRes = await first
+  t.equal(firstRes.statusCode, 200)
+  // The client, having lost that answer, retries at once: 0 s after the rotation, not 20 s.
+  const retry = await postJson(app, '/api/token/refresh', { refresh })
+  t.equal(retry.statusCode, 200, 'a retry within the grace of the commit')
+  t.same(retry.json(), firstRes.json(), 'gets the same pair')
+  t.equal((await app.inject({ url: '/api/detail', headers: bearer(retry.json().access) })).statusCode, 200, 'the session lives on')
+})
+
+t.test('a stalled database: the client gets a 503 problem before its socket is cut, and its retry succeeds', {
+  skip: !onPostgres && 'PGlite runs in the process: no network to stall'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
+  t.teardown(() => proxy.close())
+  const through = new URL(database.DATABASE_URL!)
+  through.port = String(proxy.port)
+  const server = startServer({ ...process.env, ...database, DATABASE_URL: through.toString(), SECRET_KEY, BCRYPT_COST: '4', HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  const base = await server.listening
+  const post = (path: string, body: unknown) => fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const user = { username: `stall${process.pid}`, email: `stall${process.pid}@example.com`, password: 'correct horse battery staple' }
+  t.equal((await post('/api/auth/register', user)).status, 201)
+  const { refresh } = await (await post('/api/auth/login', { identifier: user.username, password: user.password })).json() as { refresh: string }
+
+  proxy.pause()
+  const started = Date.now()
+  const stalled = await post('/api/token/refresh', { refresh })
+  const waited = Date.now() - started
+  t.equal(stalled.status, 503, `answered, after ${waited} ms`)
+  t.equal(stalled.headers.get('content-type'), 'application/problem+json; charset=utf-8')
+  t.match(await stalled.json(), { status: 503, code: 'service_unavailable' })
+  t.ok(waited < 10_000, 'before the socket\'s idle timeout (10 s)')
+
+  proxy.resume()
+  let retry = await post('/api/token/refresh', { refresh })
+  // The pool may first have to find its stalled connections gone.
+  for (let i = 0; i < 20 && retry.status === 503; i++) retry = await post('/api/token/refresh', { refresh })
+  t.equal(retry.status, 200, 'the retry refreshes: the stalled attempt did not count as reuse')
+  const pair = await retry.json() as { access: string }
+  const detail = await fetch(`${base}/api/detail`, { headers: bearer(pair.access) })
+  t.equal(detail.status, 200, 'and the session is alive')
+  t.equal(await server.stop(), 0)
+})

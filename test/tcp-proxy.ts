@@ -1,0 +1,46 @@
+import { once } from 'node:events'
+import { createConnection, createServer, type Socket } from 'node:net'
+
+export interface TcpProxy {
+  port: number
+  /** Stops forwarding in both directions: a stalled network, connections left open. */
+  pause: () => void
+  resume: () => void
+  /** Cuts every connection and refuses new ones: the database is gone. */
+  close: () => Promise<void>
+}
+
+/** A proxy on 127.0.0.1 in front of 127.0.0.1:`targetPort`, for stalling or cutting a database. */
+export async function startProxy (targetPort: number): Promise<TcpProxy> {
+  const pairs = new Set<[Socket, Socket]>()
+  let paused = false
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: '127.0.0.1', port: targetPort })
+    const pair: [Socket, Socket] = [client, upstream]
+    pairs.add(pair)
+    if (paused) { client.pause(); upstream.pause() }
+    client.pipe(upstream)
+    upstream.pipe(client)
+    const end = (): void => { client.destroy(); upstream.destroy(); pairs.delete(pair) }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    port: (server.address() as { port: number }).port,
+    pause: () => {
+      paused = true
+      for (const [a, b] of pairs) { a.pause(); b.pause() }
+    },
+    resume: () => {
+      paused = false
+      for (const [a, b] of pairs) { a.resume(); b.resume() }
+    },
+    close: async () => {
+      for (const [a, b] of pairs) { a.destroy(); b.destroy() }
+      server.close()
+      await once(server, 'close')
+    }
+  }
+}
