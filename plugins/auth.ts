@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
 import type { TokenPair } from '../src/schemas.ts'
-import { REFRESH_KID, type JoseHeader } from '../src/services/keyring.ts'
+import type { JoseHeader } from '../src/services/keyring.ts'
 import type { SessionUser } from '../src/services/sessions.ts'
 import { parseClaims, type TokenClaims, type TokenType } from '../src/services/tokens.ts'
 
@@ -48,6 +48,22 @@ function cookieCount (header: string | undefined, name: string): number {
   return header.split(';').filter((pair) => pair.trimStart().startsWith(`${name}=`)).length
 }
 
+/** How many times a header was sent: Node keeps only the first of some, Authorization among them. */
+function headerCount (request: FastifyRequest, name: string): number {
+  let count = 0
+  for (let i = 0; i < request.raw.rawHeaders.length; i += 2) {
+    if (request.raw.rawHeaders[i]!.toLowerCase() === name) count++
+  }
+  return count
+}
+
+/** The type a token claims to be, read before its signature is checked: it only picks the key. */
+function claimedType (payload: unknown): TokenType {
+  const type = (payload as { token_type?: unknown } | null)?.token_type
+  if (type !== 'access' && type !== 'refresh') throw new TokenNotValidError()
+  return type
+}
+
 /**
  * Request authentication through @fastify/jwt (https://github.com/fastify/fastify-jwt), one
  * namespace per token source, each verifying with the one key the keyring names for the
@@ -86,33 +102,28 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     if (cookieCount(request.headers.cookie, name) > 1) throw new TokenNotValidError()
   }
 
-  const namespace = (name: 'access' | 'refresh' | 'token', type: TokenType | 'any') => ({
+  // One namespace per token source. The secret is the key the keyring names for the header;
+  // in `token`, either kind, the key of the kind the token claims (a refresh key signs only
+  // refresh tokens, and the claim is verified with the signature).
+  const namespace = (name: 'access' | 'refresh' | 'token', extractToken?: (request: FastifyRequest) => string | undefined) => ({
     namespace: name,
     decoratorName: 'claims',
     decode: { complete: true },
-    secret: async (_request: FastifyRequest, token: TokenOrHeader) => await keyring.keyFor((token as { header: JoseHeader }).header, type),
+    secret: async (_request: FastifyRequest, token: TokenOrHeader) => {
+      const { header, payload } = token as { header: JoseHeader, payload: unknown }
+      return await keyring.keyFor(header, name === 'token' ? claimedType(payload) : name)
+    },
     // Expiry is checked by parseClaims against the application clock.
-    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true }
+    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken }
   })
-  await fastify.register(jwt, { ...namespace('access', 'access'), cookie: { cookieName: cookieNames.access, signed: false } })
-  await fastify.register(jwt, {
-    ...namespace('refresh', 'refresh'),
-    verify: {
-      ...namespace('refresh', 'refresh').verify,
-      extractToken: (request) => (request.body as { refresh?: string } | undefined)?.refresh ?? request.cookies[cookieNames.refresh]
-    }
-  })
-  await fastify.register(jwt, {
-    ...namespace('token', 'any'),
-    verify: { ...namespace('token', 'any').verify, extractToken: (request) => (request.body as { token?: string } | undefined)?.token }
-  })
+  await fastify.register(jwt, { ...namespace('access'), cookie: { cookieName: cookieNames.access, signed: false } })
+  await fastify.register(jwt, namespace('refresh', (request) => (request.body as { refresh?: string }).refresh ?? request.cookies[cookieNames.refresh]))
+  await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token))
 
   fastify.decorateRequest('user', null as unknown as SessionUser)
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     // Node keeps the first of several Authorization headers: a request with more is malformed.
-    if (request.raw.rawHeaders.filter((_, i) => i % 2 === 0 && request.raw.rawHeaders[i]!.toLowerCase() === 'authorization').length > 1) {
-      throw new BadRequestError('More than one Authorization header.')
-    }
+    if (headerCount(request, 'authorization') > 1) throw new BadRequestError('More than one Authorization header.')
     const { authorization } = request.headers
     // An Authorization header that is not one Bearer token is a bad credential, never a reason to try the cookie.
     if (authorization !== undefined && !BEARER.test(authorization)) throw new TokenNotValidError()
@@ -142,12 +153,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   })
 
   fastify.decorate('verifyBodyToken', async function verifyBodyToken (request: FastifyRequest): Promise<TokenClaims> {
-    const claims = parseClaims(await request.tokenJwtVerify(), 'any', clock.now())
-    // Verified above: its header can be read as it is.
-    const header = JSON.parse(Buffer.from((request.body as { token: string }).token.split('.')[0]!, 'base64url').toString()) as JoseHeader
-    // The key decides the type: a refresh key signs only refresh tokens, and the reverse.
-    if ((header.kid === REFRESH_KID) !== (claims.token_type === 'refresh')) throw new TokenNotValidError()
-    return claims
+    return parseClaims(await request.tokenJwtVerify(), 'any', clock.now())
   })
 }
 

@@ -1,11 +1,14 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { ServiceUnavailableError } from '../src/errors.ts'
-import { challenge, problemBody, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
+import { challenge, problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from '../src/problems.ts'
 
 function sendProblem (reply: FastifyReply, problem: Problem): FastifyReply {
   const header = challenge(problem)
   if (header !== undefined) reply.header('www-authenticate', header)
+  // Helmet's headers come from its onRequest hook: an error thrown by a hook that runs before
+  // it (the closing check below, registered first) would otherwise go without them.
+  reply.headers(RAW_SECURITY_HEADERS)
   return reply.code(problem.status).type('application/problem+json').send(problemBody(problem))
 }
 

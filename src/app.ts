@@ -67,7 +67,9 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>):
     return503OnClosing: false,
     clientErrorHandler (error: NodeJS.ErrnoException, socket: Socket) {
       if (error.code === 'ECONNRESET' || socket.destroyed) return
-      if (socket.writable) socket.end(rawProblemResponse(clientErrorProblem(error)))
+      // As Node's own handler: no answer into the middle of one already under way.
+      const answering = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true
+      if (socket.writable && !answering) socket.end(rawProblemResponse(clientErrorProblem(error)))
       else socket.destroy(error)
     },
     // A URL Fastify cannot decode (POST /%): never echoed back.

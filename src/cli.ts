@@ -25,14 +25,24 @@ const commands: Record<string, (config: Config) => Promise<string>> = {
   })
 }
 
-const command = commands[process.argv[2] ?? '']
-if (command === undefined) {
-  console.error(USAGE)
-  process.exit(2)
+export interface CliResult { code: number, stdout: string, stderr: string }
+
+/** Runs one command with the configuration of `env`; what it prints, and the exit code. */
+export async function runCli (args: string[], env: Record<string, string | undefined>): Promise<CliResult> {
+  const command = commands[args[0] ?? '']
+  if (command === undefined) return { code: 2, stdout: '', stderr: USAGE }
+  const warnings: string[] = []
+  try {
+    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)))
+    return { code: 0, stdout, stderr: warnings.join('\n') }
+  } catch (error) {
+    return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}`].join('\n') }
+  }
 }
-try {
-  console.log(await command(await loadConfig(processEnv(), (message) => console.warn(`authgate: ${message}`))))
-} catch (error) {
-  console.error(`authgate: ${(error as Error).message}`)
-  process.exit(1)
+
+if (import.meta.main) {
+  const { code, stdout, stderr } = await runCli(process.argv.slice(2), processEnv())
+  if (stderr !== '') console.error(stderr)
+  if (stdout !== '') console.log(stdout)
+  process.exitCode = code
 }

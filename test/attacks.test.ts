@@ -84,6 +84,22 @@ t.test('forged and tampered tokens are refused', async (t) => {
     await expectRefused(t, signWith({ token_type: 'admin' }), 'unknown token type')
   })
 
+  t.test('claims of the wrong shape are refused before any reaches SQL, even signed with our own key', async (t) => {
+    const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
+    const signWith = (changes: Record<string, unknown>): string =>
+      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid, header: { alg: 'ES256', typ: 'at+jwt' } })({ ...claims, ...changes })
+    await expectRefused(t, signWith({ sid: 'not-a-uuid' }), 'sid not a UUID')
+    await expectRefused(t, signWith({ jti: "x' or 1=1 --" }), 'jti not a UUID')
+    await expectRefused(t, signWith({ user_id: 2 ** 40, sub: String(2 ** 40) }), 'user_id past the column')
+    await expectRefused(t, signWith({ user_id: '1' }), 'user_id a string')
+    await expectRefused(t, signWith({ sub: '999999' }), 'sub not the user_id')
+  })
+
+  t.test('an access token without typ at+jwt, even signed with our own key', async (t) => {
+    const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
+    await expectRefused(t, createSigner({ key: key!.privateKey, algorithm: 'ES256', kid })(claims), 'typ JWT')
+  })
+
   t.test('a token of another deployment, same issuer and audience, other keys', async (t) => {
     const other = await build(t, { clock })
     const foreign = await login(other)

@@ -26,6 +26,20 @@ t.test('detail', async (t) => {
     t.equal(detail.json().user.id, user.id)
   })
 
+  t.test('an access cookie sent twice (cookie tossing) is refused and cleared, never guessed', async (t) => {
+    const victim = await login(app)
+    const attacker = await login(app)
+    for (const cookie of [
+      `__Host-access_token=${attacker.access}; __Host-access_token=${victim.access}`,
+      `__Host-access_token=${victim.access}; other=1; __Host-access_token=${victim.access}`
+    ]) {
+      const res = await app.inject({ url: '/api/detail', headers: { cookie } })
+      t.equal(res.statusCode, 401)
+      t.equal(res.json().code, 'token_not_valid')
+      t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Host-access_token=;.*Expires=Thu, 01 Jan 1970/)
+    }
+  })
+
   t.test('without credentials: 401 not_authenticated with a bare Bearer challenge', async (t) => {
     const res = await app.inject({ url: '/api/detail' })
     t.equal(res.statusCode, 401)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, freshDatabase } from './helper.ts'
+import { build, claimsOf, freshDatabase, lockSession, login, postJson } from './helper.ts'
 import { startProxy } from './tcp-proxy.ts'
 
 t.test('health', async (t) => {
@@ -48,18 +48,12 @@ t.test('ready answers 503 while the database is unreachable, live stays 200, and
 t.test('a database connection lost mid-transaction answers 503 and the service lives on', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it has no connection to lose'
 }, async (t) => {
-  const { default: pg } = await import('pg')
-  const { freshDatabase, login, postJson, claimsOf } = await import('./helper.ts')
   const database = await freshDatabase(t)
   const app = await build(t, { database })
   const { refresh } = await login(app)
 
   // Another client holds the session row, so the refresh waits inside its transaction...
-  const blocker = new pg.Client({ connectionString: database.DATABASE_URL })
-  await blocker.connect()
-  t.teardown(() => blocker.end())
-  await blocker.query('begin')
-  await blocker.query('select id from sessions where id = $1 for update', [claimsOf(refresh).sid])
+  const blocker = await lockSession(t, database.DATABASE_URL!, claimsOf(refresh).sid as string)
   const pending = postJson(app, '/api/token/refresh', { refresh })
 
   // ...where its server connection is killed, as a restart or failover would.

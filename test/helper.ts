@@ -29,7 +29,7 @@ export class TestClock implements Clock {
   }
 }
 
-/** An initialised PGlite cluster, made once per run by test/pglite-template.ts. */
+/** An initialised PGlite cluster, made by test/pglite-template.ts and kept between runs. */
 export const PGLITE_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-template')
 
 /**
@@ -94,6 +94,16 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
   await fastify.register(fp(app), { config, clock })
   await fastify.ready()
   return fastify
+}
+
+/** Another PostgreSQL client, in a transaction holding the row of session `sid` locked until it ends. */
+export async function lockSession (t: Test, databaseUrl: string, sid: string): Promise<pg.Client> {
+  const blocker = new pg.Client({ connectionString: databaseUrl })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query('select id from sessions where id = $1 for update', [sid])
+  return blocker
 }
 
 let counter = 0

@@ -45,6 +45,22 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
     t.same(res.json().errors.map((e: { field: string }) => e.field).sort(), ['email', 'password', 'username'])
   })
 
+  t.test('every failing field is named in one answer, the password policy included', async (t) => {
+    const res = await postJson(app, '/api/auth/register', { username: '', email: 'x', password: 'short' })
+    expectProblem(t, res, 400, 'validation_failed', 'three bad fields')
+    t.same([...new Set(res.json().errors.map((e: { field: string }) => e.field))].sort(), ['email', 'password', 'username'])
+    t.ok(res.json().errors.some((e: { field: string, message: string }) => e.field === 'password' && /too short/.test(e.message)), 'the policy\'s finding')
+  })
+
+  t.test('the list of failing fields is bounded, and says how many there were', async (t) => {
+    const body = Object.fromEntries(Array.from({ length: 1300 }, (_, i) => [`k${i}`, 1]))
+    const res = await postJson(app, '/api/auth/login', body)
+    expectProblem(t, res, 400, 'validation_failed', '1,300 unknown keys')
+    t.equal(res.json().errors.length, 20)
+    t.match(res.json().detail, /^Invalid input: 130\d problems, the first 20 listed\.$/)
+    t.ok(res.body.length < 4096, `a short answer: ${res.body.length} bytes`)
+  })
+
   t.test('unknown properties are refused', async (t) => {
     const res = await postJson(app, '/api/auth/login', { identifier: 'a', password: 'b', is_admin: true })
     expectProblem(t, res, 400, 'validation_failed', 'unknown property')

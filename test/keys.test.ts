@@ -30,6 +30,17 @@ t.test('JWKS and signing keys', async (t) => {
     t.match(claims, { user_id: user.id, token_type: 'access' })
   })
 
+  t.test('a JWKS verifier that forgets token_type still cannot take a refresh token', async (t) => {
+    const { refresh } = await login(app)
+    const { keys } = (await app.inject({ url: '/.well-known/jwks.json' })).json()
+    const header = JSON.parse(Buffer.from(refresh.split('.')[0]!, 'base64url').toString())
+    t.notOk(keys.some((k: { kid: string }) => k.kid === header.kid), 'its kid is in no JWKS')
+    for (const jwk of keys) {
+      const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
+      t.throws(() => createVerifier({ key: pem, allowedIss: 'authgate', allowedAud: 'authgate' })(refresh), 'no published key verifies it')
+    }
+  })
+
   t.test('the private key is stored encrypted', async (t) => {
     const rows = await app.db.selectFrom('signing_keys').selectAll().execute()
     t.equal(rows.length, 1)

@@ -1,8 +1,6 @@
-import pg from 'pg'
 import t from 'tap'
-import { build, claimsOf, freshDatabase, login, postJson, TestClock } from './helper.ts'
+import { build, claimsOf, freshDatabase, lockSession, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 import { startServer } from './server-process.ts'
-import { SECRET_KEY } from './helper.ts'
 import { startProxy } from './tcp-proxy.ts'
 
 const onPostgres = process.env.DB_ENGINE === 'postgres'
@@ -26,11 +24,7 @@ t.test('the grace counts from when the rotation happened in the database, not fr
   const app = await build(t, { database, clock })
   const { refresh } = await login(app)
   // Another transaction holds the session row: the refresh waits inside its own.
-  const blocker = new pg.Client({ connectionString: database.DATABASE_URL })
-  await blocker.connect()
-  t.teardown(() => blocker.end())
-  await blocker.query('begin')
-  await blocker.query('select id from sessions where id = $1 for update', [claimsOf(refresh).sid])
+  const blocker = await lockSession(t, database.DATABASE_URL!, claimsOf(refresh).sid as string)
   const first = postJson(app, '/api/token/refresh', { refresh })
   await new Promise((resolve) => setTimeout(resolve, 300))
   // While it waits, 20 s pass: the rotation commits 20 s after the request arrived.

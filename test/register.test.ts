@@ -46,6 +46,19 @@ t.test('register', async (t) => {
     t.equal(again.statusCode, 409)
   })
 
+  t.test('a decomposed username is normalised before it is judged, at register and at login alike', async (t) => {
+    const decomposed = `E\u0301mile${process.pid}`
+    const res = await postJson(app, '/api/auth/register', { ...uniqueUser(), username: decomposed })
+    t.equal(res.statusCode, 201)
+    t.equal(res.json().user.username, decomposed.normalize('NFKC'))
+    for (const identifier of [decomposed, decomposed.normalize('NFC'), decomposed.toUpperCase()]) {
+      const login = await postJson(app, '/api/auth/login', { identifier, password: 'correct horse battery staple' })
+      t.equal(login.statusCode, 200, JSON.stringify(identifier))
+    }
+    const again = await postJson(app, '/api/auth/register', { ...uniqueUser(), username: decomposed.normalize('NFC') })
+    t.equal(again.statusCode, 409, 'the composed form is the same name')
+  })
+
   t.test('refuses a username that NFKC turns into refused characters', async (t) => {
     const res = await postJson(app, '/api/auth/register', { ...uniqueUser(), username: 'half½' })
     t.equal(res.statusCode, 400)

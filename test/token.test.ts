@@ -62,6 +62,17 @@ t.test('token endpoints', async (t) => {
     t.ok(setCookies.some((c) => c.startsWith(`__Host-access_token=${res.json().access};`)))
   })
 
+  t.test('a refresh cookie sent twice (cookie tossing) is refused and cleared: no session swap', async (t) => {
+    const victim = await login(app)
+    const attacker = await login(app)
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${attacker.refresh}; __Secure-refresh_token=${victim.refresh}` })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'token_not_valid')
+    t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: attacker.refresh })).statusCode, 200, 'neither token was used')
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: victim.refresh })).statusCode, 200)
+  })
+
   t.test('refresh without any token: 401 not_authenticated', async (t) => {
     const res = await postJson(app, '/api/token/refresh', {})
     t.equal(res.statusCode, 401)
@@ -130,6 +141,18 @@ t.test('token endpoints', async (t) => {
     t.equal(res.statusCode, 401)
     t.equal(res.json().code, 'token_expired')
     t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 200)
+  })
+
+  t.test('no access token outlives its session', async (t) => {
+    const short = await build(t, { clock, env: { AUTH_SESSION_MAX_LIFETIME: '2m', JWT_ACCESS_TOKEN_LIFETIME: '5m' } })
+    const { access, refresh } = await login(short)
+    t.equal((claimsOf(access).exp as number) - (claimsOf(access).iat as number), 120, 'capped at the session\'s end')
+    clock.advance(60)
+    const res = await postJson(short, '/api/token/refresh', { refresh })
+    t.equal(res.statusCode, 200)
+    t.ok((claimsOf(res.json().access).exp as number) <= (claimsOf(access).exp as number), 'a refreshed one too')
+    clock.advance(61)
+    t.equal((await short.inject({ url: '/api/detail', headers: bearer(res.json().access) })).statusCode, 401, 'dead when the session ends')
   })
 
   t.test('a session cannot be refreshed past its absolute lifetime (30 days)', async (t) => {

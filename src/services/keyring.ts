@@ -73,13 +73,13 @@ export class Keyring {
    * `kid` names, only when the header's `alg` is that key's algorithm (so no HS256 signed
    * with a public key), never a key the header carries or points to. Throws a 401 otherwise.
    */
-  async keyFor (header: JoseHeader, type: TokenType | 'any'): Promise<string> {
+  async keyFor (header: JoseHeader, type: TokenType): Promise<string> {
     if (FORBIDDEN_HEADERS.some((name) => name in header) || typeof header.kid !== 'string') throw new TokenNotValidError()
-    if (header.kid === REFRESH_KID) {
-      if (type === 'access' || header.alg !== 'HS256') throw new TokenNotValidError()
+    if (type === 'refresh') {
+      if (header.kid !== REFRESH_KID || header.alg !== 'HS256') throw new TokenNotValidError()
       return this.#refreshKey
     }
-    if (type === 'refresh' || header.typ !== ACCESS_TYP) throw new TokenNotValidError()
+    if (header.typ !== ACCESS_TYP) throw new TokenNotValidError()
     const key = this.#keys.get(header.kid) ?? await this.#afterReload(header.kid)
     if (key === undefined || header.alg !== key.alg) throw new TokenNotValidError()
     return key.verifyKey
