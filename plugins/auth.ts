@@ -19,6 +19,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** onRequest hook: a valid access token (Bearer header, else the access cookie) of an active session. */
     authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    /** The claims of the request's access token, verified, its session not checked; expired ones too with `allowExpired`. */
+    verifyAccessToken: (request: FastifyRequest, reply: FastifyReply, options?: { allowExpired?: boolean }) => Promise<TokenClaims>
     /** The claims of the refresh token of a request (body `refresh`, else the refresh cookie), verified; the refresh route clears the cookies on a 401. */
     verifyRefreshToken: (request: FastifyRequest) => Promise<TokenClaims>
     /** The claims of a token of either type in the body's `token`, verified. */
@@ -121,7 +123,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token))
 
   fastify.decorateRequest('user', null as unknown as SessionUser)
-  fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  fastify.decorate('verifyAccessToken', async function verifyAccessToken (request: FastifyRequest, reply: FastifyReply, { allowExpired = false } = {}): Promise<TokenClaims> {
     // Node keeps the first of several Authorization headers: a request with more is malformed.
     if (headerCount(request, 'authorization') > 1) throw new BadRequestError('More than one Authorization header.')
     const { authorization } = request.headers
@@ -136,7 +138,11 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
         throw error
       }
     }
-    const claims = parseClaims(await request.accessJwtVerify(), 'access', clock.now())
+    return parseClaims(await request.accessJwtVerify(), 'access', clock.now(), { allowExpired })
+  })
+
+  fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const claims = await fastify.verifyAccessToken(request, reply)
     // Checked on every request: a logged-out or revoked session stops working here at once.
     const user = await sessions.userOf(claims)
     if (user === undefined) throw new TokenNotValidError()

@@ -1,9 +1,14 @@
 import { loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
+import { flushTokens } from './services/cleanup.ts'
+import { importDjangoUsers } from './services/django-import.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
-  migrate:down    undo the latest migration`
+  migrate:down    undo the latest migration
+  tokens:flush    delete ended sessions and expired refresh tokens
+  import:django --from <postgres://… | dump.json>
+                  import the users of a Django project, their password hashes kept`
 
 async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise<T> {
   const db = createDb(config)
@@ -14,7 +19,10 @@ async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise
   }
 }
 
-const commands: Record<string, (config: Config) => Promise<string>> = {
+/** A command: its output, from the configuration and the words after its name. */
+type Command = (config: Config, args: string[]) => Promise<string>
+
+const commands: Record<string, Command> = {
   migrate: (config) => withDb(config, async (db) => {
     const applied = await migrateToLatest(config, db)
     return applied.length === 0 ? 'database is up to date' : `applied: ${applied.join(', ')}`
@@ -22,7 +30,24 @@ const commands: Record<string, (config: Config) => Promise<string>> = {
   'migrate:down': (config) => withDb(config, async (db) => {
     const undone = await migrateDown(config, db)
     return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
-  })
+  }),
+  'tokens:flush': (config) => withDb(config, async (db) => {
+    const { sessions, refreshTokens } = await flushTokens(db, config)
+    return `deleted ${sessions} sessions and ${refreshTokens} refresh tokens`
+  }),
+  'import:django': async (config, args) => {
+    const [flag, from, ...rest] = args
+    if (flag !== '--from' || from === undefined || rest.length > 0) {
+      throw new Error('usage: npm run import:django -- --from <postgres://… of the Django database | file of manage.py dumpdata auth.user>')
+    }
+    return await withDb(config, async (db) => {
+      const { imported, unchanged, skipped } = await importDjangoUsers(db, from)
+      return [
+        ...skipped.map(({ id, username, why }) => `skipped ${id ?? '(no id)'} ${JSON.stringify(username)}: ${why}`),
+        `imported ${imported}, unchanged ${unchanged}, skipped ${skipped.length}`
+      ].join('\n')
+    })
+  }
 }
 
 export interface CliResult { code: number, stdout: string, stderr: string }
@@ -33,7 +58,7 @@ export async function runCli (args: string[], env: Record<string, string | undef
   if (command === undefined) return { code: 2, stdout: '', stderr: USAGE }
   const warnings: string[] = []
   try {
-    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)))
+    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)), args.slice(1))
     return { code: 0, stdout, stderr: warnings.join('\n') }
   } catch (error) {
     return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}`].join('\n') }

@@ -44,6 +44,8 @@ export const ConfigSchema = Type.Object({
   JWT_REFRESH_TOKEN_LIFETIME: Duration('1d'),
   AUTH_SESSION_MAX_LIFETIME: Duration('30d'),
   AUTH_REUSE_GRACE_S: Type.Integer({ minimum: 0, maximum: 300, default: 10 }),
+  // How often each replica prunes ended sessions and expired refresh tokens.
+  AUTH_PRUNE_INTERVAL: Duration('10m'),
 
   BCRYPT_COST: Type.Integer({ minimum: 4, maximum: 15, default: 12 }),
 
@@ -67,6 +69,7 @@ export type ParsedConfig = Readonly<Env & {
   accessTtlS: number
   refreshTtlS: number
   sessionMaxS: number
+  pruneIntervalS: number
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
   cookieNames: Readonly<{ access: string, refresh: string }>
 }>
@@ -135,7 +138,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
 
   const problems: string[] = []
-  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME'): number => {
+  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL'): number => {
     const s = durationToSeconds(values[name])
     if (s < 1 || s > MAX_DURATION_S) problems.push(`${name} must be between 1s and 3650d, not ${values[name]}`)
     return s
@@ -143,6 +146,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   const accessTtlS = seconds('JWT_ACCESS_TOKEN_LIFETIME')
   const refreshTtlS = seconds('JWT_REFRESH_TOKEN_LIFETIME')
   const sessionMaxS = seconds('AUTH_SESSION_MAX_LIFETIME')
+  const pruneIntervalS = seconds('AUTH_PRUNE_INTERVAL')
   if (values.COOKIE_SAMESITE === 'none' && !values.COOKIE_SECURE) problems.push('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')
   if (values.DB_ENGINE === 'postgres' && values.DATABASE_URL === undefined) problems.push('DATABASE_URL is required when DB_ENGINE=postgres')
   if (values.SECRET_KEY !== undefined && values.SECRET_KEY.length < MIN_SECRET_LENGTH) {
@@ -165,6 +169,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     accessTtlS,
     refreshTtlS,
     sessionMaxS,
+    pruneIntervalS,
     // The refresh cookie has its own path, so it can take __Secure- only.
     cookieNames: Object.freeze({
       access: `${secure ? (values.COOKIE_DOMAIN === undefined ? '__Host-' : '__Secure-') : ''}access_token`,

@@ -1,4 +1,6 @@
 import bcrypt from 'bcrypt'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import t from 'tap'
 import { build, register } from './helper.ts'
 
@@ -29,13 +31,19 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
   const older = await register(app)
   await app.db.updateTable('users').set({ password_hash: await bcrypt.hash(older.password, 4) }).where('id', '=', older.id).execute()
 
+  // An account imported from Django, with a PBKDF2 hash Django made (test/fixtures/django).
+  const imported = await register(app)
+  const [django] = JSON.parse(await readFile(join(import.meta.dirname, 'fixtures', 'django', 'users.json'), 'utf8')) as Array<{ fields: { password: string } }>
+  await app.db.updateTable('users').set({ password_hash: django!.fields.password }).where('id', '=', imported.id).execute()
+
   const cases: Array<[string, string, string]> = [
     ['unknown username', 'nobody-here', 'whatever password'],
     ['unknown email', 'nobody@example.com', 'whatever password'],
     ['wrong password', user.username, 'not the password'],
     ['password over 72 bytes', user.username, user.password + 'x'.repeat(72)],
     ['inactive account', inactive.username, inactive.password],
-    ['wrong password, hash of a lower cost', older.username, 'not the password']
+    ['wrong password, hash of a lower cost', older.username, 'not the password'],
+    ['wrong password, hash imported from Django', imported.username, 'not the password']
   ]
   for (const [why, identifier, password] of cases) {
     compared.length = 0

@@ -3,10 +3,11 @@ import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, ValidationFailedError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
+import { isDjangoHash, verifyDjangoPassword } from '../lib/django-hashers.ts'
 import { MAX_PASSWORD_BYTES, passwordProblems } from '../lib/password-policy.ts'
 import { isUsername, normalizeUsername } from '../lib/usernames.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import type { Client, Sessions } from './sessions.ts'
+import type { Client, SessionUser, Sessions } from './sessions.ts'
 
 export interface Registration { username: string, email: string, password: string }
 
@@ -29,6 +30,29 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
   const dummyHash = await bcrypt.hash('authgate timing equaliser', cost)
 
   /**
+   * Whether the password matches the stored hash (none: an unknown account): bcrypt, or a hash
+   * imported from Django. A failure costs at least one bcrypt comparison at the configured
+   * cost, whatever its cause: an unknown account, a hash made at a lower cost before
+   * BCRYPT_COST was raised, a Django hash, a password over bcrypt's 72 bytes (refused, as it
+   * would match on its first 72).
+   */
+  async function passwordMatches (password: string, hash: string | undefined): Promise<boolean> {
+    const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
+    if (hash !== undefined && !tooLong && isDjangoHash(hash)) {
+      if (await verifyDjangoPassword(password, hash)) return true
+    } else {
+      const compared = hash === undefined || tooLong ? dummyHash : hash
+      if (await bcrypt.compare(password, compared) && compared !== dummyHash) return true
+      if (bcrypt.getRounds(compared) >= cost) return false
+    }
+    await bcrypt.compare(password, dummyHash)
+    return false
+  }
+
+  // A hash of another cost, or one imported from Django, becomes bcrypt at the configured cost.
+  const needsRehash = (hash: string): boolean => isDjangoHash(hash) || bcrypt.getRounds(hash) !== cost
+
+  /**
    * The active user whose username (or, with an @, email) and password match, else
    * InvalidCredentialsError. Every failure costs at least one comparison at the configured
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
@@ -40,21 +64,12 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
       .where(byEmail ? 'email' : 'username', '=', byEmail ? identifier : normalizeUsername(identifier))
       .executeTakeFirst()
 
-    // bcrypt reads 72 bytes: a longer password would match on its first 72. Refused, after the
-    // same comparison as any other failure.
-    const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
-    const hash = row === undefined || tooLong ? dummyHash : row.password_hash
-    const matches = await bcrypt.compare(password, hash)
-    const rounds = bcrypt.getRounds(hash)
-    if (row === undefined || tooLong || !matches || !row.is_active) {
-      // A hash made at a lower cost (before BCRYPT_COST was raised) fails faster: make up the difference.
-      if (rounds < cost) await bcrypt.compare(password, dummyHash)
-      throw new InvalidCredentialsError()
-    }
+    const matches = await passwordMatches(password, row?.password_hash)
+    if (row === undefined || !matches || !row.is_active) throw new InvalidCredentialsError()
 
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
-    const rehash = rounds !== cost ? await bcrypt.hash(password, cost) : undefined
+    const rehash = needsRehash(row.password_hash) ? await bcrypt.hash(password, cost) : undefined
     await db.updateTable('users')
       .set({ last_login_at: clock.db(), ...(rehash === undefined ? {} : { password_hash: rehash }) })
       .where('id', '=', row.id)
@@ -83,6 +98,25 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
         if (isUniqueViolation(error)) throw error.constraint === 'users_email_key' ? new EmailTakenError() : new UsernameTakenError()
         throw error
       }
+    },
+
+    /**
+     * Changes the password of a signed-in user who proves the current one, and ends every other
+     * session of the user in the same transaction; the current one stays.
+     */
+    async changePassword (user: SessionUser, currentPassword: string, newPassword: string): Promise<void> {
+      const { password_hash: hash } = await db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()
+      if (!await passwordMatches(currentPassword, hash)) throw new InvalidCredentialsError()
+      const problems = passwordProblems(newPassword, user)
+      if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
+      const newHash = await bcrypt.hash(newPassword, cost)
+      await db.transaction().execute(async (trx) => {
+        // Keyed by the hash just verified: of two changes at once, the second finds it gone.
+        const changed = await trx.updateTable('users').set({ password_hash: newHash })
+          .where('id', '=', user.id).where('password_hash', '=', hash).executeTakeFirst()
+        if (changed.numUpdatedRows !== 1n) throw new InvalidCredentialsError()
+        await sessions.revoke(user.id, user.sessionId, 'others', trx)
+      })
     },
 
     /** Signs a user in and opens a session: the user and the session's first pair. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import { sql } from 'kysely'
+import { sql, type Kysely, type Transaction, type UpdateResult } from 'kysely'
+import type { Database } from '../db/types.ts'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { TokenNotValidError } from '../errors.ts'
@@ -9,11 +10,26 @@ import type { TokenPair, User } from '../schemas.ts'
 import type { Keyring } from './keyring.ts'
 import type { TokenClaims } from './tokens.ts'
 
+/** The database or a transaction: a query helper's executor, so one transaction can span services. */
+export type Executor = Kysely<Database> | Transaction<Database>
+
 /** Who opened a session: shown in the session list, logged. */
 export interface Client { userAgent: string | null, ip: string | null }
 
 /** The user of an active session, and the session. */
 export interface SessionUser extends User { sessionId: string }
+
+/** An active session as its user sees it in the session list. */
+export interface SessionInfo {
+  id: string
+  created_at: Date
+  last_seen_at: Date
+  user_agent: string | null
+  ip: string | null
+}
+
+/** Which sessions of a user a sign-out ends: this one, all but this one, or all. */
+export type RevokeScope = 'current' | 'others' | 'global'
 
 export type RefreshOutcome =
   | { kind: 'rotated', pair: TokenPair }
@@ -59,6 +75,13 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
     .where('s.revoked_at', 'is', null)
     .where('s.expires_at', '>', clock.db())
     .where('u.is_active', '=', true)
+
+  // Ends sessions of a user that are still open; the caller narrows which.
+  const endSessions = (userId: number, executor: Executor = db) => executor.updateTable('sessions')
+    .set({ revoked_at: clock.db() })
+    .where('user_id', '=', userId)
+    .where('revoked_at', 'is', null)
+  const count = (result: UpdateResult): number => Number(result.numUpdatedRows)
 
   return {
     /** Opens a session for a user who just proved who they are, and issues its first pair: one statement. */
@@ -139,6 +162,47 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
     async userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
       const user = await activeSession(claims.sid, claims.user_id).select(['u.id', 'u.username', 'u.email']).executeTakeFirst()
       return user === undefined ? undefined : { ...user, sessionId: claims.sid }
+    },
+
+    /**
+     * Ends a session of the user (`current`), the user's other sessions (`others`), or all of
+     * them (`global`); how many it ended. Ending a session already ended is no error.
+     */
+    async revoke (userId: number, sessionId: string, scope: RevokeScope, executor: Executor = db): Promise<number> {
+      const sessions = endSessions(userId, executor)
+      return count(await (scope === 'current'
+        ? sessions.where('id', '=', sessionId)
+        : scope === 'others' ? sessions.where('id', '<>', sessionId) : sessions
+      ).executeTakeFirst())
+    },
+
+    /** Ends one session of a user by its id; false when the user has no such active session. */
+    async revokeById (userId: number, sessionId: string): Promise<boolean> {
+      return count(await endSessions(userId).where('id', '=', sessionId).executeTakeFirst()) === 1
+    },
+
+    /**
+     * Ends the session of a verified refresh token (simplejwt's blacklist): false when the token
+     * is not one of an active session, so a token blacklisted once is refused the second time.
+     */
+    async revokeByRefreshToken (claims: TokenClaims): Promise<boolean> {
+      return count(await endSessions(claims.user_id)
+        .where('id', '=', claims.sid)
+        .where('expires_at', '>', clock.db())
+        .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('jti').where('jti', '=', claims.jti).where('session_id', '=', claims.sid)))
+        .executeTakeFirst()) === 1
+    },
+
+    /** The user's active sessions, the newest first. */
+    async list (userId: number): Promise<SessionInfo[]> {
+      return await db.selectFrom('sessions')
+        .select(['id', 'created_at', 'last_seen_at', 'user_agent', 'ip'])
+        .where('user_id', '=', userId)
+        .where('revoked_at', 'is', null)
+        .where('expires_at', '>', clock.db())
+        .orderBy('created_at', 'desc')
+        .orderBy('id')
+        .execute()
     },
 
     /**

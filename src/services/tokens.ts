@@ -28,12 +28,13 @@ const checkClaims = TypeCompiler.Compile(TokenClaimsSchema)
 /**
  * The claims of a token whose signature, issuer and audience were verified, if they have the
  * expected shape and type and the token has not expired at `now`; a 401 error otherwise.
+ * `allowExpired` is for signing out only: an expired token may still end its own session.
  */
-export function parseClaims (payload: unknown, type: TokenType | 'any', now: Date): TokenClaims {
+export function parseClaims (payload: unknown, type: TokenType | 'any', now: Date, { allowExpired = false } = {}): TokenClaims {
   if (!checkClaims.Check(payload) || (type !== 'any' && payload.token_type !== type) || payload.sub !== String(payload.user_id)) {
     throw new TokenNotValidError()
   }
   // RFC 7519 §4.1.4: expired once the current time is at or after exp.
-  if (payload.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
+  if (!allowExpired && payload.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
   return payload
 }

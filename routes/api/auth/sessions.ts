@@ -1,0 +1,55 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { NotFoundError } from '#src/errors.ts'
+import { problems } from '#src/schemas.ts'
+
+const SessionSchema = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  created_at: Type.String({ format: 'date-time' }),
+  last_seen_at: Type.String({ format: 'date-time' }),
+  user_agent: Type.Union([Type.String(), Type.Null()]),
+  ip: Type.Union([Type.String(), Type.Null()]),
+  current: Type.Boolean()
+})
+
+export const SessionParamsSchema = Type.Object({ id: Type.String({ format: 'uuid' }) })
+
+// The signed-in user's devices: GET lists them, DELETE signs one out.
+const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get('/sessions', {
+    onRequest: [fastify.authenticate],
+    schema: {
+      tags: ['account'],
+      summary: 'The signed-in user\'s active sessions, the newest first',
+      security: [{ bearer: [] }, { cookie: [] }],
+      response: { 200: Type.Object({ sessions: Type.Array(SessionSchema) }), ...problems(400, 401, 503) }
+    }
+  }, async (request) => {
+    const list = await fastify.sessions.list(request.user.id)
+    return {
+      sessions: list.map((s) => ({
+        ...s,
+        created_at: s.created_at.toISOString(),
+        last_seen_at: s.last_seen_at.toISOString(),
+        current: s.id === request.user.sessionId
+      }))
+    }
+  })
+
+  fastify.delete('/sessions/:id', {
+    onRequest: [fastify.authenticate],
+    schema: {
+      tags: ['account'],
+      summary: 'End one of the signed-in user\'s sessions (sign out another device)',
+      security: [{ bearer: [] }, { cookie: [] }],
+      params: SessionParamsSchema,
+      response: { 204: Type.Null(), ...problems(400, 401, 404, 503) }
+    }
+  }, async (request, reply) => {
+    // Another user's session and an unknown one answer alike: no oracle of which exists.
+    if (!await fastify.sessions.revokeById(request.user.id, request.params.id)) throw new NotFoundError()
+    request.log.info({ userId: request.user.id, sessionId: request.params.id }, 'session revoked')
+    return reply.code(204).send(null)
+  })
+}
+
+export default sessions

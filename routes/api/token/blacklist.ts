@@ -1,0 +1,29 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { TokenNotValidError } from '#src/errors.ts'
+import { problems, TokenSchema } from '#src/schemas.ts'
+
+export const BlacklistBodySchema = Type.Object({
+  refresh: Type.Optional(TokenSchema)
+}, { additionalProperties: false })
+
+// simplejwt's TokenBlacklistView: sign out with the refresh token.
+const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/blacklist', {
+    schema: {
+      tags: ['token'],
+      summary: 'End the session of a refresh token (body, else the refresh cookie)',
+      body: BlacklistBodySchema,
+      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
+    }
+  }, async (request, reply) => {
+    const fromCookie = request.body.refresh === undefined
+    // The cookies go whatever the outcome: a refresh cookie that was sent is of no use any more.
+    if (fromCookie) reply.clearAuthCookies()
+    const claims = await fastify.verifyRefreshToken(request)
+    if (!await fastify.sessions.revokeByRefreshToken(claims)) throw new TokenNotValidError()
+    request.log.info({ userId: claims.user_id, sessionId: claims.sid }, 'logout')
+    return {}
+  })
+}
+
+export default blacklist
