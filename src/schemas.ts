@@ -20,6 +20,11 @@ export const IdentifierSchema = Type.String({ minLength: 1, maxLength: 254, patt
  */
 export const TokenSchema = Type.String({ minLength: 1 })
 
+/** A refresh token in the body, else the refresh cookie is taken: refresh and blacklist. */
+export const RefreshTokenBodySchema = Type.Object({
+  refresh: Type.Optional(TokenSchema)
+}, { additionalProperties: false })
+
 /** A public JWK as the JWKS publishes it (RFC 7517 §4, RFC 7518 §6). */
 export const JwkSchema = Type.Object({
   kty: Type.String(),

@@ -1,10 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems, TokenSchema } from '#src/schemas.ts'
-
-export const BlacklistBodySchema = Type.Object({
-  refresh: Type.Optional(TokenSchema)
-}, { additionalProperties: false })
+import { problems, RefreshTokenBodySchema } from '#src/schemas.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
 const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -12,7 +8,7 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['token'],
       summary: 'End the session of a refresh token (body, else the refresh cookie)',
-      body: BlacklistBodySchema,
+      body: RefreshTokenBodySchema,
       response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {

@@ -1,17 +1,13 @@
-import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems, TokenPairSchema, TokenSchema } from '#src/schemas.ts'
-
-export const RefreshBodySchema = Type.Object({
-  refresh: Type.Optional(TokenSchema)
-}, { additionalProperties: false })
+import { problems, RefreshTokenBodySchema, TokenPairSchema } from '#src/schemas.ts'
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/refresh', {
     schema: {
       tags: ['token'],
       summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',
-      body: RefreshBodySchema,
+      body: RefreshTokenBodySchema,
       response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {
