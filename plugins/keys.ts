@@ -2,7 +2,8 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { Keyring } from '../src/services/keyring.ts'
-import { ensureSigningKey, loadSigningKeys } from '../src/services/signing-keys.ts'
+import type { Algorithm } from '../src/config.ts'
+import { ensureSigningKey, keyFromPem, loadSigningKeys } from '../src/services/signing-keys.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -20,14 +21,19 @@ const RELOAD_INTERVAL_MS = 60_000
 async function keysPlugin (fastify: FastifyInstance): Promise<void> {
   const { config, db, clock } = fastify
   const box = new SecretBox(config.SECRET_KEY, 'signing-keys')
-  // A retired key verifies until the last token it signed has expired.
-  const keepRetiredS = Math.max(config.accessTtlS, config.refreshTtlS)
-  await ensureSigningKey(db, box, config.JWT_ALGORITHM)
+  // A retired key verifies until the last access token it signed has expired (refresh tokens
+  // are signed with a key of their own).
+  const keepRetiredS = config.accessTtlS
+  // An operator's PEM replaces the database's keys; parseConfig checked it fits JWT_ALGORITHM.
+  const pem = config.JWT_PRIVATE_KEY
+  if (pem === undefined) await ensureSigningKey(db, box, config.JWT_ALGORITHM)
   const keyring = new Keyring({
     issuer: config.JWT_ISSUER,
     audience: config.JWT_AUDIENCE,
     secret: config.SECRET_KEY,
-    load: () => loadSigningKeys(db, box, keepRetiredS),
+    load: pem === undefined
+      ? () => loadSigningKeys(db, box, keepRetiredS, clock.now())
+      : async () => [keyFromPem(pem, config.JWT_ALGORITHM as Exclude<Algorithm, 'HS256'>)],
     clock
   })
   await keyring.reload()

@@ -4,6 +4,14 @@ import type { FastifyInstance } from 'fastify'
 import { BadRequestError, UnsupportedMediaTypeError } from '../src/errors.ts'
 
 const JSON_TYPE = /^application\/json\s*(?:;|$)/i
+const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;|$)/i
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route takes form bodies too: one that no browser cookie authenticates (introspection). */
+    acceptsForm?: boolean
+  }
+}
 
 /** Security headers (https://github.com/fastify/fastify-helmet) and JSON-only state changes. */
 async function securityPlugin (fastify: FastifyInstance): Promise<void> {
@@ -22,8 +30,10 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     }
     // Every POST must be JSON (415 otherwise), bodiless ones included: a cross-site form or a
     // "simple" fetch cannot send that type without a CORS preflight, so a cookie-authenticated
-    // request can never be forged from another site.
-    if (request.method === 'POST' && !JSON_TYPE.test(request.headers['content-type'] ?? '')) {
+    // request can never be forged from another site. A route that no cookie authenticates may
+    // take forms as well.
+    if (request.method === 'POST' && !JSON_TYPE.test(request.headers['content-type'] ?? '') &&
+        !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(request.headers['content-type'] ?? ''))) {
       throw new UnsupportedMediaTypeError()
     }
   })

@@ -1,12 +1,16 @@
 import { loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
+import { SecretBox } from './lib/secret-box.ts'
 import { flushTokens } from './services/cleanup.ts'
+import { rotateSigningKey } from './services/signing-keys.ts'
 import { importDjangoUsers } from './services/django-import.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
   migrate:down    undo the latest migration
   tokens:flush    delete ended sessions and expired refresh tokens
+  keys:rotate     sign with a new key (or the one published with --next); the old one keeps verifying
+  keys:rotate --next   publish the next key in the JWKS before it signs
   import:django --from <postgres://… | dump.json>
                   import the users of a Django project, their password hashes kept`
 
@@ -30,6 +34,15 @@ const commands: Record<string, Command> = {
   'migrate:down': (config) => withDb(config, async (db) => {
     const undone = await migrateDown(config, db)
     return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
+  }),
+  'keys:rotate': (config, args) => withDb(config, async (db) => {
+    const next = args.includes('--next')
+    if (args.some((arg) => arg !== '--next')) throw new Error(`usage: npm run keys:rotate [-- --next], not ${args.join(' ')}`)
+    if (config.JWT_PRIVATE_KEY !== undefined) throw new Error('the signing key comes from JWT_PRIVATE_KEY: rotate it there')
+    const { kid, promoted } = await rotateSigningKey(db, new SecretBox(config.SECRET_KEY, 'signing-keys'), config.JWT_ALGORITHM, { next })
+    return next
+      ? `published ${kid} (${config.JWT_ALGORITHM}) in the JWKS; it signs after the next keys:rotate`
+      : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`
   }),
   'tokens:flush': (config) => withDb(config, async (db) => {
     const { sessions, refreshTokens } = await flushTokens(db, config)

@@ -1,7 +1,7 @@
 import { compile as compileTrust } from '@fastify/proxy-addr'
 import { Type, type Static } from '@sinclair/typebox'
 import envSchema from 'env-schema'
-import { randomBytes } from 'node:crypto'
+import { createPrivateKey, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { chmod, link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -38,8 +38,17 @@ export const ConfigSchema = Type.Object({
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
 
   JWT_ALGORITHM: OneOf(ALGORITHMS, { default: 'ES256' }),
+  // An operator's own signing key (a PEM, or a file holding one) instead of the database's.
+  JWT_PRIVATE_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String({ minLength: 1 })),
   JWT_ISSUER: Type.String({ minLength: 1, default: 'authgate' }),
   JWT_AUDIENCE: Type.String({ minLength: 1, default: 'authgate' }),
+  // How long verifiers and gateways may cache the JWKS.
+  JWKS_MAX_AGE: Duration('5m'),
+  // The public base URL (https://auth.example.com): absolute URLs in the discovery document.
+  PUBLIC_URL: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$', description: 'an absolute http(s) URL without query, like https://auth.example.com' })),
+  // Services allowed to call token introspection: id:secret pairs separated by commas.
+  INTROSPECTION_CLIENTS: Type.String({ default: '' }),
   JWT_ACCESS_TOKEN_LIFETIME: Duration('5m'),
   JWT_REFRESH_TOKEN_LIFETIME: Duration('1d'),
   AUTH_SESSION_MAX_LIFETIME: Duration('30d'),
@@ -70,6 +79,9 @@ export type ParsedConfig = Readonly<Env & {
   refreshTtlS: number
   sessionMaxS: number
   pruneIntervalS: number
+  jwksMaxAgeS: number
+  /** Introspection client ids and their secrets. */
+  introspectionClients: ReadonlyMap<string, string>
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
   cookieNames: Readonly<{ access: string, refresh: string }>
 }>
@@ -138,7 +150,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
 
   const problems: string[] = []
-  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL'): number => {
+  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL' | 'JWKS_MAX_AGE'): number => {
     const s = durationToSeconds(values[name])
     if (s < 1 || s > MAX_DURATION_S) problems.push(`${name} must be between 1s and 3650d, not ${values[name]}`)
     return s
@@ -147,12 +159,29 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   const refreshTtlS = seconds('JWT_REFRESH_TOKEN_LIFETIME')
   const sessionMaxS = seconds('AUTH_SESSION_MAX_LIFETIME')
   const pruneIntervalS = seconds('AUTH_PRUNE_INTERVAL')
+  const jwksMaxAgeS = seconds('JWKS_MAX_AGE')
+  const introspectionClients = new Map<string, string>()
+  for (const pair of values.INTROSPECTION_CLIENTS.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const [id, secret] = [pair.slice(0, pair.indexOf(':')), pair.slice(pair.indexOf(':') + 1)]
+    if (!pair.includes(':') || id === '' || secret.length < 16 || introspectionClients.has(id)) {
+      problems.push('INTROSPECTION_CLIENTS must be id:secret pairs separated by commas, each id once, each secret at least 16 characters')
+      break
+    }
+    introspectionClients.set(id, secret)
+  }
   if (values.COOKIE_SAMESITE === 'none' && !values.COOKIE_SECURE) problems.push('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')
   if (values.DB_ENGINE === 'postgres' && values.DATABASE_URL === undefined) problems.push('DATABASE_URL is required when DB_ENGINE=postgres')
   if (values.SECRET_KEY !== undefined && values.SECRET_KEY.length < MIN_SECRET_LENGTH) {
     problems.push(`SECRET_KEY must be at least ${MIN_SECRET_LENGTH} characters`)
   }
   if (values.SECRET_KEY === undefined && values.NODE_ENV === 'production') problems.push('SECRET_KEY is required when NODE_ENV=production')
+  if (values.JWT_PRIVATE_KEY !== undefined && values.JWT_PRIVATE_KEY_FILE !== undefined) problems.push('set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, not both')
+  if (values.JWT_PRIVATE_KEY !== undefined) {
+    const alg = algorithmOfPem(values.JWT_PRIVATE_KEY)
+    if (typeof alg !== 'string' || alg !== values.JWT_ALGORITHM) {
+      problems.push(`JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=${values.JWT_ALGORITHM}: ${typeof alg === 'string' ? `it is one for ${alg}` : alg.why}`)
+    }
+  }
   let trustProxy: TrustProxy = false
   try {
     trustProxy = parseTrustProxy(values.TRUST_PROXY)
@@ -170,12 +199,32 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     refreshTtlS,
     sessionMaxS,
     pruneIntervalS,
+    jwksMaxAgeS,
+    introspectionClients,
     // The refresh cookie has its own path, so it can take __Secure- only.
     cookieNames: Object.freeze({
       access: `${secure ? (values.COOKIE_DOMAIN === undefined ? '__Host-' : '__Secure-') : ''}access_token`,
       refresh: `${secure ? '__Secure-' : ''}refresh_token`
     })
   })
+}
+
+/**
+ * The JWS algorithm a PEM private key signs with: ES256 (P-256), EdDSA (Ed25519) or RS256
+ * (RSA of 2048 bits or more); or why it cannot be used.
+ */
+export function algorithmOfPem (pem: string): Algorithm | { why: string } {
+  let key
+  try {
+    key = createPrivateKey(pem)
+  } catch {
+    return { why: 'it is not a PEM private key' }
+  }
+  const details = key.asymmetricKeyDetails ?? {}
+  if (key.asymmetricKeyType === 'ec' && details.namedCurve === 'prime256v1') return 'ES256'
+  if (key.asymmetricKeyType === 'ed25519') return 'EdDSA'
+  if (key.asymmetricKeyType === 'rsa' && (details.modulusLength ?? 0) >= 2048) return 'RS256'
+  return { why: `a ${key.asymmetricKeyType ?? 'symmetric'} key${details.namedCurve === undefined ? '' : ` on ${details.namedCurve}`} is not one authgate signs with (P-256, Ed25519, RSA of 2048 bits or more)` }
 }
 
 /** The folder authgate keeps local state in: PGlite's data, the development secret. */
@@ -234,6 +283,14 @@ async function developmentSecret (folder: string): Promise<{ secret: string, cre
  * read when none is set. `warn` receives what an operator should know.
  */
 export async function loadConfig (env: Record<string, string | undefined>, warn: (message: string) => void = () => {}): Promise<Config> {
+  const keyFile = env.JWT_PRIVATE_KEY_FILE
+  if (keyFile !== undefined && keyFile !== '' && env.JWT_PRIVATE_KEY === undefined) {
+    // A mounted secret: read here, then judged like JWT_PRIVATE_KEY itself.
+    const pem = await readFile(keyFile, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      throw new ConfigError(`JWT_PRIVATE_KEY_FILE ${keyFile} cannot be read: ${error.code ?? error.message}`)
+    })
+    return await loadConfig({ ...env, JWT_PRIVATE_KEY: pem, JWT_PRIVATE_KEY_FILE: undefined }, warn)
+  }
   const config = parseConfig(env)
   if (config.SECRET_KEY !== undefined) return config as Config
   const folder = dataFolder(config)

@@ -32,6 +32,7 @@ export const InvalidCredentialsError = define('invalid_credentials', 'No active 
 export const NotAuthenticatedError = define('not_authenticated', 'Authentication credentials were not provided.', 401)
 export const TokenNotValidError = define('token_not_valid', 'Token is invalid or expired', 401)
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
+export const InvalidClientError = define('invalid_client', 'Client authentication failed.', 401)
 export const NotFoundError = define('not_found', 'Not found.', 404)
 export const UsernameTakenError = define('username_taken', 'A user with that username already exists.', 409)
 export const EmailTakenError = define('email_taken', 'A user with that email already exists.', 409)

@@ -76,6 +76,8 @@ export function problemBody (problem: Problem): Record<string, unknown> {
 /** RFC 6750 §3: a 401 names the scheme; with a token that failed, error="invalid_token". */
 export function challenge (problem: Problem): string | undefined {
   if (problem.status !== 401) return undefined
+  // RFC 7662 §2.1 and RFC 6749 §5.2: a service authenticates with HTTP Basic.
+  if (problem.code === 'invalid_client') return 'Basic realm="authgate"'
   const invalid = problem.code === 'token_not_valid' || problem.code === 'token_expired'
   return `Bearer realm="authgate"${invalid ? `, error="invalid_token", error_description="${problem.detail}"` : ''}`
 }

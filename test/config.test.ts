@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -5,6 +6,11 @@ import t from 'tap'
 import { ConfigError, durationToSeconds, loadConfig, parseConfig } from '../src/config.ts'
 
 // Configuration is a pure function of the environment: these tests start no app.
+
+const pemOf = (type: 'ed25519' | 'ec', namedCurve?: string): string =>
+  generateKeyPairSync(type as 'ec', { namedCurve: namedCurve ?? 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+const ED25519_PEM = pemOf('ed25519')
+const P384_PEM = pemOf('ec', 'P-384')
 
 t.test('durations are seconds or a number with s, m, h or d, derived once as seconds', async (t) => {
   t.equal(durationToSeconds('300'), 300)
@@ -74,7 +80,12 @@ t.test('a bad value is one message naming the variable and what it takes', async
     [{ TRUST_PROXY: 'banana' }, /^TRUST_PROXY must be true, a hop count, or IP addresses\/CIDRs separated by commas: .*banana/],
     [{ SECRET_KEY: '' }, 'SECRET_KEY must be at least 32 characters'],
     [{ SECRET_KEY: 'short-secret' }, 'SECRET_KEY must be at least 32 characters'],
-    [{ NODE_ENV: 'production' }, 'SECRET_KEY is required when NODE_ENV=production']
+    [{ NODE_ENV: 'production' }, 'SECRET_KEY is required when NODE_ENV=production'],
+    [{ JWT_PRIVATE_KEY: 'not a pem' }, 'JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: it is not a PEM private key'],
+    [{ JWT_PRIVATE_KEY: ED25519_PEM }, 'JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: it is one for EdDSA'],
+    [{ JWT_PRIVATE_KEY: P384_PEM, JWT_ALGORITHM: 'ES256' }, /^JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: a ec key on secp384r1 is not one authgate signs with/],
+    [{ JWT_PRIVATE_KEY: ED25519_PEM, JWT_ALGORITHM: 'HS256' }, /^JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=HS256/],
+    [{ JWT_PRIVATE_KEY: ED25519_PEM, JWT_PRIVATE_KEY_FILE: '/x', JWT_ALGORITHM: 'EdDSA' }, 'set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, not both']
   ]
   for (const [env, message] of cases) {
     const error = (() => { try { parseConfig(env); return undefined } catch (e) { return e as Error } })()
@@ -88,6 +99,11 @@ t.test('a bad value is one message naming the variable and what it takes', async
     'PORT must be a whole number, not "x"; DB_ENGINE must be one of pglite, postgres, not "oracle"',
     'every bad variable at once'
   )
+})
+
+t.test('JWT_PRIVATE_KEY_FILE that cannot be read names itself', async (t) => {
+  await t.rejects(loadConfig({ JWT_PRIVATE_KEY_FILE: '/nonexistent/signing.pem', DB_NAME: 'memory://' }), { name: 'ConfigError', message: 'JWT_PRIVATE_KEY_FILE /nonexistent/signing.pem cannot be read: ENOENT' })
+  t.equal(parseConfig({ JWT_PRIVATE_KEY: ED25519_PEM, JWT_ALGORITHM: 'EdDSA' }).JWT_PRIVATE_KEY, ED25519_PEM)
 })
 
 t.test('the development secret', async (t) => {

@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto'
 import { createSigner, createVerifier } from 'fast-jwt'
 import t from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { ensureSigningKey, loadSigningKeys } from '../src/services/signing-keys.ts'
+import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
 import { build, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
 
 t.test('JWKS and signing keys', async (t) => {
@@ -77,7 +77,7 @@ t.test('a key created by another replica after start is found by its kid, one lo
   const box = new SecretBox(SECRET_KEY, 'signing-keys')
   // Another replica rotates: this one has not loaded the new key yet.
   async function rotateElsewhere (): Promise<string> {
-    await ensureSigningKey(app.db, box, 'ES256', { rotate: true })
+    await rotateSigningKey(app.db, box, 'ES256')
     const [newest] = await loadSigningKeys(app.db, box, 86400)
     return createSigner({ key: newest!.privateKey, algorithm: 'ES256', kid: newest!.kid, header: { alg: 'ES256', typ: 'at+jwt' } })(claims)
   }
@@ -128,4 +128,78 @@ t.test('a different SECRET_KEY cannot open the stored keys: the start fails and 
   const first = await build(t, { database })
   await first.close()
   await t.rejects(build(t, { database, env: { SECRET_KEY: 'another-secret-key-of-sufficient-length-x' } }), /SECRET_KEY is not the one/)
+})
+
+t.test('keys:rotate: --next publishes a key before it signs, a rotate promotes it, the old key verifies until its tokens expire', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock })
+  const box = new SecretBox(SECRET_KEY, 'signing-keys')
+  const kidOf = (token: string): string => JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString()).kid
+  const jwksKids = async (): Promise<string[]> => (await app.inject({ url: '/.well-known/jwks.json' })).json().keys.map((k: { kid: string }) => k.kid)
+  const detail = async (token: string): Promise<number> => (await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })).statusCode
+  const first = await login(app)
+  const oldKid = kidOf(first.access)
+
+  const { kid: nextKid } = await rotateSigningKey(app.db, box, 'ES256', { next: true })
+  t.same(await rotateSigningKey(app.db, box, 'ES256', { next: true }), { kid: nextKid, promoted: false }, 'twice: the same key')
+  // Replicas pick it up on their next reload (each minute).
+  await app.keyring.reload()
+  t.same((await jwksKids()).sort(), [oldKid, nextKid].sort(), 'both keys in the JWKS')
+  t.equal(kidOf((await login(app)).access), oldKid, 'the old key still signs')
+
+  t.same(await rotateSigningKey(app.db, box, 'ES256'), { kid: nextKid, promoted: true })
+  await app.keyring.reload()
+  t.equal(kidOf((await login(app)).access), nextKid, 'the published key signs now')
+  t.equal(await detail(first.access), 200, 'a token of the old key still verifies')
+  t.same((await jwksKids()).sort(), [oldKid, nextKid].sort(), 'and the old key stays in the JWKS')
+
+  // Once every access token the old key signed has expired (5 minutes), it leaves the JWKS.
+  clock.advance(600)
+  await app.keyring.reload()
+  t.same(await jwksKids(), [nextKid])
+  t.equal(await detail((await login(app)).access), 200)
+  t.match(await rotateSigningKey(app.db, box, 'ES256'), { promoted: false }, 'without a published key: a new one')
+})
+
+t.test('npm run keys:rotate says what it did', async (t) => {
+  const { runCli } = await import('../src/cli.ts')
+  // Its own database: on PGlite the command and a running service cannot share a data folder.
+  const env = { ...await freshDatabase(t), SECRET_KEY }
+  t.match(await runCli(['migrate'], env), { code: 0 })
+  t.match(await runCli(['keys:rotate'], env), { code: 0, stdout: /^signing with [0-9a-f-]{36} \(ES256\); the previous keys verify until their tokens expire$/ })
+  const published = await runCli(['keys:rotate', '--next'], env)
+  t.match(published, { code: 0, stdout: /^published [0-9a-f-]{36} \(ES256\) in the JWKS; it signs after the next keys:rotate$/ })
+  const kid = /published (\S+)/.exec(published.stdout)![1]!
+  t.match(await runCli(['keys:rotate'], env), { code: 0, stdout: `signing with ${kid} (ES256), the key published before; the previous keys verify until their tokens expire` })
+  t.match(await runCli(['keys:rotate', '--now'], env), { code: 1, stderr: /usage: npm run keys:rotate \[-- --next\]/ })
+})
+
+t.test('JWT_PRIVATE_KEY: an operator\'s PEM signs instead of the database\'s keys, and the JWKS publishes its public half', async (t) => {
+  const { generateKeyPairSync } = await import('node:crypto')
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const { runCli } = await import('../src/cli.ts')
+  const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  const folder = await mkdtemp(join(tmpdir(), 'authgate-pem-'))
+  t.teardown(() => rm(folder, { recursive: true, force: true }))
+  const file = join(folder, 'signing.pem')
+  await writeFile(file, pem, { mode: 0o600 })
+
+  for (const [why, env] of [['the PEM itself', { JWT_PRIVATE_KEY: pem }], ['a file holding it', { JWT_PRIVATE_KEY_FILE: file }]] as const) {
+    const app = await build(t, { env })
+    const { keys } = (await app.inject({ url: '/.well-known/jwks.json' })).json()
+    t.equal(keys.length, 1, why)
+    t.same(Object.keys(keys[0]).sort(), ['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y'], `${why}: the public half only`)
+    // RFC 7638: the same key has the same kid on every replica.
+    t.match(keys[0].kid, /^[A-Za-z0-9_-]{43}$/)
+    const { access } = await login(app)
+    t.equal(JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString()).kid, keys[0].kid, `${why}: it signs`)
+    const verified = createVerifier({ key: createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString(), algorithms: ['ES256'] })(access)
+    t.match(verified, { token_type: 'access' }, `${why}: verifiable with the operator's public key`)
+    t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode, 200)
+    t.equal((await app.db.selectFrom('signing_keys').select('kid').execute()).length, 0, `${why}: no database key made`)
+    const rotate = await runCli(['keys:rotate'], { DB_ENGINE: 'pglite', DB_NAME: 'memory://', SECRET_KEY, ...env })
+    t.match(rotate, { code: 1, stderr: /the signing key comes from JWT_PRIVATE_KEY: rotate it there/ })
+  }
 })

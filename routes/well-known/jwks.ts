@@ -5,16 +5,27 @@ import { JwkSchema } from '#src/schemas.ts'
 export const prefixOverride = '/.well-known'
 
 const jwks: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, keyring } = fastify
+  if (config.JWT_ALGORITHM === 'HS256') {
+    fastify.log.warn('JWT_ALGORITHM=HS256: the JWKS publishes no key, so other services cannot verify tokens; use ES256, EdDSA or RS256 for them')
+  }
+
   fastify.get('/jwks.json', {
     schema: {
       tags: ['token'],
       summary: 'Public keys to verify access tokens with (RFC 7517)',
-      response: { 200: Type.Object({ keys: Type.Array(JwkSchema) }) }
+      response: { 200: Type.Object({ keys: Type.Array(JwkSchema) }), 304: Type.Null() }
     }
-  }, async (_request, reply) => {
-    // Short enough that a rotation reaches verifiers well before the old key is retired.
-    reply.header('cache-control', 'public, max-age=300')
-    return fastify.keyring.jwks
+  }, async (request, reply) => {
+    // Short enough (JWKS_MAX_AGE) that a rotation reaches verifiers well before the old key retires.
+    reply.header('cache-control', `public, max-age=${config.jwksMaxAgeS}`).header('etag', keyring.jwksEtag)
+    // RFC 9110 §13.1.2: a cache that holds this version gets 304 and no body.
+    const match = request.headers['if-none-match']
+    if (match !== undefined && (match.trim() === '*' || match.split(',').some((tag) => tag.trim().replace(/^W\//, '') === keyring.jwksEtag))) {
+      return reply.code(304).send(null)
+    }
+    // RFC 7517 §8.5.1.
+    return reply.type('application/jwk-set+json').send(keyring.jwks)
   })
 }
 

@@ -40,6 +40,8 @@ export interface SigningKeysTable {
   private_key_enc: string
   created_at: Generated<Date>
   retired_at: Timestamp | null
+  /** Published, not signing yet: the next key of a rotation. */
+  next: Generated<boolean>
 }
 
 export interface Database {

@@ -1,5 +1,5 @@
 import { createSigner } from 'fast-jwt'
-import { hkdfSync } from 'node:crypto'
+import { createHash, hkdfSync } from 'node:crypto'
 import type { Clock } from '../lib/clock.ts'
 import { TokenNotValidError } from '../errors.ts'
 import type { Jwk } from '../schemas.ts'
@@ -40,6 +40,7 @@ export class Keyring {
   #signAccess: ((payload: Record<string, unknown>) => string) | undefined
   #keys = new Map<string, SigningKey>()
   #jwks: { keys: Jwk[] } = { keys: [] }
+  #jwksEtag = ''
   #lastKidLookup = Number.NEGATIVE_INFINITY
   #kidLookup: Promise<void> | undefined
 
@@ -53,13 +54,19 @@ export class Keyring {
     return this.#jwks
   }
 
+  /** A strong ETag of the JWKS: it changes exactly when the published keys do. */
+  get jwksEtag (): string {
+    return this.#jwksEtag
+  }
+
   async reload (): Promise<void> {
     const keys = await this.#options.load()
-    const active = keys.find((k) => k.retiredAt === null)
+    const active = keys.find((k) => k.retiredAt === null && !k.next)
     if (active === undefined) throw new Error('no active signing key')
     this.#signAccess = createSigner({ key: active.privateKey, algorithm: active.alg, kid: active.kid, header: { alg: active.alg, typ: ACCESS_TYP } })
     this.#keys = new Map(keys.map((k) => [k.kid, k]))
     this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
+    this.#jwksEtag = `"${createHash('sha256').update(JSON.stringify(this.#jwks)).digest('base64url').slice(0, 27)}"`
   }
 
   sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {

@@ -1,5 +1,5 @@
-import { createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
-import { sql, type Kysely } from 'kysely'
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
+import { sql, type Kysely, type Transaction } from 'kysely'
 import type { Algorithm } from '../config.ts'
 import type { Database, SigningKeyRow } from '../db/types.ts'
 import type { SecretBox } from '../lib/secret-box.ts'
@@ -16,6 +16,8 @@ export interface SigningKey {
   publicJwk: Jwk | null
   createdAt: Date
   retiredAt: Date | null
+  /** Published in the JWKS, not signing yet. */
+  next: boolean
 }
 
 function generate (alg: Algorithm): { privatePem: string, publicJwk: Record<string, unknown> | null } {
@@ -43,48 +45,113 @@ function fromRow (row: SigningKeyRow, box: SecretBox): SigningKey {
     verifyKey: alg === 'HS256' ? privateKey : createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString(),
     publicJwk: row.public_jwk === null ? null : { ...row.public_jwk as Omit<Jwk, 'kid' | 'alg' | 'use'>, kid: row.kid, alg, use: 'sig' },
     createdAt: row.created_at,
-    retiredAt: row.retired_at
+    retiredAt: row.retired_at,
+    next: row.next
   }
 }
 
+// RFC 7638 §3.2: the required members of each key type, in lexicographic order.
+const THUMBPRINT_MEMBERS: Record<string, string[]> = { EC: ['crv', 'kty', 'x', 'y'], OKP: ['crv', 'kty', 'x'], RSA: ['e', 'kty', 'n'] }
+
 /**
- * Makes the newest active key one of `alg`, generating it when there is none (first start, or
- * JWT_ALGORITHM changed) or when `rotate` is set. Older active keys are retired, not deleted:
- * they keep verifying the tokens they signed. An advisory lock held for the transaction makes
- * replicas that start together create one key, not one each.
+ * The signing key an operator gives as a PEM (JWT_PRIVATE_KEY), its kid the RFC 7638 thumbprint
+ * of its public half: the same key gets the same kid on every replica and every start.
  */
-export async function ensureSigningKey (
-  db: Kysely<Database>,
-  box: SecretBox,
-  alg: Algorithm,
-  { rotate = false, now = new Date() }: { rotate?: boolean, now?: Date } = {}
-): Promise<string> {
+export function keyFromPem (pem: string, alg: Exclude<Algorithm, 'HS256'>): SigningKey {
+  const publicKey = createPublicKey(pem)
+  const jwk = publicKey.export({ format: 'jwk' }) as Record<string, string>
+  const members = THUMBPRINT_MEMBERS[jwk.kty ?? ''] ?? []
+  const kid = createHash('sha256').update(JSON.stringify(Object.fromEntries(members.map((m) => [m, jwk[m]])))).digest('base64url')
+  return {
+    kid,
+    alg,
+    privateKey: createPrivateKey(pem).export({ type: 'pkcs8', format: 'pem' }).toString(),
+    verifyKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    publicJwk: { ...jwk as Omit<Jwk, 'kid' | 'alg' | 'use'>, kid, alg, use: 'sig' },
+    createdAt: new Date(0),
+    retiredAt: null,
+    next: false
+  }
+}
+
+type Trx = Transaction<Database>
+
+// Every change of keys holds this lock for its transaction: replicas that start together
+// create one key, not one each, and a rotation never races a start.
+async function withKeysLocked<T> (db: Kysely<Database>, work: (trx: Trx) => Promise<T>): Promise<T> {
   return await db.transaction().execute(async (trx) => {
     await sql`select pg_advisory_xact_lock(hashtext('authgate.signing_keys'))`.execute(trx)
+    return await work(trx)
+  })
+}
+
+async function insertKey (trx: Trx, box: SecretBox, alg: Algorithm, next: boolean, now: Date): Promise<string> {
+  const { privatePem, publicJwk } = generate(alg)
+  const kid = randomUUID()
+  await trx.insertInto('signing_keys').values({
+    kid,
+    alg,
+    // An explicit cast: pg and PGlite serialise a bare parameter for jsonb differently.
+    public_jwk: publicJwk === null ? null : sql<Record<string, unknown>>`cast(${JSON.stringify(publicJwk)} as jsonb)`,
+    private_key_enc: box.seal(privatePem, kid),
+    created_at: now,
+    retired_at: null,
+    next
+  }).execute()
+  return kid
+}
+
+// The other keys that still sign or wait to: retired, not deleted, so they keep verifying the
+// tokens they signed until those expire.
+async function retireAllBut (trx: Trx, kid: string, now: Date): Promise<void> {
+  await trx.updateTable('signing_keys').set({ retired_at: now, next: false }).where('retired_at', 'is', null).where('kid', '<>', kid).execute()
+}
+
+/**
+ * Makes sure a key of `alg` signs: the newest active one, or a new one when there is none
+ * (first start) or JWT_ALGORITHM changed. Its kid.
+ */
+export async function ensureSigningKey (db: Kysely<Database>, box: SecretBox, alg: Algorithm, now = new Date()): Promise<string> {
+  return await withKeysLocked(db, async (trx) => {
     const current = await trx.selectFrom('signing_keys')
       .select(['kid', 'alg'])
       .where('retired_at', 'is', null)
+      .where('next', '=', false)
       .orderBy('created_at', 'desc')
       .executeTakeFirst()
-    if (current !== undefined && current.alg === alg && !rotate) return current.kid
-
-    const { privatePem, publicJwk } = generate(alg)
-    const kid = randomUUID()
-    await trx.updateTable('signing_keys').set({ retired_at: now }).where('retired_at', 'is', null).execute()
-    await trx.insertInto('signing_keys').values({
-      kid,
-      alg,
-      // An explicit cast: pg and PGlite serialise a bare parameter for jsonb differently.
-      public_jwk: publicJwk === null ? null : sql<Record<string, unknown>>`cast(${JSON.stringify(publicJwk)} as jsonb)`,
-      private_key_enc: box.seal(privatePem, kid),
-      created_at: now,
-      retired_at: null
-    }).execute()
+    if (current !== undefined && current.alg === alg) return current.kid
+    const kid = await insertKey(trx, box, alg, false, now)
+    await retireAllBut(trx, kid, now)
     return kid
   })
 }
 
-/** Keys that can still verify a live token: the active ones, and those retired less than `keepRetiredS` ago. */
+export interface Rotation { kid: string, promoted: boolean }
+
+/**
+ * keys:rotate. With `next`, publishes a key of `alg` that does not sign yet (or names the one
+ * already published). Without, makes the published next key the signer, or a new key when none
+ * waits, and retires the others.
+ */
+export async function rotateSigningKey (db: Kysely<Database>, box: SecretBox, alg: Algorithm, { next = false, now = new Date() } = {}): Promise<Rotation> {
+  return await withKeysLocked(db, async (trx) => {
+    const waiting = await trx.selectFrom('signing_keys').select('kid')
+      .where('retired_at', 'is', null).where('next', '=', true).where('alg', '=', alg)
+      .orderBy('created_at', 'desc').executeTakeFirst()
+    if (next) return { kid: waiting?.kid ?? await insertKey(trx, box, alg, true, now), promoted: false }
+    if (waiting !== undefined) {
+      // Signs from now on: the one active key that is not next.
+      await trx.updateTable('signing_keys').set({ next: false }).where('kid', '=', waiting.kid).execute()
+      await retireAllBut(trx, waiting.kid, now)
+      return { kid: waiting.kid, promoted: true }
+    }
+    const kid = await insertKey(trx, box, alg, false, now)
+    await retireAllBut(trx, kid, now)
+    return { kid, promoted: false }
+  })
+}
+
+/** Keys that can still verify a live token or soon will: the active and next ones, and those retired less than `keepRetiredS` ago. */
 export async function loadSigningKeys (db: Kysely<Database>, box: SecretBox, keepRetiredS: number, now = new Date()): Promise<SigningKey[]> {
   const rows = await db.selectFrom('signing_keys')
     .selectAll()

@@ -1,0 +1,157 @@
+import t from 'tap'
+import { parseConfig } from '../src/config.ts'
+import { build, claimsOf, login, postJson, register, TestClock, uniqueUser } from './helper.ts'
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+const CLIENT = { id: 'orders-service', secret: 'a-secret-of-sufficient-length' }
+const basic = (id: string, secret: string) => ({ authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}` })
+
+t.test('for gateways and other services', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock, env: { INTROSPECTION_CLIENTS: `${CLIENT.id}:${CLIENT.secret}`, JWKS_MAX_AGE: '10m' } })
+
+  t.test('the JWKS: its media type, a max-age from config, and an ETag that answers 304', async (t) => {
+    const res = await app.inject({ url: '/.well-known/jwks.json' })
+    t.equal(res.statusCode, 200)
+    t.match(res.headers['content-type'], /^application\/jwk-set\+json(;|$)/)
+    t.equal(res.headers['cache-control'], 'public, max-age=600')
+    const etag = res.headers.etag as string
+    t.match(etag, /^"[A-Za-z0-9_-]{27}"$/)
+    for (const ifNoneMatch of [etag, `W/${etag}`, `"other", ${etag}`, '*']) {
+      const cached = await app.inject({ url: '/.well-known/jwks.json', headers: { 'if-none-match': ifNoneMatch } })
+      t.equal(cached.statusCode, 304, ifNoneMatch)
+      t.equal(cached.body, '')
+      t.equal(cached.headers.etag, etag)
+    }
+    t.equal((await app.inject({ url: '/.well-known/jwks.json', headers: { 'if-none-match': '"stale"' } })).statusCode, 200)
+  })
+
+  t.test('the discovery document: issuer, an absolute JWKS URL from the request\'s host, the algorithm', async (t) => {
+    const res = await app.inject({ url: '/.well-known/openid-configuration', headers: { host: 'auth.example.test:3000' } })
+    t.equal(res.statusCode, 200)
+    t.match(res.json(), {
+      issuer: 'authgate',
+      jwks_uri: 'http://auth.example.test:3000/.well-known/jwks.json',
+      introspection_endpoint: 'http://auth.example.test:3000/api/token/introspect',
+      id_token_signing_alg_values_supported: ['ES256']
+    })
+  })
+
+  t.test('check: 204 with the identity headers and nothing else for a valid token', async (t) => {
+    const { access, user } = await login(app)
+    const res = await app.inject({ url: '/api/auth/check', headers: bearer(access) })
+    t.equal(res.statusCode, 204)
+    t.equal(res.body, '')
+    t.match(res.headers, {
+      'x-auth-user-id': String(user.id),
+      'x-auth-username': user.username,
+      'x-auth-email': user.email,
+      'x-auth-session-id': claimsOf(access).sid,
+      'cache-control': 'no-store'
+    })
+    t.equal(res.headers['set-cookie'], undefined, 'no cookie writes')
+    const byCookie = await app.inject({ url: '/api/auth/check/', headers: { cookie: `__Host-access_token=${access}` } })
+    t.equal(byCookie.statusCode, 204, 'the access cookie works too')
+  })
+
+  t.test('check: a username beyond ASCII is sent percent-encoded', async (t) => {
+    const user = await register(app, { ...uniqueUser(), username: `émile${process.pid}` })
+    const { access } = await login(app, user)
+    const res = await app.inject({ url: '/api/auth/check', headers: bearer(access) })
+    t.equal(res.headers['x-auth-username'], encodeURIComponent(user.username))
+  })
+
+  t.test('check: 401 with a challenge without a token, with a refresh token, after logout, for a revoked session', async (t) => {
+    const none = await app.inject({ url: '/api/auth/check' })
+    t.equal(none.statusCode, 401)
+    t.equal(none.headers['www-authenticate'], 'Bearer realm="authgate"')
+    const { access, refresh } = await login(app)
+    t.equal((await app.inject({ url: '/api/auth/check', headers: bearer(refresh) })).statusCode, 401)
+    t.equal((await postJson(app, '/api/auth/logout', {}, bearer(access))).statusCode, 204)
+    const after = await app.inject({ url: '/api/auth/check', headers: bearer(access) })
+    t.equal(after.statusCode, 401, 'at once after logout')
+    t.match(after.headers['www-authenticate'], /error="invalid_token"/)
+  })
+
+  t.test('introspection answers services with HTTP Basic credentials only', async (t) => {
+    const { access } = await login(app)
+    const form = (headers: Record<string, string>, payload = `token=${access}`) =>
+      app.inject({ method: 'POST', url: '/api/token/introspect', payload, headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
+    for (const [why, headers] of [
+      ['no credentials', {}],
+      ['a wrong secret', basic(CLIENT.id, 'not-the-secret-at-all')],
+      ['an unknown client', basic('stranger', CLIENT.secret)],
+      ['a Bearer token', bearer(access)]
+    ] as Array<[string, Record<string, string>]>) {
+      const res = await form(headers)
+      t.equal(res.statusCode, 401, why)
+      t.equal(res.json().code, 'invalid_client', why)
+      t.equal(res.headers['www-authenticate'], 'Basic realm="authgate"', why)
+    }
+  })
+
+  t.test('introspection: active with the claims and username for a live token, revocation-aware', async (t) => {
+    const { access, refresh, user } = await login(app)
+    const introspect = async (token: string, type: 'form' | 'json' = 'form') => {
+      const res = type === 'form'
+        ? await app.inject({ method: 'POST', url: '/api/token/introspect', payload: `token=${encodeURIComponent(token)}&token_type_hint=access_token`, headers: { 'content-type': 'application/x-www-form-urlencoded', ...basic(CLIENT.id, CLIENT.secret) } })
+        : await postJson(app, '/api/token/introspect', { token }, basic(CLIENT.id, CLIENT.secret))
+      t.equal(res.statusCode, 200)
+      t.equal(res.headers['cache-control'], 'no-store')
+      return res.json()
+    }
+    const claims = claimsOf(access)
+    t.same(await introspect(access), {
+      active: true,
+      sub: String(user.id),
+      user_id: user.id,
+      username: user.username,
+      exp: claims.exp,
+      iat: claims.iat,
+      iss: 'authgate',
+      aud: 'authgate',
+      jti: claims.jti,
+      token_type: 'access',
+      sid: claims.sid
+    })
+    t.match(await introspect(refresh, 'json'), { active: true, token_type: 'refresh', username: user.username })
+    t.same(await introspect('not-a-token'), { active: false })
+    const rotated = (await postJson(app, '/api/token/refresh', { refresh })).json()
+    t.same(await introspect(refresh), { active: false }, 'a used refresh token')
+    clock.advance(301)
+    t.same(await introspect(rotated.access), { active: false }, 'an expired token')
+    clock.advance(-301)
+    await postJson(app, '/api/auth/logout', {}, bearer(rotated.access))
+    t.same(await introspect(rotated.refresh), { active: false }, 'a token of an ended session')
+  })
+
+  t.test('a form body anywhere else is still refused', async (t) => {
+    const res = await app.inject({ method: 'POST', url: '/api/token/verify', payload: 'token=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+    t.equal(res.statusCode, 415)
+  })
+})
+
+t.test('with PUBLIC_URL the discovery document names it; with HS256 it offers no algorithm', async (t) => {
+  const app = await build(t, { env: { PUBLIC_URL: 'https://auth.example.com/', JWT_ALGORITHM: 'HS256' } })
+  const doc = (await app.inject({ url: '/.well-known/openid-configuration' })).json()
+  t.equal(doc.jwks_uri, 'https://auth.example.com/.well-known/jwks.json')
+  t.same(doc.id_token_signing_alg_values_supported, [])
+  t.same((await app.inject({ url: '/.well-known/jwks.json' })).json(), { keys: [] }, 'no key published')
+})
+
+t.test('INTROSPECTION_CLIENTS is id:secret pairs, each secret long enough', async (t) => {
+  t.same([...parseConfig({ INTROSPECTION_CLIENTS: 'a:0123456789abcdef, b:fedcba9876543210:with-colon' }).introspectionClients],
+    [['a', '0123456789abcdef'], ['b', 'fedcba9876543210:with-colon']])
+  t.equal(parseConfig({}).introspectionClients.size, 0)
+  for (const value of ['nocolon', 'a:short', ':0123456789abcdef', 'a:0123456789abcdef,a:0123456789abcdef']) {
+    t.throws(() => parseConfig({ INTROSPECTION_CLIENTS: value }), /INTROSPECTION_CLIENTS must be id:secret pairs/, value)
+  }
+})
+
+t.test('behind a trusted proxy the discovery document uses the forwarded host and protocol; from anyone else, not', async (t) => {
+  const forwarded = { host: 'authgate:3000', 'x-forwarded-host': 'auth.example.com', 'x-forwarded-proto': 'https' }
+  const trusted = await build(t, { env: { TRUST_PROXY: '127.0.0.1' } })
+  t.equal((await trusted.inject({ url: '/.well-known/openid-configuration', headers: forwarded })).json().jwks_uri, 'https://auth.example.com/.well-known/jwks.json')
+  const direct = await build(t)
+  t.equal((await direct.inject({ url: '/.well-known/openid-configuration', headers: forwarded })).json().jwks_uri, 'http://authgate:3000/.well-known/jwks.json')
+})

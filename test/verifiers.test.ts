@@ -1,0 +1,167 @@
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import { createInterface } from 'node:readline'
+import fastifyJwt, { type JwtHeader, type TokenOrHeader } from '@fastify/jwt'
+import { createSigner } from 'fast-jwt'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import buildGetJwks from 'get-jwks'
+import { createRemoteJWKSet, jwtVerify } from 'jose'
+import t, { type Test } from 'tap'
+import { SecretBox } from '../src/lib/secret-box.ts'
+import { loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
+import { build, login, SECRET_KEY } from './helper.ts'
+
+/** What a verifier made of a token: its claims, or why it refused it. */
+type Outcome = { claims: Record<string, unknown> } | { refused: string }
+type Verify = (token: string) => Promise<Outcome>
+
+const urlOf = (fastify: FastifyInstance) => `http://127.0.0.1:${(fastify.server.address() as AddressInfo).port}`
+
+/** The README's Fastify service: @fastify/jwt with authgate's public keys through get-jwks. */
+async function ordersService (t: Test, authgateUrl: string): Promise<Verify> {
+  const getJwks = buildGetJwks()
+  const orders = Fastify()
+  t.teardown(() => orders.close())
+  await orders.register(fastifyJwt, {
+    decode: { complete: true },
+    secret: (_request: FastifyRequest, token: TokenOrHeader) => {
+      const { header } = token as { header: JwtHeader }
+      return getJwks.getPublicKey({ kid: header.kid, alg: header.alg, domain: authgateUrl })
+    },
+    verify: { algorithms: ['ES256'], allowedIss: 'authgate', allowedAud: 'authgate' }
+  })
+  orders.get('/orders', async (request, reply) => {
+    // A kid missing from the JWKS fails in get-jwks, before @fastify/jwt's 401s: one answer for all.
+    const claims = await request.jwtVerify<{ token_type: string, user_id: number }>().catch(() => null)
+    if (claims?.token_type !== 'access') return reply.code(401).send({ error: 'a valid access token is required' })
+    return { user_id: claims.user_id }
+  })
+  await orders.listen({ host: '127.0.0.1', port: 0 })
+  const ordersUrl = urlOf(orders)
+  return async (token) => {
+    const res = await fetch(`${ordersUrl}/orders`, { headers: { authorization: `Bearer ${token}` } })
+    if (res.status === 200) return { claims: await res.json() as Record<string, unknown> }
+    if (res.status === 401) return { refused: (await res.json() as { error: string }).error }
+    throw new Error(`orders answered ${res.status}: ${await res.text()}`)
+  }
+}
+
+/** The README's jose verifier. */
+function joseVerifier (authgateUrl: string): Verify {
+  // jose fetches the JWKS again for an unknown kid at most once per cooldownDuration (30 s by
+  // default); 0 here so that the test need not wait after its rotation.
+  const JWKS = createRemoteJWKSet(new URL(`${authgateUrl}/.well-known/jwks.json`), { cooldownDuration: 0 })
+  return async (token) => {
+    try {
+      const { payload } = await jwtVerify(token, JWKS, { issuer: 'authgate', audience: 'authgate', typ: 'at+jwt', algorithms: ['ES256'] })
+      if (payload.token_type !== 'access') return { refused: 'not an access token' }
+      return { claims: payload }
+    } catch (error) {
+      return { refused: String(error) }
+    }
+  }
+}
+
+// The README's PyJWT verifier, one client for every token (its JWKS cache lives across the
+// rotation): a token a line on stdin, a JSON outcome a line on stdout.
+const PYJWT_VERIFIER = `
+import json, sys
+import jwt
+
+# Keeps the JWKS 300 s (lifespan) and fetches it again for a kid it does not hold.
+jwks_client = jwt.PyJWKClient(sys.argv[1])
+
+def verify(token):
+    key = jwks_client.get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key.key, algorithms=['ES256'], audience='authgate', issuer='authgate')
+    if claims.get('token_type') != 'access':
+        raise jwt.InvalidTokenError('not an access token')
+    return claims
+
+for line in sys.stdin:
+    try:
+        print(json.dumps({'claims': verify(line.strip())}), flush=True)
+    except jwt.PyJWTError as error:
+        print(json.dumps({'refused': f'{type(error).__name__}: {error}'}), flush=True)
+`
+const PYTHON = '/usr/bin/python3'
+const pyjwtMissing = spawnSync(PYTHON, ['-c', 'import jwt, cryptography'], { timeout: 20_000 }).status !== 0
+  ? `${PYTHON} cannot import jwt and cryptography: apt-get install python3-jwt (.ci/run does)`
+  : false
+
+function pyjwtVerifier (t: Test, authgateUrl: string): Verify {
+  // urllib follows *_proxy variables: the JWKS is on 127.0.0.1 and must be fetched directly.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/_proxy$/i.test(name)))
+  const python = spawn(PYTHON, ['-c', PYJWT_VERIFIER, `${authgateUrl}/.well-known/jwks.json`], { env, stdio: 'pipe' })
+  let stderr = ''
+  python.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  t.teardown(async () => {
+    if (python.exitCode !== null || python.signalCode !== null) return
+    const exited = once(python, 'exit')
+    python.stdin.end()
+    const timer = setTimeout(() => python.kill('SIGKILL'), 5_000)
+    await exited
+    clearTimeout(timer)
+  })
+  const lines = createInterface({ input: python.stdout })[Symbol.asyncIterator]()
+  return async (token) => {
+    python.stdin.write(`${token}\n`)
+    const timer = setTimeout(() => python.kill('SIGKILL'), 20_000)
+    const line = await lines.next().finally(() => clearTimeout(timer))
+    if (line.done === true) throw new Error(`the PyJWT verifier stopped (${python.exitCode ?? python.signalCode}): ${stderr}`)
+    return JSON.parse(line.value)
+  }
+}
+
+t.test('other services verify access tokens with their own libraries against the live JWKS', async (t) => {
+  const app = await build(t)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const authgateUrl = urlOf(app)
+  const box = new SecretBox(SECRET_KEY, 'signing-keys')
+
+  /** A signed-in user's tokens, and tokens of another issuer and audience signed with the app's current key. */
+  async function tokensNow () {
+    const { access, refresh, user } = await login(app)
+    const key = (await loadSigningKeys(app.db, box, 0)).find((k) => !k.next && k.retiredAt === null)!
+    const sign = createSigner({ key: key.privateKey, algorithm: 'ES256', kid: key.kid, header: { alg: 'ES256', typ: 'at+jwt' }, expiresIn: 300_000 })
+    const claims = { token_type: 'access', user_id: user.id, sub: String(user.id), iss: 'authgate', aud: 'authgate' }
+    return {
+      access,
+      refresh,
+      user,
+      kid: key.kid,
+      otherIssuer: sign({ ...claims, iss: 'someone-else' }),
+      otherAudience: sign({ ...claims, aud: 'someone-else' })
+    }
+  }
+
+  async function checkVerifier (t: Test, verify: Verify, accepted: (userId: number) => Record<string, unknown>): Promise<void> {
+    const before = await tokensNow()
+    t.match(await verify(before.access), { claims: accepted(before.user.id) }, 'a fresh access token verifies')
+    t.match(await verify(before.refresh), { refused: String }, 'the refresh token is refused: its key is not in the JWKS')
+    t.match(await verify(before.otherIssuer), { refused: String }, 'a token of another issuer is refused')
+    t.match(await verify(before.otherAudience), { refused: String }, 'a token of another audience is refused')
+
+    await rotateSigningKey(app.db, box, 'ES256')
+    await app.keyring.reload()
+    const after = await tokensNow()
+    t.not(after.kid, before.kid, 'the app signs with the new key')
+    t.match(await verify(after.access), { claims: accepted(after.user.id) }, 'a token of the new key verifies: the JWKS is fetched again for its kid')
+    t.match(await verify(before.access), { claims: accepted(before.user.id) }, 'the token signed before the rotation still verifies')
+    t.match(await verify(after.otherIssuer), { refused: String }, 'another issuer is still refused with the new key')
+  }
+
+  t.test('a Fastify service with @fastify/jwt and get-jwks', async (t) => {
+    const verify = await ordersService(t, authgateUrl)
+    await checkVerifier(t, verify, (userId) => ({ user_id: userId }))
+  })
+
+  t.test('jose', async (t) => {
+    await checkVerifier(t, joseVerifier(authgateUrl), (userId) => ({ user_id: userId, token_type: 'access' }))
+  })
+
+  t.test('PyJWT', { skip: pyjwtMissing }, async (t) => {
+    await checkVerifier(t, pyjwtVerifier(t, authgateUrl), (userId) => ({ user_id: userId, token_type: 'access' }))
+  })
+})
