@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import bcrypt from 'bcrypt'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -236,4 +237,24 @@ t.test('an imported Django user signs in with the old password, and the hash bec
   }
   const inactive = await postJson(app, '/api/auth/login', { identifier: 'retired', password: passwords.retired })
   t.equal(inactive.statusCode, 401, 'an inactive Django user stays out')
+})
+
+// Debian's python3-django, installed by .ci/run: hashes Django makes at this moment, not only the stored fixtures.
+const djangoAvailable = spawnSync('/usr/bin/python3', ['-c', 'import django'], { timeout: 20_000 }).status === 0
+t.test('hashes Django makes now verify, and a wrong password does not', { skip: !djangoAvailable && 'no Django for /usr/bin/python3' }, async (t) => {
+  const script = [
+    'import json, sys',
+    'from django.conf import settings',
+    "settings.configure(PASSWORD_HASHERS=['django.contrib.auth.hashers.PBKDF2PasswordHasher'])",
+    'from django.contrib.auth.hashers import make_password',
+    'print(json.dumps(make_password(sys.argv[1])))'
+  ].join('\n')
+  for (const password of ['correct horse battery staple', 'ünïcödé 日本語 password']) {
+    const made = spawnSync('/usr/bin/python3', ['-c', script, password], { encoding: 'utf8', timeout: 20_000 })
+    t.equal(made.status, 0, made.stderr)
+    const hash = JSON.parse(made.stdout) as string
+    t.match(hash, /^pbkdf2_sha256\$\d+\$/)
+    t.equal(await verifyDjangoPassword(password, hash), true, JSON.stringify(password))
+    t.equal(await verifyDjangoPassword(`${password}x`, hash), false)
+  }
 })
