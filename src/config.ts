@@ -228,7 +228,7 @@ export function algorithmOfPem (pem: string): Algorithm | { why: string } {
 }
 
 /** The folder authgate keeps local state in: PGlite's data, the development secret. */
-export function dataFolder (config: Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME'>): string | undefined {
+function dataFolder (config: Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME'>): string | undefined {
   if (config.DB_ENGINE === 'pglite' && config.DB_NAME.startsWith('memory://')) return undefined
   return config.DB_ENGINE === 'pglite' ? config.DB_NAME : './data'
 }

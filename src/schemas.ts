@@ -20,6 +20,9 @@ export const IdentifierSchema = Type.String({ minLength: 1, maxLength: 254, patt
  */
 export const TokenSchema = Type.String({ minLength: 1 })
 
+/** OpenAPI security of the routes an access token opens: the Bearer header, else the access cookie. */
+export const AccessTokenSecurity = [{ bearer: [] }, { cookie: [] }]
+
 /** A refresh token in the body, else the refresh cookie is taken: refresh and blacklist. */
 export const RefreshTokenBodySchema = Type.Object({
   refresh: Type.Optional(TokenSchema)

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { problems, UserSchema } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems, UserSchema } from '#src/schemas.ts'
 
 const detail: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/detail', {
@@ -7,7 +7,7 @@ const detail: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'The signed-in user (Bearer access token or access cookie)',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       response: {
         200: Type.Object({ message: Type.String(), user: UserSchema }),
         ...problems(400, 401, 503)

@@ -25,7 +25,7 @@ export type JoseHeader = Record<string, unknown>
 export const ACCESS_TYP = 'at+jwt'
 // Refresh tokens are HS256 under a key no JWKS holds: a verifier that only knows the JWKS can
 // never take one for an access token, whatever claims it forgets to check.
-export const REFRESH_KID = 'refresh'
+const REFRESH_KID = 'refresh'
 // Headers that would let a token name its own key (RFC 7515 §4.1.2-4.1.6): never followed.
 const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c']
 

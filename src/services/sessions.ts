@@ -206,15 +206,15 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
     },
 
     /**
-     * Whether a verified token is still live, in one query: its session active and, for a
-     * refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
+     * The user of a verified token that is still live, in one query: its session active and,
+     * for a refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
      */
-    async isLive (claims: TokenClaims): Promise<boolean> {
-      const session = activeSession(claims.sid, claims.user_id).select('s.id')
+    async liveUser (claims: TokenClaims): Promise<User | undefined> {
+      const session = activeSession(claims.sid, claims.user_id).select(['u.id', 'u.username', 'u.email'])
       const live = claims.token_type === 'access'
         ? session
         : session.innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
-      return await live.executeTakeFirst() !== undefined
+      return await live.executeTakeFirst()
     }
   }
 }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 // Header values are bytes: a name with letters beyond ASCII is sent percent-encoded (UTF-8).
 const headerValue = (value: string): string => /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value)
@@ -14,7 +14,7 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['auth'],
       summary: 'Forward-auth: 204 with X-Auth-* identity headers for a valid access token of an active session',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       response: { 204: Type.Null(), ...problems(400, 401, 503) }
     }
   }, async (request, reply) => {

@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 export const LogoutQuerySchema = Type.Object({
   // current: this session; others: every other session of the user; global: all of them.
@@ -12,7 +12,7 @@ const logout: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['auth'],
       summary: 'Sign out: end this session (or the others, or all) and clear the cookies',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       querystring: LogoutQuerySchema,
       body: Type.Object({}, { additionalProperties: false }),
       response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 503) }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { PasswordSchema, problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
   current_password: PasswordSchema,
@@ -12,7 +12,7 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'Change the password; every other session of the user ends',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       body: PasswordChangeBodySchema,
       response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 503) }
     }

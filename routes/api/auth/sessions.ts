@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { NotFoundError } from '#src/errors.ts'
-import { problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 const SessionSchema = Type.Object({
   id: Type.String({ format: 'uuid' }),
@@ -20,7 +20,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'The signed-in user\'s active sessions, the newest first',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       response: { 200: Type.Object({ sessions: Type.Array(SessionSchema) }), ...problems(400, 401, 503) }
     }
   }, async (request) => {
@@ -40,7 +40,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'End one of the signed-in user\'s sessions (sign out another device)',
-      security: [{ bearer: [] }, { cookie: [] }],
+      security: AccessTokenSecurity,
       params: SessionParamsSchema,
       response: { 204: Type.Null(), ...problems(400, 401, 404, 503) }
     }

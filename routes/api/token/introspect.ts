@@ -68,7 +68,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
       if ((error as { statusCode?: number }).statusCode === 401) return { active: false }
       throw error
     }
-    const user = await fastify.sessions.isLive(claims) ? await fastify.sessions.userOf(claims) : undefined
+    const user = await fastify.sessions.liveUser(claims)
     if (user === undefined) return { active: false }
     const { sub, user_id: userId, exp, iat, iss, aud, jti, token_type: tokenType, sid } = claims
     return { active: true, sub, user_id: userId, username: user.username, exp, iat, iss, aud, jti, token_type: tokenType, sid }

@@ -14,7 +14,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     // Stricter than simplejwt: a token of a revoked session, or a spent refresh token, is not valid.
-    if (!await fastify.sessions.isLive(await fastify.verifyBodyToken(request))) throw new TokenNotValidError()
+    if (await fastify.sessions.liveUser(await fastify.verifyBodyToken(request)) === undefined) throw new TokenNotValidError()
     return {}
   })
 }
