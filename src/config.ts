@@ -60,7 +60,32 @@ export const ConfigSchema = Type.Object({
 
   COOKIE_SECURE: Type.Boolean({ default: true }),
   COOKIE_SAMESITE: OneOf(['lax', 'strict', 'none'], { default: 'lax' }),
-  COOKIE_DOMAIN: Type.Optional(Type.String({ minLength: 1 }))
+  COOKIE_DOMAIN: Type.Optional(Type.String({ minLength: 1 })),
+  // Browser front ends allowed to call with credentials: exact origins separated by commas.
+  CORS_ORIGINS: Type.String({ default: '' }),
+
+  // Requests per RATE_LIMIT_WINDOW: per client IP on each credential endpoint (register, login,
+  // token, password), per account (username or email) on those from any IP, per client IP on
+  // each token endpoint (refresh, verify, blacklist, introspect), per client IP on unknown paths.
+  RATE_LIMIT_ENABLED: Type.Boolean({ default: true }),
+  RATE_LIMIT_WINDOW: Duration('1m'),
+  RATE_LIMIT_CREDENTIALS_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
+  RATE_LIMIT_IDENTIFIER_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10 }),
+  RATE_LIMIT_TOKEN_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
+  RATE_LIMIT_NOT_FOUND_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 60 }),
+  // Shared rate-limit counters for several replicas; in memory when unset.
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'a URL redis://host:6379 or rediss://host:6380' })),
+
+  // GET /metrics answers only with this token as Bearer; unset, there is no /metrics.
+  METRICS_TOKEN: Type.Optional(Type.String()),
+  // How long the audit trail keeps its events.
+  AUDIT_RETENTION: Duration('90d'),
+
+  // On SIGTERM, /health/ready answers 503 this long while requests are still served, so a
+  // gateway stops routing here before the server closes.
+  SHUTDOWN_DRAIN_DELAY: Duration('5s'),
+  // How long a start waits, retrying, for a database that does not answer yet.
+  DB_START_TIMEOUT: Duration('30s')
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -80,6 +105,12 @@ export type ParsedConfig = Readonly<Env & {
   sessionMaxS: number
   pruneIntervalS: number
   jwksMaxAgeS: number
+  auditRetentionS: number
+  rateLimitWindowS: number
+  drainDelayS: number
+  dbStartTimeoutS: number
+  /** The exact origins CORS allows, with credentials. */
+  corsOrigins: readonly string[]
   /** Introspection client ids and their secrets. */
   introspectionClients: ReadonlyMap<string, string>
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
@@ -135,6 +166,20 @@ function parseTrustProxy (value: string): TrustProxy {
   }
 }
 
+// Exact origins only: a wildcard cannot go with credentials, and a pattern is a mistake waiting.
+function parseOrigins (value: string, problems: string[]): string[] {
+  const origins = value.split(',').map((o) => o.trim()).filter(Boolean)
+  for (const origin of origins) {
+    let parsed: URL | undefined
+    try { parsed = new URL(origin) } catch {}
+    if (parsed === undefined || !/^https?:$/.test(parsed.protocol) || parsed.origin !== origin) {
+      problems.push(`CORS_ORIGINS must be exact origins like https://app.example.com or http://localhost:5173 (scheme, host and port; no path, no wildcard), separated by commas, not ${JSON.stringify(origin)}`)
+      break
+    }
+  }
+  return origins
+}
+
 /**
  * Validates the environment and derives what the service needs from it. Pure: the same
  * variables give the same configuration, or the same ConfigError naming every bad variable.
@@ -150,9 +195,11 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
 
   const problems: string[] = []
-  const seconds = (name: 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL' | 'JWKS_MAX_AGE'): number => {
+  type DurationName = 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL' | 'JWKS_MAX_AGE' |
+    'AUDIT_RETENTION' | 'RATE_LIMIT_WINDOW' | 'SHUTDOWN_DRAIN_DELAY' | 'DB_START_TIMEOUT'
+  const seconds = (name: DurationName, min = 1): number => {
     const s = durationToSeconds(values[name])
-    if (s < 1 || s > MAX_DURATION_S) problems.push(`${name} must be between 1s and 3650d, not ${values[name]}`)
+    if (s < min || s > MAX_DURATION_S) problems.push(`${name} must be between ${min}s and 3650d, not ${values[name]}`)
     return s
   }
   const accessTtlS = seconds('JWT_ACCESS_TOKEN_LIFETIME')
@@ -160,6 +207,12 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   const sessionMaxS = seconds('AUTH_SESSION_MAX_LIFETIME')
   const pruneIntervalS = seconds('AUTH_PRUNE_INTERVAL')
   const jwksMaxAgeS = seconds('JWKS_MAX_AGE')
+  const auditRetentionS = seconds('AUDIT_RETENTION')
+  const rateLimitWindowS = seconds('RATE_LIMIT_WINDOW')
+  const drainDelayS = seconds('SHUTDOWN_DRAIN_DELAY', 0)
+  const dbStartTimeoutS = seconds('DB_START_TIMEOUT', 0)
+  const corsOrigins = parseOrigins(values.CORS_ORIGINS, problems)
+  if (values.METRICS_TOKEN !== undefined && values.METRICS_TOKEN.length < 16) problems.push('METRICS_TOKEN must be at least 16 characters')
   const introspectionClients = new Map<string, string>()
   for (const pair of values.INTROSPECTION_CLIENTS.split(',').map((p) => p.trim()).filter(Boolean)) {
     const [id, secret] = [pair.slice(0, pair.indexOf(':')), pair.slice(pair.indexOf(':') + 1)]
@@ -200,6 +253,11 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     sessionMaxS,
     pruneIntervalS,
     jwksMaxAgeS,
+    auditRetentionS,
+    rateLimitWindowS,
+    drainDelayS,
+    dbStartTimeoutS,
+    corsOrigins: Object.freeze(corsOrigins),
     introspectionClients,
     // The refresh cookie has its own path, so it can take __Secure- only.
     cookieNames: Object.freeze({

@@ -79,6 +79,8 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
     NODE_ENV: 'test',
     SECRET_KEY,
     BCRYPT_COST: '4',
+    // On for the tests of limits, which set it; the other tests make many requests from one address.
+    RATE_LIMIT_ENABLED: 'false',
     LOG_LEVEL: logLines === undefined ? 'silent' : 'info',
     ...database ?? await freshDatabase(t),
     ...env
