@@ -13,12 +13,17 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.get('/health/live', {
     logLevel: quiet,
-    schema: { tags: ['health'], summary: 'The process is up', response: { 200: StatusSchema } }
+    schema: { tags: ['health'], summary: 'The process is up', response: { 200: StatusSchema, ...problems() } }
   }, async () => ({ status: 'ok' as const }))
 
   fastify.get('/health/ready', {
     logLevel: quiet,
-    schema: { tags: ['health'], summary: 'The database answers', response: { 200: StatusSchema, ...problems(503) } }
+    schema: {
+      tags: ['health'],
+      summary: 'The database answers',
+      description: 'Answers 503 while the database is unreachable, and while the server drains before it closes.',
+      response: { 200: StatusSchema, ...problems(503) }
+    }
   }, async () => {
     await ping(fastify.db)
     return { status: 'ok' as const }

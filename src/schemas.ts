@@ -20,8 +20,14 @@ export const IdentifierSchema = Type.String({ minLength: 1, maxLength: 254, patt
  */
 export const TokenSchema = Type.String({ minLength: 1 })
 
-/** OpenAPI security of the routes an access token opens: the Bearer header, else the access cookie. */
-export const AccessTokenSecurity = [{ bearer: [] }, { cookie: [] }]
+// OpenAPI security requirements; plugins/docs.ts declares the schemes they name.
+type SecurityRequirements = Array<Record<string, string[]>>
+/** The routes an access token opens: the Bearer header, else the access cookie. */
+export const AccessTokenSecurity: SecurityRequirements = [{ bearer: [] }, { cookie: [] }]
+/** Refresh and blacklist: the refresh cookie, or (the empty requirement) the token in the body. */
+export const RefreshTokenSecurity: SecurityRequirements = [{ refreshCookie: [] }, {}]
+/** Introspection: a service's INTROSPECTION_CLIENTS credentials, HTTP Basic (RFC 7662 §2.1). */
+export const IntrospectionClientSecurity: SecurityRequirements = [{ basic: [] }]
 
 /** A refresh token in the body, else the refresh cookie is taken: refresh and blacklist. */
 export const RefreshTokenBodySchema = Type.Object({
@@ -65,7 +71,44 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() })))
 })
 
-/** Response schemas for the error statuses a route can answer; any route can answer 500. */
-export function problems (...statuses: number[]): Record<number, typeof ProblemSchema> {
-  return Object.fromEntries([...statuses, 500].map((status) => [status, ProblemSchema]))
+/** RFC 9457's media type: every error answer has it (plugins/errors.ts). */
+export const PROBLEM_MEDIA_TYPE = 'application/problem+json'
+
+const PROBLEM_DESCRIPTIONS: Readonly<Record<number, string>> = {
+  400: 'Bad request: input that fails the schema (each failing field in `errors`), or a malformed request',
+  401: 'Not authenticated: credentials or token missing, wrong, expired or revoked; WWW-Authenticate names the scheme',
+  404: 'Not found',
+  409: 'Conflict: the username or email is taken',
+  413: 'The body is larger than the limit (16 KiB)',
+  415: 'The body is not application/json',
+  429: 'Rate limited: try again after Retry-After seconds',
+  500: 'Internal Server Error, logged with the request id',
+  503: 'Service unavailable: the database does not answer in time, or the server is shutting down'
+}
+
+const PROBLEM_HEADERS: Readonly<Record<number, Record<string, { type: 'string', description: string }>>> = {
+  401: { 'www-authenticate': { type: 'string', description: 'RFC 6750 §3 (Bearer) or RFC 7617 (Basic) challenge' } },
+  429: { 'retry-after': { type: 'string', description: 'Seconds until the limit resets' } }
+}
+
+/**
+ * Statuses every route can answer, whatever it does: 400 to an HTTP/1.1 request without Host
+ * (plugins/security.ts), 503 once the server is closing or past the handler deadline
+ * (plugins/errors.ts, src/app.ts), 500.
+ */
+export const EVERY_ROUTE_STATUSES = [400, 500, 503] as const
+
+/** One error status's response: problem+json (RFC 9457), described and with its headers. */
+function problemResponse (status: number) {
+  return {
+    description: PROBLEM_DESCRIPTIONS[status] ?? 'Error',
+    ...(PROBLEM_HEADERS[status] === undefined ? {} : { headers: PROBLEM_HEADERS[status] }),
+    content: { [PROBLEM_MEDIA_TYPE]: { schema: ProblemSchema } }
+  }
+}
+
+/** Response schemas for the error statuses a route answers, beside those every route can. */
+export function problems (...statuses: number[]): Record<number, ReturnType<typeof problemResponse>> {
+  const all = [...new Set([...statuses, ...EVERY_ROUTE_STATUSES])].sort((a, b) => a - b)
+  return Object.fromEntries(all.map((status) => [status, problemResponse(status)]))
 }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { JwkSchema } from '#src/schemas.ts'
+import { JwkSchema, problems } from '#src/schemas.ts'
 
 // Mounted at /.well-known (a folder cannot start with a dot and stay visible to autoload).
 export const prefixOverride = '/.well-known'
@@ -14,7 +14,9 @@ const jwks: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['token'],
       summary: 'Public keys to verify access tokens with (RFC 7517)',
-      response: { 200: Type.Object({ keys: Type.Array(JwkSchema) }), 304: Type.Null() }
+      description: 'Cache-Control and ETag are set; If-None-Match with the current ETag answers 304.',
+      produces: ['application/jwk-set+json'],
+      response: { 200: Type.Object({ keys: Type.Array(JwkSchema) }), 304: Type.Null({ description: 'Not modified: the cached JWKS is current' }), ...problems() }
     }
   }, async (request, reply) => {
     // Short enough (JWKS_MAX_AGE) that a rotation reaches verifiers well before the old key retires.

@@ -1,4 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { problems } from '#src/schemas.ts'
 
 export const prefixOverride = '/.well-known'
 
@@ -27,7 +28,7 @@ const discovery: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['token'],
       summary: 'Discovery metadata: issuer, JWKS URL, endpoints and algorithms',
-      response: { 200: DiscoverySchema }
+      response: { 200: DiscoverySchema, ...problems() }
     }
   }, async (request, reply) => {
     // PUBLIC_URL when set; else the host the request came to (as TRUST_PROXY lets Fastify read it).

@@ -15,7 +15,7 @@ const login: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',
       body: LoginBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const { user, pair } = await fastify.accounts.login(request.body.identifier, request.body.password, clientOf(request))

@@ -14,7 +14,7 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Change the password; every other session of the user ends',
       security: AccessTokenSecurity,
       body: PasswordChangeBodySchema,
-      response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 503) }
+      response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const { user } = request

@@ -18,7 +18,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
       body: RegisterBodySchema,
       response: {
         201: Type.Object({ message: Type.String(), user: UserSchema }),
-        ...problems(400, 409, 413, 415, 503)
+        ...problems(400, 409, 413, 415, 429, 503)
       }
     }
   }, async (request, reply) => {

@@ -42,7 +42,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'End one of the signed-in user\'s sessions (sign out another device)',
       security: AccessTokenSecurity,
       params: SessionParamsSchema,
-      response: { 204: Type.Null(), ...problems(400, 401, 404, 503) }
+      response: { 204: Type.Null(), ...problems(400, 401, 404, 413, 415, 503) }
     }
   }, async (request, reply) => {
     // Another user's session and an unknown one answer alike: no oracle of which exists.

@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems, RefreshTokenBodySchema } from '#src/schemas.ts'
+import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
 const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -8,8 +8,9 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['token'],
       summary: 'End the session of a refresh token (body, else the refresh cookie)',
+      security: RefreshTokenSecurity,
       body: RefreshTokenBodySchema,
-      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
+      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined

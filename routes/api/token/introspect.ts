@@ -2,7 +2,7 @@ import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { InvalidClientError } from '#src/errors.ts'
-import { problems } from '#src/schemas.ts'
+import { IntrospectionClientSecurity, problems } from '#src/schemas.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
@@ -53,9 +53,10 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',
-      security: [{ basic: [] }],
+      security: IntrospectionClientSecurity,
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: IntrospectBodySchema,
-      response: { 200: IntrospectionSchema, ...problems(400, 401, 413, 415, 503) }
+      response: { 200: IntrospectionSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     await authenticateClient(request.headers.authorization)

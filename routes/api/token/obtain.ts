@@ -17,7 +17,7 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
       body: ObtainBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
     const { user, pair } = await fastify.accounts.login(request.body.username, request.body.password, clientOf(request))

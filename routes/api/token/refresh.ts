@@ -1,14 +1,15 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems, RefreshTokenBodySchema, TokenPairSchema } from '#src/schemas.ts'
+import { problems, RefreshTokenBodySchema, RefreshTokenSecurity, TokenPairSchema } from '#src/schemas.ts'
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/refresh', {
     schema: {
       tags: ['token'],
       summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',
+      security: RefreshTokenSecurity,
       body: RefreshTokenBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 503) }
+      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined

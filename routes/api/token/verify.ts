@@ -10,7 +10,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Check a token: signature, claims, and that its session is still active',
       body: VerifyBodySchema,
-      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 503) }
+      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
     // Stricter than simplejwt: a token of a revoked session, or a spent refresh token, is not valid.

@@ -1,0 +1,105 @@
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
+import { PROBLEM_MEDIA_TYPE, ProblemSchema } from '../src/schemas.ts'
+
+/** Where the UI lives; the document is at `${DOCS_PREFIX}/json`. */
+export const DOCS_PREFIX = '/docs'
+
+// The problem schema once, in components, instead of inline in every error response.
+const PROBLEM_REF = '#/components/schemas/Problem'
+const problemSchema = JSON.parse(JSON.stringify(ProblemSchema)) as Record<string, unknown>
+
+interface MediaType { schema?: unknown }
+interface Operation { responses?: Record<string, { content?: Record<string, MediaType> }> }
+
+/** Every error response whose schema is the problem schema refers to the one in components. */
+function shareProblemSchema (paths: Record<string, Record<string, Operation>>): void {
+  for (const pathItem of Object.values(paths)) {
+    for (const operation of Object.values(pathItem)) {
+      for (const response of Object.values(operation.responses ?? {})) {
+        const media = response.content?.[PROBLEM_MEDIA_TYPE]
+        if (media !== undefined && isDeepStrictEqual(media.schema, problemSchema)) media.schema = { $ref: PROBLEM_REF }
+      }
+    }
+  }
+}
+
+/**
+ * The UI's own Content-Security-Policy, set on the /docs routes only: the API's stays
+ * `default-src 'none'` (plugins/security.ts). Swagger UI's scripts and styles are files served
+ * here; its logo and icons are data: images; "Try it out" and the document are fetched from
+ * this origin (or PUBLIC_URL's, which the document names as its server).
+ */
+function uiContentSecurityPolicy (publicUrl: string | undefined): Record<string, string[]> {
+  const connect = ["'self'", ...(publicUrl === undefined ? [] : [new URL(publicUrl).origin])]
+  return {
+    'default-src': ["'none'"],
+    'script-src': ["'self'"],
+    'style-src': ["'self'"],
+    'img-src': ["'self'", 'data:'],
+    'font-src': ["'self'", 'data:'],
+    'connect-src': [...new Set(connect)],
+    'base-uri': ["'none'"],
+    'form-action': ["'self'"],
+    'frame-ancestors': ["'none'"]
+  }
+}
+
+/**
+ * OpenAPI 3.1 from the route schemas (https://github.com/fastify/fastify-swagger) at /docs/json,
+ * and Swagger UI (https://github.com/fastify/fastify-swagger-ui) at /docs. Registered before the
+ * routes, whose schemas it collects as they are added.
+ */
+async function docsPlugin (fastify: FastifyInstance): Promise<void> {
+  const { config } = fastify
+  const pkg = JSON.parse(await readFile(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string, description: string }
+
+  await fastify.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'authgate',
+        version: pkg.version,
+        description: `${pkg.description}. Errors are RFC 9457 problem details (application/problem+json) with a stable \`code\`.`
+      },
+      ...(config.PUBLIC_URL === undefined ? {} : { servers: [{ url: config.PUBLIC_URL.replace(/\/$/, '') }] }),
+      tags: [
+        { name: 'auth', description: 'Register, sign in and out, forward-auth' },
+        { name: 'account', description: 'The signed-in user and their sessions' },
+        { name: 'token', description: 'simplejwt-compatible token endpoints, introspection, keys and discovery' },
+        { name: 'health', description: 'Probes' },
+        { name: 'operations', description: 'Metrics' }
+      ],
+      components: {
+        schemas: { Problem: problemSchema },
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token' },
+          // The cookie names change with COOKIE_SECURE and COOKIE_DOMAIN (prefixes, RFC 6265bis §4.1.3).
+          cookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.access, description: 'The access token cookie set by login' },
+          refreshCookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.refresh, description: 'The refresh token cookie set by login (Path=/api/token)' },
+          basic: { type: 'http', scheme: 'basic', description: 'An introspection client of INTROSPECTION_CLIENTS' },
+          metricsToken: { type: 'http', scheme: 'bearer', description: 'METRICS_TOKEN' }
+        }
+      }
+    },
+    transformObject: (document) => {
+      if ('openapiObject' in document) shareProblemSchema(document.openapiObject.paths as Record<string, Record<string, Operation>>)
+      return 'openapiObject' in document ? document.openapiObject : document.swaggerObject
+    }
+  })
+
+  await fastify.register(swaggerUi, {
+    routePrefix: DOCS_PREFIX,
+    staticCSP: uiContentSecurityPolicy(config.PUBLIC_URL),
+    uiConfig: { deepLinking: true, tryItOutEnabled: false, displayRequestDuration: true },
+    logLevel: 'warn'
+  })
+}
+
+// After errors and security: the /docs routes take their error handler and headers.
+export default fp(docsPlugin, { name: 'docs', dependencies: ['config', 'errors', 'security'] })
