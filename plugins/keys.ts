@@ -34,7 +34,8 @@ async function keysPlugin (fastify: FastifyInstance): Promise<void> {
     load: pem === undefined
       ? () => loadSigningKeys(db, box, keepRetiredS, clock.now())
       : async () => [keyFromPem(pem, config.JWT_ALGORITHM as Exclude<Algorithm, 'HS256'>)],
-    clock
+    clock,
+    onSign: (type) => fastify.counters.tokensIssued.inc({ type })
   })
   await keyring.reload()
   const timer = setInterval(() => {
@@ -44,4 +45,4 @@ async function keysPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.decorate('keyring', keyring)
 }
 
-export default fp(keysPlugin, { name: 'keys', dependencies: ['config', 'db'] })
+export default fp(keysPlugin, { name: 'keys', dependencies: ['config', 'db', 'metrics'] })

@@ -1,7 +1,11 @@
+import cors from '@fastify/cors'
 import helmet from '@fastify/helmet'
+import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
-import type { FastifyInstance } from 'fastify'
-import { BadRequestError, UnsupportedMediaTypeError } from '../src/errors.ts'
+import { Redis } from 'ioredis'
+import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import { BadRequestError, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
+import { fallbackStore } from '../src/lib/rate-limit-store.ts'
 
 const JSON_TYPE = /^application\/json\s*(?:;|$)/i
 const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;|$)/i
@@ -10,10 +14,16 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route takes form bodies too: one that no browser cookie authenticates (introspection). */
     acceptsForm?: boolean
+    /**
+     * The route's rate limits. `credentials`: RATE_LIMIT_CREDENTIALS_MAX per client IP, and
+     * RATE_LIMIT_IDENTIFIER_MAX per the account `account` names, from any IP (checked once the
+     * body is validated); `token`: RATE_LIMIT_TOKEN_MAX per client IP.
+     */
+    limits?: { kind: 'credentials' | 'token', account?: (request: FastifyRequest) => string | undefined }
   }
 }
 
-/** Security headers (https://github.com/fastify/fastify-helmet) and JSON-only state changes. */
+/** Security headers (https://github.com/fastify/fastify-helmet), CORS, JSON-only state changes, rate limits. */
 async function securityPlugin (fastify: FastifyInstance): Promise<void> {
   // An API answers JSON only: no content to frame or script, so the strictest policy.
   // src/problems.ts's RAW_SECURITY_HEADERS repeats these for answers Fastify never sees.
@@ -21,6 +31,21 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
     crossOriginResourcePolicy: { policy: 'same-site' }
   })
+
+  // Browser front ends on the configured origins only, exactly as written, with their cookies.
+  // Its hook runs first, so that errors answered by the hooks below still carry CORS headers.
+  const origins = fastify.config.corsOrigins
+  if (origins.length > 0) {
+    await fastify.register(cors, {
+      origin: [...origins],
+      credentials: true,
+      methods: ['GET', 'POST', 'DELETE'],
+      allowedHeaders: ['content-type', 'authorization'],
+      exposedHeaders: ['retry-after', 'www-authenticate'],
+      maxAge: 600,
+      strictPreflight: true
+    })
+  }
 
   fastify.removeContentTypeParser(['text/plain'])
   fastify.addHook('onRequest', async (request) => {
@@ -37,6 +62,73 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
       throw new UnsupportedMediaTypeError()
     }
   })
+
+  if (fastify.config.RATE_LIMIT_ENABLED) await fastify.register(rateLimits)
 }
 
-export default fp(securityPlugin, { name: 'security' })
+/**
+ * Rate limits (https://github.com/fastify/fastify-rate-limit), counted in Redis when REDIS_URL
+ * is set, so every replica sees the same counts; in memory otherwise. The client IP is
+ * `request.ip`, which follows TRUST_PROXY. There is no lockout of an account: that would let
+ * anyone lock its owner out; its limit only slows guessing down.
+ */
+const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Promise<void> {
+  const { config, log } = fastify
+  let store
+  if (config.REDIS_URL !== undefined) {
+    // Commands fail at once while Redis is away (no queue, a short timeout), so that a request
+    // never waits on it: the local counts take over and one warning says so.
+    const redis = new Redis(config.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0, connectTimeout: 1000, commandTimeout: 500 })
+    let shared = true
+    const lost = (error: Error): void => {
+      if (!shared) return
+      shared = false
+      log.warn({ err: error }, 'Redis does not answer: rate limits are counted per replica until it does')
+    }
+    redis.on('error', lost)
+    redis.on('ready', () => {
+      if (shared) return
+      shared = true
+      log.info('Redis answers again: rate limits are shared')
+    })
+    fastify.addHook('onClose', async () => { redis.disconnect() })
+    store = fallbackStore(redis, lost)
+  }
+  await fastify.register(rateLimit, { global: false, store })
+
+  const timeWindow = config.rateLimitWindowS * 1000
+  const limit = (max: number, key: (request: FastifyRequest) => string | undefined) => {
+    const check = fastify.createRateLimit({ max, timeWindow, keyGenerator: (request) => key(request) ?? '' })
+    return async (request: FastifyRequest, reply: { header: (name: string, value: number) => unknown }): Promise<void> => {
+      if (key(request) === undefined) return
+      const result = await check(request)
+      if (result.isAllowed || !result.isExceeded) return
+      reply.header('retry-after', result.ttlInSeconds)
+      throw new RateLimitedError(result.ttlInSeconds)
+    }
+  }
+  const ip = (request: FastifyRequest): string => normalizeIP(request.ip)
+  const byIp = {
+    credentials: limit(config.RATE_LIMIT_CREDENTIALS_MAX, (request) => `credentials:${request.routeOptions.url}:${ip(request)}`),
+    token: limit(config.RATE_LIMIT_TOKEN_MAX, (request) => `token:${request.routeOptions.url}:${ip(request)}`)
+  }
+  // One count per account over every credential endpoint: login and /api/token alike.
+  const byAccount = limit(config.RATE_LIMIT_IDENTIFIER_MAX, (request) => {
+    const account = request.routeOptions.config.limits?.account?.(request)
+    return account === undefined ? undefined : `account:${account.normalize('NFKC').toLowerCase()}`
+  })
+  const notFound = limit(config.RATE_LIMIT_NOT_FOUND_MAX, (request) => `not-found:${ip(request)}`)
+
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    const limits = route.config?.limits
+    if (limits === undefined) return
+    route.onRequest = [...[route.onRequest ?? []].flat(), byIp[limits.kind]]
+    if (limits.account !== undefined) route.preHandler = [...[route.preHandler ?? []].flat(), byAccount]
+  })
+  // Probing for paths is limited too.
+  fastify.addHook('onRequest', async (request, reply) => {
+    if (request.is404) await notFound(request, reply)
+  })
+}, { name: 'rate-limits' })
+
+export default fp(securityPlugin, { name: 'security', dependencies: ['config', 'errors'] })

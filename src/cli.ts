@@ -1,6 +1,8 @@
 import { loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
+import { systemClock } from './lib/clock.ts'
 import { SecretBox } from './lib/secret-box.ts'
+import { createAuditTrail } from './services/audit.ts'
 import { flushTokens } from './services/cleanup.ts'
 import { rotateSigningKey } from './services/signing-keys.ts'
 import { importDjangoUsers } from './services/django-import.ts'
@@ -40,6 +42,9 @@ const commands: Record<string, Command> = {
     if (args.some((arg) => arg !== '--next')) throw new Error(`usage: npm run keys:rotate [-- --next], not ${args.join(' ')}`)
     if (config.JWT_PRIVATE_KEY !== undefined) throw new Error('the signing key comes from JWT_PRIVATE_KEY: rotate it there')
     const { kid, promoted } = await rotateSigningKey(db, new SecretBox(config.SECRET_KEY, 'signing-keys'), config.JWT_ALGORITHM, { next })
+    const audit = createAuditTrail({ db, clock: systemClock, onDropped: (error) => { throw error } })
+    audit.record({ event: 'key_rotated', detail: { kid, alg: config.JWT_ALGORITHM, next, promoted } })
+    await audit.flush()
     return next
       ? `published ${kid} (${config.JWT_ALGORITHM}) in the JWKS; it signs after the next keys:rotate`
       : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`

@@ -40,3 +40,4 @@ export const UnsupportedMediaTypeError = define('unsupported_media_type', 'Reque
 export const ServiceUnavailableError = define('service_unavailable', 'The service is temporarily unavailable.', 503)
 export const DatabaseUnavailableError = define('service_unavailable', 'The database is unavailable; try again shortly.', 503)
 export const BadRequestError = define('bad_request', '%s', 400)
+export const RateLimitedError = define('rate_limited', 'Too many requests; try again in %d seconds.', 429)

@@ -172,6 +172,18 @@ t.test('npm run keys:rotate says what it did', async (t) => {
   const kid = /published (\S+)/.exec(published.stdout)![1]!
   t.match(await runCli(['keys:rotate'], env), { code: 0, stdout: `signing with ${kid} (ES256), the key published before; the previous keys verify until their tokens expire` })
   t.match(await runCli(['keys:rotate', '--now'], env), { code: 1, stderr: /usage: npm run keys:rotate \[-- --next\]/ })
+
+  // Each rotation is in the audit trail.
+  const { createDb } = await import('../src/db/index.ts')
+  const { loadConfig } = await import('../src/config.ts')
+  const db = createDb(await loadConfig(env))
+  t.teardown(() => db.destroy())
+  const events = await db.selectFrom('audit_events').select(['event', 'detail']).orderBy('id').execute()
+  t.match(events, [
+    { event: 'key_rotated', detail: { next: false, promoted: false } },
+    { event: 'key_rotated', detail: { kid, next: true } },
+    { event: 'key_rotated', detail: { kid, next: false, promoted: true } }
+  ])
 })
 
 t.test('JWT_PRIVATE_KEY: an operator\'s PEM signs instead of the database\'s keys, and the JWKS publishes its public half', async (t) => {

@@ -44,11 +44,25 @@ export interface SigningKeysTable {
   next: Generated<boolean>
 }
 
+export interface AuditEventsTable {
+  id: ColumnType<string, never, never>
+  at: Timestamp
+  event: string
+  outcome: 'success' | 'failure'
+  user_id: number | null
+  session_id: string | null
+  identifier: string | null
+  ip: string | null
+  user_agent: string | null
+  detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
+}
+
 export interface Database {
   users: UsersTable
   sessions: SessionsTable
   refresh_tokens: RefreshTokensTable
   signing_keys: SigningKeysTable
+  audit_events: AuditEventsTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

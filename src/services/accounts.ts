@@ -119,10 +119,10 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
       })
     },
 
-    /** Signs a user in and opens a session: the user and the session's first pair. */
-    async login (identifier: string, password: string, client: Client): Promise<{ user: User, pair: TokenPair }> {
+    /** Signs a user in and opens a session: the user, the session and its first pair. */
+    async login (identifier: string, password: string, client: Client): Promise<{ user: User, sessionId: string, pair: TokenPair }> {
       const user = await authenticate(identifier, password)
-      return { user, pair: await sessions.start(user.id, client) }
+      return { user, ...await sessions.start(user.id, client) }
     }
   }
 }

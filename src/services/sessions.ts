@@ -85,7 +85,7 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
 
   return {
     /** Opens a session for a user who just proved who they are, and issues its first pair: one statement. */
-    async start (userId: number, client: Client): Promise<TokenPair> {
+    async start (userId: number, client: Client): Promise<{ sessionId: string, pair: TokenPair }> {
       const sessionId = randomUUID()
       const jti = randomUUID()
       const sessionEnd = new Date((seconds(clock.now()) + config.sessionMaxS) * 1000)
@@ -106,7 +106,7 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
           sql<string>`cast(${jti} as uuid)`.as('jti'), 's.id', clock.db().as('issued_at'), sql<Date>`to_timestamp(${refreshExp})`.as('expires_at')
         ]))
         .execute()
-      return signPair(userId, sessionId, jti, refreshExp, sessionEnd)
+      return { sessionId, pair: signPair(userId, sessionId, jti, refreshExp, sessionEnd) }
     },
 
     /**

@@ -27,7 +27,7 @@ const logout: FastifyPluginAsyncTypebox = async (fastify) => {
     const claims = await fastify.verifyAccessToken(request, reply, { allowExpired: scope === 'current' })
     if (scope !== 'current' && await fastify.sessions.userOf(claims) === undefined) throw new TokenNotValidError()
     const ended = await fastify.sessions.revoke(claims.user_id, claims.sid, scope)
-    request.log.info({ userId: claims.user_id, sessionId: claims.sid, scope, ended }, 'logout')
+    request.audit({ event: 'logout', userId: claims.user_id, sessionId: claims.sid, detail: { scope, ended } })
     return reply.code(204).send(null)
   })
 }

@@ -1,4 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { InvalidCredentialsError } from '#src/errors.ts'
 import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
@@ -9,6 +10,8 @@ export const PasswordChangeBodySchema = Type.Object({
 const password: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/password', {
     onRequest: [fastify.authenticate],
+    // Guessing the current password with a stolen token is limited per user.
+    config: { limits: { kind: 'credentials', account: (request) => `#${request.user.id}` } },
     schema: {
       tags: ['account'],
       summary: 'Change the password; every other session of the user ends',
@@ -18,8 +21,14 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const { user } = request
-    await fastify.accounts.changePassword(user, request.body.current_password, request.body.new_password)
-    request.log.info({ userId: user.id, sessionId: user.sessionId }, 'password changed')
+    const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
+    try {
+      await fastify.accounts.changePassword(user, request.body.current_password, request.body.new_password)
+    } catch (error) {
+      if (error instanceof InvalidCredentialsError) request.audit({ ...who, outcome: 'failure' })
+      throw error
+    }
+    request.audit(who)
     return reply.code(204).send(null)
   })
 }

@@ -12,6 +12,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/register', {
     // The schema judges the username as it will be stored.
     preValidation: normalizeFields('username'),
+    config: { limits: { kind: 'credentials' } },
     schema: {
       tags: ['auth'],
       summary: 'Create an account',
@@ -23,7 +24,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const user = await fastify.accounts.register(request.body)
-    request.log.info({ userId: user.id }, 'user registered')
+    request.audit({ event: 'register', userId: user.id })
     return reply.code(201).send({ message: 'User registered successfully', user })
   })
 }

@@ -47,7 +47,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     // Another user's session and an unknown one answer alike: no oracle of which exists.
     if (!await fastify.sessions.revokeById(request.user.id, request.params.id)) throw new NotFoundError()
-    request.log.info({ userId: request.user.id, sessionId: request.params.id }, 'session revoked')
+    request.audit({ event: 'session_revoked', userId: request.user.id, sessionId: request.params.id })
     return reply.code(204).send(null)
   })
 }

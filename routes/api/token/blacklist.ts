@@ -5,6 +5,7 @@ import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/sch
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
 const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/blacklist', {
+    config: { limits: { kind: 'token' } },
     schema: {
       tags: ['token'],
       summary: 'End the session of a refresh token (body, else the refresh cookie)',
@@ -18,7 +19,7 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
     if (fromCookie) reply.clearAuthCookies()
     const claims = await fastify.verifyRefreshToken(request)
     if (!await fastify.sessions.revokeByRefreshToken(claims)) throw new TokenNotValidError()
-    request.log.info({ userId: claims.user_id, sessionId: claims.sid }, 'logout')
+    request.audit({ event: 'logout', userId: claims.user_id, sessionId: claims.sid })
     return {}
   })
 }

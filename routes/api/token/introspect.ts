@@ -49,7 +49,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.post('/introspect', {
-    config: { acceptsForm: true },
+    config: { acceptsForm: true, limits: { kind: 'token' } },
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',

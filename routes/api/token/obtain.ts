@@ -1,7 +1,7 @@
-import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { clientOf } from '#src/lib/client.ts'
+import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type-provider-typebox'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { signIn } from '../auth/login.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.
@@ -13,17 +13,14 @@ export const ObtainBodySchema = Type.Object({
 const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     preValidation: normalizeFields('username'),
+    config: { limits: { kind: 'credentials', account: (request) => (request.body as Static<typeof ObtainBodySchema>).username } },
     schema: {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
       body: ObtainBodySchema,
       response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request) => {
-    const { user, pair } = await fastify.accounts.login(request.body.username, request.body.password, clientOf(request))
-    request.log.info({ userId: user.id }, 'login')
-    return pair
-  })
+  }, async (request) => await signIn(fastify, request, request.body.username, request.body.password))
 }
 
 export default obtain

@@ -4,6 +4,7 @@ import { problems, RefreshTokenBodySchema, RefreshTokenSecurity, TokenPairSchema
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/refresh', {
+    config: { limits: { kind: 'token' } },
     schema: {
       tags: ['token'],
       summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',
@@ -14,11 +15,18 @@ const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined
     try {
-      const outcome = await fastify.sessions.refresh(await fastify.verifyRefreshToken(request))
+      const claims = await fastify.verifyRefreshToken(request)
+      const who = { userId: claims.user_id, sessionId: claims.sid }
+      const outcome = await fastify.sessions.refresh(claims).catch((error: unknown) => {
+        // A token of ours whose session has ended: worth a line in the trail, unlike forgeries.
+        if (error instanceof TokenNotValidError) request.audit({ event: 'refresh', outcome: 'failure', ...who })
+        throw error
+      })
       if (outcome.kind === 'reused') {
-        request.log.warn({ sessionId: outcome.sessionId, userId: outcome.userId }, 'refresh token reuse detected: session revoked')
+        request.audit({ event: 'reuse_detected', outcome: 'failure', ...who, detail: { action: 'session revoked' } })
         throw new TokenNotValidError()
       }
+      request.audit({ event: 'refresh', ...who })
       if (fromCookie) reply.setAuthCookies(outcome.pair)
       return outcome.pair
     } catch (error) {

@@ -6,6 +6,7 @@ export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additional
 
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/verify', {
+    config: { limits: { kind: 'token' } },
     schema: {
       tags: ['token'],
       summary: 'Check a token: signature, claims, and that its session is still active',

@@ -1,0 +1,79 @@
+import client, { Counter, Registry } from '@prometheus-io/client'
+import metricsModule from 'fastify-metrics'
+import fp from 'fastify-plugin'
+import { timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { NotAuthenticatedError } from '../src/errors.ts'
+import { problems } from '../src/schemas.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The service's own counters; exposed at GET /metrics when METRICS_TOKEN is set. */
+    counters: Counters
+  }
+}
+
+export interface Counters {
+  /** Security events by name and outcome: logins ok and failed, refreshes, reuse detections, logouts. */
+  events: Counter<'event' | 'outcome'>
+  /** Tokens signed, by type. */
+  tokensIssued: Counter<'type'>
+  /** Requests answered 429, by route. */
+  rateLimited: Counter<'route'>
+}
+
+function bearerMatches (request: FastifyRequest, token: Buffer): boolean {
+  const header = request.headers.authorization ?? ''
+  const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '')
+  return given.length === token.length && timingSafeEqual(given, token)
+}
+
+/**
+ * Prometheus metrics (https://github.com/SkeLLLa/fastify-metrics): request latency by route,
+ * Node's own, the service's counters. One registry per app, so that apps never share counts.
+ * GET /metrics exists only with METRICS_TOKEN set, and answers only that token as Bearer.
+ */
+async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
+  const registry = new Registry()
+  const counters: Counters = {
+    events: new Counter({ name: 'authgate_events_total', help: 'Security events by name and outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
+    tokensIssued: new Counter({ name: 'authgate_tokens_issued_total', help: 'Tokens signed, by type', labelNames: ['type'], registers: [registry] }),
+    rateLimited: new Counter({ name: 'authgate_rate_limited_total', help: 'Requests refused by a rate limit, by route', labelNames: ['route'], registers: [registry] })
+  }
+  fastify.decorate('counters', counters)
+  fastify.addHook('onResponse', async (request, reply) => {
+    if (reply.statusCode === 429) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })
+  })
+
+  const token = fastify.config.METRICS_TOKEN
+  if (token === undefined) return
+  const expected = Buffer.from(token)
+  // A CommonJS module compiled from ES: its plugin is the `default` export.
+  await fastify.register(metricsModule.default, {
+    promClient: client,
+    defaultMetrics: { enabled: true, register: registry },
+    routeMetrics: {
+      enabled: true,
+      routeBlacklist: ['/metrics', '/health/live', '/health/ready'],
+      overrides: { histogram: { registers: [registry] }, summary: { registers: [registry] } }
+    },
+    endpoint: {
+      url: '/metrics',
+      method: 'GET',
+      logLevel: 'warn',
+      schema: {
+        tags: ['operations'],
+        summary: 'Prometheus metrics',
+        security: [{ metricsToken: [] }],
+        produces: ['text/plain'],
+        response: { 200: { type: 'string', description: 'Prometheus text format' }, ...problems(401) }
+      },
+      onRequest: async (request: FastifyRequest) => {
+        if (!bearerMatches(request, expected)) throw new NotAuthenticatedError()
+      },
+      handler: () => {}
+    }
+  })
+}
+
+export default fp(metricsPlugin, { name: 'metrics', dependencies: ['config', 'docs', 'errors'] })

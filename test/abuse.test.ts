@@ -1,0 +1,154 @@
+import type { LightMyRequestResponse } from 'fastify'
+import { randomInt } from 'node:crypto'
+import t, { type Test } from 'tap'
+import { build, login, postJson, register, uniqueUser } from './helper.ts'
+import { startProxy } from './tcp-proxy.ts'
+
+const REDIS_URL = 'redis://127.0.0.1:6379'
+const limits = { RATE_LIMIT_ENABLED: 'true' }
+// An address of its own per test and run: counts kept in the shared Redis never meet.
+const someIp = (): string => `10.${randomInt(256)}.${randomInt(256)}.${randomInt(1, 255)}`
+
+function assertLimited (t: Test, res: LightMyRequestResponse): void {
+  t.equal(res.statusCode, 429)
+  t.match(res.headers['content-type'], /^application\/problem\+json/)
+  t.match(res.json(), { status: 429, code: 'rate_limited', detail: /^Too many requests; try again in \d+ seconds\.$/ })
+  t.ok(Number(res.headers['retry-after']) >= 1 && Number(res.headers['retry-after']) <= 60, `Retry-After ${String(res.headers['retry-after'])}`)
+}
+
+t.test('login is limited per client IP, then per account from any IP; no lockout of the owner', async (t) => {
+  const app = await build(t, { env: { ...limits, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '3', RATE_LIMIT_IDENTIFIER_MAX: '4' } })
+  const user = await register(app)
+  const attempt = (ip: string, identifier: string, password = 'not the password at all') =>
+    postJson(app, '/api/auth/login', { identifier, password }, { 'x-forwarded-for': ip })
+
+  // One IP spraying many accounts: the fourth attempt is refused, whatever the account.
+  const sprayer = someIp()
+  for (let i = 0; i < 3; i++) t.equal((await attempt(sprayer, `nobody${i}`)).statusCode, 401)
+  assertLimited(t, await attempt(sprayer, 'nobody-else'))
+
+  // One account from many IPs: the fifth attempt is refused, whatever the IP.
+  for (let i = 0; i < 4; i++) t.equal((await attempt(someIp(), user.username)).statusCode, 401)
+  assertLimited(t, await attempt(someIp(), user.username.toUpperCase(), user.password))
+  // Counted per identifier as given: the email is another one. A limit, not a lockout: the
+  // window passes and the owner signs in.
+  t.equal((await attempt(someIp(), user.email.toUpperCase(), user.password)).statusCode, 200)
+})
+
+t.test('each credential and token endpoint is limited; routes without limits are not', async (t) => {
+  const app = await build(t, { env: { ...limits, RATE_LIMIT_CREDENTIALS_MAX: '2', RATE_LIMIT_TOKEN_MAX: '2', RATE_LIMIT_IDENTIFIER_MAX: '100' } })
+  const { access, refresh } = await login(app)
+  const bearer = { authorization: `Bearer ${access}` }
+  const cases: Array<[string, unknown, Record<string, string>?]> = [
+    ['/api/auth/register', uniqueUser()],
+    ['/api/token', { username: 'someone', password: 'some password here' }],
+    ['/api/auth/password', { current_password: 'wrong password here', new_password: 'another good password' }, bearer],
+    ['/api/token/verify', { token: access }],
+    ['/api/token/refresh', { refresh: 'not a token' }],
+    ['/api/token/blacklist', { refresh: 'not a token' }],
+    ['/api/token/introspect', { token: access }]
+  ]
+  for (const [url, body, headers] of cases) {
+    await postJson(app, url, body, headers)
+    if (url !== '/api/auth/register') await postJson(app, url, body, headers)
+    else await postJson(app, url, uniqueUser(), headers)
+    assertLimited(t, await postJson(app, url, body, headers))
+  }
+  // login was used once by the helper: a second is fine, the third is refused.
+  t.equal((await postJson(app, '/api/auth/login', { identifier: 'x', password: 'some password here' })).statusCode, 401)
+  assertLimited(t, await postJson(app, '/api/auth/login', { identifier: 'x', password: 'some password here' }))
+  for (let i = 0; i < 5; i++) t.equal((await app.inject({ url: '/api/detail', headers: bearer })).statusCode, 200, 'detail')
+  t.ok(refresh)
+})
+
+t.test('unknown paths are limited per client IP; the address follows TRUST_PROXY, never a forged header', async (t) => {
+  const direct = await build(t, { env: { ...limits, RATE_LIMIT_NOT_FOUND_MAX: '2' } })
+  // Without a trusted proxy, X-Forwarded-For is the client's to write: ignored.
+  for (let i = 0; i < 2; i++) t.equal((await direct.inject({ url: `/nope/${i}`, headers: { 'x-forwarded-for': someIp() } })).statusCode, 404)
+  assertLimited(t, await direct.inject({ url: '/nope/3', headers: { 'x-forwarded-for': someIp() } }))
+  t.equal((await direct.inject({ url: '/health/live' })).statusCode, 200, 'known routes are not counted there')
+
+  const proxied = await build(t, { env: { ...limits, RATE_LIMIT_NOT_FOUND_MAX: '2', TRUST_PROXY: '127.0.0.1' } })
+  const client = someIp()
+  // The proxy appends the address it saw; whatever the client put before it is not trusted.
+  for (let i = 0; i < 2; i++) t.equal((await proxied.inject({ url: '/nope', headers: { 'x-forwarded-for': `${someIp()}, ${client}` } })).statusCode, 404)
+  assertLimited(t, await proxied.inject({ url: '/nope', headers: { 'x-forwarded-for': `${someIp()}, ${client}` } }))
+  t.equal((await proxied.inject({ url: '/nope', headers: { 'x-forwarded-for': someIp() } })).statusCode, 404, 'another client has its own count')
+})
+
+t.test('RATE_LIMIT_ENABLED=false turns every limit off', async (t) => {
+  const app = await build(t, { env: { RATE_LIMIT_ENABLED: 'false', RATE_LIMIT_CREDENTIALS_MAX: '1', RATE_LIMIT_NOT_FOUND_MAX: '1' } })
+  for (let i = 0; i < 4; i++) {
+    t.equal((await postJson(app, '/api/auth/login', { identifier: 'x', password: 'some password here' })).statusCode, 401)
+    t.equal((await app.inject({ url: '/nope' })).statusCode, 404)
+  }
+})
+
+t.test('with REDIS_URL, replicas share their counts', async (t) => {
+  const env = { ...limits, REDIS_URL, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '100', RATE_LIMIT_IDENTIFIER_MAX: '3' }
+  const one = await build(t, { env })
+  const two = await build(t, { env })
+  const account = uniqueUser().username
+  const attempt = (app: typeof one) => postJson(app, '/api/auth/login', { identifier: account, password: 'some password here' }, { 'x-forwarded-for': someIp() })
+  t.equal((await attempt(one)).statusCode, 401)
+  t.equal((await attempt(two)).statusCode, 401)
+  t.equal((await attempt(one)).statusCode, 401)
+  assertLimited(t, await attempt(two))
+})
+
+t.test('when Redis goes away, requests are still served, limited per replica, with a warning; it comes back', async (t) => {
+  const proxy = await startProxy(6379)
+  t.teardown(() => proxy.close())
+  const logLines: string[] = []
+  const app = await build(t, { logLines, env: { ...limits, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_NOT_FOUND_MAX: '3' } })
+  const probe = (ip: string) => app.inject({ url: '/nope', headers: { 'x-forwarded-for': ip } })
+  t.equal((await probe(someIp())).statusCode, 404, 'counted in Redis')
+
+  await proxy.close()
+  const ip = someIp()
+  const started = Date.now()
+  for (let i = 0; i < 3; i++) t.equal((await probe(ip)).statusCode, 404, 'served without Redis')
+  assertLimited(t, await probe(ip))
+  t.ok(Date.now() - started < 3000, `no request waits on the missing Redis (${Date.now() - started} ms for 4)`)
+  const warnings = logLines.map((line) => JSON.parse(line)).filter((e) => e.level === 40 && /Redis does not answer/.test(e.msg))
+  t.equal(warnings.length, 1, 'one warning, not one per request')
+
+  await proxy.reopen()
+  for (let i = 0; i < 50 && !logLines.some((line) => line.includes('Redis answers again')); i++) await new Promise((resolve) => setTimeout(resolve, 100))
+  t.ok(logLines.some((line) => line.includes('Redis answers again')), 'back to shared counts')
+  t.equal((await probe(someIp())).statusCode, 404)
+})
+
+t.test('CORS: configured origins only, with credentials, never a wildcard', async (t) => {
+  const origin = 'http://localhost:5173'
+  const app = await build(t, { env: { CORS_ORIGINS: `${origin},https://app.example.com` } })
+  const { access } = await login(app)
+
+  const allowed = await app.inject({ url: '/api/detail', headers: { origin, authorization: `Bearer ${access}` } })
+  t.equal(allowed.statusCode, 200)
+  t.equal(allowed.headers['access-control-allow-origin'], origin)
+  t.equal(allowed.headers['access-control-allow-credentials'], 'true')
+  t.match(allowed.headers.vary, /Origin/)
+
+  const preflight = await app.inject({
+    method: 'OPTIONS',
+    url: '/api/auth/login',
+    headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' }
+  })
+  t.equal(preflight.statusCode, 204)
+  t.equal(preflight.headers['access-control-allow-origin'], origin)
+  t.match(preflight.headers['access-control-allow-methods'], /POST/)
+  t.match(preflight.headers['access-control-allow-headers'], /content-type/)
+
+  const refused = await app.inject({ url: '/api/detail', headers: { origin: 'https://evil.example', authorization: `Bearer ${access}` } })
+  t.notOk(refused.headers['access-control-allow-origin'], 'another origin gets no CORS header')
+  const lookalike = await app.inject({ url: '/health/live', headers: { origin: 'http://localhost:51730' } })
+  t.notOk(lookalike.headers['access-control-allow-origin'], 'exact match only')
+
+  const error = await postJson(app, '/api/auth/login', { identifier: 'x', password: 'some password here' }, { origin })
+  t.equal(error.statusCode, 401)
+  t.equal(error.headers['access-control-allow-origin'], origin, 'errors are readable by the front end too')
+
+  const none = await build(t)
+  t.notOk((await none.inject({ url: '/health/live', headers: { origin } })).headers['access-control-allow-origin'], 'no CORS_ORIGINS: no CORS')
+})

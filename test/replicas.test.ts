@@ -1,0 +1,78 @@
+import pg from 'pg'
+import t from 'tap'
+import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { startServer } from './server-process.ts'
+
+// Two processes of `node src/server.ts` on one PostgreSQL and one Redis: how replicas run
+// behind a gateway. PGlite serves one process only.
+t.test('two replicas on one PostgreSQL and one Redis', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'replicas share a PostgreSQL: checked in the PostgreSQL run'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const env = {
+    ...process.env as Record<string, string>,
+    ...database,
+    SECRET_KEY,
+    NODE_ENV: 'production',
+    HOST: '127.0.0.1',
+    PORT: '0',
+    LOG_LEVEL: 'info',
+    BCRYPT_COST: '4',
+    SHUTDOWN_DRAIN_DELAY: '0',
+    REDIS_URL: 'redis://127.0.0.1:6379',
+    RATE_LIMIT_ENABLED: 'true',
+    RATE_LIMIT_IDENTIFIER_MAX: '3'
+  }
+  // Started together on an empty database: both migrate and make the first key at once.
+  const replicas = [startServer(env), startServer(env)]
+  t.teardown(() => { for (const replica of replicas) replica.child.kill('SIGKILL') })
+  const [a, b] = await Promise.all(replicas.map((replica) => replica.listening)) as [string, string]
+  const post = (base: string, path: string, body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+
+  t.test('one signing key, the same JWKS on both', async (t) => {
+    const db = new pg.Client({ connectionString: database.DATABASE_URL })
+    await db.connect()
+    t.teardown(() => db.end())
+    t.equal((await db.query('select count(*)::int as n from signing_keys')).rows[0].n, 1)
+    const [jwksA, jwksB] = await Promise.all([a, b].map(async (base) => await (await fetch(`${base}/.well-known/jwks.json`)).json() as { keys: unknown[] }))
+    t.same(jwksA, jwksB)
+    t.equal(jwksA?.keys.length, 1)
+  })
+
+  const user = uniqueUser()
+  t.equal((await post(a, '/api/auth/register', user)).status, 201)
+  const signIn = async (base: string) => await (await post(base, '/api/auth/login', { identifier: user.username, password: user.password })).json() as { access: string, refresh: string }
+
+  t.test('concurrent refreshes of one token across the replicas yield one pair', async (t) => {
+    const { refresh } = await signIn(a)
+    const answers = await Promise.all(Array.from({ length: 12 }, (_, i) => post(i % 2 === 0 ? a : b, '/api/token/refresh', { refresh })))
+    t.ok(answers.every((res) => res.status === 200), `statuses: ${answers.map((res) => res.status).join(' ')}`)
+    const pairs = new Set(await Promise.all(answers.map(async (res) => JSON.stringify(await res.json()))))
+    t.equal(pairs.size, 1, 'every answer is the same child pair (the reuse grace)')
+  })
+
+  t.test('a logout on one replica is refused on the other at once', async (t) => {
+    const { access } = await signIn(b)
+    const bearer = { authorization: `Bearer ${access}` }
+    t.equal((await fetch(`${b}/api/detail`, { headers: bearer })).status, 200)
+    t.equal((await post(a, '/api/auth/logout', {}, bearer)).status, 204)
+    t.equal((await fetch(`${b}/api/detail`, { headers: bearer })).status, 401)
+    t.equal((await fetch(`${b}/api/auth/check`, { headers: bearer })).status, 401)
+  })
+
+  t.test('rate limits are shared through Redis', async (t) => {
+    const account = uniqueUser().username
+    const attempt = (base: string) => post(base, '/api/auth/login', { identifier: account, password: 'not a password of anyone' })
+    t.equal((await attempt(a)).status, 401)
+    t.equal((await attempt(b)).status, 401)
+    t.equal((await attempt(a)).status, 401)
+    const limited = await attempt(b)
+    t.equal(limited.status, 429)
+    t.match(await limited.json(), { code: 'rate_limited' })
+  })
+
+  t.test('both stop cleanly on SIGTERM', async (t) => {
+    t.same(await Promise.all(replicas.map((replica) => replica.stop())), [0, 0])
+  })
+})
