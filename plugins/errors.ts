@@ -1,18 +1,47 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import type { Server } from 'node:http'
 import { ServiceUnavailableError } from '../src/errors.ts'
 import { challenge, problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from '../src/problems.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Starts the drain before a close: /health/ready answers 503, so gateways stop routing here; every other request is still served. */
+    drain: () => void
+    /** Whether the service is going away (draining or closing): readiness answers 503. */
+    readonly draining: boolean
+  }
+}
+
+/** 503 from a service that is going away: the request belongs on another replica. */
+export class ShuttingDownError extends ServiceUnavailableError {
+  constructor () {
+    super()
+    this.message = 'The service is shutting down; try again shortly.'
+  }
+}
+
+/**
+ * How long keep-alive connections that are idle when the server closes stay open. Node's
+ * server.close() destroys them at once, so a request a client is just sending on one would be
+ * reset; meanwhile it is answered 503 with Connection: close instead.
+ */
+export const IDLE_LINGER_MS = 1000
 
 function sendProblem (reply: FastifyReply, problem: Problem): FastifyReply {
   const header = challenge(problem)
   if (header !== undefined) reply.header('www-authenticate', header)
-  // Helmet's headers come from its onRequest hook: an error thrown by a hook that runs before
-  // it (the closing check below, registered first) would otherwise go without them.
-  reply.headers(RAW_SECURITY_HEADERS)
   return reply.code(problem.status).type('application/problem+json').send(problemBody(problem))
 }
 
-/** The one error format: RFC 9457 problem+json with a stable `code` and simplejwt's `detail`. */
+function lingerIdleConnections (server: Server): void {
+  const closeIdle = server.closeIdleConnections.bind(server)
+  // server.close() calls this method first: the idle connections are closed later instead.
+  server.closeIdleConnections = () => {}
+  setTimeout(closeIdle, IDLE_LINGER_MS).unref()
+}
+
+/** The one error format: RFC 9457 problem+json with a stable `code` and simplejwt's `detail`; and the answers of a service going away. */
 async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.setErrorHandler(function (error: FastifyError, request, reply) {
     const problem = toProblem(error)
@@ -35,11 +64,26 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
     response.socket?.end(rawProblemResponse({ status: 417, code: 'expectation_failed', detail: 'Only Expect: 100-continue is supported.' }))
   })
 
-  // Requests that still arrive while the server closes get the error shape, not Fastify's own 503.
-  let closing = false
-  fastify.addHook('preClose', async () => { closing = true })
-  fastify.addHook('onRequest', async () => {
-    if (closing) throw new ServiceUnavailableError()
+  // Serving, then draining (readiness 503, all else served), then closing (every request 503).
+  let phase: 'serving' | 'draining' | 'closing' = 'serving'
+  fastify.decorate('draining', { getter: () => phase !== 'serving' })
+  fastify.decorate('drain', () => { if (phase === 'serving') phase = 'draining' })
+  fastify.addHook('preClose', async () => {
+    phase = 'closing'
+    lingerIdleConnections(fastify.server)
+  })
+  // Requests that still arrive while the server closes get the error shape, not Fastify's own
+  // 503, and no further work. This hook runs first (the security plugin depends on this one),
+  // before helmet's: its answer carries the same headers, set here.
+  fastify.addHook('onRequest', async (_request, reply) => {
+    if (phase !== 'closing') return
+    reply.headers(RAW_SECURITY_HEADERS)
+    throw new ShuttingDownError()
+  })
+  // Fastify says Connection: close to requests that arrive while closing; requests in flight
+  // say it too, so that their connections close once answered instead of idling on.
+  fastify.addHook('onSend', async (_request, reply) => {
+    if (phase === 'closing') reply.header('connection', 'close')
   })
 }
 

@@ -2,6 +2,10 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { LOG_LEVELS } from '#src/config.ts'
 import { ping } from '#src/db/index.ts'
 import { problems } from '#src/schemas.ts'
+import { ShuttingDownError } from '../plugins/errors.ts'
+
+// Readiness answers within a second, even while database connections hang.
+const READY_PING_TIMEOUT_MS = 500
 
 const StatusSchema = Type.Object({ status: Type.Literal('ok') })
 
@@ -25,7 +29,9 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: StatusSchema, ...problems(503) }
     }
   }, async () => {
-    await ping(fastify.db)
+    // The gateway stops routing here during the drain, while requests are still served.
+    if (fastify.draining) throw new ShuttingDownError()
+    await ping(fastify.db, READY_PING_TIMEOUT_MS)
     return { status: 'ok' as const }
   })
 }

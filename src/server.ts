@@ -1,5 +1,8 @@
 import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
+import fp from 'fastify-plugin'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { IDLE_LINGER_MS } from '../plugins/errors.ts'
 import app, { serverOptions } from './app.ts'
 import { loadConfig, processEnv, type Config } from './config.ts'
 
@@ -16,20 +19,34 @@ try {
   fail('invalid configuration', error)
 }
 
-const fastify = Fastify(serverOptions(config))
+const options = serverOptions(config)
+const fastify = Fastify(options)
 try {
-  await fastify.register(app, { config })
+  // fp: the app's decorators (drain) on this instance, as in the tests' build().
+  await fastify.register(fp(app), { config })
   await fastify.ready()
 } catch (error) {
   fastify.log.debug({ err: error }, 'could not start')
   fail('could not start', error)
 }
 
-// SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close the pool; then exit.
-closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+// SIGTERM (an orchestrator): drain first, /health/ready answering 503 for SHUTDOWN_DRAIN_DELAY
+// while requests are still served, so the gateway stops routing here; then close: stop
+// accepting, finish in-flight requests (each within handlerTimeout), close the pool, exit 0.
+// SIGINT (a terminal) closes at once. The whole fits in the delay; past it, exit 1. A container's
+// stop grace must be longer than this delay.
+const drainMs = config.drainDelayS * 1000
+const closeMs = (options.handlerTimeout ?? 0) + IDLE_LINGER_MS + 1000
+closeWithGrace({ delay: drainMs + closeMs }, async ({ signal, err }) => {
   if (err !== undefined) fastify.log.error({ err }, 'closing after an error')
-  else fastify.log.info({ signal }, 'closing')
+  if (signal === 'SIGTERM' && drainMs > 0) {
+    fastify.drain()
+    fastify.log.info({ signal, drainDelayS: config.drainDelayS }, 'draining: /health/ready answers 503, requests are still served')
+    await sleep(drainMs)
+  }
+  fastify.log.info({ signal }, 'closing: no new connections, finishing the requests in flight')
   await fastify.close()
+  fastify.log.info('closed')
 })
 
 try {

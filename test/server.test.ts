@@ -1,7 +1,8 @@
 import { once } from 'node:events'
 import t from 'tap'
-import { freshDatabase, SECRET_KEY } from './helper.ts'
+import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
+import { startProxy } from './tcp-proxy.ts'
 
 t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', async (t) => {
   const database = await freshDatabase(t)
@@ -29,7 +30,63 @@ t.test('a start that fails later says why in one line', async (t) => {
   t.equal(noSecret.output(), 'authgate: invalid configuration: SECRET_KEY is required when NODE_ENV=production\n', 'one line')
 
   // Port 1 on the loopback: nothing listens there.
-  const noDatabase = startServer({ ...env, SECRET_KEY, DB_ENGINE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' })
+  const noDatabase = startServer({
+    ...env, SECRET_KEY, LOG_LEVEL: 'info', DB_ENGINE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', DB_START_TIMEOUT: '2s'
+  })
+  let stderr = ''
+  noDatabase.child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk })
   t.equal((await once(noDatabase.child, 'exit'))[0], 1)
-  t.equal(noDatabase.output(), 'authgate: could not start: database migration failed: connect ECONNREFUSED 127.0.0.1:1\n', 'one line, the cause once')
+  t.equal(stderr, 'authgate: could not start: the database did not answer within 2s (DB_START_TIMEOUT): connect ECONNREFUSED 127.0.0.1:1\n', 'one line, the cause once')
+  const retries = noDatabase.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line))
+    .filter((line) => line.msg === 'the database does not answer yet; trying again')
+  t.ok(retries.length >= 3, `a warning per attempt (${retries.length})`)
+  t.ok(retries.every((line) => line.level === 40), 'at warn')
+  t.same(retries.slice(0, 3).map((line) => line.retryInMs), [250, 500, 1000], 'waits that double')
+  // From the first failed attempt to the last one, at the deadline.
+  const last = retries.at(-1)
+  const tried = last.time + last.retryInMs - retries[0].time
+  t.ok(tried >= 1500 && tried <= 2000, `tried for DB_START_TIMEOUT, then stopped (${tried} ms)`)
+})
+
+t.test('a start while the database does not answer yet waits for it, then serves', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it is always there'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
+  t.teardown(() => proxy.close())
+  await proxy.close()
+  const through = new URL(database.DATABASE_URL!)
+  through.port = String(proxy.port)
+  const server = startServer({
+    ...process.env, ...database, DATABASE_URL: through.toString(), SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s'
+  })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  // Until the server has tried at least twice (its start takes a while on a busy machine).
+  while ((server.output().match(/the database does not answer yet; trying again/g) ?? []).length < 2) {
+    t.equal(server.child.exitCode, null, 'still trying')
+    if (server.child.exitCode !== null) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  await proxy.reopen()
+  const url = await server.listening
+  const res = await fetch(`${url}/health/ready`)
+  t.equal(res.status, 200)
+  const user = uniqueUser()
+  const registered = await fetch(`${url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) })
+  t.equal(registered.status, 201, 'serves')
+  t.equal(await server.stop(), 0)
+})
+
+t.test('a migration that fails is not tried again', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'the retry is for PostgreSQL'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const missing = new URL(database.DATABASE_URL!)
+  missing.pathname = `${missing.pathname}_missing`
+  const started = Date.now()
+  const server = startServer({ ...process.env, ...database, DATABASE_URL: missing.toString(), SECRET_KEY, LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s' })
+  t.equal((await once(server.child, 'exit'))[0], 1)
+  t.ok(Date.now() - started < 5000, 'at once: a database that answers "does not exist" is not down')
+  t.match(server.output(), /authgate: could not start: database migration failed: database "authgate_test_\w+_missing" does not exist\n$/)
+  t.notMatch(server.output(), /trying again/)
 })

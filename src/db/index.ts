@@ -39,7 +39,8 @@ const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '5701
 export function isUnavailable (error: unknown): boolean {
   if (error instanceof TypeError || error instanceof RangeError) return false
   const code = (error as { code?: unknown } | null)?.code
-  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return UNAVAILABLE_SQLSTATES.has(code) || code.startsWith('08')
+  // No SQLSTATE class starts with E; Node's five-letter errno codes (EPIPE, EBADF) do.
+  if (typeof code === 'string' && /^[0-9A-DF-Z][0-9A-Z]{4}$/.test(code)) return UNAVAILABLE_SQLSTATES.has(code) || code.startsWith('08')
   return error instanceof Error
 }
 
@@ -135,11 +136,16 @@ const messageOf = (error: unknown): string => {
   return error instanceof DatabaseUnavailableError && cause instanceof Error ? cause.message : error instanceof Error ? error.message : String(error)
 }
 
-/** The names of the migrations run, or an error naming the one that failed. */
+/**
+ * The names of the migrations run, or an error naming the one that failed. A failure before any
+ * migration ran that came from the connection (refused, reset, timed out, starting up) is a
+ * DatabaseUnavailableError: the caller may try again.
+ */
 function ran ({ error, results }: MigrationResultSet): string[] {
   if (error === undefined) return (results ?? []).map((r) => r.migrationName)
   const failed = results?.find((r) => r.status === 'Error')?.migrationName
-  throw failed === undefined ? error : new Error(`${failed}: ${messageOf(error)}`, { cause: error })
+  if (failed !== undefined) throw new Error(`${failed}: ${messageOf(error)}`, { cause: error })
+  throw isUnavailable(error) && !(error instanceof DatabaseUnavailableError) ? new DatabaseUnavailableError({ cause: error }) : error
 }
 
 // Migrating is not a request: waiting for another replica's migrations (Kysely's advisory lock)
@@ -147,7 +153,9 @@ function ran ({ error, results }: MigrationResultSet): string[] {
 // connection of their own without them. PGlite has none, and one connection only.
 async function migrate (config: DbConfig, db: Db, step: (migrator: Migrator) => Promise<MigrationResultSet>): Promise<string[]> {
   const own = config.DB_ENGINE === 'postgres'
-    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: config.DATABASE_URL, max: 1 }) }) })
+    ? new Kysely<Database>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: config.DATABASE_URL, max: 1, connectionTimeoutMillis: DB_TIMEOUTS_MS.connect }) })
+    })
     : db
   try {
     return ran(await step(migrator(own)))
@@ -173,7 +181,26 @@ export async function foldsCase (db: Db): Promise<boolean> {
   return rows[0]?.folds === true
 }
 
-/** One round trip to the database; throws DatabaseUnavailableError when it cannot answer. */
-export async function ping (db: Db): Promise<void> {
-  await sql`select 1`.execute(db)
+// The round trip in flight per database: probes share it, so a hung database does not collect them.
+const pings = new WeakMap<Db, Promise<void>>()
+
+/**
+ * One round trip to the database; throws DatabaseUnavailableError when it cannot answer, or
+ * has not answered within `timeoutMs` (a hung connection waits for the request timeouts).
+ */
+export async function ping (db: Db, timeoutMs: number = DB_TIMEOUTS_MS.query): Promise<void> {
+  let roundTrip = pings.get(db)
+  if (roundTrip === undefined) {
+    roundTrip = sql`select 1`.execute(db).then(() => {}).finally(() => pings.delete(db))
+    pings.set(db, roundTrip)
+  }
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new DatabaseUnavailableError({ cause: new Error(`no answer within ${timeoutMs} ms`) })), timeoutMs)
+  })
+  try {
+    await Promise.race([roundTrip, late])
+  } finally {
+    clearTimeout(timer)
+  }
 }
