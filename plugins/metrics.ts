@@ -1,8 +1,9 @@
-import client, { Counter, Registry } from '@prometheus-io/client'
+import client, { Counter, Gauge, Registry } from '@prometheus-io/client'
 import metricsModule from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { poolUsage } from '../src/db/index.ts'
 import { NotAuthenticatedError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
 
@@ -41,6 +42,19 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
     rateLimited: new Counter({ name: 'authgate_rate_limited_total', help: 'Requests refused by a rate limit, by route', labelNames: ['route'], registers: [registry] })
   }
   fastify.decorate('counters', counters)
+  const { db } = fastify
+  if (poolUsage(db) !== undefined) {
+    // Read at each scrape: connections in the pool, idle, and queries waiting for one.
+    new Gauge({ // eslint-disable-line no-new
+      name: 'authgate_db_pool_connections',
+      help: 'PostgreSQL pool: total and idle connections, waiting queries',
+      labelNames: ['state'],
+      registers: [registry],
+      collect () {
+        for (const [state, value] of Object.entries(poolUsage(db) ?? {})) this.set({ state }, value)
+      }
+    })
+  }
   fastify.addHook('onResponse', async (request, reply) => {
     if (reply.statusCode === 429) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })
   })
@@ -76,4 +90,4 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
   })
 }
 
-export default fp(metricsPlugin, { name: 'metrics', dependencies: ['config', 'docs', 'errors'] })
+export default fp(metricsPlugin, { name: 'metrics', dependencies: ['config', 'db', 'docs', 'errors'] })

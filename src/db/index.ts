@@ -102,7 +102,16 @@ function pgliteDialect (dbName: string): Dialect {
   })
 }
 
-function postgresDialect (url: string, poolMax: number, onPoolError: (error: Error) => void): Dialect {
+// Each PostgreSQL database's pool, for its usage figures.
+const pools = new WeakMap<Db, pg.Pool>()
+
+/** How many connections the pool holds, how many of them are idle, how many queries wait for one; PGlite has no pool. */
+export function poolUsage (db: Db): { total: number, idle: number, waiting: number } | undefined {
+  const pool = pools.get(db)
+  return pool === undefined ? undefined : { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }
+}
+
+function postgresDialect (url: string, poolMax: number, onPoolError: (error: Error) => void): PostgresDialect & { pool: pg.Pool } {
   const pool = new pg.Pool({
     connectionString: url,
     max: poolMax,
@@ -116,15 +125,16 @@ function postgresDialect (url: string, poolMax: number, onPoolError: (error: Err
   // the pool's, a checked-out one fails its query (503) and the next query reconnects.
   pool.on('error', onPoolError)
   pool.on('connect', (client) => client.on('error', onPoolError))
-  return new PostgresDialect({ pool })
+  return Object.assign(new PostgresDialect({ pool }), { pool })
 }
 
 export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
-  const dialect = config.DB_ENGINE === 'pglite'
-    ? pgliteDialect(config.DB_NAME)
-    // parseConfig guarantees DATABASE_URL with DB_ENGINE=postgres.
-    : postgresDialect(config.DATABASE_URL!, config.DB_POOL_MAX, onPoolError)
-  return new Kysely<Database>({ dialect: guarded(dialect) })
+  if (config.DB_ENGINE === 'pglite') return new Kysely<Database>({ dialect: guarded(pgliteDialect(config.DB_NAME)) })
+  // parseConfig guarantees DATABASE_URL with DB_ENGINE=postgres.
+  const dialect = postgresDialect(config.DATABASE_URL!, config.DB_POOL_MAX, onPoolError)
+  const db = new Kysely<Database>({ dialect: guarded(dialect) })
+  pools.set(db, dialect.pool)
+  return db
 }
 
 function migrator (db: Db): Migrator {
