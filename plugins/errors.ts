@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import type { Server } from 'node:http'
-import { ServiceUnavailableError } from '../src/errors.ts'
+import { ShuttingDownError } from '../src/errors.ts'
 import { challenge, problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from '../src/problems.ts'
 
 declare module 'fastify' {
@@ -10,14 +10,6 @@ declare module 'fastify' {
     drain: () => void
     /** Whether the service is going away (draining or closing): readiness answers 503. */
     readonly draining: boolean
-  }
-}
-
-/** 503 from a service that is going away: the request belongs on another replica. */
-export class ShuttingDownError extends ServiceUnavailableError {
-  constructor () {
-    super()
-    this.message = 'The service is shutting down; try again shortly.'
   }
 }
 

@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { LOG_LEVELS } from '#src/config.ts'
 import { ping } from '#src/db/index.ts'
+import { ShuttingDownError } from '#src/errors.ts'
 import { problems } from '#src/schemas.ts'
-import { ShuttingDownError } from '../plugins/errors.ts'
 
 // Readiness answers within a second, even while database connections hang.
 const READY_PING_TIMEOUT_MS = 500
