@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
+import type { Duplex } from 'node:stream'
 import type { Config } from './config.ts'
 import { DB_TIMEOUTS_MS } from './db/index.ts'
 import type { Clock } from './lib/clock.ts'
@@ -69,7 +70,9 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>):
       if (error.code === 'ECONNRESET' || socket.destroyed) return
       // As Node's own handler: no answer into the middle of one already under way.
       const answering = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true
-      if (socket.writable && !answering) socket.end(rawProblemResponse(clientErrorProblem(error)))
+      // RFC 9110 §9.3.2: no content in the answer to HEAD, or the client reads it as the next answer.
+      const head = (error as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD '
+      if (socket.writable && !answering) socket.end(rawProblemResponse(clientErrorProblem(error), { head }))
       else socket.destroy(error)
     },
     // A URL Fastify cannot decode (POST /%): never echoed back.
@@ -94,6 +97,14 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>):
 
 /** The application: external and app plugins, then routes. The load order is the architecture. */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
+  // Node drops a CONNECT without a word unless someone listens: this service tunnels nothing,
+  // so it says so (RFC 9110 §15.5.6: a 405 names the methods it serves in Allow).
+  fastify.server.on('connect', (_request: IncomingMessage, socket: Duplex) => {
+    socket.end(rawProblemResponse(
+      { status: 405, code: 'method_not_allowed', detail: 'CONNECT is not supported.' },
+      { headers: { allow: 'GET, HEAD, POST, DELETE, OPTIONS' } }
+    ))
+  })
   await fastify.register(AutoLoad, { dir: join(root, 'plugins'), options: opts })
   await fastify.register(AutoLoad, { dir: join(root, 'routes'), options: opts })
 }

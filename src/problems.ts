@@ -101,15 +101,23 @@ export const RAW_SECURITY_HEADERS: Readonly<Record<string, string>> = {
   'x-xss-protection': '0'
 }
 
+export interface RawProblemOptions {
+  /** Headers besides the security ones and the framing (Allow on a 405). */
+  headers?: Readonly<Record<string, string>>
+  /** The request was HEAD: RFC 9110 §9.3.2, the same header fields and no content. */
+  head?: boolean
+}
+
 /** A whole HTTP/1.1 answer for a socket Node could not parse a request from; the connection closes after it. */
-export function rawProblemResponse (problem: Problem): string {
+export function rawProblemResponse (problem: Problem, options: RawProblemOptions = {}): string {
   const body = JSON.stringify(problemBody(problem))
   const headers = {
     ...RAW_SECURITY_HEADERS,
+    ...options.headers,
     'content-type': 'application/problem+json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),
     connection: 'close'
   }
   const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}`)
-  return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? 'Error'}\r\n${lines.join('\r\n')}\r\n\r\n${body}`
+  return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? 'Error'}\r\n${lines.join('\r\n')}\r\n\r\n${options.head === true ? '' : body}`
 }
