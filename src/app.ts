@@ -34,7 +34,7 @@ function clientErrorProblem (error: NodeJS.ErrnoException): Problem {
  * the database's (src/db) end before the route deadline, which ends before the socket's idle
  * timeout, so a slow request still gets its 503 in the error shape.
  */
-export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>): FastifyServerOptions {
+export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel' | 'dbStartTimeoutS'>): FastifyServerOptions {
   const { trustProxy } = config
   return {
     logger: {
@@ -58,8 +58,9 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel'>):
       const fromProxy = trustProxy !== false && trustProxy(req.socket.remoteAddress ?? '', 0)
       return fromProxy && typeof id === 'string' && REQUEST_ID.test(id) ? id : randomUUID()
     },
-    // Starting may wait for PGlite's first initdb, or for another replica's migrations.
-    pluginTimeout: 120_000,
+    // Starting may wait for PGlite's first initdb, for another replica's migrations, or for a
+    // PostgreSQL that does not answer yet (DB_START_TIMEOUT).
+    pluginTimeout: 120_000 + config.dbStartTimeoutS * 1000,
     handlerTimeout: DB_TIMEOUTS_MS.query + 2000,
     connectionTimeout: DB_TIMEOUTS_MS.query + 4000,
     requestTimeout: 30_000,

@@ -30,7 +30,7 @@ async function recovery (app: FastifyInstance, withinMs: number): Promise<number
 }
 
 // handlerTimeout: the deadline past which no request may hang.
-const { handlerTimeout } = serverOptions({ trustProxy: false, logLevel: 'silent' })
+const { handlerTimeout } = serverOptions({ trustProxy: false, logLevel: 'silent', dbStartTimeoutS: 0 })
 
 t.test('a database outage answers 503 at once and recovers without a restart', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it cannot become unreachable'
