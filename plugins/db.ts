@@ -44,7 +44,8 @@ async function dbPlugin (fastify: FastifyInstance): Promise<void> {
   const { config } = fastify
   // An idle client whose server went away (restart, failover, a dropped network) is the pool's
   // to replace: logged, never fatal.
-  const db = createDb(config, (error) => fastify.log.warn({ err: error }, 'idle database connection lost'))
+  // Only what the error says: pg hangs the whole client (pool internals) on it.
+  const db = createDb(config, (error) => fastify.log.warn({ err: { message: error.message, code: (error as { code?: unknown }).code } }, 'idle database connection lost'))
   fastify.addHook('onClose', async () => { await db.destroy() })
   const applied = await migrateWhenReachable(fastify, db)
   if (applied.length > 0) fastify.log.info({ migrations: applied }, 'database migrated')
