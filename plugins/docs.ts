@@ -32,7 +32,7 @@ function shareProblemSchema (paths: Record<string, Record<string, Operation>>): 
 /**
  * The UI's own Content-Security-Policy, set on the /docs routes only: the API's stays
  * `default-src 'none'` (plugins/security.ts). Swagger UI's scripts and styles are files served
- * here; its logo and icons are data: images; "Try it out" and the document are fetched from
+ * here (and it sets style attributes as it renders); its logo and icons are data: images; "Try it out" and the document are fetched from
  * this origin (or PUBLIC_URL's, which the document names as its server).
  */
 function uiContentSecurityPolicy (publicUrl: string | undefined): Record<string, string[]> {
@@ -40,7 +40,8 @@ function uiContentSecurityPolicy (publicUrl: string | undefined): Record<string,
   return {
     'default-src': ["'none'"],
     'script-src': ["'self'"],
-    'style-src': ["'self'"],
+    // Swagger UI sets style attributes as it renders; scripts stay files of this origin.
+    'style-src': ["'self'", "'unsafe-inline'"],
     'img-src': ["'self'", 'data:'],
     'font-src': ["'self'", 'data:'],
     'connect-src': [...new Set(connect)],
