@@ -1,0 +1,232 @@
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import { once } from 'node:events'
+import { join } from 'node:path'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import t, { type Test } from 'tap'
+import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { startServer } from './server-process.ts'
+
+// What the pages below define, as page.evaluate sees it (the project's types hold no DOM).
+declare const window: {
+  api: (method: string, path: string, body?: unknown) => Promise<{ status: number, body: any }>
+  attempts: Promise<Array<{ path: string, read?: string, refused?: string }>>
+}
+declare const document: { cookie: string }
+
+// Debian's Chromium itself (its /usr/bin/chromium is a wrapper script); .ci/run installs it.
+const CHROMIUM = '/usr/lib/chromium/chromium'
+const SCREENSHOTS = join(import.meta.dirname, '..', '.tap', 'screenshots')
+
+/** A page server on 127.0.0.1: the HTML of `pages` by path. */
+async function servePages (t: Test, pages: Record<string, string>): Promise<number> {
+  const server: Server = createServer((request, response) => {
+    const page = pages[new URL(request.url ?? '/', 'http://x').pathname]
+    response.writeHead(page === undefined ? 404 : 200, { 'content-type': 'text/html; charset=utf-8' }).end(page ?? 'not found')
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  return (server.address() as { port: number }).port
+}
+
+// The front end: how a page on another port of the same site calls authgate, with the cookies
+// only. `api(method, path, body)` answers { status, body }.
+const frontEnd = (auth: string): string => `<!doctype html><meta charset="utf-8"><title>app</title>
+<script>
+  window.api = async (method, path, body) => {
+    const res = await fetch(${JSON.stringify(auth)} + path, {
+      method,
+      credentials: 'include',
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body)
+    })
+    const text = await res.text()
+    return { status: res.status, body: text === '' ? null : JSON.parse(text) }
+  }
+</script>`
+
+// The attacker's site: another site altogether (127.0.0.1 is not localhost's site).
+const attackerReads = (auth: string): string => `<!doctype html><meta charset="utf-8"><title>evil</title>
+<script>
+  window.attempts = Promise.all(['/api/detail', '/api/auth/sessions'].map(async (path) => {
+    try {
+      const res = await fetch(${JSON.stringify(auth)} + path, { credentials: 'include' })
+      return { path, read: await res.text() }
+    } catch (error) {
+      return { path, refused: String(error) }
+    }
+  }))
+</script>`
+
+const attackerForm = (action: string, enctype: string, fields: Record<string, string>): string => `<!doctype html>
+<meta charset="utf-8"><title>evil form</title>
+<form method="POST" action="${action}" enctype="${enctype}">
+${Object.entries(fields).map(([name, value]) => `<input name="${name}" value='${value}'>`).join('\n')}
+</form>
+<script>document.forms[0].submit()</script>`
+
+t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM} (Debian's chromium package)` }, async (t) => {
+  // The front end is served first: authgate's CORS_ORIGINS names its origin.
+  const pages: Record<string, string> = {}
+  const appPort = await servePages(t, pages)
+  const appOrigin = `http://localhost:${appPort}`
+  /** authgate in production mode (cookies Secure), its front end at `path` of the app origin: its base URL. */
+  async function startAuthgate (path: string, env: Record<string, string> = {}): Promise<string> {
+    const server = startServer({
+      ...process.env as Record<string, string>,
+      ...await freshDatabase(t),
+      SECRET_KEY,
+      NODE_ENV: 'production',
+      HOST: '127.0.0.1',
+      PORT: '0',
+      LOG_LEVEL: 'info',
+      BCRYPT_COST: '4',
+      SHUTDOWN_DRAIN_DELAY: '0',
+      RATE_LIMIT_ENABLED: 'false',
+      CORS_ORIGINS: appOrigin,
+      ...env
+    })
+    t.teardown(() => { server.child.kill('SIGKILL') })
+    const base = (await server.listening).replace('127.0.0.1', 'localhost')
+    pages[path] = frontEnd(base)
+    return base
+  }
+  const auth = await startAuthgate('/')
+  const evilPages: Record<string, string> = { '/read': attackerReads(auth) }
+  const evilOrigin = `http://127.0.0.1:${await servePages(t, evilPages)}`
+
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, headless: true })
+  t.teardown(() => browser.close())
+
+  /** A fresh browser profile with a user signed in on the front end at `path`. */
+  async function signedIn (t: Test, path = '/'): Promise<{ context: BrowserContext, page: Page, user: ReturnType<typeof uniqueUser> }> {
+    const context = await browser.newContext()
+    t.teardown(() => context.close())
+    const page = await context.newPage()
+    await page.goto(appOrigin + path)
+    const user = uniqueUser()
+    t.match(await page.evaluate((u) => window.api('POST', '/api/auth/register', u), user), { status: 201 })
+    const login = await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), user)
+    t.equal(login.status, 200, 'signed in from the front end')
+    return { context, page, user }
+  }
+  // Every cookie of authgate's host, whatever its path.
+  const authCookies = async (context: BrowserContext) => (await context.cookies()).filter((c) => c.domain === 'localhost').sort((a, b) => a.name.localeCompare(b.name))
+
+  t.test('sign in, read, refresh and sign out with the cookies alone', async (t) => {
+    const { context, page } = await signedIn(t)
+    const cookies = await authCookies(context)
+    t.same(cookies.map((c) => [c.name, c.path, c.httpOnly, c.secure, c.sameSite]), [
+      ['__Host-access_token', '/', true, true, 'Lax'],
+      ['__Secure-refresh_token', '/api/token', true, true, 'Lax']
+    ], 'HttpOnly, Secure, SameSite=Lax, the prefixes of COOKIE_SECURE')
+    t.equal(await page.evaluate(() => document.cookie), '', 'document.cookie shows no token')
+
+    // What the browser sends: the refresh cookie to the token endpoints only.
+    const sent: Record<string, string> = {}
+    page.on('request', (request) => {
+      request.allHeaders().then((headers) => { sent[new URL(request.url()).pathname] = headers.cookie ?? '' }, () => {})
+    })
+    const detail = await page.evaluate(() => window.api('GET', '/api/detail'))
+    t.equal(detail.status, 200)
+    t.match(detail.body, { message: 'Welcome to Page' })
+    const refreshed = await page.evaluate(() => window.api('POST', '/api/token/refresh', {}))
+    t.equal(refreshed.status, 200, 'refreshed through the refresh cookie')
+    t.match(sent['/api/detail'], /__Host-access_token=/)
+    t.notMatch(sent['/api/detail'], /refresh_token/, 'the refresh cookie is not sent to /api/detail')
+    t.match(sent['/api/token/refresh'], /__Secure-refresh_token=/, 'it is sent to /api/token/refresh')
+    const rotated = await authCookies(context)
+    t.not(rotated[1]!.value, cookies[1]!.value, 'the refresh cookie was rotated')
+    t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'the new access cookie works')
+
+    t.equal((await page.evaluate(() => window.api('POST', '/api/auth/logout', {}))).status, 204)
+    t.same(await authCookies(context), [], 'the cookies are gone')
+    const after = await page.evaluate(() => window.api('GET', '/api/detail'))
+    t.equal(after.status, 401)
+    t.match(after.body, { code: 'not_authenticated' })
+  })
+
+  t.test('an attacker page on another site can read nothing and change nothing', async (t) => {
+    const { context, page, user } = await signedIn(t)
+    const before = await authCookies(context)
+    const evil = await context.newPage()
+
+    await evil.goto(`${evilOrigin}/read`)
+    const attempts = await evil.evaluate(() => window.attempts)
+    for (const attempt of attempts) t.match(attempt, { refused: /TypeError/ }, `cannot read ${attempt.path}`)
+
+    // Forms need no preflight: text/plain and urlencoded POSTs to the state-changing endpoints.
+    const forms: Array<[string, string, Record<string, string>]> = [
+      ['/api/auth/logout', 'text/plain', { '{"a":"': '"}' }],
+      ['/api/auth/logout?scope=global', 'application/x-www-form-urlencoded', { x: '1' }],
+      ['/api/token/refresh', 'text/plain', { '{"refresh":"': '"}' }],
+      ['/api/token/blacklist', 'application/x-www-form-urlencoded', { refresh: 'x' }],
+      ['/api/auth/password', 'text/plain', { '{"current_password":"': `${user.password}","new_password":"attacker chosen password"}` }]
+    ]
+    for (const [path, enctype, fields] of forms) {
+      evilPages['/form'] = attackerForm(auth + path, enctype, fields)
+      const [response] = await Promise.all([evil.waitForResponse((res) => res.url().startsWith(auth + path.split('?')[0])), evil.goto(`${evilOrigin}/form`)])
+      t.equal(response.status(), 415, `${enctype} POST ${path}: 415`)
+    }
+
+    t.same(await authCookies(context), before, 'the cookies are as they were')
+    // SameSite=Lax: a link from another site is a top-level GET, which carries the access
+    // cookie; its answer goes to the user's tab, never to the page that linked.
+    evilPages['/link'] = `<a href="${auth}/api/detail">prize</a>`
+    await evil.goto(`${evilOrigin}/link`)
+    const [followed] = await Promise.all([evil.waitForResponse(`${auth}/api/detail`), evil.click('a')])
+    t.equal(followed.status(), 200, 'Lax: a cross-site link is signed in')
+    t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'still signed in')
+    const sessions = await page.evaluate(() => window.api('GET', '/api/auth/sessions'))
+    t.equal(sessions.body.sessions.length, 1, 'the session stands')
+    const again = await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), user)
+    t.equal(again.status, 200, 'the password is unchanged')
+  })
+
+  t.test('COOKIE_SAMESITE=strict is what the browser enforces', async (t) => {
+    const strict = await startAuthgate('/strict', { COOKIE_SAMESITE: 'strict' })
+    const { context, page } = await signedIn(t, '/strict')
+    t.same((await authCookies(context)).map((c) => [c.name, c.secure, c.sameSite]), [
+      ['__Host-access_token', true, 'Strict'],
+      ['__Secure-refresh_token', true, 'Strict']
+    ])
+    t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'the front end is same-site: signed in')
+    const evil = await context.newPage()
+    evilPages['/link'] = `<a href="${strict}/api/detail">prize</a>`
+    await evil.goto(`${evilOrigin}/link`)
+    const [followed] = await Promise.all([evil.waitForResponse(`${strict}/api/detail`), evil.click('a')])
+    t.equal(followed.status(), 401, 'Strict: a cross-site link carries no cookie')
+  })
+
+  t.test('the docs page renders every endpoint, and its "Try it out" signs in', async (t) => {
+    const { context, user } = await signedIn(t)
+    const page = await context.newPage()
+    const errors: string[] = []
+    page.on('pageerror', (error) => errors.push(error.message))
+    page.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()) })
+    await page.goto(`${auth}/docs`)
+    await page.locator('.opblock').first().waitFor()
+    const spec = await (await fetch(`${auth}/docs/json`)).json() as { paths: Record<string, Record<string, unknown>> }
+    const operations = Object.values(spec.paths).reduce((n, item) => n + Object.keys(item).length, 0)
+    t.equal(await page.locator('.opblock').count(), operations, `all ${operations} operations listed`)
+    t.equal(await page.evaluate(() => document.cookie), '', 'no token for the docs page either')
+
+    const login = page.locator('.opblock-post', { has: page.locator('[data-path="/api/auth/login"]') })
+    await login.locator('.opblock-summary').click()
+    await login.getByRole('button', { name: 'Try it out' }).click()
+    await login.locator('textarea.body-param__text').fill(JSON.stringify({ identifier: user.username, password: user.password }))
+    const [response] = await Promise.all([
+      page.waitForResponse((res) => res.url() === `${auth}/api/auth/login` && res.request().method() === 'POST'),
+      login.getByRole('button', { name: 'Execute' }).click()
+    ])
+    t.equal(response.status(), 200, '"Try it out" on POST /api/auth/login')
+    const status = login.locator('.live-responses-table tbody .response-col_status').first()
+    await status.waitFor()
+    t.match(await status.innerText(), /^200/, 'the UI shows the 200')
+    await mkdir(SCREENSHOTS, { recursive: true })
+    await page.screenshot({ path: join(SCREENSHOTS, 'docs.png'), fullPage: true })
+    t.same(errors, [], 'no script or CSP errors')
+  })
+})
