@@ -115,8 +115,10 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       const { header, payload } = token as { header: JoseHeader, payload: unknown }
       return await keyring.keyFor(header, name === 'token' ? claimedType(payload) : name)
     },
-    // Expiry is checked by parseClaims against the application clock.
-    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken }
+    // Expiry is checked by parseClaims against the application clock. A token verified once is
+    // not verified again for 10 minutes (fast-jwt's cache, keyed by the token's hash, per key):
+    // a signature check is most of a request's work. Failures are never cached.
+    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken, cache: true }
   })
   await fastify.register(jwt, { ...namespace('access'), cookie: { cookieName: cookieNames.access, signed: false } })
   await fastify.register(jwt, namespace('refresh', (request) => (request.body as { refresh?: string }).refresh ?? request.cookies[cookieNames.refresh]))
