@@ -2,7 +2,8 @@ import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import type { Server } from 'node:http'
 import { ShuttingDownError } from '../src/errors.ts'
-import { challenge, problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from '../src/problems.ts'
+import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
+import { challenge, problemBody, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -66,16 +67,18 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   })
   // Requests that still arrive while the server closes get the error shape, not Fastify's own
   // 503, and no further work. This hook runs first (the security plugin depends on this one),
-  // before helmet's: its answer carries the same headers, set here.
-  fastify.addHook('onRequest', async (_request, reply) => {
-    if (phase !== 'closing') return
-    reply.headers(RAW_SECURITY_HEADERS)
-    throw new ShuttingDownError()
+  // before the security headers are set: its answer sets them itself. Both hooks run on every
+  // request: callbacks, not async functions.
+  fastify.addHook('onRequest', (_request, reply, done) => {
+    if (phase !== 'closing') return done()
+    reply.headers(SECURITY_HEADERS)
+    done(new ShuttingDownError())
   })
   // Fastify says Connection: close to requests that arrive while closing; requests in flight
   // say it too, so that their connections close once answered instead of idling on.
-  fastify.addHook('onSend', async (_request, reply) => {
+  fastify.addHook('onSend', (_request, reply, payload, done) => {
     if (phase === 'closing') reply.header('connection', 'close')
+    done(null, payload)
   })
 }
 

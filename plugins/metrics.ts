@@ -55,8 +55,9 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       }
     })
   }
-  fastify.addHook('onResponse', async (request, reply) => {
+  fastify.addHook('onResponse', (request, reply, done) => {
     if (reply.statusCode === 429) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })
+    done()
   })
 
   const token = fastify.config.METRICS_TOKEN

@@ -1,11 +1,11 @@
 import cors from '@fastify/cors'
-import helmet from '@fastify/helmet'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import { Redis } from 'ioredis'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import { BadRequestError, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
+import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 
 const JSON_TYPE = /^application\/json\s*(?:;|$)/i
 const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;|$)/i
@@ -23,15 +23,8 @@ declare module 'fastify' {
   }
 }
 
-/** Security headers (https://github.com/fastify/fastify-helmet), CORS, JSON-only state changes, rate limits. */
+/** Security headers (helmet's, made once), CORS, JSON-only state changes, rate limits. */
 async function securityPlugin (fastify: FastifyInstance): Promise<void> {
-  // An API answers JSON only: no content to frame or script, so the strictest policy.
-  // src/problems.ts's RAW_SECURITY_HEADERS repeats these for answers Fastify never sees.
-  await fastify.register(helmet, {
-    contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
-    crossOriginResourcePolicy: { policy: 'same-site' }
-  })
-
   // Browser front ends on the configured origins only, exactly as written, with their cookies.
   // Its hook runs first, so that errors answered by the hooks below still carry CORS headers.
   const origins = fastify.config.corsOrigins
@@ -48,10 +41,13 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
   }
 
   fastify.removeContentTypeParser(['text/plain'])
-  fastify.addHook('onRequest', async (request) => {
+  // One hook, not an async function: it runs on every request.
+  fastify.addHook('onRequest', (request, reply, done) => {
+    reply.headers(SECURITY_HEADERS)
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
     if (request.headers.host === undefined && request.raw.httpVersionMajor === 1 && request.raw.httpVersionMinor === 1) {
-      throw new BadRequestError('The Host header is required.')
+      done(new BadRequestError('The Host header is required.'))
+      return
     }
     // Every POST must be JSON (415 otherwise), bodiless ones included: a cross-site form or a
     // "simple" fetch cannot send that type without a CORS preflight, so a cookie-authenticated
@@ -59,8 +55,10 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     // take forms as well.
     if (request.method === 'POST' && !JSON_TYPE.test(request.headers['content-type'] ?? '') &&
         !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(request.headers['content-type'] ?? ''))) {
-      throw new UnsupportedMediaTypeError()
+      done(new UnsupportedMediaTypeError())
+      return
     }
+    done()
   })
 
   if (fastify.config.RATE_LIMIT_ENABLED) await fastify.register(rateLimits)
@@ -126,8 +124,9 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
     if (limits.account !== undefined) route.preHandler = [...[route.preHandler ?? []].flat(), byAccount]
   })
   // Probing for paths is limited too.
-  fastify.addHook('onRequest', async (request, reply) => {
-    if (request.is404) await notFound(request, reply)
+  fastify.addHook('onRequest', (request, reply, done) => {
+    if (!request.is404) return done()
+    notFound(request, reply).then(() => done(), done)
   })
 }, { name: 'rate-limits' })
 

@@ -9,7 +9,8 @@ import type { Config } from './config.ts'
 import { DB_TIMEOUTS_MS } from './db/index.ts'
 import type { Clock } from './lib/clock.ts'
 import { passwordPolicyKeyword } from './lib/password-policy.ts'
-import { problemBody, rawProblemResponse, RAW_SECURITY_HEADERS, toProblem, type Problem } from './problems.ts'
+import { SECURITY_HEADERS } from './lib/security-headers.ts'
+import { problemBody, rawProblemResponse, toProblem, type Problem } from './problems.ts'
 
 export interface AppOptions {
   config: Config
@@ -79,7 +80,7 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel' | 
     // A URL Fastify cannot decode (POST /%): never echoed back.
     frameworkErrors (error, _request, reply: FastifyReply) {
       const problem = toProblem(error)
-      return reply.headers(RAW_SECURITY_HEADERS).code(problem.status).type('application/problem+json').send(problemBody(problem))
+      return reply.headers(SECURITY_HEADERS).code(problem.status).type('application/problem+json').send(problemBody(problem))
     },
     ajv: {
       customOptions: {

@@ -1,6 +1,7 @@
 import type { FastifyError } from 'fastify'
 import { STATUS_CODES } from 'node:http'
 import { isDomainError, ValidationFailedError, type FieldError } from './errors.ts'
+import { SECURITY_HEADERS } from './lib/security-headers.ts'
 
 /** One error answer, before it becomes RFC 9457 problem details. */
 export interface Problem {
@@ -82,25 +83,6 @@ export function challenge (problem: Problem): string | undefined {
   return `Bearer realm="authgate"${invalid ? `, error="invalid_token", error_description="${problem.detail}"` : ''}`
 }
 
-/**
- * The security headers of an answer that never reaches Fastify's hooks (a request Node could
- * not parse): what @fastify/helmet sets on every other answer, as configured in plugins/security.ts.
- */
-export const RAW_SECURITY_HEADERS: Readonly<Record<string, string>> = {
-  'content-security-policy': "default-src 'none';frame-ancestors 'none'",
-  'cross-origin-opener-policy': 'same-origin',
-  'cross-origin-resource-policy': 'same-site',
-  'origin-agent-cluster': '?1',
-  'referrer-policy': 'no-referrer',
-  'strict-transport-security': 'max-age=31536000; includeSubDomains',
-  'x-content-type-options': 'nosniff',
-  'x-dns-prefetch-control': 'off',
-  'x-download-options': 'noopen',
-  'x-frame-options': 'SAMEORIGIN',
-  'x-permitted-cross-domain-policies': 'none',
-  'x-xss-protection': '0'
-}
-
 export interface RawProblemOptions {
   /** Headers besides the security ones and the framing (Allow on a 405). */
   headers?: Readonly<Record<string, string>>
@@ -112,7 +94,7 @@ export interface RawProblemOptions {
 export function rawProblemResponse (problem: Problem, options: RawProblemOptions = {}): string {
   const body = JSON.stringify(problemBody(problem))
   const headers = {
-    ...RAW_SECURITY_HEADERS,
+    ...SECURITY_HEADERS,
     ...options.headers,
     'content-type': 'application/problem+json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),

@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { STATUS_CODES } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import { RAW_SECURITY_HEADERS } from '../src/problems.ts'
+import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 import { build, login } from './helper.ts'
 
 // Requests inject cannot make (duplicate headers, broken framing, bytes that are not HTTP),
@@ -84,7 +84,7 @@ function assertProblem (t: Test, answer: Answer | undefined, status: number, cod
   t.equal(answer.statusLine, `HTTP/1.1 ${status} ${STATUS_CODES[status]}`, 'status line')
   t.equal(answer.headers['content-type'], 'application/problem+json; charset=utf-8', 'content-type')
   t.match(JSON.parse(answer.body), { type: 'about:blank', title: STATUS_CODES[status], status, code, detail: String }, 'problem body')
-  for (const [name, value] of Object.entries(RAW_SECURITY_HEADERS)) t.equal(answer.headers[name], value, name)
+  for (const [name, value] of Object.entries(SECURITY_HEADERS)) t.equal(answer.headers[name], value, name)
 }
 
 t.test('answers outside the happy path', async (t) => {
@@ -148,7 +148,7 @@ t.test('answers outside the happy path', async (t) => {
     const res = await app.inject({ url: '/health/live' })
     t.equal(res.statusCode, 200)
     const notHelmet = new Set(['content-type', 'content-length', 'date', 'connection', 'keep-alive'])
-    t.same(Object.fromEntries(Object.entries(res.headers).filter(([name]) => !notHelmet.has(name))), RAW_SECURITY_HEADERS)
+    t.same(Object.fromEntries(Object.entries(res.headers).filter(([name]) => !notHelmet.has(name))), SECURITY_HEADERS)
   })
 })
 
