@@ -26,8 +26,12 @@ function isUniqueViolation (error: unknown): error is { code: string, constraint
 export async function createAccounts ({ db, sessions, clock, config }: AccountsDeps) {
   const cost = config.BCRYPT_COST
   // Compared against when the account does not exist, so that an unknown user costs one
-  // comparison of the configured cost like a wrong password does. Made now, not on the first login.
-  const dummyHash = await bcrypt.hash('authgate timing equaliser', cost)
+  // comparison of the configured cost like a wrong password does. Started now, not on the first
+  // login, but not awaited: at cost 12 it is a quarter of a second of the thread pool's CPU that
+  // the start no longer waits for. Every password check awaits it first (see passwordMatches).
+  const dummy = bcrypt.hash('authgate timing equaliser', cost)
+  // Awaited by each check, which then fails with its error; never an unhandled rejection.
+  dummy.catch(() => {})
 
   /**
    * Whether the password matches the stored hash (none: an unknown account): bcrypt, or a hash
@@ -37,6 +41,9 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
    * would match on its first 72).
    */
   async function passwordMatches (password: string, hash: string | undefined): Promise<boolean> {
+    // Every check, whatever the account, waits for the equaliser: a login in the first moments
+    // after the start waits the same for a known account as for an unknown one.
+    const dummyHash = await dummy
     const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
     if (hash !== undefined && !tooLong && isDjangoHash(hash)) {
       if (await verifyDjangoPassword(password, hash)) return true
