@@ -1,120 +1,428 @@
-// Throughput of authgate's endpoints, measured with autocannon against the real server.
-// Every figure is also given as a ratio to /health/live measured in the same run (the
-// floor of Fastify + hooks on this machine), since a shared machine's absolute numbers drift.
+// authgate's benchmark (issue 10): a real server in production mode driven by autocannon over
+// loopback, in interleaved rounds whose medians are the figures, each set against a bare
+// Fastify route answering the same body (the floor) measured in the same run. Prints one table
+// and writes BENCHMARKS.md.
 //
-//   npm run bench                      embedded PGlite, in a temporary folder
+//   npm run bench            PostgreSQL when DATABASE_URL is set (its own database, dropped
+//                            at the end), else embedded PGlite in a temporary folder
 //   DB_ENGINE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench
-//   BENCH_DURATION=10 BENCH_CONNECTIONS=20 npm run bench
-import autocannon, { type Options } from 'autocannon'
+//   BENCH_ROUNDS=5 BENCH_DURATION=3 BENCH_CONNECTIONS=32 npm run bench
+import type { Client } from 'autocannon'
+import bcrypt from 'bcrypt'
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import pg from 'pg'
-import { freePort, startServer } from '../test/server-process.ts'
+import { freePort, startServer, type ServerProcess } from '../test/server-process.ts'
+import { load, median, type Run } from './load.ts'
+import { command, machine, rssMB, writeBenchmarks, yesNo, type Figure, type ScenarioRow } from './report.ts'
 
-const duration = Number(process.env.BENCH_DURATION ?? 5)
-const connections = Number(process.env.BENCH_CONNECTIONS ?? 10)
-const bcryptCost = process.env.BCRYPT_COST ?? '12'
+const setting = (name: string, fallback: number, minimum: number): number => {
+  const value = Number(process.env[name] ?? fallback)
+  if (!Number.isFinite(value) || value < minimum) throw new Error(`${name} must be a number >= ${minimum}`)
+  return value
+}
+const rounds = setting('BENCH_ROUNDS', 5, 1)
+const duration = setting('BENCH_DURATION', 3, 2)
+const connections = setting('BENCH_CONNECTIONS', 32, 1)
+// A login waits in the bcrypt queue (libuv's 4 threads on the machine's cores): a few
+// connections keep it full; more only lengthen the wait toward the 8 s handler deadline.
+const loginConnections = setting('BENCH_LOGIN_CONNECTIONS', 8, 1)
+// bcrypt answers a few per second, the first only after the queue filled: login, register,
+// the flood and its reference run longer, to count enough of them.
+const loginDuration = setting('BENCH_LOGIN_DURATION', 2 * duration, 2)
+const floodConnections = setting('BENCH_FLOOD_CONNECTIONS', 8, 1)
+const starts = setting('BENCH_STARTS', 5, 0)
+const bcryptCost = setting('BCRYPT_COST', 12, 4)
+const engine = process.env.DB_ENGINE ?? (process.env.DATABASE_URL === undefined ? 'pglite' : 'postgres')
+if (engine === 'postgres' && process.env.DATABASE_URL === undefined) throw new Error('DB_ENGINE=postgres needs DATABASE_URL')
+const cores = machine().cores
+
+const began = performance.now()
+const serverPath = fileURLToPath(new URL('../src/server.ts', import.meta.url))
+const floorPath = fileURLToPath(new URL('./floor.ts', import.meta.url))
+const benchmarksPath = fileURLToPath(new URL('../BENCHMARKS.md', import.meta.url))
+const progress = (message: string): void => { process.stderr.write(`bench: ${message}\n`) }
 
 // A fresh database: a PGlite folder, or a PostgreSQL database made from DATABASE_URL.
 const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
-const pgDatabase = process.env.DB_ENGINE === 'postgres' ? `authgate_bench_${randomBytes(4).toString('hex')}` : undefined
+const pgDatabase = engine === 'postgres' ? `authgate_bench_${randomBytes(4).toString('hex')}` : undefined
 async function admin (statement: string): Promise<void> {
   const client = new pg.Client({ connectionString: process.env.DATABASE_URL })
   await client.connect()
-  await client.query(statement)
-  await client.end()
+  try {
+    await client.query(statement)
+  } finally {
+    await client.end()
+  }
 }
-const database: Record<string, string> = { DB_NAME: folder }
-let server: ReturnType<typeof startServer> | undefined
+
+const { DATABASE_URL: _url, DB_ENGINE: _engine, ...inherited } = process.env as Record<string, string>
+const serverEnv: Record<string, string> = {
+  ...inherited,
+  NODE_ENV: 'production',
+  SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+  DB_ENGINE: engine,
+  DB_NAME: folder,
+  HOST: '127.0.0.1',
+  // Measures the service, not the writing of a log line per request.
+  LOG_LEVEL: 'warn',
+  BCRYPT_COST: String(bcryptCost),
+  // One client address sends every request: the limits would answer 429 within a second.
+  RATE_LIMIT_ENABLED: 'false',
+  SHUTDOWN_DRAIN_DELAY: '0'
+}
+
+/** Polls /health/ready every 15 ms until it answers 200; the milliseconds from `since`. */
+async function ready (server: ServerProcess, base: string, since: number, limitMs: number): Promise<number> {
+  for (;;) {
+    const ok = await fetch(`${base}/health/ready`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false)
+    if (ok) return performance.now() - since
+    if (server.child.exitCode !== null || server.child.signalCode !== null) throw new Error(`the server exited:\n${server.output()}`)
+    if (performance.now() - since > limitMs) throw new Error(`the server was not ready within ${limitMs} ms:\n${server.output()}`)
+    await sleep(15)
+  }
+}
+
+/** The floor in its own process; resolves to its URL. */
+async function startFloor (body: unknown): Promise<{ url: string, stop: () => Promise<void> }> {
+  const child = spawn(process.execPath, [floorPath], {
+    env: { ...inherited, NODE_ENV: 'production', FLOOR_BODY: JSON.stringify(body) },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  const lines = createInterface({ input: child.stdout })
+  const exited = once(child, 'exit').then(([code]) => { throw new Error(`the floor exited (${code})`) })
+  const port = await Promise.race([exited, (async () => {
+    for await (const line of lines) {
+      const match = /^listening (\d+)$/.exec(line)
+      if (match !== null) return match[1]
+    }
+    throw new Error('the floor closed its output')
+  })()])
+  exited.catch(() => {})
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const gone = once(child, 'exit')
+      child.kill('SIGTERM')
+      await gone
+    }
+  }
+}
+
+/** Five bcrypt.compare at the run's cost in this process, one at a time, in ms. */
+async function bcryptCompareTimes (): Promise<number[]> {
+  const hash = await bcrypt.hash('correct horse battery staple', bcryptCost)
+  const times: number[] = []
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now()
+    await bcrypt.compare('correct horse battery staple', hash)
+    times.push(performance.now() - t0)
+  }
+  return times
+}
+
+type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
+const runs: Record<Key, Run[]> = {
+  floor: [], detail: [], check: [], verify: [], refresh: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
+}
+const json = { 'content-type': 'application/json' }
+const refreshTrouble = { resent: 0, failed: 0 }
+let server: ServerProcess | undefined
+let floor: Awaited<ReturnType<typeof startFloor>> | undefined
+let exitCode = 0
 
 try {
   if (pgDatabase !== undefined) {
     await admin(`create database ${pgDatabase}`)
     const url = new URL(process.env.DATABASE_URL!)
     url.pathname = `/${pgDatabase}`
-    database.DATABASE_URL = url.toString()
+    serverEnv.DATABASE_URL = url.toString()
   }
+  progress(`${engine}, ${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}, flood ${floodConnections} + ${floodConnections}), BCRYPT_COST ${bcryptCost}`)
+
+  const compareTimes = await bcryptCompareTimes()
+  progress(`one bcrypt compare at cost ${bcryptCost}: ${median(compareTimes).toFixed(0)} ms`)
+
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
-  server = startServer({
-    ...process.env as Record<string, string>,
-    NODE_ENV: 'production',
-    SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
-    ...database,
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    // Measures the service, not the writing of a log line per request.
-    LOG_LEVEL: 'warn',
-    BCRYPT_COST: bcryptCost,
-    // One client address sends every request: the limits would answer 429 within a second.
-    RATE_LIMIT_ENABLED: 'false',
-    SHUTDOWN_DRAIN_DELAY: '0'
-  })
+  const startedAt = performance.now()
+  server = startServer({ ...serverEnv, PORT: String(port) }, [serverPath])
+  const firstStartMs = await ready(server, base, startedAt, 60_000)
+  const idleRss = rssMB(server.child.pid!)
+  progress(`server ready in ${firstStartMs.toFixed(0)} ms (first start: migrations and a new signing key), RSS ${idleRss.toFixed(0)} MB`)
 
-  for (let i = 0; !await fetch(`${base}/health/ready`).then((r) => r.ok, () => false); i++) {
-    if (i > 600 || server.child.exitCode !== null) throw new Error(`the server did not start:\n${server.output()}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-
-  const post = async (path: string, body: unknown): Promise<Record<string, string>> => {
-    const res = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const post = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+    const res = await fetch(base + path, { method: 'POST', headers: json, body: JSON.stringify(body) })
     if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`)
-    return await res.json() as Record<string, string>
+    return await res.json() as Record<string, unknown>
   }
-  const user = { username: `bench${Date.now()}`, email: `bench${Date.now()}@example.com`, password: 'correct horse battery staple' }
+  const runId = randomBytes(3).toString('hex')
+  let registered = 0
+  const password = 'correct horse battery staple'
+  const user = { username: `bench_${runId}`, email: `bench_${runId}@example.com`, password }
   await post('/api/auth/register', user)
-  const credentials = { identifier: user.username, password: user.password }
-  const { access } = await post('/api/auth/login', credentials)
-  // Sessions to refresh: each request takes a token from the pool and its answer returns the
-  // successor. autocannon prepares a connection's next request before the answer arrives, so
-  // the pool holds more sessions than there are connections.
-  const refreshPool: string[] = []
-  for (let i = 0; i < 4 * connections; i++) refreshPool.push((await post('/api/token', { username: user.username, password: user.password })).refresh!)
+  const credentials = JSON.stringify({ identifier: user.username, password })
 
-  const json = { 'content-type': 'application/json' }
-  const scenarios: Array<[string, Partial<Options>]> = [
-    ['GET /health/live (baseline)', { url: `${base}/health/live` }],
-    ['GET /health/ready (one query)', { url: `${base}/health/ready` }],
-    ['GET /.well-known/jwks.json', { url: `${base}/.well-known/jwks.json` }],
-    ['GET /api/detail (Bearer)', { url: `${base}/api/detail`, headers: { authorization: `Bearer ${access}` } }],
-    ['POST /api/token/verify', { url: `${base}/api/token/verify`, method: 'POST', headers: json, body: JSON.stringify({ token: access }) }],
-    ['POST /api/token/refresh (rotation)', {
-      url: `${base}/api/token/refresh`,
-      requests: [{
+  // Refresh tokens, each the head of its own session's chain: harvested from the logins the
+  // bench makes anyway, topped up with POST /api/token when a round needs more.
+  const pool: string[] = []
+  const obtain = async (): Promise<string> => {
+    const pair = await post('/api/token', { username: user.username, password }) as { access: string, refresh: string }
+    pool.push(pair.refresh)
+    return pair.access
+  }
+  const harvest = (client: Client): void => {
+    client.setRequests([{
+      method: 'POST',
+      path: '/api/auth/login',
+      headers: json,
+      body: credentials,
+      onResponse: (status, body) => { if (status === 200) pool.push((JSON.parse(body) as { refresh: string }).refresh) }
+    }])
+  }
+  // Requests still queued for bcrypt when a run stops are still served: one more login waits
+  // behind them (libuv's queue is first in, first out), so the next run starts on an idle server.
+  const drain = obtain
+
+  const detailBody = await (await fetch(`${base}/api/detail`, { headers: { authorization: `Bearer ${await obtain()}` } })).json()
+  floor = await startFloor(detailBody)
+
+  let access = ''
+  const bearer = (): Record<string, string> => ({ authorization: `Bearer ${access}` })
+  const floorUrl = floor.url
+  const scenarios: Record<Exclude<Key, 'detailFlood' | 'loginFlood'>, (seconds?: number) => Promise<Run>> = {
+    floor: (seconds = duration) => load({ url: `${floorUrl}/api/detail`, connections, duration: seconds, headers: bearer() }),
+    detail: (seconds = duration) => load({ url: `${base}/api/detail`, connections, duration: seconds, headers: bearer() }),
+    check: (seconds = duration) => load({ url: `${base}/api/auth/check`, connections, duration: seconds, headers: bearer() }),
+    verify: (seconds = duration) => load({ url: `${base}/api/token/verify`, connections, duration: seconds, method: 'POST', headers: json, body: JSON.stringify({ token: access }) }),
+    // Each connection follows its own session's chain: the answer's refresh token is the next
+    // request's, and no token is sent twice (a resend would be reuse; counted, must be 0).
+    refresh: async () => {
+      while (pool.length < connections) await Promise.all(Array.from({ length: Math.min(4, connections - pool.length) }, obtain))
+      const sent = new Set<string>()
+      return await load({
+        url: `${base}/api/token/refresh`,
+        connections,
+        duration,
         method: 'POST',
         headers: json,
-        setupRequest: (request) => ({ ...request, body: JSON.stringify({ refresh: refreshPool.shift() }) }),
-        onResponse: (status, body) => { if (status === 200) refreshPool.push(JSON.parse(body).refresh) }
-      }]
-    }],
-    [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, { url: `${base}/api/auth/login`, method: 'POST', headers: json, body: JSON.stringify(credentials) }]
-  ]
-
-  // Warm-up, not measured: the JIT and the connection pool settle first.
-  for (const [, options] of scenarios.slice(0, -1)) await autocannon({ duration: 1, connections, ...options } as Options)
-
-  const rows: Array<{ scenario: string, 'req/s': number, 'vs baseline': string, 'p50 ms': number, 'p99 ms': number, non2xx: number, errors: number }> = []
-  let baseline = 0
-  for (const [scenario, options] of scenarios) {
-    const result = await autocannon({ duration, connections, ...options } as Options)
-    const rps = result.requests.average
-    if (baseline === 0) baseline = rps
-    rows.push({
-      scenario,
-      'req/s': Math.round(rps),
-      'vs baseline': (rps / baseline).toFixed(3),
-      'p50 ms': result.latency.p50,
-      'p99 ms': result.latency.p99,
-      non2xx: result.non2xx,
-      errors: result.errors
-    })
+        setupClient: (client) => {
+          let token = pool.shift()!
+          client.setRequests([{
+            method: 'POST',
+            path: '/api/token/refresh',
+            headers: json,
+            setupRequest: (request) => {
+              if (sent.has(token)) refreshTrouble.resent++
+              sent.add(token)
+              return { ...request, body: JSON.stringify({ refresh: token }) }
+            },
+            onResponse: (status, body) => {
+              if (status === 200) token = (JSON.parse(body) as { refresh: string }).refresh
+              else refreshTrouble.failed++
+            }
+          }])
+        }
+      })
+    },
+    login: async () => {
+      const run = await load({ url: `${base}/api/auth/login`, connections: loginConnections, duration: loginDuration, method: 'POST', timeout: 30, setupClient: harvest })
+      await drain()
+      return run
+    },
+    register: async () => {
+      const run = await load({
+        url: `${base}/api/auth/register`,
+        connections: loginConnections,
+        duration: loginDuration,
+        method: 'POST',
+        timeout: 30,
+        setupClient: (client) => {
+          client.setRequests([{
+            method: 'POST',
+            path: '/api/auth/register',
+            headers: json,
+            setupRequest: (request) => {
+              const username = `bench_${runId}_${registered++}`
+              return { ...request, body: JSON.stringify({ username, email: `${username}@example.com`, password }) }
+            }
+          }])
+        }
+      })
+      await drain()
+      return run
+    },
+    detailAlone: () => load({ url: `${base}/api/detail`, connections: floodConnections, duration: loginDuration, headers: bearer() })
   }
-  console.log(`\nauthgate on ${process.env.DB_ENGINE ?? 'pglite'}, node ${process.version}, ${connections} connections, ${duration} s each`)
-  console.table(rows)
+  const flood = async (): Promise<void> => {
+    const [loginRun, detailRun] = await Promise.all([
+      load({ url: `${base}/api/auth/login`, connections: floodConnections, duration: loginDuration, method: 'POST', timeout: 30, setupClient: harvest }),
+      load({ url: `${base}/api/detail`, connections: floodConnections, duration: loginDuration, headers: bearer() })
+    ])
+    runs.loginFlood.push(loginRun)
+    runs.detailFlood.push(detailRun)
+    await drain()
+  }
+
+  // Warm-up, not measured: the JIT, the pool and the caches settle first.
+  access = await obtain()
+  for (const key of ['floor', 'detail', 'check', 'verify'] as const) await scenarios[key](1)
+
+  for (let round = 1; round <= rounds; round++) {
+    // An access token lives 5 minutes by default: each round takes a fresh one.
+    access = await obtain()
+    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'login', 'register', 'detailAlone'] as const) {
+      runs[key].push(await scenarios[key]())
+    }
+    await flood()
+    progress(`round ${round}/${rounds}: floor ${runs.floor.at(-1)!.rps.toFixed(0)}, detail ${runs.detail.at(-1)!.rps.toFixed(0)}, check ${runs.check.at(-1)!.rps.toFixed(0)}, refresh ${runs.refresh.at(-1)!.rps.toFixed(0)}, login ${runs.login.at(-1)!.rps.toFixed(1)} req/s`)
+  }
+  const endRss = rssMB(server.child.pid!)
+  // Measured before and after the rounds: the median of both sets is the run's compare.
+  compareTimes.push(...await bcryptCompareTimes())
+  const compareMs = median(compareTimes)
+  await floor.stop()
+  await server.stop()
+  server = undefined
+
+  // Start time on a migrated database with its signing key: spawn to the first 200 of /health/ready.
+  const startTimes: number[] = []
+  if (engine === 'postgres') {
+    for (let i = 0; i < starts; i++) {
+      const startPort = await freePort()
+      const t0 = performance.now()
+      const started = startServer({ ...serverEnv, PORT: String(startPort) }, [serverPath])
+      try {
+        startTimes.push(await ready(started, `http://127.0.0.1:${startPort}`, t0, 30_000))
+      } finally {
+        await started.stop()
+      }
+    }
+    progress(`start to ready: ${startTimes.map((t) => t.toFixed(0)).join(', ')} ms`)
+  }
+
+  // A scenario with any non-2xx answer or error, or a round without a 2xx answer, is broken:
+  // it gives no figure.
+  const names: Record<Key, [string, number]> = {
+    floor: ['GET /api/detail on bare Fastify (the floor, own process)', connections],
+    detail: ['GET /api/detail (Bearer)', connections],
+    check: ['GET /api/auth/check (Bearer, forward-auth)', connections],
+    verify: ['POST /api/token/verify', connections],
+    refresh: ['POST /api/token/refresh (rotation, a chain per connection)', connections],
+    login: [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, loginConnections],
+    register: ['POST /api/auth/register (unique names)', loginConnections],
+    detailAlone: ['GET /api/detail alone (flood reference)', floodConnections],
+    detailFlood: ['GET /api/detail during the login flood', floodConnections],
+    loginFlood: ['POST /api/auth/login: the flood', floodConnections]
+  }
+  const problems: string[] = []
+  const broken = new Set<Key>()
+  for (const key of Object.keys(runs) as Key[]) {
+    const non2xx = runs[key].reduce((sum, run) => sum + run.non2xx, 0)
+    const errors = runs[key].reduce((sum, run) => sum + run.errors, 0)
+    const silent = runs[key].filter((run) => run.answers - run.non2xx === 0).length
+    if (non2xx > 0 || errors > 0 || silent > 0) {
+      broken.add(key)
+      const statuses = new Map<number, number>()
+      for (const run of runs[key]) for (const [status, count] of run.statuses) statuses.set(status, (statuses.get(status) ?? 0) + count)
+      const by = [...statuses].map(([status, count]) => `${count} × ${status}`).join(', ')
+      problems.push(`${names[key][0]}: ${non2xx} non-2xx answers${by === '' ? '' : ` (${by})`}, ${errors} errors, ${silent} rounds without a 2xx answer`)
+    }
+  }
+  if (refreshTrouble.resent > 0 || refreshTrouble.failed > 0) {
+    broken.add('refresh')
+    problems.push(`refresh chains: ${refreshTrouble.resent} tokens sent twice, ${refreshTrouble.failed} refreshes refused (both must be 0)`)
+  }
+
+  const rps = (key: Key): number => median(runs[key].map((run) => run.rps))
+  const p = (key: Key, field: 'p50' | 'p99'): number => median(runs[key].map((run) => run[field]))
+  const floorRps = rps('floor')
+  const scenarioRows: ScenarioRow[] = (Object.keys(runs) as Key[]).map((key) => ({
+    scenario: names[key][0],
+    connections: names[key][1],
+    'req/s': rps(key) >= 100 ? rps(key).toFixed(0) : rps(key).toFixed(1),
+    'vs floor': (rps(key) / floorRps).toFixed(3),
+    'p50 ms': p(key, 'p50').toFixed(2),
+    'p99 ms': p(key, 'p99').toFixed(2),
+    'req/s by round': runs[key].map((run) => run.rps >= 100 ? run.rps.toFixed(0) : run.rps.toFixed(1)).join(' '),
+    non2xx: runs[key].reduce((sum, run) => sum + run.non2xx, 0),
+    errors: runs[key].reduce((sum, run) => sum + run.errors, 0)
+  }))
+
+  const figure = (name: string, needs: Key[], value: () => number, format: (v: number) => string, target: string, met: (v: number) => boolean): Figure => {
+    const bad = needs.filter((key) => broken.has(key))
+    if (bad.length > 0) return { figure: name, measured: `BROKEN (${bad.join(', ')})`, target, met: undefined }
+    const v = value()
+    return { figure: name, measured: format(v), target, met: met(v) }
+  }
+  const ratio = (v: number): string => v.toFixed(3)
+  const figures: Figure[] = [
+    figure('detail req/s ÷ floor req/s', ['detail', 'floor'], () => rps('detail') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
+    figure('check (forward-auth) req/s ÷ floor req/s', ['check', 'floor'], () => rps('check') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
+    figure('refresh req/s ÷ floor req/s', ['refresh', 'floor'], () => rps('refresh') / floorRps, ratio, '>= 0.08', (v) => v >= 0.08),
+    figure(`login req/s × one bcrypt compare (${compareMs.toFixed(0)} ms) ÷ (1000 × ${cores} cores)`, ['login'],
+      () => rps('login') * compareMs / (1000 * cores), ratio, '>= 0.9', (v) => v >= 0.9),
+    figure('detail p99 during the login flood ÷ detail p99 alone', ['detailFlood', 'detailAlone', 'loginFlood'],
+      () => p('detailFlood', 'p99') / p('detailAlone', 'p99'), ratio, '<= 1.5', (v) => v <= 1.5),
+    figure('RSS at the end of the run (after all scenarios)', [], () => endRss, (v) => `${v.toFixed(0)} MB (idle after start: ${idleRss.toFixed(0)} MB)`, '<= 150 MB', (v) => v <= 150),
+    engine === 'postgres'
+      ? figure(`start to /health/ready 200 on PostgreSQL, migrated (median of ${starts})`, [], () => starts > 0 ? median(startTimes) : Number.NaN,
+        (v) => Number.isNaN(v) ? 'not measured (BENCH_STARTS=0)' : `${(v / 1000).toFixed(3)} s (${startTimes.map((t) => (t / 1000).toFixed(3)).join(', ')})`, '<= 1 s', (v) => v <= 1000)
+      : { figure: 'start to /health/ready 200 on PostgreSQL, migrated', measured: 'not measured: this run is on PGlite', target: '<= 1 s', met: undefined }
+  ]
+  if (figures.at(-1)!.measured.startsWith('not measured (BENCH')) figures.at(-1)!.met = undefined
+
+  const seconds = (performance.now() - began) / 1000
+  const m = machine()
+  console.log(`\nauthgate on ${engine}, node ${m.node}, ${m.cores} cores (${m.cpu}), ${rounds} rounds of ${duration} s, medians; whole run ${seconds.toFixed(0)} s`)
+  console.table(scenarioRows)
+  console.table(figures.map((f) => ({ figure: f.figure, measured: f.measured, target: f.target, met: yesNo(f.met) })))
+  if (problems.length > 0) {
+    console.error(`\n!!! BROKEN SCENARIOS: their figures are not given\n${problems.map((line) => `!!! ${line}`).join('\n')}\n`)
+    exitCode = 1
+  }
+
+  await writeBenchmarks(benchmarksPath, {
+    machine: m,
+    engine: engine === 'postgres' ? 'PostgreSQL (a database of its own, dropped at the end)' : 'PGlite (embedded, in a temporary folder)',
+    date: new Date().toISOString(),
+    command: command(),
+    settings: `${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}; flood ${floodConnections} login + ${floodConnections} detail), BCRYPT_COST ${bcryptCost}, NODE_ENV=production, LOG_LEVEL=warn, RATE_LIMIT_ENABLED=false`,
+    method: [
+      'One server process (`node src/server.ts`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
+      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
+      'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure.',
+      'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
+      'Login: one user; register: a unique username per request. After each, one more login waits behind whatever bcrypt work is still queued, so the next scenario starts on an idle server.',
+      `Login figure: login req/s × one bcrypt.compare at cost ${bcryptCost} (median of 10, timed one at a time in the bench process before and after the rounds: ${compareMs.toFixed(1)} ms) ÷ (1000 × ${cores} cores): the share of the machine's CPU time the logins spend in bcrypt.`,
+      `Flood: ${floodConnections} connections logging in and ${floodConnections} reading /api/detail at the same time; its p99 against detail alone with ${floodConnections} connections in the same round.`,
+      'RSS: VmRSS of the server process from /proc after the last scenario, and right after it started; MB = 10^6 bytes.',
+      engine === 'postgres'
+        ? `Start: ${starts} more starts of \`node src/server.ts\` on the migrated database (signing key present), each timed from spawn to the first 200 of /health/ready (polled every 15 ms), then SIGTERM.`
+        : 'Start: measured on PostgreSQL only (run with DATABASE_URL set).'
+    ],
+    scenarios: scenarioRows,
+    figures,
+    problems,
+    seconds
+  })
+  console.log(`\nwritten: ${benchmarksPath}`)
+} catch (error) {
+  exitCode = 1
+  console.error(error)
+  if (server !== undefined) console.error(`server output:\n${server.output()}`)
 } finally {
+  await floor?.stop()
   await server?.stop()
   await rm(folder, { recursive: true, force: true })
   if (pgDatabase !== undefined) await admin(`drop database if exists ${pgDatabase} with (force)`)
 }
+process.exitCode = exitCode
