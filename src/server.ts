@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { IDLE_LINGER_MS } from '../plugins/errors.ts'
 import app, { serverOptions } from './app.ts'
 import { loadConfig, processEnv, type Config } from './config.ts'
+import { lowerWorkerPriority } from './lib/worker-priority.ts'
 
 // A failed start is one line on stderr, naming what to fix; the stack goes to the debug log.
 function fail (what: string, error: unknown): never {
@@ -29,6 +30,8 @@ try {
   fastify.log.debug({ err: error }, 'could not start')
   fail('could not start', error)
 }
+// Requests before bcrypt: a login flood uses what the requests leave of the cores.
+await lowerWorkerPriority()
 
 // SIGTERM (an orchestrator): drain first, /health/ready answering 503 for SHUTDOWN_DRAIN_DELAY
 // while requests are still served, so the gateway stops routing here; then close: stop
