@@ -3,11 +3,13 @@ import * as initial from './0001-initial.ts'
 import * as nextSigningKey from './0002-next-signing-key.ts'
 import * as auditEvents from './0003-audit-events.ts'
 import * as sessionNotifications from './0004-session-notifications.ts'
+import * as refreshFunction from './0005-refresh-function.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
   '0001-initial': initial,
   '0002-next-signing-key': nextSigningKey,
   '0003-audit-events': auditEvents,
-  '0004-session-notifications': sessionNotifications
+  '0004-session-notifications': sessionNotifications,
+  '0005-refresh-function': refreshFunction
 }

@@ -1,5 +1,8 @@
 import t from 'tap'
+import { randomUUID } from 'node:crypto'
 import { runCli } from '../src/cli.ts'
+import { TokenNotValidError } from '../src/errors.ts'
+import type { TokenClaims } from '../src/services/tokens.ts'
 import { build, claimsOf, freshDatabase, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -286,4 +289,30 @@ t.test('the service prunes on its own timer', async (t) => {
   }
   const pruned: unknown = logLines.map((l) => JSON.parse(l)).find((e) => e.msg === 'pruned ended sessions')
   t.match(pruned, { flushed: { refreshTokens: 1 } })
+})
+
+t.test('a refresh refuses a deactivated user, claims naming another user or an unknown token, and an ended session, and changes nothing', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock })
+  const claims = (token: string): TokenClaims => claimsOf(token) as unknown as TokenClaims
+  const unused = async (token: string): Promise<boolean> => (await app.db.selectFrom('refresh_tokens').select('used_at')
+    .where('jti', '=', claims(token).jti).executeTakeFirstOrThrow()).used_at === null
+
+  const other = await login(app)
+  const { refresh } = await login(app)
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), user_id: claims(other.refresh).user_id }), TokenNotValidError, 'another user\'s id')
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), sid: claims(other.refresh).sid }), TokenNotValidError, 'another session')
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), jti: randomUUID() }), TokenNotValidError, 'an unknown token')
+  t.ok(await unused(refresh), 'the token is still unused')
+  t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 200, 'and rotates')
+
+  const inactive = await login(app)
+  await app.db.updateTable('users').set({ is_active: false }).where('id', '=', claims(inactive.refresh).user_id).execute()
+  t.equal((await postJson(app, '/api/token/refresh', { refresh: inactive.refresh })).statusCode, 401, 'a deactivated user')
+  t.ok(await unused(inactive.refresh))
+
+  const ended = await login(app)
+  await app.db.updateTable('sessions').set({ expires_at: new Date(clock.now().getTime() - 1000) }).where('id', '=', claims(ended.refresh).sid).execute()
+  t.equal((await postJson(app, '/api/token/refresh', { refresh: ended.refresh })).statusCode, 401, 'a session past its end')
+  t.ok(await unused(ended.refresh))
 })

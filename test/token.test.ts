@@ -1,4 +1,7 @@
 import t from 'tap'
+import type { KyselyPlugin } from 'kysely'
+import { createSessions } from '../src/services/sessions.ts'
+import type { TokenClaims } from '../src/services/tokens.ts'
 import { build, claimsOf, login, postJson, register, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -29,6 +32,8 @@ t.test('token endpoints', async (t) => {
     t.equal((a.exp as number) - (a.iat as number), 300)
     t.equal((r.exp as number) - (r.iat as number), 86400)
     t.not(a.jti, r.jti)
+    t.equal(r.sxp, (r.iat as number) + 30 * 86400, 'the refresh token names the session\'s end')
+    t.notOk('sxp' in a, 'the access token does not')
     const header = JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString())
     t.same(Object.keys(header).sort(), ['alg', 'kid', 'typ'])
     t.match(header, { alg: 'ES256', typ: 'at+jwt', kid: app.keyring.jwks.keys[0]!.kid }, 'RFC 9068 access token')
@@ -225,5 +230,67 @@ t.test('token endpoints', async (t) => {
     const garbage = await postJson(app, '/api/token/verify', { token: 'a.b.c' })
     t.equal(garbage.statusCode, 401)
     t.equal(garbage.json().code, 'token_not_valid')
+  })
+  // A refresh token as issued before refresh tokens named their session's end (sxp).
+  const withoutSessionEnd = (token: string): string => {
+    const { iss: _iss, aud: _aud, sxp: _sxp, ...claims } = claimsOf(token)
+    return app.keyring.sign(claims as Omit<TokenClaims, 'iss' | 'aud'>)
+  }
+
+  t.test('a refresh token issued before sxp still rotates, retries within the grace, and trips reuse detection', async (t) => {
+    const { refresh } = await login(app)
+    const old = withoutSessionEnd(refresh)
+    t.notOk('sxp' in claimsOf(old))
+    const first = await postJson(app, '/api/token/refresh', { refresh: old })
+    t.equal(first.statusCode, 200)
+    t.equal(claimsOf(first.json().refresh).sxp, claimsOf(refresh).sxp, 'its successor names the session\'s end')
+    t.ok((claimsOf(first.json().access).exp as number) <= (claimsOf(refresh).sxp as number))
+    t.same((await postJson(app, '/api/token/refresh', { refresh: old })).json(), first.json(), 'a retry within the grace gets the same pair')
+    clock.advance(11)
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: old })).statusCode, 401, 'after the grace: reuse')
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: first.json().refresh })).statusCode, 401, 'and the session is revoked')
+  })
+
+  t.test('a session whose end was brought forward after the token was issued caps the next pair at its new end', async (t) => {
+    const { refresh } = await login(app)
+    const sid = claimsOf(refresh).sid as string
+    const end = Math.floor(clock.now().getTime() / 1000) + 120
+    await app.db.updateTable('sessions').set({ expires_at: new Date(end * 1000) }).where('id', '=', sid).execute()
+    const res = await postJson(app, '/api/token/refresh', { refresh })
+    t.equal(res.statusCode, 200)
+    const pair = res.json()
+    t.equal(claimsOf(pair.refresh).sxp, end, 'the new refresh token names the new end')
+    t.equal(claimsOf(pair.refresh).exp, end, 'and expires with it')
+    t.equal(claimsOf(pair.access).exp, end, 'so does the access token')
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: pair.refresh })).statusCode, 200, 'the next refresh takes one call again')
+  })
+
+  t.test('a refresh is one database call; a token without sxp takes two', async (t) => {
+    const queries: string[] = []
+    const counter: KyselyPlugin = {
+      transformQuery: (args) => { queries.push(args.node.kind); return args.node },
+      transformResult: async (args) => args.result
+    }
+    const sessions = createSessions({ db: app.db.withPlugin(counter), keyring: app.keyring, clock, config: app.config })
+    const verified = (token: string): TokenClaims => claimsOf(token) as unknown as TokenClaims
+
+    const { refresh } = await login(app)
+    const rotated = await sessions.refresh(verified(refresh))
+    t.equal(rotated.kind, 'rotated')
+    t.same(queries, ['RawNode'], 'a rotation: one statement, no transaction around it')
+    queries.length = 0
+    t.same(await sessions.refresh(verified(refresh)), rotated, 'a retry within the grace: the same pair')
+    t.equal(queries.length, 1, 'in one statement')
+
+    const legacy = await login(app)
+    queries.length = 0
+    t.equal((await sessions.refresh(verified(withoutSessionEnd(legacy.refresh)))).kind, 'rotated')
+    t.equal(queries.length, 2, 'without sxp: one call reads the session\'s end, one rotates')
+
+    queries.length = 0
+    clock.advance(11)
+    t.match(await sessions.refresh(verified(refresh)), { kind: 'reused', sessionId: claimsOf(refresh).sid, userId: claimsOf(refresh).user_id })
+    t.equal(queries.length, 1, 'reuse detection: one statement, and the revocation is committed')
+    t.type((await app.db.selectFrom('sessions').select('revoked_at').where('id', '=', claimsOf(refresh).sid as string).executeTakeFirstOrThrow()).revoked_at, Date)
   })
 })

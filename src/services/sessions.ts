@@ -35,6 +35,14 @@ export type RefreshOutcome =
   | { kind: 'rotated', pair: TokenPair }
   | { kind: 'reused', sessionId: string, userId: number }
 
+// What authgate_refresh answers: see migrations/0005-refresh-function.ts.
+interface RotateAnswer {
+  outcome: 'invalid' | 'rotated' | 'replayed' | 'reused' | 'resign'
+  owner_id: number | null
+  successor: string | null
+  session_end: Date | null
+}
+
 export interface SessionsDeps {
   db: Db
   keyring: Keyring
@@ -54,18 +62,42 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
   // Seals the pair a refresh issued, to answer a retry within the grace with the same pair.
   const box = new SecretBox(config.SECRET_KEY, 'refresh-successor')
 
-  // Neither token outlives the session: its end caps both expiries.
-  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: Date): TokenPair {
+  // Neither token outlives the session: its end caps both expiries. The refresh token carries
+  // that end (sxp), so the next refresh can sign its pair before it reaches the database.
+  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: number): TokenPair {
     const iat = seconds(clock.now())
     const common = { user_id: userId, sub: String(userId), sid: sessionId, iat }
     return {
-      refresh: keyring.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: refreshExp }),
-      access: keyring.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: Math.min(iat + config.accessTtlS, seconds(sessionEnd)) })
+      refresh: keyring.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: refreshExp, sxp: sessionEnd }),
+      access: keyring.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: Math.min(iat + config.accessTtlS, sessionEnd) })
     }
   }
 
-  const refreshExpiry = (sessionEnd: Date): number =>
-    Math.min(seconds(clock.now()) + config.refreshTtlS, seconds(sessionEnd))
+  const refreshExpiry = (sessionEnd: number): number =>
+    Math.min(seconds(clock.now()) + config.refreshTtlS, sessionEnd)
+
+  // One call of authgate_refresh (migrations/0005-refresh-function.ts): one round trip, one
+  // transaction. The next pair, signed for the session end `sessionEnd` and sealed as the
+  // answer to a retry within the grace, goes with it; it is used only if the token is unused
+  // and that end is the session's.
+  async function rotate (claims: TokenClaims, sessionEnd: number | undefined): Promise<{ answer: RotateAnswer, pair?: TokenPair }> {
+    let next: { jti: string, exp: number, pair: TokenPair, sealed: string } | undefined
+    if (sessionEnd !== undefined) {
+      const jti = randomUUID()
+      const exp = refreshExpiry(sessionEnd)
+      const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd)
+      next = { jti, exp, pair, sealed: box.seal(JSON.stringify(pair), claims.jti) }
+    }
+    // The clock's offset from the database's own clock, in whole milliseconds (exactly 0 for
+    // the system clock, whatever passes between the two readings): taken as the call is made,
+    // and added to the clock_timestamp() the function reads once it holds the locks.
+    const { rows } = await sql<RotateAnswer>`select outcome, owner_id, successor, session_end from authgate_refresh(
+      cast(${claims.jti} as uuid), cast(${claims.sid} as uuid), cast(${claims.user_id} as integer), cast(${sessionEnd ?? null} as bigint),
+      cast(${next?.jti ?? null} as uuid), cast(${next?.exp ?? null} as bigint), cast(${next?.sealed ?? null} as text),
+      cast(${config.AUTH_REUSE_GRACE_S} as double precision),
+      cast(round(extract(epoch from (${clock.db()}) - clock_timestamp()) * 1000) / 1000 as double precision))`.execute(db)
+    return { answer: rows[0]!, pair: next?.pair }
+  }
 
   // The session, joined to its user, if it is active: not revoked, not ended, user active.
   const activeSession = (sessionId: string, userId: number) => db.selectFrom('sessions as s')
@@ -88,7 +120,7 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
     async start (userId: number, client: Client): Promise<{ sessionId: string, pair: TokenPair }> {
       const sessionId = randomUUID()
       const jti = randomUUID()
-      const sessionEnd = new Date((seconds(clock.now()) + config.sessionMaxS) * 1000)
+      const sessionEnd = seconds(clock.now()) + config.sessionMaxS
       const refreshExp = refreshExpiry(sessionEnd)
       await db
         .with('s', (q) => q.insertInto('sessions').values({
@@ -96,7 +128,7 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
           user_id: userId,
           created_at: clock.db(),
           last_seen_at: clock.db(),
-          expires_at: sessionEnd,
+          expires_at: new Date(sessionEnd * 1000),
           user_agent: client.userAgent?.slice(0, 512) ?? null,
           ip: client.ip
         }).returning('id'))
@@ -114,48 +146,20 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
      * and session rows locked, so two concurrent refreshes of one token cannot both mint a
      * pair. A used token presented again within the grace, counted on the database clock from
      * the moment it was used, gets the pair its first use got; after the grace the whole
-     * session is revoked (reuse detection), and the revocation is committed.
+     * session is revoked (reuse detection), and the revocation is committed. One round trip
+     * (authgate_refresh); two for a token without the session's end (issued before sxp), or
+     * whose session's end was changed since.
      */
     async refresh (claims: TokenClaims): Promise<RefreshOutcome> {
-      const outcome = await db.transaction().execute(async (trx): Promise<RefreshOutcome | undefined> => {
-        const row = await trx.selectFrom('refresh_tokens as t')
-          .innerJoin('sessions as s', 's.id', 't.session_id')
-          .innerJoin('users as u', 'u.id', 's.user_id')
-          .select(['t.used_at', 't.successor_enc', 's.user_id', 's.revoked_at', 's.expires_at', 'u.is_active'])
-          .where('t.jti', '=', claims.jti)
-          .where('t.session_id', '=', claims.sid)
-          .forUpdate(['t', 's'])
-          .executeTakeFirst()
-        if (row === undefined || row.user_id !== claims.user_id || row.revoked_at !== null || !row.is_active) return undefined
-        // Read once the locks are held: a request that waited for them sees the time after the
-        // first one's, never before it (a SELECT's own clock_timestamp() runs before its locks).
-        const { now } = await trx.selectNoFrom(clock.db().as('now')).executeTakeFirstOrThrow()
-        if (row.expires_at <= now) return undefined
-
-        if (row.used_at === null) {
-          const jti = randomUUID()
-          const refreshExp = refreshExpiry(row.expires_at)
-          const pair = signPair(row.user_id, claims.sid, jti, refreshExp, row.expires_at)
-          await trx.updateTable('refresh_tokens')
-            .set({ used_at: clock.db(), successor_enc: box.seal(JSON.stringify(pair), claims.jti) })
-            .where('jti', '=', claims.jti)
-            .execute()
-          await trx.insertInto('refresh_tokens')
-            .values({ jti, session_id: claims.sid, issued_at: clock.db(), expires_at: sql<Date>`to_timestamp(${refreshExp})` })
-            .execute()
-          await trx.updateTable('sessions').set({ last_seen_at: clock.db() }).where('id', '=', claims.sid).execute()
-          return { kind: 'rotated', pair }
-        }
-
-        if (row.successor_enc !== null && now.getTime() - row.used_at.getTime() < config.AUTH_REUSE_GRACE_S * 1000) {
-          return { kind: 'rotated', pair: JSON.parse(box.open(row.successor_enc, claims.jti)) as TokenPair }
-        }
-
-        await trx.updateTable('sessions').set({ revoked_at: clock.db() }).where('id', '=', claims.sid).execute()
-        return { kind: 'reused', sessionId: claims.sid, userId: row.user_id }
-      })
-      if (outcome === undefined) throw new TokenNotValidError()
-      return outcome
+      let { answer, pair } = await rotate(claims, claims.sxp)
+      // Each time round reads the session's end: only an end changed again in between repeats.
+      while (answer.outcome === 'resign') ({ answer, pair } = await rotate(claims, seconds(answer.session_end!)))
+      switch (answer.outcome) {
+        case 'rotated': return { kind: 'rotated', pair: pair! }
+        case 'replayed': return { kind: 'rotated', pair: JSON.parse(box.open(answer.successor!, claims.jti)) as TokenPair }
+        case 'reused': return { kind: 'reused', sessionId: claims.sid, userId: answer.owner_id! }
+        default: throw new TokenNotValidError()
+      }
     },
 
     /** The user of the access token's session, if that session is active. */

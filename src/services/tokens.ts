@@ -6,7 +6,7 @@ const UUID = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 const Seconds = Type.Integer({ minimum: 0, maximum: 253402300799 })
 
 /**
- * simplejwt's claims (token_type, user_id, jti, iat, exp) plus sub, sid, iss and aud, as a
+ * simplejwt's claims (token_type, user_id, jti, iat, exp) plus sub, sid, iss, aud and sxp, as a
  * signed token must carry them before any of them reaches SQL: ids that fit their columns.
  */
 export const TokenClaimsSchema = Type.Object({
@@ -18,7 +18,11 @@ export const TokenClaimsSchema = Type.Object({
   iat: Seconds,
   exp: Seconds,
   iss: Type.String(),
-  aud: Type.String()
+  aud: Type.String(),
+  // authgate's own, in refresh tokens only (never published: HS256 under a key of ours): the
+  // end of the session, so a refresh signs the next pair before it reaches the database.
+  // Tokens issued before it existed lack it.
+  sxp: Type.Optional(Seconds)
 })
 export type TokenClaims = Static<typeof TokenClaimsSchema>
 export type TokenType = TokenClaims['token_type']
