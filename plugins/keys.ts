@@ -34,8 +34,7 @@ async function keysPlugin (fastify: FastifyInstance): Promise<void> {
     load: pem === undefined
       ? () => loadSigningKeys(db, box, keepRetiredS, clock.now())
       : async () => [keyFromPem(pem, config.JWT_ALGORITHM as Exclude<Algorithm, 'HS256'>)],
-    clock,
-    onSign: (type) => fastify.counters.tokensIssued.inc({ type })
+    clock
   })
   await keyring.reload()
   const timer = setInterval(() => {
@@ -45,4 +44,4 @@ async function keysPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.decorate('keyring', keyring)
 }
 
-export default fp(keysPlugin, { name: 'keys', dependencies: ['config', 'db', 'metrics'] })
+export default fp(keysPlugin, { name: 'keys', dependencies: ['config', 'db'] })

@@ -17,7 +17,7 @@ declare module 'fastify' {
 export interface Counters {
   /** Security events by name and outcome: logins ok and failed, refreshes, reuse detections, logouts. */
   events: Counter<'event' | 'outcome'>
-  /** Tokens signed, by type. */
+  /** Tokens issued, by type: a pair at each sign-in and rotation. */
   tokensIssued: Counter<'type'>
   /** Requests answered 429, by route. */
   rateLimited: Counter<'route'>
@@ -38,7 +38,7 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
   const registry = new Registry()
   const counters: Counters = {
     events: new Counter({ name: 'authgate_events_total', help: 'Security events by name and outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
-    tokensIssued: new Counter({ name: 'authgate_tokens_issued_total', help: 'Tokens signed, by type', labelNames: ['type'], registers: [registry] }),
+    tokensIssued: new Counter({ name: 'authgate_tokens_issued_total', help: 'Tokens issued, by type', labelNames: ['type'], registers: [registry] }),
     rateLimited: new Counter({ name: 'authgate_rate_limited_total', help: 'Requests refused by a rate limit, by route', labelNames: ['route'], registers: [registry] })
   }
   fastify.decorate('counters', counters)

@@ -17,8 +17,12 @@ declare module 'fastify' {
  * answers in the process, with nothing to save.
  */
 async function servicesPlugin (fastify: FastifyInstance): Promise<void> {
-  const { config, db, keyring, clock, log } = fastify
-  let sessions = createSessions({ db, keyring, clock, config })
+  const { config, db, keyring, clock, log, counters } = fastify
+  const onIssue = (): void => {
+    counters.tokensIssued.inc({ type: 'access' })
+    counters.tokensIssued.inc({ type: 'refresh' })
+  }
+  let sessions = createSessions({ db, keyring, clock, config, onIssue })
   if (config.DB_ENGINE === 'postgres') {
     const cache = new SessionCache()
     const listener = listenForRevocations(config.DATABASE_URL!, cache, (error) => log.warn({ err: { message: error.message } }, 'session notifications lost; the session cache is off until they resume'))
@@ -29,4 +33,4 @@ async function servicesPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.decorate('accounts', await createAccounts({ db, sessions, clock, config }))
 }
 
-export default fp(servicesPlugin, { name: 'services', dependencies: ['config', 'db', 'keys'] })
+export default fp(servicesPlugin, { name: 'services', dependencies: ['config', 'db', 'keys', 'metrics'] })

@@ -16,8 +16,6 @@ export interface KeyringOptions {
   /** At most one reload for an unknown kid in this many milliseconds: a flood of forged kids cannot hammer the database. */
   reloadIntervalMs?: number
   clock: Clock
-  /** Hears of each token signed (metrics). */
-  onSign?: (type: TokenType) => void
 }
 
 /** A JOSE header as decoded: nothing in it is trusted yet. */
@@ -74,7 +72,6 @@ export class Keyring {
   sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
     if (this.#signAccess === undefined) throw new Error('keyring not loaded')
     const payload = { ...claims, iss: this.#options.issuer, aud: this.#options.audience }
-    this.#options.onSign?.(claims.token_type)
     return claims.token_type === 'refresh' ? this.#signRefresh(payload) : this.#signAccess(payload)
   }
 

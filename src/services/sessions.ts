@@ -48,6 +48,8 @@ export interface SessionsDeps {
   keyring: Keyring
   clock: Clock
   config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'sessionMaxS' | 'AUTH_REUSE_GRACE_S' | 'SECRET_KEY'>
+  /** Hears of each pair issued (metrics): a sign-in's, a rotation's; not a replay's. */
+  onIssue?: () => void
 }
 
 const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
@@ -58,7 +60,7 @@ const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
  * reuse grace come from the database clock, the same for every replica; token lifetimes from
  * the application clock that also checks them.
  */
-export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
+export function createSessions ({ db, keyring, clock, config, onIssue }: SessionsDeps) {
   // Seals the pair a refresh issued, to answer a retry within the grace with the same pair.
   const box = new SecretBox(config.SECRET_KEY, 'refresh-successor')
 
@@ -138,7 +140,9 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
           sql<string>`cast(${jti} as uuid)`.as('jti'), 's.id', clock.db().as('issued_at'), sql<Date>`to_timestamp(${refreshExp})`.as('expires_at')
         ]))
         .execute()
-      return { sessionId, pair: signPair(userId, sessionId, jti, refreshExp, sessionEnd) }
+      const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd)
+      onIssue?.()
+      return { sessionId, pair }
     },
 
     /**
@@ -155,7 +159,9 @@ export function createSessions ({ db, keyring, clock, config }: SessionsDeps) {
       // Each time round reads the session's end: only an end changed again in between repeats.
       while (answer.outcome === 'resign') ({ answer, pair } = await rotate(claims, seconds(answer.session_end!)))
       switch (answer.outcome) {
-        case 'rotated': return { kind: 'rotated', pair: pair! }
+        case 'rotated':
+          onIssue?.()
+          return { kind: 'rotated', pair: pair! }
         case 'replayed': return { kind: 'rotated', pair: JSON.parse(box.open(answer.successor!, claims.jti)) as TokenPair }
         case 'reused': return { kind: 'reused', sessionId: claims.sid, userId: answer.owner_id! }
         default: throw new TokenNotValidError()
