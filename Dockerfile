@@ -30,4 +30,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/health/live').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # Migrations run at start, under a lock, so replicas can start together. SIGTERM (docker stop)
 # drains for SHUTDOWN_DRAIN_DELAY, lets in-flight requests finish, and exits 0.
-CMD ["node", "src/server.ts"]
+# As `npm start`: a young generation of 8 MB semispaces keeps the RSS near 150 MB under load.
+CMD ["node", "--max-semi-space-size=8", "src/server.ts"]

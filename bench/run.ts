@@ -12,6 +12,7 @@ import bcrypt from 'bcrypt'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -46,6 +47,9 @@ const cores = machine().cores
 
 const began = performance.now()
 const serverPath = fileURLToPath(new URL('../src/server.ts', import.meta.url))
+// The service as `npm start` runs it: the Node.js flags of package.json's start script.
+const { scripts } = JSON.parse(readFileSync(fileURLToPath(new URL('../package.json', import.meta.url)), 'utf8')) as { scripts: { start: string } }
+const serverArgs = [...scripts.start.split(' ').filter((word) => word.startsWith('--')), serverPath]
 const floorPath = fileURLToPath(new URL('./floor.ts', import.meta.url))
 const benchmarksPath = fileURLToPath(new URL('../BENCHMARKS.md', import.meta.url))
 const progress = (message: string): void => { process.stderr.write(`bench: ${message}\n`) }
@@ -154,7 +158,7 @@ try {
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   const startedAt = performance.now()
-  server = startServer({ ...serverEnv, PORT: String(port) }, [serverPath])
+  server = startServer({ ...serverEnv, PORT: String(port) }, serverArgs)
   const firstStartMs = await ready(server, base, startedAt, 60_000)
   const idleRss = rssMB(server.child.pid!)
   progress(`server ready in ${firstStartMs.toFixed(0)} ms (first start: migrations and a new signing key), RSS ${idleRss.toFixed(0)} MB`)
@@ -299,7 +303,7 @@ try {
     for (let i = 0; i < starts; i++) {
       const startPort = await freePort()
       const t0 = performance.now()
-      const started = startServer({ ...serverEnv, PORT: String(startPort) }, [serverPath])
+      const started = startServer({ ...serverEnv, PORT: String(startPort) }, serverArgs)
       try {
         startTimes.push(await ready(started, `http://127.0.0.1:${startPort}`, t0, 30_000))
       } finally {

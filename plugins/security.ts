@@ -1,7 +1,6 @@
 import cors from '@fastify/cors'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
-import { Redis } from 'ioredis'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import { BadRequestError, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
@@ -76,6 +75,8 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
   if (config.REDIS_URL !== undefined) {
     // Commands fail at once while Redis is away (no queue, a short timeout), so that a request
     // never waits on it: the local counts take over and one warning says so.
+    // Loaded only when used: about 40 modules a start without Redis does not need.
+    const { Redis } = await import('ioredis')
     const redis = new Redis(config.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0, connectTimeout: 1000, commandTimeout: 500 })
     let shared = true
     const lost = (error: Error): void => {

@@ -53,7 +53,9 @@ t.test('the image command with the compose environment serves, migrates, and pas
   t.equal(env.SECRET_KEY, given.SECRET_KEY)
 
   const [command, ...args] = jsonCommand('CMD')
-  t.same([command, ...args], ['node', 'src/server.ts'])
+  // The image starts the service as `npm start` does.
+  const { scripts } = JSON.parse(await readFile('package.json', 'utf8'))
+  t.same([command, ...args], scripts.start.split(' '))
   const server = startServer(env, args)
   t.teardown(() => { server.child.kill('SIGKILL') })
   const url = await server.listening
