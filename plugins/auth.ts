@@ -115,14 +115,29 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       const { header, payload } = token as { header: JoseHeader, payload: unknown }
       return await keyring.keyFor(header, name === 'token' ? claimedType(payload) : name)
     },
-    // Expiry is checked by parseClaims against the application clock. A token verified once is
-    // not verified again for 10 minutes (fast-jwt's cache, keyed by the token's hash, per key):
-    // a signature check is most of a request's work. Failures are never cached.
-    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken, cache: true }
+    // Expiry is checked by parseClaims against the application clock.
+    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken }
   })
   await fastify.register(jwt, { ...namespace('access'), cookie: { cookieName: cookieNames.access, signed: false } })
   await fastify.register(jwt, namespace('refresh', (request) => (request.body as { refresh?: string }).refresh ?? request.cookies[cookieNames.refresh]))
   await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token))
+
+  // Access tokens verified lately, by their exact text: a signature check, and decoding the
+  // token to choose its key, are most of a request's work, and a client sends its token again
+  // and again. Only tokens that verified are kept, at most a minute; their claims are checked
+  // (expiry on the application clock) on every request, and the session as ever.
+  const verified = new Map<string, { payload: unknown, at: number }>()
+  const VERIFIED_MAX = 1000
+  const VERIFIED_TTL_MS = 60_000
+  async function verifiedPayload (request: FastifyRequest, token: string): Promise<unknown> {
+    const hit = verified.get(token)
+    const now = Date.now()
+    if (hit !== undefined && now - hit.at < VERIFIED_TTL_MS) return hit.payload
+    const payload = await request.accessJwtVerify()
+    if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!)
+    verified.set(token, { payload, at: now })
+    return payload
+  }
 
   fastify.decorateRequest('user', null as unknown as SessionUser)
   fastify.decorate('verifyAccessToken', async function verifyAccessToken (request: FastifyRequest, reply: FastifyReply, { allowExpired = false } = {}): Promise<TokenClaims> {
@@ -140,7 +155,8 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
         throw error
       }
     }
-    return parseClaims(await request.accessJwtVerify(), 'access', clock.now(), { allowExpired })
+    const token = authorization === undefined ? request.cookies[cookieNames.access]! : authorization.slice(7)
+    return parseClaims(await verifiedPayload(request, token), 'access', clock.now(), { allowExpired })
   })
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {

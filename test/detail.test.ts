@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, login, postJson } from './helper.ts'
+import { build, login, postJson, TestClock } from './helper.ts'
 
 t.test('detail', async (t) => {
   const app = await build(t)
@@ -78,4 +78,21 @@ t.test('detail', async (t) => {
     t.equal(res.statusCode, 401)
     t.equal(res.json().code, 'token_not_valid')
   })
+})
+
+t.test('a token verified before is still checked on every request: expiry, session, the token itself', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock })
+  const { access } = await login(app)
+  const detail = async (token: string) => await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${token}` } })
+  t.equal((await detail(access)).statusCode, 200)
+  t.equal((await detail(access)).statusCode, 200, 'the second time from the verified tokens')
+  // The same token with another signature is another text: verified again, and refused.
+  const [header, payload, signature] = access.split('.')
+  const forged = `${header}.${payload}.${signature!.slice(0, -4)}${signature!.slice(-4) === 'AAAA' ? 'BBBB' : 'AAAA'}`
+  t.equal((await detail(forged)).statusCode, 401, 'a changed signature is refused')
+  clock.advance(app.config.accessTtlS + 1)
+  const expired = await detail(access)
+  t.equal(expired.statusCode, 401)
+  t.equal(expired.json().code, 'token_expired', 'its expiry is checked each time')
 })
