@@ -107,7 +107,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   // One namespace per token source. The secret is the key the keyring names for the header;
   // in `token`, either kind, the key of the kind the token claims (a refresh key signs only
   // refresh tokens, and the claim is verified with the signature).
-  const namespace = (name: 'access' | 'refresh' | 'token', extractToken?: (request: FastifyRequest) => string | undefined) => ({
+  const namespace = (name: 'access' | 'refresh' | 'token', extractToken?: (request: FastifyRequest) => string | undefined, { cache = false } = {}) => ({
     namespace: name,
     decoratorName: 'claims',
     decode: { complete: true },
@@ -116,11 +116,13 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       return await keyring.keyFor(header, name === 'token' ? claimedType(payload) : name)
     },
     // Expiry is checked by parseClaims against the application clock.
-    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken }
+    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken, cache }
   })
   await fastify.register(jwt, { ...namespace('access'), cookie: { cookieName: cookieNames.access, signed: false } })
   await fastify.register(jwt, namespace('refresh', (request) => (request.body as { refresh?: string }).refresh ?? request.cookies[cookieNames.refresh]))
-  await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token))
+  // The verify endpoint's tokens: fast-jwt keeps those that verified (by the token's hash), so
+  // a service checking one token again and again pays for one signature check.
+  await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token, { cache: true }))
 
   // Access tokens verified lately, by their exact text: a signature check, and decoding the
   // token to choose its key, are most of a request's work, and a client sends its token again
