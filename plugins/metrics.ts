@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { poolUsage } from '../src/db/index.ts'
-import { NotAuthenticatedError } from '../src/errors.ts'
+import { NotAuthenticatedError, RateLimitedError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
 
 declare module 'fastify' {
@@ -55,8 +55,9 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       }
     })
   }
-  fastify.addHook('onResponse', (request, reply, done) => {
-    if (reply.statusCode === 429) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })
+  // On errors only: a request that succeeds pays nothing for this count.
+  fastify.addHook('onError', (request, _reply, error, done) => {
+    if (error instanceof RateLimitedError) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })
     done()
   })
 
