@@ -37,7 +37,6 @@ export const NotFoundError = define('not_found', 'Not found.', 404)
 export const UsernameTakenError = define('username_taken', 'A user with that username already exists.', 409)
 export const EmailTakenError = define('email_taken', 'A user with that email already exists.', 409)
 export const UnsupportedMediaTypeError = define('unsupported_media_type', 'Request bodies must be application/json.', 415)
-export const ServiceUnavailableError = define('service_unavailable', 'The service is temporarily unavailable.', 503)
 // From a service that is going away: the request belongs on another replica.
 export const ShuttingDownError = define('service_unavailable', 'The service is shutting down; try again shortly.', 503)
 export const DatabaseUnavailableError = define('service_unavailable', 'The database is unavailable; try again shortly.', 503)

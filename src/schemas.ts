@@ -96,7 +96,7 @@ const PROBLEM_HEADERS: Readonly<Record<number, Record<string, { type: 'string', 
  * (plugins/security.ts), 503 once the server is closing or past the handler deadline
  * (plugins/errors.ts, src/app.ts), 500.
  */
-export const EVERY_ROUTE_STATUSES = [400, 500, 503] as const
+const EVERY_ROUTE_STATUSES = [400, 500, 503] as const
 
 /** One error status's response: problem+json (RFC 9457), described and with its headers. */
 function problemResponse (status: number) {

@@ -4,7 +4,7 @@ import type { SessionUser, Sessions } from './sessions.ts'
 import type { TokenClaims } from './tokens.ts'
 
 /** The channel the database triggers of migration 0004 notify: `s:<session id>` or `u:<user id>`. */
-export const CHANNEL = 'authgate_sessions'
+const CHANNEL = 'authgate_sessions'
 
 export interface SessionCacheOptions {
   /** How long an entry is trusted at most, notifications or not. */
