@@ -8,8 +8,10 @@ import type { Config } from './config.ts'
 /**
  * Node's compile cache (https://nodejs.org/api/module.html#module-compile-cache): the code of
  * every module, and the JavaScript stripped from each TypeScript file, kept from one start to
- * the next; a start then neither compiles them again nor loads the type stripper (about a third
- * of the start, and 17 MB of RSS). NODE_COMPILE_CACHE names the folder, NODE_DISABLE_COMPILE_CACHE=1
+ * the next; a start then neither compiles nor strips them again (about a third of the start).
+ * This file itself is stripped before the cache is on, unless NODE_COMPILE_CACHE is set in the
+ * environment Node starts with: only then is the type stripper (about 17 MB of RSS) never
+ * loaded. NODE_COMPILE_CACHE names the folder, NODE_DISABLE_COMPILE_CACHE=1
  * turns it off. Otherwise a folder in the temporary directory that only this user can write:
  * whoever can write the cache chooses the code that runs, so a folder another user made or
  * can write is not used, and the service starts without the cache.
