@@ -1,6 +1,6 @@
 import t from 'tap'
 import { build, claimsOf, freshDatabase, lockSession, login, postJson } from './helper.ts'
-import { startProxy } from './tcp-proxy.ts'
+import { proxyDatabase } from './tcp-proxy.ts'
 
 t.test('health', async (t) => {
   const app = await build(t)
@@ -33,10 +33,8 @@ t.test('ready answers 503 while the database is unreachable, live stays 200, and
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it cannot become unreachable'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
-  const through = new URL(database.DATABASE_URL!)
-  through.port = String(proxy.port)
-  const app = await build(t, { database: { ...database, DATABASE_URL: through.toString() } })
+  const { proxy, url } = await proxyDatabase(t, database.DATABASE_URL!)
+  const app = await build(t, { database: { ...database, DATABASE_URL: url } })
   t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200)
   await proxy.close()
   const res = await app.inject({ url: '/health/ready' })

@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { serverOptions } from '../src/app.ts'
 import { isUnavailable } from '../src/db/index.ts'
 import { build, freshDatabase, login, postJson } from './helper.ts'
-import { startProxy } from './tcp-proxy.ts'
+import { proxyDatabase } from './tcp-proxy.ts'
 
 /** The answer and how long it took. */
 async function timed (request: Promise<LightMyRequestResponse>): Promise<{ res: LightMyRequestResponse, ms: number }> {
@@ -36,12 +36,9 @@ t.test('a database outage answers 503 at once and recovers without a restart', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it cannot become unreachable'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
-  t.teardown(() => proxy.close())
-  const through = new URL(database.DATABASE_URL!)
-  through.port = String(proxy.port)
+  const { proxy, url: through } = await proxyDatabase(t, database.DATABASE_URL!)
   const logLines: string[] = []
-  const app = await build(t, { database: { ...database, DATABASE_URL: through.toString() }, logLines })
+  const app = await build(t, { database: { ...database, DATABASE_URL: through }, logLines })
   const { access, user } = await login(app)
   const detail = (): Promise<LightMyRequestResponse> => app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })
   const signIn = (): Promise<LightMyRequestResponse> => postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { build, claimsOf, freshDatabase, lockSession, login, postJson, SECRET_KEY } from './helper.ts'
 import { startServer } from './server-process.ts'
-import { startProxy } from './tcp-proxy.ts'
+import { proxyDatabase } from './tcp-proxy.ts'
 
 const onPostgres = process.env.DB_ENGINE === 'postgres'
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -45,11 +45,8 @@ t.test('a stalled database: the client gets a 503 problem before its socket is c
   skip: !onPostgres && 'PGlite runs in the process: no network to stall'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
-  t.teardown(() => proxy.close())
-  const through = new URL(database.DATABASE_URL!)
-  through.port = String(proxy.port)
-  const server = startServer({ ...process.env, ...database, DATABASE_URL: through.toString(), SECRET_KEY, BCRYPT_COST: '4', HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
+  const { proxy, url: through } = await proxyDatabase(t, database.DATABASE_URL!)
+  const server = startServer({ ...process.env, ...database, DATABASE_URL: through, SECRET_KEY, BCRYPT_COST: '4', HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
   t.teardown(() => { server.child.kill('SIGKILL') })
   const base = await server.listening
   const post = (path: string, body: unknown) => fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })

@@ -3,7 +3,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import t from 'tap'
 import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
-import { startProxy } from './tcp-proxy.ts'
+import { proxyDatabase } from './tcp-proxy.ts'
 
 t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', async (t) => {
   const database = await freshDatabase(t)
@@ -64,13 +64,10 @@ t.test('a start while the database does not answer yet waits for it, then serves
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it is always there'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const proxy = await startProxy(Number(new URL(database.DATABASE_URL!).port))
-  t.teardown(() => proxy.close())
+  const { proxy, url: through } = await proxyDatabase(t, database.DATABASE_URL!)
   await proxy.close()
-  const through = new URL(database.DATABASE_URL!)
-  through.port = String(proxy.port)
   const server = startServer({
-    ...process.env, ...database, DATABASE_URL: through.toString(), SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s'
+    ...process.env, ...database, DATABASE_URL: through, SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s'
   })
   t.teardown(() => { server.child.kill('SIGKILL') })
   // Until the server has tried at least twice (its start takes a while on a busy machine).

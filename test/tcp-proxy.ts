@@ -1,5 +1,6 @@
 import { once } from 'node:events'
 import { createConnection, createServer, type Socket } from 'node:net'
+import type { Test } from 'tap'
 
 export interface TcpProxy {
   port: number
@@ -53,4 +54,13 @@ export async function startProxy (targetPort: number): Promise<TcpProxy> {
       await once(server, 'listening')
     }
   }
+}
+
+/** A proxy in front of the PostgreSQL of `databaseUrl`, closed when the test ends, and the URL through it. */
+export async function proxyDatabase (t: Test, databaseUrl: string): Promise<{ proxy: TcpProxy, url: string }> {
+  const url = new URL(databaseUrl)
+  const proxy = await startProxy(Number(url.port))
+  t.teardown(() => proxy.close())
+  url.port = String(proxy.port)
+  return { proxy, url: url.toString() }
 }
