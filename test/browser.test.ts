@@ -5,7 +5,7 @@ import { once } from 'node:events'
 import { join } from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
-import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // What the pages below define, as page.evaluate sees it (the project's types hold no DOM).
@@ -74,20 +74,7 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
   const appOrigin = `http://localhost:${appPort}`
   /** authgate in production mode (cookies Secure), its front end at `path` of the app origin: its base URL. */
   async function startAuthgate (path: string, env: Record<string, string> = {}): Promise<string> {
-    const server = startServer({
-      ...process.env as Record<string, string>,
-      ...await freshDatabase(t),
-      SECRET_KEY,
-      NODE_ENV: 'production',
-      HOST: '127.0.0.1',
-      PORT: '0',
-      LOG_LEVEL: 'info',
-      BCRYPT_COST: '4',
-      SHUTDOWN_DRAIN_DELAY: '0',
-      RATE_LIMIT_ENABLED: 'false',
-      CORS_ORIGINS: appOrigin,
-      ...env
-    })
+    const server = startServer(serverEnv(await freshDatabase(t), { NODE_ENV: 'production', CORS_ORIGINS: appOrigin, ...env }))
     t.teardown(() => { server.child.kill('SIGKILL') })
     const base = (await server.listening).replace('127.0.0.1', 'localhost')
     pages[path] = frontEnd(base)

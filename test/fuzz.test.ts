@@ -3,7 +3,7 @@ import { connect } from 'node:net'
 import t from 'tap'
 import { Random } from './fuzz/random.ts'
 import { httpCase, rawCase, type FuzzCase, type HttpCase, type Secrets } from './fuzz/requests.ts'
-import { claimsOf, freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { claimsOf, freshDatabase, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // A seeded fuzz test of the running server: malformed bodies, headers, tokens, content types,
@@ -210,20 +210,8 @@ function sendHttp (port: number, agent: Agent, c: HttpCase): Promise<Outcome> {
 
 t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error problem+json, the server healthy after`, async (t) => {
   const database = await freshDatabase(t)
-  const server = startServer({
-    ...process.env as Record<string, string>,
-    ...database,
-    NODE_ENV: 'test',
-    SECRET_KEY,
-    HOST: '127.0.0.1',
-    PORT: '0',
-    // The listening line is logged at info; every 5xx would be logged at error.
-    LOG_LEVEL: 'info',
-    RATE_LIMIT_ENABLED: 'false',
-    SHUTDOWN_DRAIN_DELAY: '0',
-    BCRYPT_COST: '4',
-    INTROSPECTION_CLIENTS: `${INTROSPECTION.id}:${INTROSPECTION.secret}`
-  })
+  // Logged at info: the listening line; every 5xx would be logged at error.
+  const server = startServer(serverEnv(database, { NODE_ENV: 'test', INTROSPECTION_CLIENTS: `${INTROSPECTION.id}:${INTROSPECTION.secret}` }))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const base = await server.listening
   const port = Number(new URL(base).port)

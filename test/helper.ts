@@ -98,6 +98,26 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
   return fastify
 }
 
+/**
+ * The environment of a `node src/server.ts` process (test/server-process.ts) on `database`: as
+ * the tests' apps are (bcrypt cost 4, no rate limits), with no drain on SIGTERM, on a port the
+ * system chooses (logged at info); `env` over it.
+ */
+export function serverEnv (database: Record<string, string>, env: Record<string, string> = {}): Record<string, string> {
+  return {
+    ...process.env as Record<string, string>,
+    ...database,
+    SECRET_KEY,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    LOG_LEVEL: 'info',
+    BCRYPT_COST: '4',
+    RATE_LIMIT_ENABLED: 'false',
+    SHUTDOWN_DRAIN_DELAY: '0',
+    ...env
+  }
+}
+
 /** Another PostgreSQL client, in a transaction holding the row of session `sid` locked until it ends. */
 export async function lockSession (t: Test, databaseUrl: string, sid: string): Promise<pg.Client> {
   const blocker = new pg.Client({ connectionString: databaseUrl })

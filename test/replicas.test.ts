@@ -1,6 +1,6 @@
 import pg from 'pg'
 import t from 'tap'
-import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // Two processes of `node src/server.ts` on one PostgreSQL and one Redis: how replicas run
@@ -9,20 +9,7 @@ t.test('two replicas on one PostgreSQL and one Redis', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'replicas share a PostgreSQL: checked in the PostgreSQL run'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const env = {
-    ...process.env as Record<string, string>,
-    ...database,
-    SECRET_KEY,
-    NODE_ENV: 'production',
-    HOST: '127.0.0.1',
-    PORT: '0',
-    LOG_LEVEL: 'info',
-    BCRYPT_COST: '4',
-    SHUTDOWN_DRAIN_DELAY: '0',
-    REDIS_URL: 'redis://127.0.0.1:6379',
-    RATE_LIMIT_ENABLED: 'true',
-    RATE_LIMIT_IDENTIFIER_MAX: '3'
-  }
+  const env = serverEnv(database, { NODE_ENV: 'production', REDIS_URL: 'redis://127.0.0.1:6379', RATE_LIMIT_ENABLED: 'true', RATE_LIMIT_IDENTIFIER_MAX: '3' })
   // Started together on an empty database: both migrate and make the first key at once.
   const replicas = [startServer(env), startServer(env)]
   t.teardown(() => { for (const replica of replicas) replica.child.kill('SIGKILL') })

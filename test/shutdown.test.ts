@@ -3,7 +3,7 @@ import { Agent, request, type IncomingHttpHeaders } from 'node:http'
 import { connect } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { build, freshDatabase, login, SECRET_KEY, uniqueUser } from './helper.ts'
+import { build, freshDatabase, login, serverEnv, uniqueUser } from './helper.ts'
 import { startServer, type ServerProcess } from './server-process.ts'
 
 interface Outcome {
@@ -49,19 +49,6 @@ function loggedAt (server: ServerProcess, msg: string): number | undefined {
     if (typeof entry.msg === 'string' && entry.msg.startsWith(msg)) return entry.time
   }
   return undefined
-}
-
-function serverEnv (database: Record<string, string>, env: Record<string, string>): Record<string, string> {
-  return {
-    ...process.env as Record<string, string>,
-    ...database,
-    SECRET_KEY,
-    HOST: '127.0.0.1',
-    PORT: '0',
-    LOG_LEVEL: 'info',
-    RATE_LIMIT_ENABLED: 'false',
-    ...env
-  }
 }
 
 t.test('drain() turns readiness to 503 while every other request is still served', async (t) => {
