@@ -43,8 +43,7 @@ async function migrateWhenReachable (fastify: FastifyInstance, db: Db): Promise<
 async function dbPlugin (fastify: FastifyInstance): Promise<void> {
   const { config } = fastify
   // An idle client whose server went away (restart, failover, a dropped network) is the pool's
-  // to replace: logged, never fatal.
-  // Only what the error says: pg hangs the whole client (pool internals) on it.
+  // to replace: logged, never fatal; the message and code only, as pg hangs the whole client on it.
   const db = createDb(config, (error) => fastify.log.warn({ err: { message: error.message, code: (error as { code?: unknown }).code } }, 'idle database connection lost'))
   fastify.addHook('onClose', async () => { await db.destroy() })
   const applied = await migrateWhenReachable(fastify, db)
