@@ -17,14 +17,17 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 10)
 const serverDir = process.env.SERVER_DIR ?? join(import.meta.dirname, '..')
 
 const folder = await mkdtemp(join(tmpdir(), 'authgate-bench-'))
-const pgDatabase = process.env.DB_ENGINE === 'postgres' ? `authgate_bench_${randomBytes(4).toString('hex')}` : undefined
+// As the service reads them: DATABASE_URL means PostgreSQL unless DB_ENGINE says otherwise.
+const engine = process.env.DB_ENGINE ?? (process.env.DATABASE_URL === undefined ? 'pglite' : 'postgres')
+const pgDatabase = engine === 'postgres' ? `authgate_bench_${randomBytes(4).toString('hex')}` : undefined
+const { DATABASE_URL: _url, DB_ENGINE: _engine, ...inherited } = process.env as Record<string, string>
 async function admin (statement: string): Promise<void> {
   const client = new pg.Client({ connectionString: process.env.DATABASE_URL })
   await client.connect()
   await client.query(statement)
   await client.end()
 }
-const database: Record<string, string> = { DB_NAME: folder }
+const database: Record<string, string> = { DB_ENGINE: engine, DB_NAME: folder }
 let server: ReturnType<typeof startServer> | undefined
 
 try {
@@ -37,9 +40,10 @@ try {
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   server = startServer({
-    ...process.env as Record<string, string>,
+    ...inherited,
     NODE_ENV: 'production',
     SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+    PUBLIC_URL: 'http://localhost',
     ...database,
     HOST: '127.0.0.1',
     PORT: String(port),
@@ -82,7 +86,7 @@ try {
   const result = await run(duration)
   console.log(JSON.stringify({
     server: serverDir,
-    engine: process.env.DB_ENGINE ?? 'pglite',
+    engine,
     connections,
     duration,
     'req/s': Math.round(result.requests.average),

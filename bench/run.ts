@@ -72,6 +72,7 @@ const serverEnv: Record<string, string> = {
   ...inherited,
   NODE_ENV: 'production',
   SECRET_KEY: 'benchmark-secret-key-of-sufficient-length',
+  PUBLIC_URL: 'http://localhost',
   DB_ENGINE: engine,
   DB_NAME: folder,
   HOST: '127.0.0.1',

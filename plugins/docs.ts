@@ -58,6 +58,8 @@ function uiContentSecurityPolicy (publicUrl: string | undefined): Record<string,
  */
 async function docsPlugin (fastify: FastifyInstance): Promise<void> {
   const { config } = fastify
+  // DOCS_ENABLED=false (the default in production): no document, no UI, no route under /docs.
+  if (!config.DOCS_ENABLED) return
   const pkg = JSON.parse(await readFile(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string, description: string }
 
   await fastify.register(swagger, {
@@ -68,7 +70,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
         version: pkg.version,
         description: `${pkg.description}. Errors are RFC 9457 problem details (application/problem+json) with a stable \`code\`.`
       },
-      ...(config.PUBLIC_URL === undefined ? {} : { servers: [{ url: config.PUBLIC_URL.replace(/\/$/, '') }] }),
+      ...(config.publicUrl === undefined ? {} : { servers: [{ url: config.publicUrl }] }),
       tags: [
         { name: 'auth', description: 'Register, sign in and out, forward-auth' },
         { name: 'account', description: 'The signed-in user and their sessions' },
@@ -96,7 +98,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
 
   await fastify.register(swaggerUi, {
     routePrefix: DOCS_PREFIX,
-    staticCSP: uiContentSecurityPolicy(config.PUBLIC_URL),
+    staticCSP: uiContentSecurityPolicy(config.publicUrl),
     uiConfig: { deepLinking: true, tryItOutEnabled: false, displayRequestDuration: true },
     logLevel: 'warn'
   })

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs'
 import { chmod, link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseEnv } from 'node:util'
+import { MAKE_A_SECRET, secretWeakness } from './lib/secret-strength.ts'
 
 /** A string from a fixed list: one `enum` keyword, so a bad value is told the allowed ones. */
 const OneOf = <const T extends readonly string[]>(values: T, options: { default?: T[number] } = {}) =>
@@ -19,6 +20,36 @@ const Duration = (defaultValue: string) =>
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export const ALGORITHMS = ['ES256', 'EdDSA', 'RS256', 'HS256'] as const
 
+/**
+ * The durations, each a variable of the schema and a field of seconds derived from it, at
+ * least `min` seconds (and at most 3650 days).
+ */
+const DURATIONS = {
+  JWT_ACCESS_TOKEN_LIFETIME: { field: 'accessTtlS', default: '5m', min: 1 },
+  JWT_REFRESH_TOKEN_LIFETIME: { field: 'refreshTtlS', default: '1d', min: 1 },
+  // A session's absolute end, however often it is refreshed.
+  AUTH_SESSION_MAX_LIFETIME: { field: 'sessionMaxS', default: '30d', min: 1 },
+  // How often each replica prunes ended sessions and expired refresh tokens.
+  AUTH_PRUNE_INTERVAL: { field: 'pruneIntervalS', default: '10m', min: 1 },
+  // How long verifiers and gateways may cache the JWKS.
+  JWKS_MAX_AGE: { field: 'jwksMaxAgeS', default: '5m', min: 1 },
+  // How long the audit trail keeps its events.
+  AUDIT_RETENTION: { field: 'auditRetentionS', default: '90d', min: 1 },
+  RATE_LIMIT_WINDOW: { field: 'rateLimitWindowS', default: '1m', min: 1 },
+  // On SIGTERM, /health/ready answers 503 this long while requests are still served, so a
+  // gateway stops routing here before the server closes.
+  SHUTDOWN_DRAIN_DELAY: { field: 'drainDelayS', default: '5s', min: 0 },
+  // How long a start waits, retrying, for a database that does not answer yet.
+  DB_START_TIMEOUT: { field: 'dbStartTimeoutS', default: '30s', min: 0 }
+} as const
+type Durations = typeof DURATIONS
+type DurationSeconds = { readonly [K in keyof Durations as Durations[K]['field']]: number }
+
+const durationSchemas = Object.fromEntries(Object.entries(DURATIONS).map(([name, { default: value }]) => [name, Duration(value)])) as
+  { [K in keyof Durations]: ReturnType<typeof Duration> }
+
+const PostgresUrl = Type.String({ pattern: '^postgres(ql)?://', description: 'a URL postgres://user:password@host:5432/database' })
+
 /** The one configuration schema, of the environment (or .env) as it is given. */
 export const ConfigSchema = Type.Object({
   NODE_ENV: OneOf(['development', 'production', 'test'], { default: 'development' }),
@@ -27,34 +58,32 @@ export const ConfigSchema = Type.Object({
   LOG_LEVEL: Type.Optional(OneOf(LOG_LEVELS)),
   HOST: Type.String({ default: '127.0.0.1' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
-  // Fastify's trustProxy: "true", a hop count, or addresses/CIDRs separated by commas; empty: off.
+  // Fastify's trustProxy: a hop count, or addresses/CIDRs separated by commas; empty: off.
   TRUST_PROXY: Type.String({ default: '' }),
 
   SECRET_KEY: Type.Optional(Type.String()),
 
-  DB_ENGINE: OneOf(['pglite', 'postgres'], { default: 'pglite' }),
+  // Unset: postgres when DATABASE_URL is set, else pglite.
+  DB_ENGINE: Type.Optional(OneOf(['pglite', 'postgres'])),
   DB_NAME: Type.String({ minLength: 1, default: './data' }),
-  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'a URL postgres://user:password@host:5432/database' })),
+  DATABASE_URL: Type.Optional(PostgresUrl),
+  // A direct connection (never through a transaction pooler) for LISTEN; DATABASE_URL when unset.
+  DATABASE_LISTEN_URL: Type.Optional(PostgresUrl),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
 
   JWT_ALGORITHM: OneOf(ALGORITHMS, { default: 'ES256' }),
   // An operator's own signing key (a PEM, or a file holding one) instead of the database's.
   JWT_PRIVATE_KEY: Type.Optional(Type.String({ minLength: 1 })),
   JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String({ minLength: 1 })),
-  JWT_ISSUER: Type.String({ minLength: 1, default: 'authgate' }),
+  // Unset: the public URL (OIDC Discovery §4.3: the issuer is the URL its metadata is found under).
+  JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.String({ minLength: 1, default: 'authgate' }),
-  // How long verifiers and gateways may cache the JWKS.
-  JWKS_MAX_AGE: Duration('5m'),
-  // The public base URL (https://auth.example.com): absolute URLs in the discovery document.
+  // The public base URL (https://auth.example.com): the issuer, and absolute URLs in the
+  // discovery document. Required in production.
   PUBLIC_URL: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$', description: 'an absolute http(s) URL without query, like https://auth.example.com' })),
   // Services allowed to call token introspection: id:secret pairs separated by commas.
   INTROSPECTION_CLIENTS: Type.String({ default: '' }),
-  JWT_ACCESS_TOKEN_LIFETIME: Duration('5m'),
-  JWT_REFRESH_TOKEN_LIFETIME: Duration('1d'),
-  AUTH_SESSION_MAX_LIFETIME: Duration('30d'),
   AUTH_REUSE_GRACE_S: Type.Integer({ minimum: 0, maximum: 300, default: 10 }),
-  // How often each replica prunes ended sessions and expired refresh tokens.
-  AUTH_PRUNE_INTERVAL: Duration('10m'),
 
   BCRYPT_COST: Type.Integer({ minimum: 4, maximum: 15, default: 12 }),
 
@@ -65,10 +94,9 @@ export const ConfigSchema = Type.Object({
   CORS_ORIGINS: Type.String({ default: '' }),
 
   // Requests per RATE_LIMIT_WINDOW: per client IP on each credential endpoint (register, login,
-  // token, password), per account (username or email) on those from any IP, per client IP on
-  // each token endpoint (refresh, verify, blacklist, introspect), per client IP on unknown paths.
+  // token, password), per account on those from any IP, per client IP on each token endpoint
+  // (refresh, verify, blacklist, introspect), per client IP on unknown paths.
   RATE_LIMIT_ENABLED: Type.Boolean({ default: true }),
-  RATE_LIMIT_WINDOW: Duration('1m'),
   RATE_LIMIT_CREDENTIALS_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
   RATE_LIMIT_IDENTIFIER_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10 }),
   RATE_LIMIT_TOKEN_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
@@ -78,14 +106,10 @@ export const ConfigSchema = Type.Object({
 
   // GET /metrics answers only with this token as Bearer; unset, there is no /metrics.
   METRICS_TOKEN: Type.Optional(Type.String()),
-  // How long the audit trail keeps its events.
-  AUDIT_RETENTION: Duration('90d'),
+  // The OpenAPI document and its UI at /docs. Unset: on, except in production.
+  DOCS_ENABLED: Type.Optional(Type.Boolean()),
 
-  // On SIGTERM, /health/ready answers 503 this long while requests are still served, so a
-  // gateway stops routing here before the server closes.
-  SHUTDOWN_DRAIN_DELAY: Duration('5s'),
-  // How long a start waits, retrying, for a database that does not answer yet.
-  DB_START_TIMEOUT: Duration('30s')
+  ...durationSchemas
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -96,25 +120,20 @@ export type LogLevel = (typeof LOG_LEVELS)[number]
 export type TrustProxy = false | ((address: string, hop: number) => boolean)
 
 /** The validated configuration with its derived values; `SECRET_KEY` may still be missing. */
-export type ParsedConfig = Readonly<Env & {
+export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS_ENABLED'> & DurationSeconds & {
+  DB_ENGINE: 'pglite' | 'postgres'
+  JWT_ISSUER: string
+  DOCS_ENABLED: boolean
   logLevel: LogLevel
   trustProxy: TrustProxy
-  /** The token and session lifetimes, in seconds. */
-  accessTtlS: number
-  refreshTtlS: number
-  sessionMaxS: number
-  pruneIntervalS: number
-  jwksMaxAgeS: number
-  auditRetentionS: number
-  rateLimitWindowS: number
-  drainDelayS: number
-  dbStartTimeoutS: number
+  /** The public base URL without a trailing slash; unset outside production: taken from each request. */
+  publicUrl: string | undefined
   /** The exact origins CORS allows, with credentials. */
   corsOrigins: readonly string[]
   /** Introspection client ids and their secrets. */
   introspectionClients: ReadonlyMap<string, string>
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
-  cookieNames: Readonly<{ access: string, refresh: string }>
+  cookieNames: Readonly<{ access: string, refresh: string, binding: string }>
 }>
 
 /** The configuration the service runs with: `SECRET_KEY` resolved. */
@@ -126,6 +145,8 @@ export class ConfigError extends Error {
 }
 
 export const MIN_SECRET_LENGTH = 32
+// The estimated bits (src/lib/secret-strength.ts) a secret needs in production.
+const SECRET_BITS = { key: 96, token: 48 } as const
 const MAX_DURATION_S = 3650 * 86400
 const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 } as const
 
@@ -156,13 +177,14 @@ function describe (error: AjvError, env: Record<string, unknown>): string {
 
 function parseTrustProxy (value: string): TrustProxy {
   if (value === '' || value === 'false') return false
-  if (value === 'true') return () => true
+  // Trusting every hop takes the leftmost X-Forwarded-For entry, which the client writes.
+  if (value === 'true') throw new ConfigError('TRUST_PROXY=true would take a client address any client can write: give the number of proxies in front of authgate (1), or their addresses/CIDRs separated by commas')
   // A hop count: trust that many proxies in front of the service.
   if (/^[0-9]+$/.test(value)) return (_address, hop) => hop < Number(value)
   try {
     return compileTrust(value.split(',').map((part) => part.trim()))
   } catch (error) {
-    throw new ConfigError(`TRUST_PROXY must be true, a hop count, or IP addresses/CIDRs separated by commas: ${(error as Error).message}`)
+    throw new ConfigError(`TRUST_PROXY must be a hop count, or IP addresses/CIDRs separated by commas: ${(error as Error).message}`)
   }
 }
 
@@ -181,38 +203,54 @@ function parseOrigins (value: string, problems: string[]): string[] {
 }
 
 /**
+ * The schema's values, or, when some variables fail it, the others' values with those set to
+ * their defaults (or removed), and a sentence for each that failed: the checks that follow still
+ * judge the rest, so one message names every bad variable.
+ */
+function validate (env: Record<string, string | undefined>): { values: Env, problems: string[], failed: Set<string> } {
+  const data: Record<string, string | undefined> = { ...env }
+  const problems: string[] = []
+  const failed = new Set<string>()
+  for (;;) {
+    try {
+      return { values: envSchema({ schema: structuredClone(ConfigSchema), data, env: false, dotenv: false }), problems, failed }
+    } catch (error) {
+      const errors = ((error as { errors?: AjvError[] }).errors ?? [])
+      if (errors.length === 0) throw new ConfigError((error as Error).message)
+      for (const e of errors) {
+        const name = e.instancePath.slice(1)
+        if (!failed.has(name)) problems.push(describe(e, env))
+        failed.add(name)
+        delete data[name]
+      }
+    }
+  }
+}
+
+/**
  * Validates the environment and derives what the service needs from it. Pure: the same
  * variables give the same configuration, or the same ConfigError naming every bad variable.
  */
 export function parseConfig (env: Record<string, string | undefined>): ParsedConfig {
-  let values: Env
-  try {
-    values = envSchema({ schema: structuredClone(ConfigSchema), data: { ...env }, env: false, dotenv: false })
-  } catch (error) {
-    const errors = ((error as { errors?: AjvError[] }).errors ?? [])
-    const lines = [...new Set(errors.map((e) => describe(e, env)))]
-    throw new ConfigError(lines.length > 0 ? lines.join('; ') : (error as Error).message)
-  }
+  const { values, problems, failed } = validate(env)
+  const production = values.NODE_ENV === 'production'
 
-  const problems: string[] = []
-  type DurationName = 'JWT_ACCESS_TOKEN_LIFETIME' | 'JWT_REFRESH_TOKEN_LIFETIME' | 'AUTH_SESSION_MAX_LIFETIME' | 'AUTH_PRUNE_INTERVAL' | 'JWKS_MAX_AGE' |
-    'AUDIT_RETENTION' | 'RATE_LIMIT_WINDOW' | 'SHUTDOWN_DRAIN_DELAY' | 'DB_START_TIMEOUT'
-  const seconds = (name: DurationName, min = 1): number => {
-    const s = durationToSeconds(values[name])
-    if (s < min || s > MAX_DURATION_S) problems.push(`${name} must be between ${min}s and 3650d, not ${values[name]}`)
-    return s
-  }
-  const accessTtlS = seconds('JWT_ACCESS_TOKEN_LIFETIME')
-  const refreshTtlS = seconds('JWT_REFRESH_TOKEN_LIFETIME')
-  const sessionMaxS = seconds('AUTH_SESSION_MAX_LIFETIME')
-  const pruneIntervalS = seconds('AUTH_PRUNE_INTERVAL')
-  const jwksMaxAgeS = seconds('JWKS_MAX_AGE')
-  const auditRetentionS = seconds('AUDIT_RETENTION')
-  const rateLimitWindowS = seconds('RATE_LIMIT_WINDOW')
-  const drainDelayS = seconds('SHUTDOWN_DRAIN_DELAY', 0)
-  const dbStartTimeoutS = seconds('DB_START_TIMEOUT', 0)
+  const seconds = Object.fromEntries(Object.entries(DURATIONS).map(([name, { field, min }]) => {
+    const value = values[name as keyof Durations]
+    const s = durationToSeconds(value)
+    if (!failed.has(name) && (s < min || s > MAX_DURATION_S)) problems.push(`${name} must be between ${min}s and 3650d, not ${value}`)
+    return [field, s]
+  })) as unknown as DurationSeconds
+
   const corsOrigins = parseOrigins(values.CORS_ORIGINS, problems)
-  if (values.METRICS_TOKEN !== undefined && values.METRICS_TOKEN.length < 16) problems.push('METRICS_TOKEN must be at least 16 characters')
+  const secretProblem = (name: string, secret: string, minBits: number): void => {
+    const weakness = production ? secretWeakness(secret, minBits) : undefined
+    if (weakness !== undefined) problems.push(`${name} ${weakness} in production: ${MAKE_A_SECRET}`)
+  }
+  if (values.METRICS_TOKEN !== undefined) {
+    if (values.METRICS_TOKEN.length < 16) problems.push('METRICS_TOKEN must be at least 16 characters')
+    else secretProblem('METRICS_TOKEN', values.METRICS_TOKEN, SECRET_BITS.token)
+  }
   const introspectionClients = new Map<string, string>()
   for (const pair of values.INTROSPECTION_CLIENTS.split(',').map((p) => p.trim()).filter(Boolean)) {
     const [id, secret] = [pair.slice(0, pair.indexOf(':')), pair.slice(pair.indexOf(':') + 1)]
@@ -220,14 +258,25 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
       problems.push('INTROSPECTION_CLIENTS must be id:secret pairs separated by commas, each id once, each secret at least 16 characters')
       break
     }
+    secretProblem(`INTROSPECTION_CLIENTS: the secret of ${id}`, secret, SECRET_BITS.token)
     introspectionClients.set(id, secret)
   }
   if (values.COOKIE_SAMESITE === 'none' && !values.COOKIE_SECURE) problems.push('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')
-  if (values.DB_ENGINE === 'postgres' && values.DATABASE_URL === undefined) problems.push('DATABASE_URL is required when DB_ENGINE=postgres')
-  if (values.SECRET_KEY !== undefined && values.SECRET_KEY.length < MIN_SECRET_LENGTH) {
-    problems.push(`SECRET_KEY must be at least ${MIN_SECRET_LENGTH} characters`)
+
+  // DATABASE_URL means PostgreSQL; naming PGlite beside it is a mistake to say, not to guess.
+  const engine = values.DB_ENGINE ?? (values.DATABASE_URL === undefined ? 'pglite' : 'postgres')
+  if (engine === 'postgres' && values.DATABASE_URL === undefined) problems.push('DATABASE_URL is required when DB_ENGINE=postgres')
+  if (engine === 'pglite' && values.DATABASE_URL !== undefined) problems.push('DATABASE_URL is set but DB_ENGINE=pglite: unset DB_ENGINE to run on the PostgreSQL of DATABASE_URL, or unset DATABASE_URL')
+  if (engine === 'pglite' && values.DATABASE_LISTEN_URL !== undefined) problems.push('DATABASE_LISTEN_URL is for PostgreSQL: set DATABASE_URL too')
+
+  if (values.SECRET_KEY !== undefined) {
+    if (values.SECRET_KEY.length < MIN_SECRET_LENGTH) problems.push(`SECRET_KEY must be at least ${MIN_SECRET_LENGTH} characters: ${MAKE_A_SECRET}`)
+    else secretProblem('SECRET_KEY', values.SECRET_KEY, SECRET_BITS.key)
+  } else if (production) {
+    problems.push(`SECRET_KEY is required when NODE_ENV=production: ${MAKE_A_SECRET}`)
   }
-  if (values.SECRET_KEY === undefined && values.NODE_ENV === 'production') problems.push('SECRET_KEY is required when NODE_ENV=production')
+  // Without it, a discovery document would name whatever host a request says it came to.
+  if (production && values.PUBLIC_URL === undefined) problems.push('PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com')
   if (values.JWT_PRIVATE_KEY !== undefined && values.JWT_PRIVATE_KEY_FILE !== undefined) problems.push('set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, not both')
   if (values.JWT_PRIVATE_KEY !== undefined) {
     const alg = algorithmOfPem(values.JWT_PRIVATE_KEY)
@@ -243,26 +292,26 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
   if (problems.length > 0) throw new ConfigError(problems.join('; '))
 
+  const publicUrl = values.PUBLIC_URL?.replace(/\/+$/, '')
   const secure = values.COOKIE_SECURE
+  const hostOnly = secure && values.COOKIE_DOMAIN === undefined
   return Object.freeze({
     ...values,
+    ...seconds,
+    DB_ENGINE: engine,
+    JWT_ISSUER: values.JWT_ISSUER ?? publicUrl ?? `http://localhost:${values.PORT}`,
+    DOCS_ENABLED: values.DOCS_ENABLED ?? !production,
     logLevel: values.LOG_LEVEL ?? (values.DEBUG ? 'debug' : 'info'),
     trustProxy,
-    accessTtlS,
-    refreshTtlS,
-    sessionMaxS,
-    pruneIntervalS,
-    jwksMaxAgeS,
-    auditRetentionS,
-    rateLimitWindowS,
-    drainDelayS,
-    dbStartTimeoutS,
+    publicUrl,
     corsOrigins: Object.freeze(corsOrigins),
     introspectionClients,
-    // The refresh cookie has its own path, so it can take __Secure- only.
+    // The refresh cookie has its own path, so it can take __Secure- only; the binding cookie,
+    // which ties it to this host (plugins/auth.ts), is always host-only with Path=/.
     cookieNames: Object.freeze({
-      access: `${secure ? (values.COOKIE_DOMAIN === undefined ? '__Host-' : '__Secure-') : ''}access_token`,
-      refresh: `${secure ? '__Secure-' : ''}refresh_token`
+      access: `${hostOnly ? '__Host-' : secure ? '__Secure-' : ''}access_token`,
+      refresh: `${secure ? '__Secure-' : ''}refresh_token`,
+      binding: `${secure ? '__Host-' : ''}refresh_binding`
     })
   })
 }

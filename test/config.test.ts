@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -36,7 +36,7 @@ t.test('the defaults', async (t) => {
     COOKIE_SAMESITE: 'lax',
     logLevel: 'info',
     trustProxy: false,
-    cookieNames: { access: '__Host-access_token', refresh: '__Secure-refresh_token' }
+    cookieNames: { access: '__Host-access_token', refresh: '__Secure-refresh_token', binding: '__Host-refresh_binding' }
   })
   t.ok(Object.isFrozen(config), 'decorated unchanged: nothing may alter it later')
   t.equal(parseConfig({ DEBUG: 'true' }).logLevel, 'debug')
@@ -44,15 +44,15 @@ t.test('the defaults', async (t) => {
 })
 
 t.test('cookie names follow Secure and COOKIE_DOMAIN', async (t) => {
-  t.same(parseConfig({ COOKIE_SECURE: 'false' }).cookieNames, { access: 'access_token', refresh: 'refresh_token' })
-  t.same(parseConfig({ COOKIE_DOMAIN: 'example.com' }).cookieNames, { access: '__Secure-access_token', refresh: '__Secure-refresh_token' })
+  t.same(parseConfig({ COOKIE_SECURE: 'false' }).cookieNames, { access: 'access_token', refresh: 'refresh_token', binding: 'refresh_binding' })
+  t.same(parseConfig({ COOKIE_DOMAIN: 'example.com' }).cookieNames, { access: '__Secure-access_token', refresh: '__Secure-refresh_token', binding: '__Host-refresh_binding' })
 })
 
-t.test('TRUST_PROXY: off, true, a hop count, or addresses', async (t) => {
+t.test('TRUST_PROXY: off, a hop count, or addresses; never every hop', async (t) => {
   t.equal(parseConfig({}).trustProxy, false)
   t.equal(parseConfig({ TRUST_PROXY: 'false' }).trustProxy, false)
-  const all = parseConfig({ TRUST_PROXY: 'true' }).trustProxy
-  t.ok(all !== false && all('203.0.113.9', 5))
+  // true would trust the leftmost X-Forwarded-For entry, which the client itself writes.
+  t.throws(() => parseConfig({ TRUST_PROXY: 'true' }), { name: 'ConfigError', message: /^TRUST_PROXY=true would take a client address any client can write: give the number of proxies/ })
   const hops = parseConfig({ TRUST_PROXY: '1' }).trustProxy
   t.ok(hops !== false && hops('10.0.0.1', 0) && !hops('10.0.0.1', 1))
   const list = parseConfig({ TRUST_PROXY: '127.0.0.1, 10.0.0.0/8' }).trustProxy
@@ -77,10 +77,13 @@ t.test('a bad value is one message naming the variable and what it takes', async
     [{ COOKIE_SAMESITE: 'none', COOKIE_SECURE: 'false' }, 'COOKIE_SAMESITE=none requires COOKIE_SECURE=true'],
     [{ DB_ENGINE: 'postgres', DATABASE_URL: 'mysql://x' }, /^DATABASE_URL must be a URL postgres:/],
     [{ DB_ENGINE: 'postgres' }, 'DATABASE_URL is required when DB_ENGINE=postgres'],
-    [{ TRUST_PROXY: 'banana' }, /^TRUST_PROXY must be true, a hop count, or IP addresses\/CIDRs separated by commas: .*banana/],
-    [{ SECRET_KEY: '' }, 'SECRET_KEY must be at least 32 characters'],
-    [{ SECRET_KEY: 'short-secret' }, 'SECRET_KEY must be at least 32 characters'],
-    [{ NODE_ENV: 'production' }, 'SECRET_KEY is required when NODE_ENV=production'],
+    [{ TRUST_PROXY: 'banana' }, /^TRUST_PROXY must be a hop count, or IP addresses\/CIDRs separated by commas: .*banana/],
+    [{ SECRET_KEY: '' }, /^SECRET_KEY must be at least 32 characters: make one with `openssl rand -base64 48`/],
+    [{ SECRET_KEY: 'short-secret' }, /^SECRET_KEY must be at least 32 characters/],
+    [{ NODE_ENV: 'production', PUBLIC_URL: 'https://auth.example.com' }, /^SECRET_KEY is required when NODE_ENV=production: make one with/],
+    [{ NODE_ENV: 'production', SECRET_KEY: GOOD_SECRET }, 'PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com'],
+    [{ DATABASE_URL: 'postgres://db/x', DB_ENGINE: 'pglite' }, 'DATABASE_URL is set but DB_ENGINE=pglite: unset DB_ENGINE to run on the PostgreSQL of DATABASE_URL, or unset DATABASE_URL'],
+    [{ DATABASE_LISTEN_URL: 'postgres://db/x' }, 'DATABASE_LISTEN_URL is for PostgreSQL: set DATABASE_URL too'],
     [{ JWT_PRIVATE_KEY: 'not a pem' }, 'JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: it is not a PEM private key'],
     [{ JWT_PRIVATE_KEY: ED25519_PEM }, 'JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: it is one for EdDSA'],
     [{ JWT_PRIVATE_KEY: P384_PEM, JWT_ALGORITHM: 'ES256' }, /^JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: a ec key on secp384r1 is not one authgate signs with/],
@@ -99,6 +102,48 @@ t.test('a bad value is one message naming the variable and what it takes', async
     'PORT must be a whole number, not "x"; DB_ENGINE must be one of pglite, postgres, not "oracle"',
     'every bad variable at once'
   )
+  t.match(
+    (() => { try { parseConfig({ PORT: 'x', SECRET_KEY: 'short', JWT_ACCESS_TOKEN_LIFETIME: '0', BCRYPT_COST: '99' }) } catch (e) { return (e as Error).message } })(),
+    /^PORT must be a whole number, not "x"; BCRYPT_COST must be between 4 and 15, not "99"; JWT_ACCESS_TOKEN_LIFETIME must be between 1s and 3650d, not 0; SECRET_KEY must be at least 32 characters/,
+    'the checks after the schema run too: a short SECRET_KEY is named beside the schema\'s findings'
+  )
+})
+
+const GOOD_SECRET = 'kQ2v9Zs1pX7mB4nR8tW3yL6cF0hJ5dGa'
+const PRODUCTION = { NODE_ENV: 'production', PUBLIC_URL: 'https://auth.example.com', SECRET_KEY: GOOD_SECRET }
+
+t.test('secrets that look guessable are refused in production, saying how to make one', async (t) => {
+  const refusals: Array<[Record<string, string>, RegExp]> = [
+    [{ SECRET_KEY: 'a'.repeat(32) }, /^SECRET_KEY looks guessable \(repeated or few distinct characters: about 0 bits, at least 96 needed\) in production: make one with `openssl rand -base64 48`/],
+    [{ SECRET_KEY: 'abcd'.repeat(10) }, /^SECRET_KEY looks guessable/],
+    [{ SECRET_KEY: 'correcthorse'.repeat(3) }, /^SECRET_KEY looks guessable/],
+    [{ METRICS_TOKEN: 'x'.repeat(16) }, /^METRICS_TOKEN looks guessable/],
+    [{ METRICS_TOKEN: 'abab'.repeat(8) }, /^METRICS_TOKEN looks guessable/],
+    [{ INTROSPECTION_CLIENTS: `orders:${'1'.repeat(20)}` }, /^INTROSPECTION_CLIENTS: the secret of orders looks guessable/]
+  ]
+  for (const [env, message] of refusals) {
+    t.throws(() => parseConfig({ ...PRODUCTION, ...env }), { name: 'ConfigError', message }, JSON.stringify(env))
+    t.doesNotThrow(() => parseConfig({ ...env, SECRET_KEY: env.SECRET_KEY ?? GOOD_SECRET }), 'development takes it')
+  }
+  // What the tools make passes: 32 hex digits, 16 base64 characters, a long random text.
+  for (const env of [
+    { SECRET_KEY: randomBytes(16).toString('hex') },
+    { SECRET_KEY: randomBytes(48).toString('base64') },
+    { METRICS_TOKEN: randomBytes(12).toString('base64') },
+    { INTROSPECTION_CLIENTS: `orders:${randomBytes(12).toString('base64url')}` }
+  ]) t.doesNotThrow(() => parseConfig({ ...PRODUCTION, ...env }), JSON.stringify(env))
+})
+
+t.test('DATABASE_URL means PostgreSQL; the issuer is the public URL; docs are off in production', async (t) => {
+  t.equal(parseConfig({ DATABASE_URL: 'postgres://db/authgate' }).DB_ENGINE, 'postgres')
+  t.equal(parseConfig({}).DB_ENGINE, 'pglite')
+  t.equal(parseConfig({ PUBLIC_URL: 'https://auth.example.com/' }).JWT_ISSUER, 'https://auth.example.com', 'PUBLIC_URL without its trailing slash')
+  t.equal(parseConfig({ PUBLIC_URL: 'https://auth.example.com/' }).publicUrl, 'https://auth.example.com')
+  t.equal(parseConfig({ PORT: '8080' }).JWT_ISSUER, 'http://localhost:8080', 'unset, the local URL')
+  t.equal(parseConfig({ PUBLIC_URL: 'https://auth.example.com', JWT_ISSUER: 'authgate' }).JWT_ISSUER, 'authgate', 'kept for existing verifiers')
+  t.equal(parseConfig({}).DOCS_ENABLED, true)
+  t.equal(parseConfig(PRODUCTION).DOCS_ENABLED, false)
+  t.equal(parseConfig({ ...PRODUCTION, DOCS_ENABLED: 'true' }).DOCS_ENABLED, true)
 })
 
 t.test('JWT_PRIVATE_KEY_FILE that cannot be read names itself', async (t) => {

@@ -49,7 +49,8 @@ t.test('the image command with the compose environment serves, migrates, and pas
     SHUTDOWN_DRAIN_DELAY: '0'
   }
   t.equal(env.NODE_ENV, 'production')
-  t.equal(env.DB_ENGINE, 'postgres')
+  t.equal(env.DB_ENGINE, undefined, 'DATABASE_URL means PostgreSQL')
+  t.equal(env.PUBLIC_URL, 'http://localhost:3000', 'the URL it is published at, required in production')
   t.equal(env.SECRET_KEY, given.SECRET_KEY)
 
   const [command, ...args] = jsonCommand('CMD')

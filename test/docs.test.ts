@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import app, { serverOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { ProblemSchema } from '../src/schemas.ts'
-import { build, freshDatabase, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
+import { build, freshDatabase, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
 
 // What a route answers follows from what it is; a new route that forgets a status fails here.
 /** Every route: 400 without Host (plugins/security.ts), 503 while closing or past the deadline (plugins/errors.ts), 500. */
@@ -285,4 +285,14 @@ t.test('the problem schema the document shows is what errors look like', async (
   const validate = ajv.compile(problemSchema as object)
   t.ok(validate(res.json()), JSON.stringify(validate.errors))
   t.ok(isDeepStrictEqual(Object.keys(res.json()).sort(), ['code', 'detail', 'errors', 'status', 'title', 'type']))
+})
+
+t.test('DOCS_ENABLED=false (the default in production): no document, no UI', async (t) => {
+  const fastify = await build(t, { env: { DOCS_ENABLED: 'false' } })
+  for (const url of ['/docs', '/docs/json', '/docs/static/index.html']) {
+    const res = await fastify.inject({ url })
+    t.equal(res.statusCode, 404, url)
+    t.match(res.json(), { code: 'not_found' })
+  }
+  t.equal((await postJson(fastify, '/api/auth/register', uniqueUser())).statusCode, 201, 'the API serves on')
 })

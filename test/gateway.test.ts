@@ -26,11 +26,13 @@ t.test('for gateways and other services', async (t) => {
     t.equal((await app.inject({ url: '/.well-known/jwks.json', headers: { 'if-none-match': '"stale"' } })).statusCode, 200)
   })
 
-  t.test('the discovery document: issuer, an absolute JWKS URL from the request\'s host, the algorithm', async (t) => {
+  t.test('without PUBLIC_URL (development), the discovery document: the issuer, URLs from the request\'s host, never cached', async (t) => {
     const res = await app.inject({ url: '/.well-known/openid-configuration', headers: { host: 'auth.example.test:3000' } })
     t.equal(res.statusCode, 200)
+    // A cache that kept this answer would hand every later client the host one request named.
+    t.equal(res.headers['cache-control'], 'no-store')
     t.match(res.json(), {
-      issuer: 'authgate',
+      issuer: 'http://localhost:3000',
       jwks_uri: 'http://auth.example.test:3000/.well-known/jwks.json',
       introspection_endpoint: 'http://auth.example.test:3000/api/token/introspect',
       id_token_signing_alg_values_supported: ['ES256']
@@ -108,7 +110,7 @@ t.test('for gateways and other services', async (t) => {
       username: user.username,
       exp: claims.exp,
       iat: claims.iat,
-      iss: 'authgate',
+      iss: app.config.JWT_ISSUER,
       aud: 'authgate',
       jti: claims.jti,
       token_type: 'access',
@@ -131,10 +133,16 @@ t.test('for gateways and other services', async (t) => {
   })
 })
 
-t.test('with PUBLIC_URL the discovery document names it; with HS256 it offers no algorithm', async (t) => {
-  const app = await build(t, { env: { PUBLIC_URL: 'https://auth.example.com/', JWT_ALGORITHM: 'HS256' } })
-  const doc = (await app.inject({ url: '/.well-known/openid-configuration' })).json()
+t.test('with PUBLIC_URL the discovery document names it whatever the request says, cacheable; with HS256 it offers no algorithm', async (t) => {
+  const app = await build(t, { env: { PUBLIC_URL: 'https://auth.example.com/', JWT_ALGORITHM: 'HS256', TRUST_PROXY: '127.0.0.1' } })
+  // The poisoning attempt: a forwarded host of the attacker's, through a trusted proxy.
+  const res = await app.inject({ url: '/.well-known/openid-configuration', headers: { host: 'attacker.example', 'x-forwarded-host': 'attacker.example' } })
+  const doc = res.json()
+  t.equal(doc.issuer, 'https://auth.example.com', 'the issuer is the public URL (OIDC Discovery §4.3)')
   t.equal(doc.jwks_uri, 'https://auth.example.com/.well-known/jwks.json')
+  t.equal(doc.token_endpoint, 'https://auth.example.com/api/token')
+  t.equal(res.headers['cache-control'], 'public, max-age=300')
+  t.notMatch(res.body, /attacker/)
   t.same(doc.id_token_signing_alg_values_supported, [])
   t.same((await app.inject({ url: '/.well-known/jwks.json' })).json(), { keys: [] }, 'no key published')
 })

@@ -104,9 +104,13 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
  * system chooses (logged at info); `env` over it.
  */
 export function serverEnv (database: Record<string, string>, env: Record<string, string> = {}): Record<string, string> {
+  // The run's own database variables give way to `database`'s: DATABASE_URL means PostgreSQL.
+  const { DB_ENGINE: _engine, DATABASE_URL: _url, ...inherited } = process.env as Record<string, string>
   return {
-    ...process.env as Record<string, string>,
+    ...inherited,
     ...database,
+    // Required in production; the tests' servers are reached at 127.0.0.1 on a port of the system's choosing.
+    PUBLIC_URL: 'http://localhost',
     SECRET_KEY,
     HOST: '127.0.0.1',
     PORT: '0',

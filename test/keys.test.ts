@@ -26,7 +26,7 @@ t.test('JWKS and signing keys', async (t) => {
     const header = JSON.parse(Buffer.from(access.split('.')[0]!, 'base64url').toString())
     const jwk = keys.find((k: { kid: string }) => k.kid === header.kid)
     const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
-    const claims = createVerifier({ key: pem, algorithms: ['ES256'], allowedIss: 'authgate', allowedAud: 'authgate' })(access)
+    const claims = createVerifier({ key: pem, algorithms: ['ES256'], allowedIss: app.config.JWT_ISSUER, allowedAud: 'authgate' })(access)
     t.match(claims, { user_id: user.id, token_type: 'access' })
   })
 
@@ -37,7 +37,7 @@ t.test('JWKS and signing keys', async (t) => {
     t.notOk(keys.some((k: { kid: string }) => k.kid === header.kid), 'its kid is in no JWKS')
     for (const jwk of keys) {
       const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
-      t.throws(() => createVerifier({ key: pem, allowedIss: 'authgate', allowedAud: 'authgate' })(refresh), 'no published key verifies it')
+      t.throws(() => createVerifier({ key: pem, allowedIss: app.config.JWT_ISSUER, allowedAud: 'authgate' })(refresh), 'no published key verifies it')
     }
   })
 

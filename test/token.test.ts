@@ -27,7 +27,7 @@ t.test('token endpoints', async (t) => {
     const { access, refresh, user } = await login(app)
     const a = claimsOf(access)
     const r = claimsOf(refresh)
-    t.match(a, { token_type: 'access', user_id: user.id, sub: String(user.id), sid: String, jti: String, iat: Number, exp: Number, iss: 'authgate', aud: 'authgate' })
+    t.match(a, { token_type: 'access', user_id: user.id, sub: String(user.id), sid: String, jti: String, iat: Number, exp: Number, iss: 'http://localhost:3000', aud: 'authgate' })
     t.match(r, { token_type: 'refresh', user_id: user.id, sid: a.sid })
     t.equal((a.exp as number) - (a.iat as number), 300)
     t.equal((r.exp as number) - (r.iat as number), 86400)

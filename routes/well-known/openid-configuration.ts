@@ -31,9 +31,11 @@ const discovery: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: DiscoverySchema, ...problems() }
     }
   }, async (request, reply) => {
-    // PUBLIC_URL when set; else the host the request came to (as TRUST_PROXY lets Fastify read it).
-    const base = config.PUBLIC_URL?.replace(/\/$/, '') ?? `${request.protocol}://${request.host}`
-    reply.header('cache-control', `public, max-age=${config.jwksMaxAgeS}`)
+    // PUBLIC_URL (required in production); else, in development, the host the request came to
+    // (as TRUST_PROXY lets Fastify read it), which no cache may keep: a request naming another
+    // host would poison it for every client after.
+    const base = config.publicUrl ?? `${request.protocol}://${request.host}`
+    reply.header('cache-control', config.publicUrl === undefined ? 'no-store' : `public, max-age=${config.jwksMaxAgeS}`)
     return {
       issuer: config.JWT_ISSUER,
       jwks_uri: `${base}/.well-known/jwks.json`,
