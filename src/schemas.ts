@@ -1,9 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { USERNAME_PATTERN } from './lib/usernames.ts'
 
 // Shared schema atoms; route-specific shapes stay in their route.
 
 /** Letters, digits and . + - _ (no @: an identifier with @ is always an email), NFKC-normalised by the service. */
-export const UsernameSchema = Type.String({ minLength: 1, maxLength: 150, pattern: '^[\\p{L}\\p{N}.+_-]+$' })
+export const UsernameSchema = Type.String({ minLength: 1, maxLength: 150, pattern: USERNAME_PATTERN })
 export const EmailSchema = Type.String({ format: 'email', minLength: 3, maxLength: 254 })
 // Refuses NUL (bcrypt stops reading at it; PostgreSQL text cannot hold it) and lone UTF-16
 // surrogates (they would all encode as U+FFFD: two different passwords would be one). Ajv

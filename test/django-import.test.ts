@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { runCli } from '../src/cli.ts'
-import { importableHash, isDjangoHash, MAX_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
+import { importableHash, isDjangoHash, MAX_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
 import { importDjangoUsers } from '../src/services/django-import.ts'
 import { build, freshDatabase, postJson, register, SECRET_KEY, uniqueUser } from './helper.ts'
 
@@ -202,8 +202,19 @@ t.test('verifyDjangoPassword', async (t) => {
       t.equal(await verifyDjangoPassword(passwords.alice!, encoded), false)
       t.ok(performance.now() - start < 50, 'without hashing')
     }
-    t.same(importableHash(tooMany), { ok: false, why: `pbkdf2_sha256 hash of ${MAX_PBKDF2_ITERATIONS + 1} iterations, outside authgate's bounds (1 to ${MAX_PBKDF2_ITERATIONS})` })
+    t.same(importableHash(tooMany), { ok: false, why: `pbkdf2_sha256 hash of ${MAX_PBKDF2_ITERATIONS + 1} iterations, outside authgate's bounds (${MIN_PBKDF2_ITERATIONS} to ${MAX_PBKDF2_ITERATIONS}: Django never wrote fewer)` })
     t.same(importableHash(tooCostly), { ok: false, why: 'bcrypt_sha256 hash of cost 31, outside authgate\'s bounds (4 to 15)' })
+  })
+
+  t.test('refuses hashes of fewer iterations than Django ever wrote, and verifies none against them', async (t) => {
+    const { pbkdf2Sync } = await import('node:crypto')
+    for (const iterations of [1, 1000, MIN_PBKDF2_ITERATIONS - 1]) {
+      const weak = `pbkdf2_sha256$${iterations}$somesalt$${pbkdf2Sync(passwords.alice!, 'somesalt', iterations, 32, 'sha256').toString('base64')}`
+      t.same(importableHash(weak), { ok: false, why: `pbkdf2_sha256 hash of ${iterations} iterations, outside authgate's bounds (${MIN_PBKDF2_ITERATIONS} to ${MAX_PBKDF2_ITERATIONS}: Django never wrote fewer)` })
+      t.equal(await verifyDjangoPassword(passwords.alice!, weak), false, `${iterations}: the right password does not pass`)
+    }
+    const least = `pbkdf2_sha256$${MIN_PBKDF2_ITERATIONS}$somesalt$${pbkdf2Sync(passwords.alice!, 'somesalt', MIN_PBKDF2_ITERATIONS, 32, 'sha256').toString('base64')}`
+    t.equal(await verifyDjangoPassword(passwords.alice!, least), true, 'Django 1.4\'s 10,000 still verify')
   })
 
   t.test('isDjangoHash and importableHash tell Django\'s supported hashes from the rest', async (t) => {
@@ -237,6 +248,22 @@ t.test('an imported Django user signs in with the old password, and the hash bec
   }
   const inactive = await postJson(app, '/api/auth/login', { identifier: 'retired', password: passwords.retired })
   t.equal(inactive.statusCode, 401, 'an inactive Django user stays out')
+})
+
+t.test('an imported user whose password is longer than bcrypt takes signs in, and keeps the Django hash', async (t) => {
+  const app = await build(t)
+  const { pbkdf2Sync } = await import('node:crypto')
+  // Django takes passwords of any length; bcrypt reads 72 bytes, so authgate keeps such a hash as it is.
+  const password = 'a Django passphrase of well over seventy-two bytes, which Django itself allows'
+  t.ok(Buffer.byteLength(password) > 72)
+  const hash = `pbkdf2_sha256$260000$longsalt$${pbkdf2Sync(password, 'longsalt', 260000, 32, 'sha256').toString('base64')}`
+  const user = uniqueUser('long')
+  await app.db.insertInto('users').values({ username: user.username, email: user.email, password_hash: hash }).execute()
+  const res = await postJson(app, '/api/auth/login', { identifier: user.username, password })
+  t.equal(res.statusCode, 200, 'the whole password signs in')
+  const stored = await app.db.selectFrom('users').select('password_hash').where('username', '=', user.username).executeTakeFirstOrThrow()
+  t.equal(stored.password_hash, hash, 'not rehashed to a bcrypt that would match its first 72 bytes only')
+  t.equal((await postJson(app, '/api/auth/login', { identifier: user.username, password: password.slice(0, 72) })).statusCode, 401, 'its first 72 bytes do not')
 })
 
 // Debian's python3-django, installed by .ci/run: hashes Django makes at this moment, not only the stored fixtures.

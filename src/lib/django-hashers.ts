@@ -9,6 +9,9 @@ const pbkdf2Async = promisify(pbkdf2)
 // iterations in 3.2, 1,000,000 in 5.2; bcrypt: cost 12), and BCRYPT_COST allows no more than 15 either.
 export const MAX_PBKDF2_ITERATIONS = 2_000_000
 export const MAX_BCRYPT_COST = 15
+// Django's PBKDF2 hasher has never written fewer (10,000 in 1.4, its first release with it): a
+// hash of fewer iterations was not made by Django, and is a fraction of the work to crack.
+export const MIN_PBKDF2_ITERATIONS = 10_000
 
 const SUPPORTED = 'authgate verifies pbkdf2_sha256 and bcrypt_sha256'
 
@@ -33,8 +36,8 @@ function parse (encoded: string): Parsed | { why: string } {
     const [, iterations, salt, hash] = PBKDF2_SHA256.exec(encoded) ?? []
     if (iterations === undefined || salt === undefined || hash === undefined) return { why: 'malformed pbkdf2_sha256 hash' }
     const count = Number(iterations)
-    if (count < 1 || count > MAX_PBKDF2_ITERATIONS) {
-      return { why: `pbkdf2_sha256 hash of ${count} iterations, outside authgate's bounds (1 to ${MAX_PBKDF2_ITERATIONS})` }
+    if (count < MIN_PBKDF2_ITERATIONS || count > MAX_PBKDF2_ITERATIONS) {
+      return { why: `pbkdf2_sha256 hash of ${count} iterations, outside authgate's bounds (${MIN_PBKDF2_ITERATIONS} to ${MAX_PBKDF2_ITERATIONS}: Django never wrote fewer)` }
     }
     return { algorithm, iterations: count, salt, hash }
   }

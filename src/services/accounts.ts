@@ -5,7 +5,7 @@ import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, Validatio
 import type { Clock } from '../lib/clock.ts'
 import { isDjangoHash, verifyDjangoPassword } from '../lib/django-hashers.ts'
 import { MAX_PASSWORD_BYTES, passwordProblems } from '../lib/password-policy.ts'
-import { isUsername, normalizeUsername } from '../lib/usernames.ts'
+import { normalizeUsername, usernameProblem } from '../lib/usernames.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import type { Client, SessionUser, Sessions } from './sessions.ts'
 
@@ -45,7 +45,8 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
     // after the start waits the same for a known account as for an unknown one.
     const dummyHash = await dummy
     const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
-    if (hash !== undefined && !tooLong && isDjangoHash(hash)) {
+    // Django's hashers read the whole password, however long: such a hash is checked as it is.
+    if (hash !== undefined && isDjangoHash(hash)) {
       if (await verifyDjangoPassword(password, hash)) return true
     } else {
       const compared = hash === undefined || tooLong ? dummyHash : hash
@@ -56,8 +57,11 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
     return false
   }
 
-  // A hash of another cost, or one imported from Django, becomes bcrypt at the configured cost.
-  const needsRehash = (hash: string): boolean => isDjangoHash(hash) || bcrypt.getRounds(hash) !== cost
+  // A hash of another cost, or one imported from Django, becomes bcrypt at the configured cost;
+  // but not a Django hash of a password longer than bcrypt reads, which it would cut.
+  const needsRehash = (hash: string, password: string): boolean => isDjangoHash(hash)
+    ? Buffer.byteLength(password, 'utf8') <= MAX_PASSWORD_BYTES
+    : bcrypt.getRounds(hash) !== cost
 
   /**
    * The active user whose username (or, with an @, email) and password match, else
@@ -76,7 +80,7 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
 
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
-    const rehash = needsRehash(row.password_hash) ? await bcrypt.hash(password, cost) : undefined
+    const rehash = needsRehash(row.password_hash, password) ? await bcrypt.hash(password, cost) : undefined
     await db.updateTable('users')
       .set({ last_login_at: clock.db(), ...(rehash === undefined ? {} : { password_hash: rehash }) })
       .where('id', '=', row.id)
@@ -89,8 +93,9 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
     /** Checks the policy, hashes, inserts; the database decides whether the name or email is taken. */
     async register (input: Registration): Promise<User> {
       const username = normalizeUsername(input.username)
+      const invalid = usernameProblem(username)
       const problems = [
-        ...(isUsername(username) ? [] : [{ field: 'username', message: 'Enter a valid username: letters, digits and . + - _ only.' }]),
+        ...(invalid === undefined ? [] : [{ field: 'username', message: invalid }]),
         ...passwordProblems(input.password, { username, email: input.email }).map((message) => ({ field: 'password', message }))
       ]
       if (problems.length > 0) throw new ValidationFailedError(problems)

@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises'
 import pg from 'pg'
 import { DB_TIMEOUTS_MS, type Db } from '../db/index.ts'
 import { importableHash } from '../lib/django-hashers.ts'
-import { isUsername, normalizeUsername } from '../lib/usernames.ts'
+import { normalizeUsername, usernameProblem } from '../lib/usernames.ts'
 
 /** The columns of Django's `auth_user` that authgate keeps. */
 interface AuthUserTable { id: number, username: string, email: string, password: string, is_active: boolean }
@@ -73,7 +73,8 @@ async function readDump (path: string): Promise<{ users: AuthUserTable[], skippe
 /** Why authgate cannot take this user as it is, or undefined. */
 function refusal (user: AuthUserTable, username: string): string | undefined {
   if (user.id < 1 || user.id > MAX_ID) return `id outside authgate's (1 to ${MAX_ID})`
-  if (!isUsername(username)) return 'username not valid for authgate after NFKC: letters, digits and . + - _ only, at most 150'
+  const invalid = usernameProblem(username)
+  if (invalid !== undefined) return `username not valid for authgate after NFKC: ${invalid.replace(/^Enter a valid username: /, '')}`
   if (user.email === '') return 'empty email: authgate signs in by email and needs a unique one'
   if (user.email.length > MAX_EMAIL_LENGTH || !EMAIL.test(user.email)) return `email ${JSON.stringify(user.email)} is not an address authgate can sign in with`
   const hash = importableHash(user.password)
