@@ -12,8 +12,9 @@ import { sql, type Kysely } from 'kysely'
 // 'resign' (the token is unused, but the pair was signed for another session end, or none:
 // session_end is the real one; nothing changed).
 export async function up (db: Kysely<any>): Promise<void> {
+  // `or replace`: 0006 puts this body back on its way down.
   await sql`
-    create function authgate_refresh(
+    create or replace function authgate_refresh(
       p_jti uuid, p_sid uuid, p_user_id integer, p_session_end bigint,
       p_next_jti uuid, p_next_exp bigint, p_successor text,
       p_grace double precision, p_offset double precision,

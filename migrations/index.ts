@@ -4,6 +4,7 @@ import * as nextSigningKey from './0002-next-signing-key.ts'
 import * as auditEvents from './0003-audit-events.ts'
 import * as sessionNotifications from './0004-session-notifications.ts'
 import * as refreshFunction from './0005-refresh-function.ts'
+import * as pinnedSearchPath from './0006-pinned-search-path.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -11,5 +12,6 @@ export const migrations: Record<string, Migration> = {
   '0002-next-signing-key': nextSigningKey,
   '0003-audit-events': auditEvents,
   '0004-session-notifications': sessionNotifications,
-  '0005-refresh-function': refreshFunction
+  '0005-refresh-function': refreshFunction,
+  '0006-pinned-search-path': pinnedSearchPath
 }

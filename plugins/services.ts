@@ -1,7 +1,9 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { createAccounts, type Accounts } from '../src/services/accounts.ts'
-import { cachedSessions, listenForRevocations, SessionCache } from '../src/services/session-cache.ts'
+import { listenForNotifications } from '../src/db/notifications.ts'
+import { KEYS_CHANNEL } from '../src/services/keyring.ts'
+import { cachedSessions, SESSIONS_CHANNEL, SessionCache } from '../src/services/session-cache.ts'
 import { createSessions, type Sessions } from '../src/services/sessions.ts'
 
 declare module 'fastify' {
@@ -13,8 +15,9 @@ declare module 'fastify' {
 
 /**
  * The domain services, each built once from what it needs; routes call their verbs. On
- * PostgreSQL, the users of active sessions are cached, kept true by LISTEN/NOTIFY; PGlite
- * answers in the process, with nothing to save.
+ * PostgreSQL, the users of active sessions are cached, kept true by LISTEN/NOTIFY, which also
+ * tells every replica of a key change at once; PGlite answers in the process, one process only,
+ * with nothing to save.
  */
 async function servicesPlugin (fastify: FastifyInstance): Promise<void> {
   const { config, db, keyring, clock, log, counters } = fastify
@@ -25,7 +28,17 @@ async function servicesPlugin (fastify: FastifyInstance): Promise<void> {
   let sessions = createSessions({ db, keyring, clock, config, onIssue })
   if (config.DB_ENGINE === 'postgres') {
     const cache = new SessionCache()
-    const listener = listenForRevocations(config.DATABASE_URL!, cache, (error) => log.warn({ err: { message: error.message } }, 'session notifications lost; the session cache is off until they resume'))
+    const reloadKeys = (): void => {
+      keyring.reload().catch((error: unknown) => log.warn({ err: error }, 'reloading the signing keys failed'))
+    }
+    const listener = listenForNotifications({
+      listenUrl: config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!,
+      beatUrl: config.DATABASE_URL!,
+      channels: { [SESSIONS_CHANNEL]: (payload) => cache.notified(payload), [KEYS_CHANNEL]: reloadKeys },
+      onBeat: () => cache.heartbeat(),
+      onLost: () => cache.clear(),
+      warn: (message, error) => log.warn(error === undefined ? {} : { err: { message: error.message } }, message)
+    })
     fastify.addHook('onClose', () => listener.close())
     sessions = cachedSessions(sessions, cache)
   }

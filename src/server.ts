@@ -44,10 +44,14 @@ const { IDLE_LINGER_MS } = await import('../plugins/errors.ts')
 const { default: app, serverOptions } = await import('./app.ts')
 const { loadConfig, processEnv } = await import('./config.ts')
 const { lowerWorkerPriority } = await import('./lib/worker-priority.ts')
+const { DatabaseUnavailableError } = await import('./errors.ts')
 
 // A failed start is one line on stderr, naming what to fix; the stack goes to the debug log.
+// A database that cannot answer says why: its driver's error is the cause.
 function fail (what: string, error: unknown): never {
-  console.error(`authgate: ${what}: ${(error as Error).message}`)
+  const { message, cause } = error as Error
+  const why = error instanceof DatabaseUnavailableError && cause instanceof Error ? `: ${cause.message}` : ''
+  console.error(`authgate: ${what}: ${message}${why}`)
   process.exit(1)
 }
 

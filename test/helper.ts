@@ -6,12 +6,11 @@ import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
-import { sql } from 'kysely'
 import type { Test } from 'tap'
 import app, { serverOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { pgliteDataDir } from '../src/db/index.ts'
-import type { Clock } from '../src/lib/clock.ts'
+import { databaseTime, type Clock } from '../src/lib/clock.ts'
 
 export const SECRET_KEY = 'test-secret-key-that-is-long-enough-for-production'
 
@@ -23,7 +22,8 @@ export class TestClock implements Clock {
   readonly #start = Date.now()
   #offsetMs = 0
   now = (): Date => new Date(this.#start + this.#offsetMs)
-  db = () => sql<Date>`clock_timestamp() + make_interval(secs => ${this.#offsetMs / 1000})`
+  offsetS = (): number => this.#offsetMs / 1000
+  db = () => databaseTime(this.offsetS())
   advance (seconds: number): void {
     this.#offsetMs += seconds * 1000
   }

@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import { readdir, readFile } from 'node:fs/promises'
 import t from 'tap'
-import { freshDatabase, SECRET_KEY, uniqueUser } from './helper.ts'
+import { freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
@@ -86,16 +86,41 @@ t.test('a start while the database does not answer yet waits for it, then serves
   t.equal(await server.stop(), 0)
 })
 
-t.test('a migration that fails is not tried again', {
+t.test('a connection the database refuses is not tried again, and is not called a failed migration', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'the retry is for PostgreSQL'
 }, async (t) => {
   const database = await freshDatabase(t)
   const missing = new URL(database.DATABASE_URL!)
   missing.pathname = `${missing.pathname}_missing`
+  const nobody = new URL(database.DATABASE_URL!)
+  nobody.username = 'authgate_no_such_role'
+  for (const [url, reason] of [
+    [missing, /database "authgate_test_\w+_missing" does not exist/],
+    [nobody, /role "authgate_no_such_role" does not exist/]
+  ] as const) {
+    const started = Date.now()
+    const server = startServer(serverEnv({ DATABASE_URL: url.toString() }, { DB_START_TIMEOUT: '10s' }))
+    t.equal((await once(server.child, 'exit'))[0], 1)
+    t.ok(Date.now() - started < 5000, 'at once: a database that answers "no" is not down')
+    t.match(server.output(), new RegExp(`authgate: could not start: the database refused the connection: ${reason.source}\\n$`))
+    t.notMatch(server.output(), /trying again|migration/)
+  }
+})
+
+t.test('a migration that fails is not tried again', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'the retry is for PostgreSQL'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const pg = (await import('pg')).default
+  const admin = new pg.Client({ connectionString: database.DATABASE_URL })
+  await admin.connect()
+  // A table in the way of the first migration's.
+  await admin.query('create table users (id int)')
+  await admin.end()
   const started = Date.now()
-  const server = startServer({ ...process.env, ...database, DATABASE_URL: missing.toString(), SECRET_KEY, LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s' })
+  const server = startServer(serverEnv(database, { DB_START_TIMEOUT: '10s' }))
   t.equal((await once(server.child, 'exit'))[0], 1)
-  t.ok(Date.now() - started < 5000, 'at once: a database that answers "does not exist" is not down')
-  t.match(server.output(), /authgate: could not start: database migration failed: database "authgate_test_\w+_missing" does not exist\n$/)
+  t.ok(Date.now() - started < 5000, 'at once')
+  t.match(server.output(), /authgate: could not start: database migration failed: 0001-initial: relation "users" already exists\n$/)
   t.notMatch(server.output(), /trying again/)
 })

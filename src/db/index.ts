@@ -3,24 +3,19 @@ import {
   type DatabaseConnection, type Dialect, type Driver, type QueryResult, type TransactionSettings
 } from 'kysely'
 import { Migrator, type MigrationResultSet } from 'kysely/migration'
-import pg from 'pg'
+import type pg from 'pg'
 import { join } from 'node:path'
 import { migrations } from '../../migrations/index.ts'
 import { ensureDataFolder, type ParsedConfig } from '../config.ts'
 import { DatabaseUnavailableError } from '../errors.ts'
+import { DB_TIMEOUTS_MS, requestPool, workPool } from './connections.ts'
 import type { Database } from './types.ts'
+
+export { DB_TIMEOUTS_MS }
 
 export type Db = Kysely<Database>
 
 type DbConfig = Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
-
-/**
- * How long a request may wait on PostgreSQL, in order: a pooled connection or a row lock, a
- * statement (the server cancels it), an answer at all (the client gives up: a stalled network
- * never answers). The route deadline, and last the socket's idle timeout, come after all of
- * them, so a client always gets a 503 before its connection is cut.
- */
-export const DB_TIMEOUTS_MS = { connect: 3000, lock: 3000, statement: 5000, query: 6000 } as const
 
 /** The PGlite data directory inside the data folder DB_NAME; `memory://` keeps it in memory. */
 export function pgliteDataDir (dbName: string): string {
@@ -112,19 +107,7 @@ export function poolUsage (db: Db): { total: number, idle: number, waiting: numb
 }
 
 function postgresDialect (url: string, poolMax: number, onPoolError: (error: Error) => void): PostgresDialect & { pool: pg.Pool } {
-  const pool = new pg.Pool({
-    connectionString: url,
-    max: poolMax,
-    connectionTimeoutMillis: DB_TIMEOUTS_MS.connect,
-    lock_timeout: DB_TIMEOUTS_MS.lock,
-    statement_timeout: DB_TIMEOUTS_MS.statement,
-    query_timeout: DB_TIMEOUTS_MS.query,
-    idle_in_transaction_session_timeout: 30_000
-  })
-  // A client losing its server (restart, failover) must not crash the process: an idle one is
-  // the pool's, a checked-out one fails its query (503) and the next query reconnects.
-  pool.on('error', onPoolError)
-  pool.on('connect', (client) => client.on('error', onPoolError))
+  const pool = requestPool(url, poolMax, onPoolError)
   return Object.assign(new PostgresDialect({ pool }), { pool })
 }
 
@@ -146,16 +129,37 @@ const messageOf = (error: unknown): string => {
   return error instanceof DatabaseUnavailableError && cause instanceof Error ? cause.message : error instanceof Error ? error.message : String(error)
 }
 
+// SQLSTATEs a server (or a pooler) answers a connection it will not take with: a protocol it
+// refuses (PgBouncer's unsupported startup parameter), a failed login, no such database, no
+// right to connect. Trying again changes nothing.
+const REFUSED_SQLSTATES = new Set(['08P01', '28000', '28P01', '3D000', '42501'])
+
+/** A connection the database refused, saying why: not worth trying again, and never a migration's fault. */
+export class ConnectionRefusedError extends Error {
+  override name = 'ConnectionRefusedError'
+}
+
+/** The refusal an error of a connection attempt is, if it is one. */
+function refusal (error: unknown): ConnectionRefusedError | undefined {
+  const cause = error instanceof DatabaseUnavailableError ? error.cause : error
+  const code = (cause as { code?: unknown } | null)?.code
+  if (typeof code !== 'string' || !REFUSED_SQLSTATES.has(code)) return undefined
+  return new ConnectionRefusedError(`the database refused the connection: ${(cause as Error).message}`, { cause })
+}
+
 /**
  * The names of the migrations run, or an error naming the one that failed. A failure before any
- * migration ran that came from the connection (refused, reset, timed out, starting up) is a
- * DatabaseUnavailableError: the caller may try again.
+ * migration ran is the connection's: a ConnectionRefusedError when the server refused it, else
+ * (refused, reset, timed out, starting up) a DatabaseUnavailableError: the caller may try again.
  */
 function ran ({ error, results }: MigrationResultSet): string[] {
   if (error === undefined) return (results ?? []).map((r) => r.migrationName)
   const failed = results?.find((r) => r.status === 'Error')?.migrationName
-  if (failed !== undefined) throw new Error(`${failed}: ${messageOf(error)}`, { cause: error })
-  throw isUnavailable(error) && !(error instanceof DatabaseUnavailableError) ? new DatabaseUnavailableError({ cause: error }) : error
+  if (failed !== undefined) throw new Error(`database migration failed: ${failed}: ${messageOf(error)}`, { cause: error })
+  const refused = refusal(error)
+  if (refused !== undefined) throw refused
+  if (isUnavailable(error)) throw error instanceof DatabaseUnavailableError ? error : new DatabaseUnavailableError({ cause: error })
+  throw new Error(`database migration failed: ${messageOf(error)}`, { cause: error })
 }
 
 // Migrating is not a request: waiting for another replica's migrations (Kysely's advisory lock)
@@ -163,14 +167,10 @@ function ran ({ error, results }: MigrationResultSet): string[] {
 // connection of their own without them. PGlite has none, and one connection only.
 async function migrate (config: DbConfig, db: Db, step: (migrator: Migrator) => Promise<MigrationResultSet>): Promise<string[]> {
   const own = config.DB_ENGINE === 'postgres'
-    ? new Kysely<Database>({
-      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: config.DATABASE_URL, max: 1, connectionTimeoutMillis: DB_TIMEOUTS_MS.connect }) })
-    })
+    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: workPool(config.DATABASE_URL!) }) })
     : db
   try {
     return ran(await step(migrator(own)))
-  } catch (error) {
-    throw new Error(`database migration failed: ${messageOf(error)}`, { cause: error })
   } finally {
     if (own !== db) await own.destroy()
   }
@@ -189,6 +189,29 @@ export async function migrateDown (config: DbConfig, db: Db): Promise<string[]> 
 export async function foldsCase (db: Db): Promise<boolean> {
   const { rows } = await sql<{ folds: boolean }>`select 'É'::citext = 'é'::citext as folds`.execute(db)
   return rows[0]?.folds === true
+}
+
+/**
+ * The schemas of the search path in which roles other than authgate's own may create objects
+ * (PUBLIC when everyone may), each with those roles; superusers, and groups whose rights
+ * authgate's role holds anyway, are left out.
+ */
+export async function foreignCreators (db: Db): Promise<Array<{ schema: string, roles: string[] }>> {
+  const { rows } = await sql<{ schema: string, roles: string[] }>`
+    select n.nspname as schema,
+      case when exists (select 1 from pg_catalog.aclexplode(n.nspacl) a where a.grantee = 0 and a.privilege_type = 'CREATE')
+        then array['PUBLIC']
+        else array(
+          select r.rolname::text from pg_catalog.pg_roles r
+          where r.rolname <> current_user and not r.rolsuper and r.rolname not like 'pg\_%'
+            and pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE')
+            and not pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
+          order by 1)
+      end as roles
+    from pg_catalog.pg_namespace n
+    where n.nspname = any (pg_catalog.current_schemas(false))
+    order by 1`.execute(db)
+  return rows.filter((row) => row.roles.length > 0)
 }
 
 // The round trip in flight per database: probes share it, so a hung database does not collect them.

@@ -1,7 +1,7 @@
 import { sql, type Insertable } from 'kysely'
 import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
-import type { Clock } from '../lib/clock.ts'
+import { seconds, type Clock } from '../lib/clock.ts'
 import type { Client } from './sessions.ts'
 
 /** A security event, as the code that saw it tells it. */
@@ -90,7 +90,7 @@ export function createAuditTrail ({ db, clock, onDropped }: AuditTrailOptions) {
       for (;;) {
         const result = await db.deleteFrom('audit_events')
           .where('id', 'in', (eb) => eb.selectFrom('audit_events').select('id')
-            .where('at', '<', sql<Date>`${clock.db()} - make_interval(secs => ${retentionS})`).limit(BATCH * 2))
+            .where('at', '<', sql<Date>`${clock.db()} - ${seconds(retentionS)}`).limit(BATCH * 2))
           .executeTakeFirst()
         deleted += Number(result.numDeletedRows)
         if (result.numDeletedRows < BigInt(BATCH * 2)) return deleted

@@ -1,7 +1,8 @@
 import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
-import { systemClock, type Clock } from '../lib/clock.ts'
+import { lockKey } from '../db/locks.ts'
+import { seconds, systemClock, type Clock } from '../lib/clock.ts'
 
 export interface Flushed { sessions: number, refreshTokens: number }
 
@@ -31,8 +32,8 @@ async function flush (db: Db, config: FlushConfig, clock: Clock, wait: boolean):
   for (;;) {
     const batch = await db.transaction().execute(async (trx) => {
       const lock = wait
-        ? sql<{ locked: boolean }>`select pg_advisory_xact_lock(hashtext('authgate.flush')) is not null as locked`
-        : sql<{ locked: boolean }>`select pg_try_advisory_xact_lock(hashtext('authgate.flush')) as locked`
+        ? sql<{ locked: boolean }>`select pg_advisory_xact_lock(${lockKey('flush')}) is not null as locked`
+        : sql<{ locked: boolean }>`select pg_try_advisory_xact_lock(${lockKey('flush')}) as locked`
       if ((await lock.execute(trx)).rows[0]?.locked !== true) return undefined
       const tokens = await trx.deleteFrom('refresh_tokens')
         .where('jti', 'in', (eb) => eb.selectFrom('refresh_tokens').select('jti').where('expires_at', '<', clock.db()).limit(BATCH))
@@ -41,7 +42,7 @@ async function flush (db: Db, config: FlushConfig, clock: Clock, wait: boolean):
         .where('id', 'in', (eb) => eb.selectFrom('sessions').select('id')
           .where((w) => w.or([
             w('expires_at', '<', clock.db()),
-            w('revoked_at', '<', sql<Date>`${clock.db()} - make_interval(secs => ${keepRevokedS})`)
+            w('revoked_at', '<', sql<Date>`${clock.db()} - ${seconds(keepRevokedS)}`)
           ]))
           .limit(BATCH))
         .executeTakeFirst()

@@ -21,6 +21,9 @@ export interface KeyringOptions {
 /** A JOSE header as decoded: nothing in it is trusted yet. */
 export type JoseHeader = Record<string, unknown>
 
+/** The channel a change of `signing_keys` notifies (migration 0006): every replica reloads. */
+export const KEYS_CHANNEL = 'authgate_keys'
+
 // Access tokens are RFC 9068 JWTs.
 export const ACCESS_TYP = 'at+jwt'
 // Refresh tokens are HS256 under a key no JWKS holds: a verifier that only knows the JWKS can

@@ -1,10 +1,11 @@
-import pg from 'pg'
-import { randomUUID } from 'node:crypto'
 import type { SessionUser, Sessions } from './sessions.ts'
 import type { TokenClaims } from './tokens.ts'
 
-/** The channel the database triggers of migration 0004 notify: `s:<session id>` or `u:<user id>`. */
-const CHANNEL = 'authgate_sessions'
+/**
+ * The channel the database triggers of migrations 0004 and 0006 notify: `s:<session id>`,
+ * `u:<user id>`, or `*` (a TRUNCATE: forget everything).
+ */
+export const SESSIONS_CHANNEL = 'authgate_sessions'
 
 export interface SessionCacheOptions {
   /** How long an entry is trusted at most, notifications or not. */
@@ -18,9 +19,11 @@ export interface SessionCacheOptions {
 /**
  * The users of active sessions, by session id, read from PostgreSQL and kept while the
  * database says nothing has changed. Every revocation (authgate's own, or any SQL on `sessions`
- * or `users`) reaches each replica through LISTEN/NOTIFY; the channel proves itself alive with
- * a heartbeat every 250 ms, and without one for `heartbeatTimeoutMs` the cache is not used,
- * so a revocation is honoured on every replica within that bound even if notifications are lost.
+ * or `users`, TRUNCATE included) reaches each replica through LISTEN/NOTIFY
+ * (src/db/notifications.ts); the channel proves itself alive with a heartbeat every 250 ms, and
+ * without one for `heartbeatTimeoutMs` the cache is not used, so a revocation is honoured on
+ * every replica within that bound even if notifications are lost. What fires no trigger at all
+ * (a trigger disabled by hand) is honoured once an entry is older than `ttlMs`.
  * Revocations made here are forgotten at once, before their answer is sent.
  */
 export class SessionCache {
@@ -33,7 +36,7 @@ export class SessionCache {
   // Bumped by every invalidation: a read that began before one is not stored after it.
   #generation = 0
 
-  constructor ({ ttlMs = 60_000, maxEntries = 100_000, heartbeatTimeoutMs = 1000, now = Date.now }: SessionCacheOptions = {}) {
+  constructor ({ ttlMs = 5000, maxEntries = 100_000, heartbeatTimeoutMs = 1000, now = Date.now }: SessionCacheOptions = {}) {
     this.#ttlMs = ttlMs
     this.#maxEntries = maxEntries
     this.#heartbeatTimeoutMs = heartbeatTimeoutMs
@@ -86,17 +89,23 @@ export class SessionCache {
     for (const [sessionId, entry] of this.#entries) if (entry.user.id === userId) this.#entries.delete(sessionId)
   }
 
-  clear (): void {
+  forgetAll (): void {
     this.#generation++
-    this.#aliveUntil = 0
     this.#entries.clear()
   }
 
-  /** Applies a notification of CHANNEL. */
+  /** Forgets everything, and stays unused until the next heartbeat: what was missed is unknown. */
+  clear (): void {
+    this.forgetAll()
+    this.#aliveUntil = 0
+  }
+
+  /** Applies a notification of SESSIONS_CHANNEL. */
   notified (payload: string): void {
     const [kind, id] = [payload.slice(0, 2), payload.slice(2)]
     if (kind === 's:') this.forgetSession(id)
     else if (kind === 'u:') this.forgetUser(Number(id))
+    else this.forgetAll()
   }
 }
 
@@ -146,68 +155,5 @@ async function forgetting<T> (forget: () => void, revoke: () => Promise<T>): Pro
     return await revoke()
   } finally {
     forget()
-  }
-}
-
-export interface RevocationListener { close: () => Promise<void> }
-
-const HEARTBEAT_MS = 250
-const RECONNECT_MS = { first: 250, last: 5000 } as const
-
-/**
- * Listens on CHANNEL on a connection of its own, and sends itself a heartbeat every 250 ms.
- * When the connection fails, the cache is cleared (what was missed is unknown) and stays
- * unused until a new connection has heard its own heartbeat.
- */
-export function listenForRevocations (url: string, cache: SessionCache, onError: (error: Error) => void): RevocationListener {
-  const beat = `hb:${randomUUID()}`
-  let client: pg.Client | undefined
-  let closed = false
-  let timer: NodeJS.Timeout | undefined
-  let wait: number = RECONNECT_MS.first
-
-  const connect = async (): Promise<void> => {
-    const current = new pg.Client({ connectionString: url, application_name: 'authgate-listener', connectionTimeoutMillis: 3000, keepAlive: true })
-    client = current
-    const lost = (error: Error): void => {
-      if (client !== current) return
-      client = undefined
-      cache.clear()
-      clearInterval(timer)
-      current.end().catch(() => {})
-      if (closed) return
-      onError(error)
-      setTimeout(() => { connect().catch(() => {}) }, wait).unref()
-      wait = Math.min(wait * 2, RECONNECT_MS.last)
-    }
-    current.on('error', lost)
-    current.on('end', () => lost(new Error('the listener connection ended')))
-    current.on('notification', ({ payload = '' }) => {
-      if (payload === beat) cache.heartbeat()
-      else cache.notified(payload)
-    })
-    try {
-      await current.connect()
-      await current.query(`listen ${CHANNEL}`)
-    } catch (error) {
-      lost(error as Error)
-      return
-    }
-    wait = RECONNECT_MS.first
-    const send = (): void => { current.query('select pg_notify($1, $2)', [CHANNEL, beat]).catch(lost) }
-    send()
-    timer = setInterval(send, HEARTBEAT_MS).unref()
-  }
-  connect().catch(() => {})
-
-  return {
-    async close () {
-      closed = true
-      clearInterval(timer)
-      const current = client
-      client = undefined
-      cache.clear()
-      await current?.end().catch(() => {})
-    }
   }
 }

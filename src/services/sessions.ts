@@ -3,7 +3,7 @@ import { sql, type Kysely, type Transaction, type UpdateResult } from 'kysely'
 import type { Database } from '../db/types.ts'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
-import { TokenNotValidError } from '../errors.ts'
+import { InvalidCredentialsError, TokenNotValidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import { SecretBox } from '../lib/secret-box.ts'
 import type { TokenPair, User } from '../schemas.ts'
@@ -12,6 +12,12 @@ import type { TokenClaims } from './tokens.ts'
 
 /** The database or a transaction: a query helper's executor, so one transaction can span services. */
 export type Executor = Kysely<Database> | Transaction<Database>
+
+/**
+ * What a session starts from: the user a credential proved, and, for a password, the hash it
+ * was checked against, which must still be the stored one.
+ */
+export interface Credential { userId: number, passwordHash?: string }
 
 /** Who opened a session: shown in the session list, logged. */
 export interface Client { userAgent: string | null, ip: string | null }
@@ -90,14 +96,13 @@ export function createSessions ({ db, keyring, clock, config, onIssue }: Session
       const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd)
       next = { jti, exp, pair, sealed: box.seal(JSON.stringify(pair), claims.jti) }
     }
-    // The clock's offset from the database's own clock, in whole milliseconds (exactly 0 for
-    // the system clock, whatever passes between the two readings): taken as the call is made,
-    // and added to the clock_timestamp() the function reads once it holds the locks.
+    // The clock's offset from the database's own clock (0 for the system clock), added to the
+    // clock_timestamp() the function reads once it holds the locks.
     const { rows } = await sql<RotateAnswer>`select outcome, owner_id, successor, session_end from authgate_refresh(
       cast(${claims.jti} as uuid), cast(${claims.sid} as uuid), cast(${claims.user_id} as integer), cast(${sessionEnd ?? null} as bigint),
       cast(${next?.jti ?? null} as uuid), cast(${next?.exp ?? null} as bigint), cast(${next?.sealed ?? null} as text),
       cast(${config.AUTH_REUSE_GRACE_S} as double precision),
-      cast(round(extract(epoch from (${clock.db()}) - clock_timestamp()) * 1000) / 1000 as double precision))`.execute(db)
+      cast(${clock.offsetS()} as double precision))`.execute(db)
     return { answer: rows[0]!, pair: next?.pair }
   }
 
@@ -118,28 +123,43 @@ export function createSessions ({ db, keyring, clock, config, onIssue }: Session
   const count = (result: UpdateResult): number => Number(result.numUpdatedRows)
 
   return {
-    /** Opens a session for a user who just proved who they are, and issues its first pair: one statement. */
-    async start (userId: number, client: Client): Promise<{ sessionId: string, pair: TokenPair }> {
+    /**
+     * Opens a session for a user who just proved who they are, and issues its first pair: one
+     * statement, which starts the session only while the user is active and, for a password
+     * sign-in, the hash checked is still the stored one, holding the user row meanwhile. A
+     * password change that lands while a sign-in with the old password checks it thus ends the
+     * new session (it commits first and revokes the others after) or refuses it (InvalidCredentialsError).
+     */
+    async start (credential: Credential, client: Client): Promise<{ sessionId: string, pair: TokenPair }> {
+      const { userId } = credential
       const sessionId = randomUUID()
       const jti = randomUUID()
       const sessionEnd = seconds(clock.now()) + config.sessionMaxS
       const refreshExp = refreshExpiry(sessionEnd)
-      await db
-        .with('s', (q) => q.insertInto('sessions').values({
-          id: sessionId,
-          user_id: userId,
-          created_at: clock.db(),
-          last_seen_at: clock.db(),
-          expires_at: new Date(sessionEnd * 1000),
-          user_agent: client.userAgent?.slice(0, 512) ?? null,
-          ip: client.ip
-        }).returning('id'))
+      const result = await db
+        .with('s', (q) => q.insertInto('sessions')
+          .columns(['id', 'user_id', 'created_at', 'last_seen_at', 'expires_at', 'user_agent', 'ip'])
+          .expression((eb) => eb.selectFrom('users').select([
+            sql<string>`cast(${sessionId} as uuid)`.as('id'),
+            'id as user_id',
+            clock.db().as('created_at'),
+            clock.db().as('last_seen_at'),
+            sql<Date>`cast(${new Date(sessionEnd * 1000)} as timestamptz)`.as('expires_at'),
+            sql<string | null>`cast(${client.userAgent?.slice(0, 512) ?? null} as text)`.as('user_agent'),
+            sql<string | null>`cast(${client.ip} as text)`.as('ip')
+          ])
+            .where('id', '=', userId)
+            .where('is_active', '=', true)
+            .$if(credential.passwordHash !== undefined, (w) => w.where('password_hash', '=', credential.passwordHash!))
+            .forShare())
+          .returning('id'))
         .insertInto('refresh_tokens')
         .columns(['jti', 'session_id', 'issued_at', 'expires_at'])
         .expression((eb) => eb.selectFrom('s').select([
-          sql<string>`cast(${jti} as uuid)`.as('jti'), 's.id', clock.db().as('issued_at'), sql<Date>`to_timestamp(${refreshExp})`.as('expires_at')
+          sql<string>`cast(${jti} as uuid)`.as('jti'), 's.id', clock.db().as('issued_at'), sql<Date>`cast(${new Date(refreshExp * 1000)} as timestamptz)`.as('expires_at')
         ]))
-        .execute()
+        .executeTakeFirst()
+      if (Number(result.numInsertedOrUpdatedRows ?? 0) !== 1) throw new InvalidCredentialsError()
       const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd)
       onIssue?.()
       return { sessionId, pair }

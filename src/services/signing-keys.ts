@@ -1,6 +1,7 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
 import { sql, type Kysely, type Transaction } from 'kysely'
 import type { Algorithm } from '../config.ts'
+import { lockKey } from '../db/locks.ts'
 import type { Database, SigningKeyRow } from '../db/types.ts'
 import type { SecretBox } from '../lib/secret-box.ts'
 import type { Jwk } from '../schemas.ts'
@@ -80,7 +81,7 @@ type Trx = Transaction<Database>
 // create one key, not one each, and a rotation never races a start.
 async function withKeysLocked<T> (db: Kysely<Database>, work: (trx: Trx) => Promise<T>): Promise<T> {
   return await db.transaction().execute(async (trx) => {
-    await sql`select pg_advisory_xact_lock(hashtext('authgate.signing_keys'))`.execute(trx)
+    await sql`select pg_advisory_xact_lock(${lockKey('signingKeys')})`.execute(trx)
     return await work(trx)
   })
 }

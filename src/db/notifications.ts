@@ -1,0 +1,142 @@
+import { randomUUID } from 'node:crypto'
+import type pg from 'pg'
+import { Backoff } from '../lib/backoff.ts'
+import { ownClient } from './connections.ts'
+
+export interface NotificationsOptions {
+  /** A direct connection (never through a transaction pooler), where LISTEN holds. */
+  listenUrl: string
+  /** Any connection to the same database (DATABASE_URL, a pooler too) to send the heartbeat through. */
+  beatUrl: string
+  /** What to do with each channel's notifications. */
+  channels: Readonly<Record<string, (payload: string) => void>>
+  /** A heartbeat arrived: every notification committed before it was sent has arrived too. */
+  onBeat: () => void
+  /** The listening connection was lost: whatever was notified meanwhile is unknown. */
+  onLost: (error: Error) => void
+  /** Something an operator should know: notifications that do not arrive, and why. */
+  warn: (message: string, error?: Error) => void
+  beatIntervalMs?: number
+  /** How long the first heartbeat may take before the warning that notifications do not arrive. */
+  silenceWarningMs?: number
+}
+
+export interface Notifications { close: () => Promise<void> }
+
+// The heartbeat's channel is the first one's; its payload is this process's own.
+const BEAT_PREFIX = 'hb:'
+
+/**
+ * LISTEN on a connection of its own, proven by a heartbeat sent from another connection every
+ * 250 ms. PostgreSQL delivers notifications in the order their transactions committed, so a
+ * heartbeat that arrives vouches for every revocation committed before it: whoever trusts what
+ * it was told only while heartbeats arrive is never more than that behind. Through a
+ * transaction pooler (PgBouncer) the LISTEN holds on a server connection the listener no longer
+ * has, and nothing arrives: no heartbeat, so nothing is trusted. When the heartbeat's connection
+ * is handed the very server connection that LISTENed, the pooler is certain: the listener stops,
+ * and says to set DATABASE_LISTEN_URL.
+ */
+export function listenForNotifications (options: NotificationsOptions): Notifications {
+  const { listenUrl, beatUrl, channels, onBeat, onLost, warn } = options
+  const beatIntervalMs = options.beatIntervalMs ?? 250
+  const beat = `${BEAT_PREFIX}${randomUUID()}`
+  const [beatChannel] = Object.keys(channels)
+  if (beatChannel === undefined) throw new Error('no channel to listen on')
+
+  let closed = false
+  let listener: pg.Client | undefined
+  let listenerPid: number | undefined
+  let sender: pg.Client | undefined
+  let timer: NodeJS.Timeout | undefined
+  let silence: NodeJS.Timeout | undefined
+  const listenWaits = new Backoff(250, 5000)
+  const sendWaits = new Backoff(250, 5000)
+
+  const stop = async (): Promise<void> => {
+    closed = true
+    clearInterval(timer)
+    clearTimeout(silence)
+    const clients = [listener, sender]
+    listener = sender = undefined
+    await Promise.all(clients.map((client) => client?.end().catch(() => {})))
+  }
+
+  const listen = async (): Promise<void> => {
+    const current = ownClient(listenUrl, 'authgate-listener')
+    listener = current
+    const lost = (error: Error): void => {
+      if (listener !== current) return
+      listener = undefined
+      listenerPid = undefined
+      clearTimeout(silence)
+      current.end().catch(() => {})
+      onLost(error)
+      if (closed) return
+      warn('database notifications lost; caches are not used until they resume', error)
+      setTimeout(() => { listen().catch(() => {}) }, listenWaits.next()).unref()
+    }
+    current.on('error', lost)
+    current.on('end', () => lost(new Error('the listener connection ended')))
+    current.on('notification', ({ channel, payload = '' }) => {
+      if (payload === beat) {
+        clearTimeout(silence)
+        listenWaits.reset()
+        onBeat()
+        return
+      }
+      if (payload.startsWith(BEAT_PREFIX)) return
+      channels[channel]?.(payload)
+    })
+    try {
+      await current.connect()
+      const { rows } = await current.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid')
+      for (const channel of Object.keys(channels)) await current.query(`listen ${current.escapeIdentifier(channel)}`)
+      if (listener !== current) return
+      listenerPid = rows[0]!.pid
+    } catch (error) {
+      lost(error as Error)
+      return
+    }
+    silence = setTimeout(() => {
+      warn('database notifications do not arrive: each request reads its session from the database. If DATABASE_URL goes through a transaction pooler (PgBouncer), set DATABASE_LISTEN_URL to a direct connection')
+    }, options.silenceWarningMs ?? 5000).unref()
+  }
+
+  const send = async (): Promise<void> => {
+    if (closed) return
+    try {
+      if (sender === undefined) {
+        const current = ownClient(beatUrl, 'authgate-heartbeat')
+        current.on('error', () => { if (sender === current) sender = undefined })
+        sender = current
+        await current.connect()
+      }
+      const { rows } = await sender.query<{ pid: number }>(
+        'select pg_catalog.pg_notify(cast($1 as text), cast($2 as text)), pg_catalog.pg_backend_pid() as pid', [beatChannel, beat])
+      sendWaits.reset()
+      // Two connections of one client, on one server process: a pooler hands them out in turn.
+      if (listenerPid !== undefined && rows[0]!.pid === listenerPid) {
+        onLost(new Error('the listener connection is pooled'))
+        warn('the notification listener\'s connection goes through a transaction pooler, where LISTEN does not hold: caches stay off. Set DATABASE_LISTEN_URL to a direct connection to the database')
+        await stop()
+      }
+    } catch {
+      const failed = sender
+      sender = undefined
+      failed?.end().catch(() => {})
+      // No heartbeat while it is down: the caches go unused by themselves.
+      clearInterval(timer)
+      setTimeout(() => { if (!closed) timer = setInterval(() => { send().catch(() => {}) }, beatIntervalMs).unref() }, sendWaits.next()).unref()
+    }
+  }
+
+  listen().catch(() => {})
+  timer = setInterval(() => { send().catch(() => {}) }, beatIntervalMs).unref()
+
+  return {
+    async close () {
+      onLost(new Error('closed'))
+      await stop()
+    }
+  }
+}
