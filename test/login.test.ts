@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, claimsOf, postJson, register, uniqueUser } from './helper.ts'
+import { build, claimsOf, freshDatabase, postJson, register, uniqueUser } from './helper.ts'
 
 function cookieMap (setCookie: string | string[] | undefined): Map<string, string> {
   const list = Array.isArray(setCookie) ? setCookie : setCookie === undefined ? [] : [setCookie]
@@ -102,4 +102,40 @@ t.test('with COOKIE_DOMAIN the access cookie takes __Secure-, as __Host- forbids
   const cookies = cookieMap(res.headers['set-cookie'])
   t.match(cookies.get('__Secure-access_token'), /; Domain=example.com; Path=\/; HttpOnly; Secure; SameSite=None$/)
   t.match(cookies.get('__Secure-refresh_token'), /; Domain=example.com; Path=\/api\/token; HttpOnly; Secure; SameSite=None$/)
+})
+
+t.test('a sign-in whose password check overlaps a password change gets no session that outlives the change', async (t) => {
+  const app = await build(t)
+  const user = await register(app)
+  const hashOf = async (): Promise<string> => (await app.db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()).password_hash
+  const checked = await hashOf()
+  // The change lands after the sign-in checked the old password and before its session starts.
+  const changer = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
+  const change = await postJson(app, '/api/auth/password', { current_password: user.password, new_password: 'an entirely new passphrase' }, { authorization: `Bearer ${changer.access}` })
+  t.equal(change.statusCode, 204)
+  await t.rejects(app.sessions.start({ userId: user.id, passwordHash: checked }, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' }, 'the session does not start')
+  t.equal((await app.db.selectFrom('sessions').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute()).length, 1, 'only the changer\'s session is open')
+})
+
+t.test('a sign-in waiting on a password change that holds the user row is refused once the change commits', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'another connection holding a row lock needs PostgreSQL'
+}, async (t) => {
+  const { default: pg } = await import('pg')
+  const database = await freshDatabase(t)
+  const app = await build(t, { database })
+  const user = await register(app)
+  const change = new pg.Client({ connectionString: database.DATABASE_URL })
+  await change.connect()
+  t.teardown(() => change.end())
+  // As accounts.changePassword's transaction does: the new hash written, not yet committed.
+  await change.query('begin')
+  await change.query("update users set password_hash = '$2b$04$changedchangedchangedchOg4rDcUoV7d0H3Hwn9mVdUlRcMzJw5C' where id = $1", [user.id])
+  const signIn = postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
+  // The sign-in checks the old password meanwhile, then waits for the row.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  await change.query('commit')
+  const res = await signIn
+  t.equal(res.statusCode, 401, 'refused: the hash it checked is gone')
+  t.match(res.json(), { code: 'invalid_credentials' })
+  t.equal((await app.db.selectFrom('sessions').select('id').where('user_id', '=', user.id).execute()).length, 0, 'no session was started')
 })

@@ -68,7 +68,7 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
    * InvalidCredentialsError. Every failure costs at least one comparison at the configured
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
-  async function authenticate (identifier: string, password: string): Promise<User> {
+  async function authenticate (identifier: string, password: string): Promise<{ user: User, passwordHash: string }> {
     const byEmail = identifier.includes('@')
     const row = await db.selectFrom('users')
       .select(['id', 'username', 'email', 'password_hash', 'is_active'])
@@ -81,12 +81,13 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
     const rehash = needsRehash(row.password_hash, password) ? await bcrypt.hash(password, cost) : undefined
-    await db.updateTable('users')
+    const updated = await db.updateTable('users')
       .set({ last_login_at: clock.db(), ...(rehash === undefined ? {} : { password_hash: rehash }) })
       .where('id', '=', row.id)
       .$if(rehash !== undefined, (q) => q.where('password_hash', '=', row.password_hash))
-      .execute()
-    return { id: row.id, username: row.username, email: row.email }
+      .executeTakeFirst()
+    const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : row.password_hash
+    return { user: { id: row.id, username: row.username, email: row.email }, passwordHash }
   }
 
   return {
@@ -133,8 +134,8 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
 
     /** Signs a user in and opens a session: the user, the session and its first pair. */
     async login (identifier: string, password: string, client: Client): Promise<{ user: User, sessionId: string, pair: TokenPair }> {
-      const user = await authenticate(identifier, password)
-      return { user, ...await sessions.start(user.id, client) }
+      const { user, passwordHash } = await authenticate(identifier, password)
+      return { user, ...await sessions.start({ userId: user.id, passwordHash }, client) }
     }
   }
 }
