@@ -1,26 +1,22 @@
 import {
-  Kysely, PGliteDialect, PostgresDialect, sql,
+  Kysely, PostgresDialect, sql,
   type DatabaseConnection, type Dialect, type Driver, type QueryResult, type TransactionSettings
 } from 'kysely'
 import { Migrator, type MigrationResultSet } from 'kysely/migration'
 import type pg from 'pg'
-import { join } from 'node:path'
 import { migrations } from '../../migrations/index.ts'
-import { ensureDataFolder, type ParsedConfig } from '../config.ts'
+import type { ParsedConfig } from '../config.ts'
 import { DatabaseUnavailableError } from '../errors.ts'
+import { FolderLockedError } from '../lib/folder-lock.ts'
 import { DB_TIMEOUTS_MS, requestPool, workPool } from './connections.ts'
+import { pgliteDataDir, pgliteDialect } from './pglite.ts'
 import type { Database } from './types.ts'
 
-export { DB_TIMEOUTS_MS }
+export { DB_TIMEOUTS_MS, pgliteDataDir }
 
 export type Db = Kysely<Database>
 
 type DbConfig = Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
-
-/** The PGlite data directory inside the data folder DB_NAME; `memory://` keeps it in memory. */
-export function pgliteDataDir (dbName: string): string {
-  return dbName.startsWith('memory://') ? dbName : join(dbName, 'pglite')
-}
 
 // SQLSTATEs of a server that is going away, overloaded, or timing out: 08xxx connection,
 // 57P0x shutdown, 53300 too many connections, 57014 statement timeout, 55P03 lock timeout.
@@ -32,7 +28,7 @@ const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '5701
  * reset, timed out, closed), so the request may succeed later.
  */
 export function isUnavailable (error: unknown): boolean {
-  if (error instanceof TypeError || error instanceof RangeError) return false
+  if (error instanceof TypeError || error instanceof RangeError || error instanceof FolderLockedError) return false
   const code = (error as { code?: unknown } | null)?.code
   // No SQLSTATE class starts with E; Node's five-letter errno codes (EPIPE, EBADF) do.
   if (typeof code === 'string' && /^[0-9A-DF-Z][0-9A-Z]{4}$/.test(code)) return UNAVAILABLE_SQLSTATES.has(code) || code.startsWith('08')
@@ -53,7 +49,12 @@ const unwrap = (connection: DatabaseConnection): DatabaseConnection => inner.get
 /** A driver whose connection failures become DatabaseUnavailableError (503): decided here, where the driver is known. */
 class GuardedDriver implements Driver {
   readonly #driver: Driver
-  constructor (driver: Driver) { this.#driver = driver }
+  readonly #afterDestroy: () => Promise<void>
+  constructor (driver: Driver, afterDestroy: () => Promise<void>) {
+    this.#driver = driver
+    this.#afterDestroy = afterDestroy
+  }
+
   init (): Promise<void> { return guard(() => this.#driver.init()) }
   async acquireConnection (): Promise<DatabaseConnection> {
     const connection = await guard(() => this.#driver.acquireConnection())
@@ -70,31 +71,20 @@ class GuardedDriver implements Driver {
   commitTransaction (c: DatabaseConnection): Promise<void> { return guard(() => this.#driver.commitTransaction(unwrap(c))) }
   rollbackTransaction (c: DatabaseConnection): Promise<void> { return guard(() => this.#driver.rollbackTransaction(unwrap(c))) }
   releaseConnection (c: DatabaseConnection): Promise<void> { return this.#driver.releaseConnection(unwrap(c)) }
-  destroy (): Promise<void> { return this.#driver.destroy() }
-}
-
-function guarded (dialect: Dialect): Dialect {
-  return {
-    createAdapter: () => dialect.createAdapter(),
-    createDriver: () => new GuardedDriver(dialect.createDriver()),
-    createIntrospector: (db) => dialect.createIntrospector(db),
-    createQueryCompiler: () => dialect.createQueryCompiler()
+  async destroy (): Promise<void> {
+    await this.#driver.destroy()
+    await this.#afterDestroy()
   }
 }
 
-function pgliteDialect (dbName: string): Dialect {
-  return new PGliteDialect({
-    // Imported only when chosen: PostgreSQL deployments never load the WebAssembly engine.
-    pglite: async () => {
-      const [{ PGlite }, { citext }] = await Promise.all([
-        import('@electric-sql/pglite'),
-        import('@electric-sql/pglite/contrib/citext')
-      ])
-      // PGlite writes its files world-writable; a folder of the owner's alone keeps others out.
-      if (!dbName.startsWith('memory://')) await ensureDataFolder(dbName)
-      return await PGlite.create(pgliteDataDir(dbName), { extensions: { citext } })
-    }
-  })
+/** `dialect` with connection failures as DatabaseUnavailableError; `afterDestroy` runs once it closed. */
+function guarded (dialect: Dialect, afterDestroy: () => Promise<void> = async () => {}): Dialect {
+  return {
+    createAdapter: () => dialect.createAdapter(),
+    createDriver: () => new GuardedDriver(dialect.createDriver(), afterDestroy),
+    createIntrospector: (db) => dialect.createIntrospector(db),
+    createQueryCompiler: () => dialect.createQueryCompiler()
+  }
 }
 
 // Each PostgreSQL database's pool, for its usage figures.
@@ -112,7 +102,10 @@ function postgresDialect (url: string, poolMax: number, onPoolError: (error: Err
 }
 
 export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
-  if (config.DB_ENGINE === 'pglite') return new Kysely<Database>({ dialect: guarded(pgliteDialect(config.DB_NAME)) })
+  if (config.DB_ENGINE === 'pglite') {
+    const { dialect, release } = pgliteDialect(config.DB_NAME)
+    return new Kysely<Database>({ dialect: guarded(dialect, release) })
+  }
   // parseConfig guarantees DATABASE_URL with DB_ENGINE=postgres.
   const dialect = postgresDialect(config.DATABASE_URL!, config.DB_POOL_MAX, onPoolError)
   const db = new Kysely<Database>({ dialect: guarded(dialect) })
@@ -158,6 +151,7 @@ function ran ({ error, results }: MigrationResultSet): string[] {
   if (failed !== undefined) throw new Error(`database migration failed: ${failed}: ${messageOf(error)}`, { cause: error })
   const refused = refusal(error)
   if (refused !== undefined) throw refused
+  if (error instanceof FolderLockedError) throw error
   if (isUnavailable(error)) throw error instanceof DatabaseUnavailableError ? error : new DatabaseUnavailableError({ cause: error })
   throw new Error(`database migration failed: ${messageOf(error)}`, { cause: error })
 }
