@@ -5,25 +5,30 @@ import type { FastifyInstance } from 'fastify'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
-import { PROBLEM_MEDIA_TYPE, ProblemSchema } from '../src/schemas.ts'
+import { OAuthErrorSchema, PROBLEM_MEDIA_TYPE, ProblemSchema } from '../src/schemas.ts'
 
 /** Where the UI lives; the document is at `${DOCS_PREFIX}/json`. */
 export const DOCS_PREFIX = '/docs'
 
-// The problem schema once, in components, instead of inline in every error response.
-const PROBLEM_REF = '#/components/schemas/Problem'
-const problemSchema = JSON.parse(JSON.stringify(ProblemSchema)) as Record<string, unknown>
+// The two error shapes once, in components, instead of inline in every error response.
+const plain = (schema: unknown): Record<string, unknown> => JSON.parse(JSON.stringify(schema)) as Record<string, unknown>
+const SHARED = [
+  { mediaType: PROBLEM_MEDIA_TYPE, schema: plain(ProblemSchema), ref: '#/components/schemas/Problem' },
+  { mediaType: 'application/json', schema: plain(OAuthErrorSchema), ref: '#/components/schemas/OAuthError' }
+]
 
 interface MediaType { schema?: unknown }
 interface Operation { responses?: Record<string, { content?: Record<string, MediaType> }> }
 
-/** Every error response whose schema is the problem schema refers to the one in components. */
-function shareProblemSchema (paths: Record<string, Record<string, Operation>>): void {
+/** Every error response whose schema is one of the error shapes refers to the one in components. */
+function shareErrorSchemas (paths: Record<string, Record<string, Operation>>): void {
   for (const pathItem of Object.values(paths)) {
     for (const operation of Object.values(pathItem)) {
       for (const response of Object.values(operation.responses ?? {})) {
-        const media = response.content?.[PROBLEM_MEDIA_TYPE]
-        if (media !== undefined && isDeepStrictEqual(media.schema, problemSchema)) media.schema = { $ref: PROBLEM_REF }
+        for (const { mediaType, schema, ref } of SHARED) {
+          const media = response.content?.[mediaType]
+          if (media !== undefined && isDeepStrictEqual(media.schema, schema)) media.schema = { $ref: ref }
+        }
       }
     }
   }
@@ -79,7 +84,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
         { name: 'operations', description: 'Metrics' }
       ],
       components: {
-        schemas: { Problem: problemSchema },
+        schemas: { Problem: SHARED[0]!.schema, OAuthError: SHARED[1]!.schema },
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token' },
           // The cookie names change with COOKIE_SECURE and COOKIE_DOMAIN (prefixes, RFC 6265bis §4.1.3).
@@ -91,7 +96,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
       }
     },
     transformObject: (document) => {
-      if ('openapiObject' in document) shareProblemSchema(document.openapiObject.paths as Record<string, Record<string, Operation>>)
+      if ('openapiObject' in document) shareErrorSchemas(document.openapiObject.paths as Record<string, Record<string, Operation>>)
       return 'openapiObject' in document ? document.openapiObject : document.swaggerObject
     }
   })

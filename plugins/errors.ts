@@ -3,7 +3,14 @@ import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import type { Server } from 'node:http'
 import { ShuttingDownError } from '../src/errors.ts'
 import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
-import { challenge, problemBody, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
+import { challenge, oauthErrorBody, problemBody, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** An OAuth endpoint (token, introspection, revocation): errors in RFC 6749 §5.2's shape, which OAuth clients read. */
+    oauth?: boolean
+  }
+}
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -24,6 +31,7 @@ export const IDLE_LINGER_MS = 1000
 function sendProblem (reply: FastifyReply, problem: Problem): FastifyReply {
   const header = challenge(problem)
   if (header !== undefined) reply.header('www-authenticate', header)
+  if (reply.request.routeOptions.config?.oauth === true) return reply.code(problem.status).type('application/json').send(oauthErrorBody(problem))
   return reply.code(problem.status).type('application/problem+json').send(problemBody(problem))
 }
 
@@ -34,7 +42,11 @@ function lingerIdleConnections (server: Server): void {
   setTimeout(closeIdle, IDLE_LINGER_MS).unref()
 }
 
-/** The one error format: RFC 9457 problem+json with a stable `code` and simplejwt's `detail`; and the answers of a service going away. */
+/**
+ * The one error format: RFC 9457 problem+json with a stable `code` and simplejwt's `detail`,
+ * or on OAuth endpoints RFC 6749's `error` and `error_description`; and the answers of a
+ * service going away.
+ */
 async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.setErrorHandler(function (error: FastifyError, request, reply) {
     const problem = toProblem(error)

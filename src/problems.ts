@@ -83,6 +83,31 @@ export function challenge (problem: Problem): string | undefined {
   return `Bearer realm="authgate"${invalid ? `, error="invalid_token", error_description="${problem.detail}"` : ''}`
 }
 
+// RFC 6749 §5.2's error codes for the problems of an OAuth endpoint; a code that is one of
+// them already (invalid_client, invalid_grant, invalid_scope, ...) stays as it is.
+const OAUTH_ERRORS: Readonly<Record<string, string>> = {
+  validation_failed: 'invalid_request',
+  bad_request: 'invalid_request',
+  invalid_json: 'invalid_request',
+  unsupported_media_type: 'invalid_request',
+  payload_too_large: 'invalid_request',
+  not_authenticated: 'invalid_client',
+  token_not_valid: 'invalid_grant',
+  token_expired: 'invalid_grant',
+  rate_limited: 'temporarily_unavailable',
+  service_unavailable: 'temporarily_unavailable',
+  internal_error: 'server_error'
+}
+
+/**
+ * A problem as the body OAuth clients read (RFC 6749 §5.2, RFC 7662 §2.3, RFC 7009 §2.2.1):
+ * `error` and `error_description`, the failing fields named in the description.
+ */
+export function oauthErrorBody (problem: Problem): { error: string, error_description: string } {
+  const fields = problem.errors?.map((e) => `${e.field} ${e.message}`).join('; ')
+  return { error: OAUTH_ERRORS[problem.code] ?? problem.code, error_description: fields === undefined ? problem.detail : `${problem.detail} ${fields}` }
+}
+
 export interface RawProblemOptions {
   /** Headers besides the security ones and the framing (Allow on a 405). */
   headers?: Readonly<Record<string, string>>

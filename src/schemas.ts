@@ -72,7 +72,13 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() })))
 })
 
-/** RFC 9457's media type: every error answer has it (plugins/errors.ts). */
+/** RFC 6749 §5.2: what an OAuth endpoint answers an error with (plugins/errors.ts). */
+export const OAuthErrorSchema = Type.Object({
+  error: Type.String(),
+  error_description: Type.String()
+})
+
+/** RFC 9457's media type: every error answer has it (plugins/errors.ts), but an OAuth endpoint's. */
 export const PROBLEM_MEDIA_TYPE = 'application/problem+json'
 
 const PROBLEM_DESCRIPTIONS: Readonly<Record<number, string>> = {
@@ -99,17 +105,26 @@ const PROBLEM_HEADERS: Readonly<Record<number, Record<string, { type: 'string', 
  */
 const EVERY_ROUTE_STATUSES = [400, 500, 503] as const
 
-/** One error status's response: problem+json (RFC 9457), described and with its headers. */
-function problemResponse (status: number) {
+/** One error status's response: problem+json (RFC 9457), or RFC 6749's shape, described and with its headers. */
+function problemResponse (status: number, oauth: boolean) {
   return {
     description: PROBLEM_DESCRIPTIONS[status] ?? 'Error',
     ...(PROBLEM_HEADERS[status] === undefined ? {} : { headers: PROBLEM_HEADERS[status] }),
-    content: { [PROBLEM_MEDIA_TYPE]: { schema: ProblemSchema } }
+    content: oauth ? { 'application/json': { schema: OAuthErrorSchema } } : { [PROBLEM_MEDIA_TYPE]: { schema: ProblemSchema } }
   }
+}
+
+function responses (oauth: boolean, statuses: number[]): Record<number, ReturnType<typeof problemResponse>> {
+  const all = [...new Set([...statuses, ...EVERY_ROUTE_STATUSES])].sort((a, b) => a - b)
+  return Object.fromEntries(all.map((status) => [status, problemResponse(status, oauth)]))
 }
 
 /** Response schemas for the error statuses a route answers, beside those every route can. */
 export function problems (...statuses: number[]): Record<number, ReturnType<typeof problemResponse>> {
-  const all = [...new Set([...statuses, ...EVERY_ROUTE_STATUSES])].sort((a, b) => a - b)
-  return Object.fromEntries(all.map((status) => [status, problemResponse(status)]))
+  return responses(false, statuses)
+}
+
+/** The same for an OAuth endpoint (route config `oauth`): RFC 6749 §5.2 errors. */
+export function oauthProblems (...statuses: number[]): Record<number, ReturnType<typeof problemResponse>> {
+  return responses(true, statuses)
 }

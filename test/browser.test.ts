@@ -80,7 +80,8 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     pages[path] = frontEnd(base)
     return base
   }
-  const auth = await startAuthgate('/')
+  // The docs page is off by default in production: an operator turned it on.
+  const auth = await startAuthgate('/', { DOCS_ENABLED: 'true' })
   const evilPages: Record<string, string> = { '/read': attackerReads(auth) }
   const evilOrigin = `http://127.0.0.1:${await servePages(t, evilPages)}`
 

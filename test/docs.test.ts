@@ -174,10 +174,14 @@ t.test('the OpenAPI document lists every route once, with every status it answer
         if (RATE_LIMITED.has(key) || (route.config as Json | undefined)?.limits !== undefined) expected.add(429)
         for (const status of expected) t.ok(statuses.has(status), `answers ${status}`)
 
+        // OAuth endpoints answer RFC 6749 §5.2 errors, which OAuth clients read.
+        const [mediaType, ref] = (route.config as Json | undefined)?.oauth === true
+          ? ['application/json', '#/components/schemas/OAuthError']
+          : ['application/problem+json', '#/components/schemas/Problem']
         for (const [status, response] of Object.entries(operation.responses as Json)) {
           if (Number(status) < 400) continue
-          t.same(Object.keys(response.content ?? {}), ['application/problem+json'], `${status} is problem+json`)
-          t.same(response.content?.['application/problem+json']?.schema, { $ref: '#/components/schemas/Problem' }, `${status} has the problem schema`)
+          t.same(Object.keys(response.content ?? {}), [mediaType], `${status} is ${mediaType}`)
+          t.same(response.content?.[mediaType]?.schema, { $ref: ref }, `${status} has the ${ref.split('/').at(-1)} schema`)
           if (status === '401') t.ok(response.headers?.['www-authenticate'], '401 names WWW-Authenticate')
           if (status === '429') t.ok(response.headers?.['retry-after'], '429 names Retry-After')
         }

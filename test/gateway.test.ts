@@ -1,6 +1,9 @@
+import { createSigner } from 'fast-jwt'
 import t from 'tap'
 import { parseConfig } from '../src/config.ts'
-import { build, claimsOf, login, postJson, register, TestClock, uniqueUser } from './helper.ts'
+import { SecretBox } from '../src/lib/secret-box.ts'
+import { loadSigningKeys } from '../src/services/signing-keys.ts'
+import { build, claimsOf, login, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const CLIENT = { id: 'orders-service', secret: 'a-secret-of-sufficient-length' }
@@ -87,9 +90,14 @@ t.test('for gateways and other services', async (t) => {
     ] as Array<[string, Record<string, string>]>) {
       const res = await form(headers)
       t.equal(res.statusCode, 401, why)
-      t.equal(res.json().code, 'invalid_client', why)
+      // RFC 7662 §2.3 and RFC 6749 §5.2: what OAuth clients read.
+      t.same(res.json(), { error: 'invalid_client', error_description: 'Client authentication failed.' }, why)
+      t.match(res.headers['content-type'], /^application\/json/)
       t.equal(res.headers['www-authenticate'], 'Basic realm="authgate"', why)
     }
+    const bad = await app.inject({ method: 'POST', url: '/api/token/introspect', payload: 'nothing=1', headers: { 'content-type': 'application/x-www-form-urlencoded', ...basic(CLIENT.id, CLIENT.secret) } })
+    t.equal(bad.statusCode, 400)
+    t.match(bad.json(), { error: 'invalid_request', error_description: /token/ }, 'bad input too, in the OAuth shape')
   })
 
   t.test('introspection: active with the claims and username for a live token, revocation-aware', async (t) => {
@@ -116,8 +124,18 @@ t.test('for gateways and other services', async (t) => {
       token_type: 'access',
       sid: claims.sid
     })
-    t.match(await introspect(refresh, 'json'), { active: true, token_type: 'refresh', username: user.username })
+    // A resource server asks whether a Bearer token may pass: a refresh token may not.
+    t.same(await introspect(refresh, 'json'), { active: false }, 'a live refresh token is not active for a resource server')
     t.same(await introspect('not-a-token'), { active: false })
+    // Whatever makes a token fail verification: inactive, never an error.
+    const [key] = await loadSigningKeys(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 0)
+    const signed = (header: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+      createSigner({ key: key!.privateKey, algorithm: 'ES256', kid: key!.kid, header: { alg: 'ES256', typ: 'at+jwt', ...header } })({ ...claims, ...extra })
+    t.same(await introspect(signed({}, { nbf: claims.exp })), { active: false }, 'nbf ahead')
+    t.same(await introspect(signed({ crit: ['x-unknown'], 'x-unknown': 1 })), { active: false }, 'an unknown crit header')
+    t.same(await introspect(`${access.slice(0, -4)}AAAA`), { active: false }, 'a malformed signature')
+    t.same(await introspect(`${access.split('.').slice(0, 2).join('.')}.`), { active: false }, 'no signature')
+    t.same(await introspect(signed({})), { ...await introspect(access), jti: claims.jti }, 'the same claims signed again: active')
     const rotated = (await postJson(app, '/api/token/refresh', { refresh })).json()
     t.same(await introspect(refresh), { active: false }, 'a used refresh token')
     clock.advance(301)

@@ -91,6 +91,14 @@ t.test('a key created by another replica after start is found by its kid, one lo
   t.equal(app.keyring.jwks.keys.length, 2, 'both keys in the JWKS')
 
   const second = await rotateElsewhere()
+  if (process.env.DB_ENGINE === 'postgres') {
+    // On PostgreSQL every replica hears of a key change at once (NOTIFY), no lookup needed.
+    const kid = JSON.parse(Buffer.from(second.split('.')[0]!, 'base64url').toString()).kid
+    const started = Date.now()
+    while (!app.keyring.jwks.keys.some((key) => key.kid === kid) && Date.now() - started < 5000) await new Promise((resolve) => setTimeout(resolve, 10))
+    t.equal(await detail(second), 200, 'another new kid: heard of through the notification')
+    return
+  }
   t.equal(await detail(second), 401, 'another new kid within 10 s of the last lookup: refused without a query')
   clock.advance(10)
   t.equal(await detail(second), 200, 'after 10 s it is looked up')

@@ -51,12 +51,12 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
     t.ok(compared.some((hash) => bcrypt.getRounds(hash) === 5), `${why}: a comparison at the configured cost`)
   }
 
-  t.test('the upgrade of a hash never overwrites a password changed meanwhile', async (t) => {
+  t.test('the upgrade of a hash never overwrites a password changed meanwhile, and the old password starts no session', async (t) => {
     const changed = await bcrypt.hash('a password set by a reset', 5)
     duringRehash = async () => {
       await app.db.updateTable('users').set({ password_hash: changed }).where('id', '=', older.id).execute()
     }
-    await accounts.login(older.username, older.password, { userAgent: null, ip: null })
+    await t.rejects(accounts.login(older.username, older.password, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' })
     const row = await app.db.selectFrom('users').select('password_hash').where('id', '=', older.id).executeTakeFirstOrThrow()
     t.equal(row.password_hash, changed, 'the reset stands')
   })

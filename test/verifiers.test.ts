@@ -2,15 +2,22 @@ import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import { createInterface } from 'node:readline'
+import { serve } from '@hono/node-server'
 import fastifyJwt, { type JwtHeader, type TokenOrHeader } from '@fastify/jwt'
 import { createSigner } from 'fast-jwt'
+import express, { type ErrorRequestHandler } from 'express'
+import { expressjwt, type Request as JWTRequest } from 'express-jwt'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import buildGetJwks from 'get-jwks'
+import { Hono } from 'hono'
+import { jwk } from 'hono/jwk'
+import type { JwtVariables } from 'hono/jwt'
 import { createRemoteJWKSet, jwtVerify } from 'jose'
+import jwksRsa from 'jwks-rsa'
 import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
-import { build, login, SECRET_KEY } from './helper.ts'
+import { build, claimsOf, login, SECRET_KEY } from './helper.ts'
 
 /** What a verifier made of a token: its claims, or why it refused it. */
 type Outcome = { claims: Record<string, unknown> } | { refused: string }
@@ -19,7 +26,7 @@ type Verify = (token: string) => Promise<Outcome>
 const urlOf = (fastify: FastifyInstance) => `http://127.0.0.1:${(fastify.server.address() as AddressInfo).port}`
 
 /** The README's Fastify service: @fastify/jwt with authgate's public keys through get-jwks. */
-async function ordersService (t: Test, authgateUrl: string): Promise<Verify> {
+async function ordersService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
   const getJwks = buildGetJwks()
   const orders = Fastify()
   t.teardown(() => orders.close())
@@ -29,7 +36,7 @@ async function ordersService (t: Test, authgateUrl: string): Promise<Verify> {
       const { header } = token as { header: JwtHeader }
       return getJwks.getPublicKey({ kid: header.kid, alg: header.alg, domain: authgateUrl })
     },
-    verify: { algorithms: ['ES256'], allowedIss: 'authgate', allowedAud: 'authgate' }
+    verify: { algorithms: ['ES256'], allowedIss: issuer, allowedAud: audience }
   })
   orders.get('/orders', async (request, reply) => {
     // A kid missing from the JWKS fails in get-jwks, before @fastify/jwt's 401s: one answer for all.
@@ -48,19 +55,74 @@ async function ordersService (t: Test, authgateUrl: string): Promise<Verify> {
 }
 
 /** The README's jose verifier. */
-function joseVerifier (authgateUrl: string): Verify {
+function joseVerifier (authgateUrl: string, issuer: string, audience: string): Verify {
   // jose fetches the JWKS again for an unknown kid at most once per cooldownDuration (30 s by
   // default); 0 here so that the test need not wait after its rotation.
   const JWKS = createRemoteJWKSet(new URL(`${authgateUrl}/.well-known/jwks.json`), { cooldownDuration: 0 })
   return async (token) => {
     try {
-      const { payload } = await jwtVerify(token, JWKS, { issuer: 'authgate', audience: 'authgate', typ: 'at+jwt', algorithms: ['ES256'] })
+      const { payload } = await jwtVerify(token, JWKS, { issuer, audience, typ: 'at+jwt', algorithms: ['ES256'] })
       if (payload.token_type !== 'access') return { refused: 'not an access token' }
       return { claims: payload }
     } catch (error) {
       return { refused: String(error) }
     }
   }
+}
+
+/** A service on 127.0.0.1 as a verifier: 200 gives the claims it answered, 401 why it refused. */
+function overHttp (url: string): Verify {
+  return async (token) => {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } })
+    if (res.status === 200) return { claims: await res.json() as Record<string, unknown> }
+    if (res.status === 401) return { refused: await res.text() }
+    throw new Error(`${url} answered ${res.status}: ${await res.text()}`)
+  }
+}
+
+/** The README's Hono service: hono/jwk with authgate's JWKS. */
+async function honoService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
+  const app = new Hono<{ Variables: JwtVariables<{ token_type: string, user_id: number }> }>()
+  app.use('/orders', jwk({
+    jwks_uri: `${authgateUrl}/.well-known/jwks.json`, // fetched again for every request: no cache
+    alg: ['ES256'],
+    // typ: hono/jwk refuses any typ but JWT unless told; authgate's access tokens are at+jwt.
+    verification: { iss: issuer, aud: audience, typ: 'at+jwt' }
+  }))
+  app.get('/orders', (c) => {
+    const claims = c.get('jwtPayload')
+    if (claims.token_type !== 'access') return c.json({ error: 'a valid access token is required' }, 401)
+    return c.json({ user_id: claims.user_id })
+  })
+  const server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 })
+  await once(server, 'listening')
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  return overHttp(`http://127.0.0.1:${(server.address() as AddressInfo).port}/orders`)
+}
+
+/** The README's express service: express-jwt with jwks-rsa. */
+async function expressService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
+  const app = express()
+  app.use('/orders', expressjwt({
+    // Caches each key by kid (10 minutes); a kid it does not hold is fetched, at most 10 times a minute.
+    secret: jwksRsa.expressJwtSecret({ jwksUri: `${authgateUrl}/.well-known/jwks.json`, cache: true, rateLimit: true }),
+    algorithms: ['ES256'],
+    issuer,
+    audience
+  }))
+  app.get('/orders', (req: JWTRequest, res) => {
+    if (req.auth?.token_type !== 'access') return res.status(401).json({ error: 'a valid access token is required' })
+    res.json({ user_id: req.auth.user_id })
+  })
+  const onError: ErrorRequestHandler = (err, req, res, next) => {
+    if (err.name !== 'UnauthorizedError') return next(err)
+    res.status(401).json({ error: 'a valid access token is required' })
+  }
+  app.use(onError)
+  const server = app.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  return overHttp(`http://127.0.0.1:${(server.address() as AddressInfo).port}/orders`)
 }
 
 // The README's PyJWT verifier, one client for every token (its JWKS cache lives across the
@@ -71,10 +133,11 @@ import jwt
 
 # Keeps the JWKS 300 s (lifespan) and fetches it again for a kid it does not hold.
 jwks_client = jwt.PyJWKClient(sys.argv[1])
+ISSUER, AUDIENCE = sys.argv[2], sys.argv[3]
 
 def verify(token):
     key = jwks_client.get_signing_key_from_jwt(token)
-    claims = jwt.decode(token, key.key, algorithms=['ES256'], audience='authgate', issuer='authgate')
+    claims = jwt.decode(token, key.key, algorithms=['ES256'], audience=AUDIENCE, issuer=ISSUER)
     if claims.get('token_type') != 'access':
         raise jwt.InvalidTokenError('not an access token')
     return claims
@@ -90,10 +153,10 @@ const pyjwtMissing = spawnSync(PYTHON, ['-c', 'import jwt, cryptography'], { tim
   ? `${PYTHON} cannot import jwt and cryptography: apt-get install python3-jwt (.ci/run does)`
   : false
 
-function pyjwtVerifier (t: Test, authgateUrl: string): Verify {
+function pyjwtVerifier (t: Test, authgateUrl: string, issuer: string, audience: string): Verify {
   // urllib follows *_proxy variables: the JWKS is on 127.0.0.1 and must be fetched directly.
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/_proxy$/i.test(name)))
-  const python = spawn(PYTHON, ['-c', PYJWT_VERIFIER, `${authgateUrl}/.well-known/jwks.json`], { env, stdio: 'pipe' })
+  const python = spawn(PYTHON, ['-c', PYJWT_VERIFIER, `${authgateUrl}/.well-known/jwks.json`, issuer, audience], { env, stdio: 'pipe' })
   let stderr = ''
   python.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   t.teardown(async () => {
@@ -119,13 +182,16 @@ t.test('other services verify access tokens with their own libraries against the
   await app.listen({ host: '127.0.0.1', port: 0 })
   const authgateUrl = urlOf(app)
   const box = new SecretBox(SECRET_KEY, 'signing-keys')
+  // What a service is configured with: the issuer of the discovery document, the audience of the tokens.
+  const { issuer } = await (await fetch(`${authgateUrl}/.well-known/openid-configuration`)).json() as { issuer: string }
+  const audience = claimsOf((await login(app)).access).aud as string
 
   /** A signed-in user's tokens, and tokens of another issuer and audience signed with the app's current key. */
   async function tokensNow () {
     const { access, refresh, user } = await login(app)
     const key = (await loadSigningKeys(app.db, box, 0)).find((k) => !k.next && k.retiredAt === null)!
     const sign = createSigner({ key: key.privateKey, algorithm: 'ES256', kid: key.kid, header: { alg: 'ES256', typ: 'at+jwt' }, expiresIn: 300_000 })
-    const claims = { token_type: 'access', user_id: user.id, sub: String(user.id), iss: 'authgate', aud: 'authgate' }
+    const claims = { token_type: 'access', user_id: user.id, sub: String(user.id), iss: issuer, aud: audience }
     return {
       access,
       refresh,
@@ -153,15 +219,25 @@ t.test('other services verify access tokens with their own libraries against the
   }
 
   t.test('a Fastify service with @fastify/jwt and get-jwks', async (t) => {
-    const verify = await ordersService(t, authgateUrl)
+    const verify = await ordersService(t, authgateUrl, issuer, audience)
     await checkVerifier(t, verify, (userId) => ({ user_id: userId }))
   })
 
   t.test('jose', async (t) => {
-    await checkVerifier(t, joseVerifier(authgateUrl), (userId) => ({ user_id: userId, token_type: 'access' }))
+    await checkVerifier(t, joseVerifier(authgateUrl, issuer, audience), (userId) => ({ user_id: userId, token_type: 'access' }))
+  })
+
+  t.test('Hono with hono/jwk', async (t) => {
+    const verify = await honoService(t, authgateUrl, issuer, audience)
+    await checkVerifier(t, verify, (userId) => ({ user_id: userId }))
+  })
+
+  t.test('express with express-jwt and jwks-rsa', async (t) => {
+    const verify = await expressService(t, authgateUrl, issuer, audience)
+    await checkVerifier(t, verify, (userId) => ({ user_id: userId }))
   })
 
   t.test('PyJWT', { skip: pyjwtMissing }, async (t) => {
-    await checkVerifier(t, pyjwtVerifier(t, authgateUrl), (userId) => ({ user_id: userId, token_type: 'access' }))
+    await checkVerifier(t, pyjwtVerifier(t, authgateUrl, issuer, audience), (userId) => ({ user_id: userId, token_type: 'access' }))
   })
 })

@@ -1,8 +1,8 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { InvalidClientError } from '#src/errors.ts'
-import { IntrospectionClientSecurity, problems } from '#src/schemas.ts'
+import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
+import { IntrospectionClientSecurity, oauthProblems } from '#src/schemas.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
@@ -49,14 +49,14 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.post('/introspect', {
-    config: { acceptsForm: true, limits: { kind: 'token' } },
+    config: { acceptsForm: true, oauth: true, limits: { kind: 'token' } },
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',
       security: IntrospectionClientSecurity,
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: IntrospectBodySchema,
-      response: { 200: IntrospectionSchema, ...problems(400, 401, 413, 415, 429, 503) }
+      response: { 200: IntrospectionSchema, ...oauthProblems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     await authenticateClient(request.headers.authorization)
@@ -65,10 +65,14 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     try {
       claims = await fastify.verifyBodyToken(request)
     } catch (error) {
-      // Any token that does not verify is simply not active; a database outage stays a 503.
-      if ((error as { statusCode?: number }).statusCode === 401) return { active: false }
-      throw error
+      // Any token that does not verify (a bad signature, nbf ahead, a crit header, anything) is
+      // simply not active; a database outage stays a 503.
+      if (error instanceof DatabaseUnavailableError) throw error
+      return { active: false }
     }
+    // A resource server asks whether a Bearer token may pass: only an access token may. A refresh
+    // token is active for authgate alone (RFC 7662 §2.2 lets the server decide what it reports).
+    if (claims.token_type !== 'access') return { active: false }
     const user = await fastify.sessions.liveUser(claims)
     if (user === undefined) return { active: false }
     const { sub, user_id: userId, exp, iat, iss, aud, jti, token_type: tokenType, sid } = claims
