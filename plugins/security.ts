@@ -9,16 +9,22 @@ import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 const JSON_TYPE = /^application\/json\s*(?:;|$)/i
 const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;|$)/i
 
+/** A request that carries no body: no length (or 0) and no chunked encoding. */
+function bodiless (request: FastifyRequest): boolean {
+  const { 'content-length': length, 'transfer-encoding': encoding } = request.headers
+  return encoding === undefined && (length === undefined || length === '0')
+}
+
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route takes form bodies too: one that no browser cookie authenticates (introspection). */
     acceptsForm?: boolean
     /**
      * The route's rate limits. `credentials`: RATE_LIMIT_CREDENTIALS_MAX per client IP, and
-     * RATE_LIMIT_IDENTIFIER_MAX per the account `account` names, from any IP (checked once the
+     * RATE_LIMIT_IDENTIFIER_MAX per the account `account` names (its key: accounts.limitKey), from any IP (checked once the
      * body is validated); `token`: RATE_LIMIT_TOKEN_MAX per client IP.
      */
-    limits?: { kind: 'credentials' | 'token', account?: (request: FastifyRequest) => string | undefined }
+    limits?: { kind: 'credentials' | 'token', account?: (request: FastifyRequest) => Promise<string> }
   }
 }
 
@@ -51,12 +57,20 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     // Every POST must be JSON (415 otherwise), bodiless ones included: a cross-site form or a
     // "simple" fetch cannot send that type without a CORS preflight, so a cookie-authenticated
     // request can never be forged from another site. A route that no cookie authenticates may
-    // take forms as well.
-    if (request.method === 'POST' && !JSON_TYPE.test(request.headers['content-type'] ?? '') &&
-        !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(request.headers['content-type'] ?? ''))) {
+    // take forms as well; and a POST with no body at all and an Authorization header passes
+    // (logout with a Bearer token, as clients send it): that header forces a preflight too.
+    const type = request.headers['content-type']
+    if (request.method === 'POST' && !JSON_TYPE.test(type ?? '') &&
+        !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(type ?? '')) &&
+        !(type === undefined && bodiless(request) && request.headers.authorization !== undefined)) {
       done(new UnsupportedMediaTypeError())
       return
     }
+    done()
+  })
+  // The bodiless POST let through above is judged as the empty object the schema describes.
+  fastify.addHook('preValidation', (request, _reply, done) => {
+    if (request.body === undefined && request.method === 'POST') request.body = {}
     done()
   })
 
@@ -96,10 +110,9 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
   await fastify.register(rateLimit, { global: false, store })
 
   const timeWindow = config.rateLimitWindowS * 1000
-  const limit = (max: number, key: (request: FastifyRequest) => string | undefined) => {
-    const check = fastify.createRateLimit({ max, timeWindow, keyGenerator: (request) => key(request) ?? '' })
+  const limit = (max: number, key: (request: FastifyRequest) => string | Promise<string>) => {
+    const check = fastify.createRateLimit({ max, timeWindow, keyGenerator: key })
     return async (request: FastifyRequest, reply: { header: (name: string, value: number) => unknown }): Promise<void> => {
-      if (key(request) === undefined) return
       const result = await check(request)
       if (result.isAllowed || !result.isExceeded) return
       reply.header('retry-after', result.ttlInSeconds)
@@ -111,17 +124,16 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
     credentials: limit(config.RATE_LIMIT_CREDENTIALS_MAX, (request) => `credentials:${request.routeOptions.url}:${ip(request)}`),
     token: limit(config.RATE_LIMIT_TOKEN_MAX, (request) => `token:${request.routeOptions.url}:${ip(request)}`)
   }
-  // One count per account over every credential endpoint: login and /api/token alike.
-  const byAccount = limit(config.RATE_LIMIT_IDENTIFIER_MAX, (request) => {
-    const account = request.routeOptions.config.limits?.account?.(request)
-    return account === undefined ? undefined : `account:${account.normalize('NFKC').toLowerCase()}`
-  })
+  // One count per account over every credential endpoint, whichever name of it was given:
+  // login, /api/token and the password change alike.
+  const byAccount = limit(config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `account:${await request.routeOptions.config.limits!.account!(request)}`)
   const notFound = limit(config.RATE_LIMIT_NOT_FOUND_MAX, (request) => `not-found:${ip(request)}`)
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const limits = route.config?.limits
     if (limits === undefined) return
-    route.onRequest = [...[route.onRequest ?? []].flat(), byIp[limits.kind]]
+    // First: a request over the limit costs no authentication, no token check.
+    route.onRequest = [byIp[limits.kind], ...[route.onRequest ?? []].flat()]
     if (limits.account !== undefined) route.preHandler = [...[route.preHandler ?? []].flat(), byAccount]
   })
   // Probing for paths is limited too.

@@ -59,6 +59,11 @@ export function toProblem (error: FastifyError): Problem {
       ? { status: 401, code: 'not_authenticated', detail: 'Authentication credentials were not provided.' }
       : { status: 401, code: 'token_not_valid', detail: 'Token is invalid or expired' }
   }
+  // A data exception (SQLSTATE class 22: a value PostgreSQL cannot take) is the request's fault,
+  // whatever let it through: never a 500.
+  if (/^22[0-9A-Z]{3}$/.test(code) && typeof (error as { severity?: unknown }).severity === 'string') {
+    return { status: 400, code: 'bad_request', detail: 'A value in the request is not valid.' }
+  }
   const known = FASTIFY_ERRORS.get(code)
   if (known !== undefined) return { status: known.code === 'service_unavailable' ? 503 : error.statusCode ?? 400, ...known }
   const status = error.statusCode ?? 500

@@ -194,3 +194,12 @@ t.test('bad input always gets a 4xx problem, never a 500', async (t) => {
     t.equal((await app.inject({ method: 'DELETE', url: '/api/detail' })).statusCode, 404)
   })
 })
+
+t.test('a value PostgreSQL cannot take (SQLSTATE class 22) is the request\'s fault: 400, never 500', async (t) => {
+  const { toProblem } = await import('../src/problems.ts')
+  for (const code of ['22P02', '22007', '22003', '22001']) {
+    const error = Object.assign(new Error('invalid input syntax for type uuid: "urn:uuid:…"'), { code, severity: 'ERROR' })
+    t.same(toProblem(error as never), { status: 400, code: 'bad_request', detail: 'A value in the request is not valid.' }, code)
+  }
+  t.match(toProblem(Object.assign(new Error('x'), { code: '23505', severity: 'ERROR' }) as never), { status: 500 }, 'another SQLSTATE stays a server error')
+})

@@ -33,6 +33,20 @@ t.test('ending sessions and managing them', async (t) => {
     t.equal(await refreshes(second.refresh), 200)
   })
 
+  t.test('logout with a Bearer token and no body at all, as clients send it', async (t) => {
+    const { access } = await login(app)
+    const res = await app.inject({ method: 'POST', url: '/api/auth/logout', headers: bearer(access) })
+    t.equal(res.statusCode, 204)
+    t.equal(await detail(access), 401)
+    // With the cookie only, a bodiless POST could come from a cross-site form: refused.
+    const browser = await login(app)
+    const cookieOnly = await app.inject({ method: 'POST', url: '/api/auth/logout', headers: { cookie: `__Host-access_token=${browser.access}` } })
+    t.equal(cookieOnly.statusCode, 415)
+    t.equal(await detail(browser.access), 200, 'and it changed nothing')
+    const withBody = await app.inject({ method: 'POST', url: '/api/auth/logout', payload: 'x', headers: bearer(browser.access) })
+    t.equal(withBody.statusCode, 415, 'a body that is not JSON is refused, Bearer or not')
+  })
+
   t.test('logout with the access cookie', async (t) => {
     const { access } = await login(app)
     const res = await postJson(app, '/api/auth/logout/', {}, { cookie: `__Host-access_token=${access}` })
@@ -173,9 +187,12 @@ t.test('ending sessions and managing them', async (t) => {
       t.equal(res.json().code, 'not_found')
     }
     t.equal(await detail(stranger.access), 200, 'the stranger\'s session lives')
-    const bad = await remove('not-a-uuid')
-    t.equal(bad.statusCode, 400)
-    t.equal(bad.json().code, 'validation_failed')
+    for (const id of ['not-a-uuid', `urn:uuid:${claimsOf(first.access).sid as string}`, `{${claimsOf(first.access).sid as string}}`, (claimsOf(first.access).sid as string).replaceAll('-', '')]) {
+      const bad = await remove(id)
+      t.equal(bad.statusCode, 400, id)
+      t.equal(bad.json().code, 'validation_failed')
+    }
+    t.equal(await detail(first.access), 200, 'no form of its id ended this session')
   })
 
   t.test('password change', async (t) => {

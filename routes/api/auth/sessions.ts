@@ -11,7 +11,8 @@ const SessionSchema = Type.Object({
   current: Type.Boolean()
 })
 
-export const SessionParamsSchema = Type.Object({ id: Type.String({ format: 'uuid' }) })
+// The hyphenated form only: ajv's uuid format also takes urn:uuid:..., which PostgreSQL does not.
+export const SessionParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })
 
 // The signed-in user's devices: GET lists them, DELETE signs one out.
 const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
