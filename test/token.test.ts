@@ -294,3 +294,24 @@ t.test('token endpoints', async (t) => {
     t.type((await app.db.selectFrom('sessions').select('revoked_at').where('id', '=', claimsOf(refresh).sid as string).executeTakeFirstOrThrow()).revoked_at, Date)
   })
 })
+
+t.test('answers with tokens or an identity are never cached (RFC 6749 §5.1); only the keys and a fixed discovery document may be', async (t) => {
+  const app = await build(t, { env: { PUBLIC_URL: 'https://auth.example.com' } })
+  const { access, refresh, user } = await login(app)
+  const bearer = { authorization: `Bearer ${access}` }
+  const answers = {
+    login: await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password }),
+    token: await postJson(app, '/api/token', { username: user.username, password: user.password }),
+    refresh: await postJson(app, '/api/token/refresh', { refresh }),
+    detail: await app.inject({ url: '/api/detail', headers: bearer }),
+    sessions: await app.inject({ url: '/api/auth/sessions', headers: bearer }),
+    check: await app.inject({ url: '/api/auth/check', headers: bearer }),
+    'a 401': await app.inject({ url: '/api/detail' })
+  }
+  for (const [what, res] of Object.entries(answers)) {
+    t.ok(res.statusCode < 500, what)
+    t.equal(res.headers['cache-control'], 'no-store', what)
+  }
+  t.equal((await app.inject({ url: '/.well-known/jwks.json' })).headers['cache-control'], 'public, max-age=300')
+  t.equal((await app.inject({ url: '/.well-known/openid-configuration' })).headers['cache-control'], 'public, max-age=300')
+})

@@ -23,9 +23,7 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
       'x-auth-user-id': String(user.id),
       'x-auth-username': headerValue(user.username),
       'x-auth-email': headerValue(user.email),
-      'x-auth-session-id': user.sessionId,
-      // Identity answers are per user: no cache on the way may keep one.
-      'cache-control': 'no-store'
+      'x-auth-session-id': user.sessionId
     }).send(null)
   })
 }

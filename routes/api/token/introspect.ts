@@ -58,9 +58,8 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
       body: IntrospectBodySchema,
       response: { 200: IntrospectionSchema, ...oauthProblems(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request, reply) => {
+  }, async (request) => {
     await authenticateClient(request.headers.authorization)
-    reply.header('cache-control', 'no-store')
     let claims
     try {
       claims = await fastify.verifyBodyToken(request)
