@@ -1,7 +1,7 @@
 import client, { Counter, Gauge, Registry } from '@prometheus-io/client'
 import metricsModule from 'fastify-metrics'
 import fp from 'fastify-plugin'
-import { timingSafeEqual } from 'node:crypto'
+import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { poolUsage } from '../src/db/index.ts'
 import { NotAuthenticatedError, RateLimitedError } from '../src/errors.ts'
@@ -23,10 +23,12 @@ export interface Counters {
   rateLimited: Counter<'route'>
 }
 
+const digest = (text: string): Buffer => createHash('sha256').update(text).digest()
+
+// Digests of equal length compared in constant time: neither the token nor its length shows in the timing.
 function bearerMatches (request: FastifyRequest, token: Buffer): boolean {
   const header = request.headers.authorization ?? ''
-  const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '')
-  return given.length === token.length && timingSafeEqual(given, token)
+  return timingSafeEqual(digest(header.startsWith('Bearer ') ? header.slice(7) : ''), token)
 }
 
 /**
@@ -63,7 +65,7 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
 
   const token = fastify.config.METRICS_TOKEN
   if (token === undefined) return
-  const expected = Buffer.from(token)
+  const expected = digest(token)
   // A CommonJS module compiled from ES: its plugin is the `default` export.
   await fastify.register(metricsModule.default, {
     promClient: client,
@@ -77,12 +79,14 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       url: '/metrics',
       method: 'GET',
       logLevel: 'warn',
+      // Guessing the token is limited per client IP, as credentials are.
+      config: { limits: { kind: 'credentials' } },
       schema: {
         tags: ['operations'],
         summary: 'Prometheus metrics',
         security: [{ metricsToken: [] }],
         produces: ['text/plain'],
-        response: { 200: { type: 'string', description: 'Prometheus text format' }, ...problems(401) }
+        response: { 200: { type: 'string', description: 'Prometheus text format' }, ...problems(401, 429) }
       },
       onRequest: async (request: FastifyRequest) => {
         if (!bearerMatches(request, expected)) throw new NotAuthenticatedError()

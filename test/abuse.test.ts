@@ -9,10 +9,16 @@ const limits = { RATE_LIMIT_ENABLED: 'true' }
 // An address of its own per test and run: counts kept in the shared Redis never meet.
 const someIp = (): string => `10.${randomInt(256)}.${randomInt(256)}.${randomInt(1, 255)}`
 
-function assertLimited (t: Test, res: LightMyRequestResponse): void {
+function assertLimited (t: Test, res: LightMyRequestResponse, oauth = false): void {
   t.equal(res.statusCode, 429)
-  t.match(res.headers['content-type'], /^application\/problem\+json/)
-  t.match(res.json(), { status: 429, code: 'rate_limited', detail: /^Too many requests; try again in \d+ seconds\.$/ })
+  if (oauth) {
+    // An OAuth endpoint: RFC 6749's shape, which its clients read.
+    t.match(res.headers['content-type'], /^application\/json/)
+    t.match(res.json(), { error: 'temporarily_unavailable', error_description: /^Too many requests; try again in \d+ seconds\.$/ })
+  } else {
+    t.match(res.headers['content-type'], /^application\/problem\+json/)
+    t.match(res.json(), { status: 429, code: 'rate_limited', detail: /^Too many requests; try again in \d+ seconds\.$/ })
+  }
   t.ok(Number(res.headers['retry-after']) >= 1 && Number(res.headers['retry-after']) <= 60, `Retry-After ${String(res.headers['retry-after'])}`)
 }
 
@@ -30,9 +36,28 @@ t.test('login is limited per client IP, then per account from any IP; no lockout
   // One account from many IPs: the fifth attempt is refused, whatever the IP.
   for (let i = 0; i < 4; i++) t.equal((await attempt(someIp(), user.username)).statusCode, 401)
   assertLimited(t, await attempt(someIp(), user.username.toUpperCase(), user.password))
-  // Counted per identifier as given: the email is another one. A limit, not a lockout: the
-  // window passes and the owner signs in.
-  t.equal((await attempt(someIp(), user.email.toUpperCase(), user.password)).statusCode, 200)
+  // Counted per account: its email is the same account, till the window passes.
+  assertLimited(t, await attempt(someIp(), user.email.toUpperCase(), user.password))
+})
+
+t.test('an account is counted once, whichever of its names and spellings is tried, and with the password change', async (t) => {
+  const app = await build(t, { env: { ...limits, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '100', RATE_LIMIT_IDENTIFIER_MAX: '10' } })
+  // JavaScript lower-cases İ to i̇ (two code points); PostgreSQL's citext to i: one account for both.
+  const user = await register(app, { ...uniqueUser(), username: `istanbul${randomInt(1e9)}` })
+  const { access } = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
+  const names = [user.username, user.username.replace('i', 'İ'), user.username.toUpperCase().replace('I', 'İ'), user.email, user.email.toUpperCase()]
+  const statuses: number[] = []
+  for (let i = 0; i < 9; i++) {
+    statuses.push((await postJson(app, i % 2 === 0 ? '/api/auth/login' : '/api/token', i % 2 === 0
+      ? { identifier: names[i % names.length], password: 'not the password at all' }
+      : { username: names[i % names.length], password: 'not the password at all' }, { 'x-forwarded-for': someIp() })).statusCode)
+  }
+  t.same(statuses, Array(9).fill(401), 'nine guesses at one account over its five names and both endpoints (and the sign-in before)')
+  assertLimited(t, await postJson(app, '/api/auth/login', { identifier: names[1], password: user.password }, { 'x-forwarded-for': someIp() }))
+  assertLimited(t, await postJson(app, '/api/auth/password', { current_password: 'a guess at the password', new_password: 'another good passphrase' }, { authorization: `Bearer ${access}` }))
+  // Unknown identifiers are counted by the name given, case-folded.
+  for (let i = 0; i < 10; i++) t.equal((await postJson(app, '/api/auth/login', { identifier: i % 2 === 0 ? 'Nobody.Here' : 'nobody.here', password: 'x'.repeat(10) })).statusCode, 401)
+  assertLimited(t, await postJson(app, '/api/auth/login', { identifier: 'NOBODY.HERE', password: 'x'.repeat(10) }))
 })
 
 t.test('each credential and token endpoint is limited; routes without limits are not', async (t) => {
@@ -52,7 +77,7 @@ t.test('each credential and token endpoint is limited; routes without limits are
     await postJson(app, url, body, headers)
     if (url !== '/api/auth/register') await postJson(app, url, body, headers)
     else await postJson(app, url, uniqueUser(), headers)
-    assertLimited(t, await postJson(app, url, body, headers))
+    assertLimited(t, await postJson(app, url, body, headers), url === '/api/token/introspect')
   }
   // login was used once by the helper: a second is fine, the third is refused.
   t.equal((await postJson(app, '/api/auth/login', { identifier: 'x', password: 'some password here' })).statusCode, 401)

@@ -76,6 +76,17 @@ t.test('blacklist is a logout in the trail; an expired token\'s refresh is a fai
   ])
 })
 
+t.test('control characters a client typed reach the trail written out, never raw', async (t) => {
+  const app = await build(t)
+  const identifier = 'mallory\u001b[2J\u001b]0;owned\u0007\r\nroot'
+  t.equal((await postJson(app, '/api/auth/login', { identifier, password: 'not a password' }, { 'user-agent': 'agent\u0008\u0008\u007f' })).statusCode, 401)
+  await app.audit.flush()
+  const row = await app.db.selectFrom('audit_events').select(['identifier', 'user_agent']).where('event', '=', 'login').executeTakeFirstOrThrow()
+  t.equal(row.identifier, 'mallory\\u001b[2J\\u001b]0;owned\\u0007\\u000d\\u000aroot')
+  t.equal(row.user_agent, 'agent\\u0008\\u0008\\u007f')
+  t.notOk(/\p{Cc}/u.test(`${row.identifier}${row.user_agent}`), 'no control character left')
+})
+
 t.test('events older than AUDIT_RETENTION are pruned; newer ones stay', async (t) => {
   const clock = new TestClock()
   const app = await build(t, { clock, env: { AUDIT_RETENTION: '30d' } })

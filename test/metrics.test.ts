@@ -25,6 +25,13 @@ t.test('/metrics answers only its token, as Bearer', async (t) => {
   }
 })
 
+t.test('guessing the metrics token is rate limited per client IP', async (t) => {
+  const app = await build(t, { env: { METRICS_TOKEN, RATE_LIMIT_ENABLED: 'true', RATE_LIMIT_CREDENTIALS_MAX: '3' } })
+  const statuses = []
+  for (let i = 0; i < 4; i++) statuses.push((await app.inject({ url: '/metrics', headers: { authorization: `Bearer guess-${i}` } })).statusCode)
+  t.same(statuses, [401, 401, 401, 429])
+})
+
 t.test('latency by route, security events, tokens issued, rate-limited requests and the process', async (t) => {
   const app = await build(t, { env: { METRICS_TOKEN, AUTH_REUSE_GRACE_S: '0', RATE_LIMIT_ENABLED: 'true', RATE_LIMIT_NOT_FOUND_MAX: '1' } })
   const { access, refresh, user } = await login(app)

@@ -63,17 +63,19 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
     ? Buffer.byteLength(password, 'utf8') <= MAX_PASSWORD_BYTES
     : bcrypt.getRounds(hash) !== cost
 
+  // The user a sign-in names: by email when it holds an @, else by username (NFKC). citext
+  // compares as the unique constraints do, without regard to case.
+  const byIdentifier = (identifier: string) => identifier.includes('@')
+    ? db.selectFrom('users').where('email', '=', identifier)
+    : db.selectFrom('users').where('username', '=', normalizeUsername(identifier))
+
   /**
    * The active user whose username (or, with an @, email) and password match, else
    * InvalidCredentialsError. Every failure costs at least one comparison at the configured
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
   async function authenticate (identifier: string, password: string): Promise<{ user: User, passwordHash: string }> {
-    const byEmail = identifier.includes('@')
-    const row = await db.selectFrom('users')
-      .select(['id', 'username', 'email', 'password_hash', 'is_active'])
-      .where(byEmail ? 'email' : 'username', '=', byEmail ? identifier : normalizeUsername(identifier))
-      .executeTakeFirst()
+    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active']).executeTakeFirst()
 
     const matches = await passwordMatches(password, row?.password_hash)
     if (row === undefined || !matches || !row.is_active) throw new InvalidCredentialsError()
@@ -91,6 +93,16 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
   }
 
   return {
+    /**
+     * What the sign-ins of an identifier are counted by (the per-account rate limit): its
+     * account's id, whichever of its names was given and however its case is written; for no
+     * account, the identifier itself, case-folded.
+     */
+    async limitKey (identifier: string): Promise<string> {
+      const row = await byIdentifier(identifier).select('id').executeTakeFirst()
+      return row === undefined ? `name:${normalizeUsername(identifier).toLowerCase()}` : `user:${row.id}`
+    },
+
     /** Checks the policy, hashes, inserts; the database decides whether the name or email is taken. */
     async register (input: Registration): Promise<User> {
       const username = normalizeUsername(input.username)

@@ -31,7 +31,14 @@ const BATCH = 500
 const MAX_WAITING = 10_000
 const MAX_TEXT = 512
 
-const clip = (value: string | null | undefined): string | null => value == null ? null : value.slice(0, MAX_TEXT)
+/**
+ * Client-written text (an identifier tried, a user agent) as the trail keeps it: at most 512
+ * characters, control characters written out as \u escapes, so that reading the table in a
+ * terminal never runs what an attacker typed.
+ */
+const clip = (value: string | null | undefined): string | null => value == null
+  ? null
+  : value.slice(0, MAX_TEXT).replace(/\p{Cc}/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 
 /**
  * The audit trail (`audit_events`). `record` only queues, so a request never waits on it: the

@@ -25,7 +25,7 @@ export async function signIn (fastify: FastifyInstance, request: FastifyRequest,
 const login: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/login', {
     preValidation: normalizeFields('identifier'),
-    config: { limits: { kind: 'credentials', account: (request) => (request.body as Static<typeof LoginBodySchema>).identifier } },
+    config: { limits: { kind: 'credentials', account: (request) => fastify.accounts.limitKey((request.body as Static<typeof LoginBodySchema>).identifier) } },
     schema: {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',

@@ -11,7 +11,7 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/password', {
     onRequest: [fastify.authenticate],
     // Guessing the current password with a stolen token is limited per user.
-    config: { limits: { kind: 'credentials', account: (request) => `#${request.user.id}` } },
+    config: { limits: { kind: 'credentials', account: async (request) => `user:${request.user.id}` } },
     schema: {
       tags: ['account'],
       summary: 'Change the password; every other session of the user ends',

@@ -13,7 +13,7 @@ export const ObtainBodySchema = Type.Object({
 const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     preValidation: normalizeFields('username'),
-    config: { limits: { kind: 'credentials', account: (request) => (request.body as Static<typeof ObtainBodySchema>).username } },
+    config: { limits: { kind: 'credentials', account: (request) => fastify.accounts.limitKey((request.body as Static<typeof ObtainBodySchema>).username) } },
     schema: {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
