@@ -1,6 +1,7 @@
 import bcrypt from 'bcrypt'
-import { createHash, pbkdf2, timingSafeEqual } from 'node:crypto'
+import { createHash, pbkdf2 } from 'node:crypto'
 import { promisify } from 'node:util'
+import { safeEqual } from './constant-time.ts'
 
 const pbkdf2Async = promisify(pbkdf2)
 
@@ -72,9 +73,9 @@ export async function verifyDjangoPassword (password: string, encoded: string): 
   try {
     if (parsed.algorithm === 'pbkdf2_sha256') {
       // Django hashes the UTF-8 bytes of the password and of the salt into a key of sha256's
-      // size, and compares the base64 texts: so does this, the texts of equal length by the pattern.
+      // size, and compares the base64 texts: so does this.
       const derived = await pbkdf2Async(password, parsed.salt, parsed.iterations, 32, 'sha256')
-      return timingSafeEqual(Buffer.from(derived.toString('base64')), Buffer.from(parsed.hash))
+      return safeEqual(derived.toString('base64'), parsed.hash)
     }
     // BCryptSHA256PasswordHasher: bcrypt of the hex sha256, so passwords past bcrypt's 72 bytes count in full.
     return await bcrypt.compare(createHash('sha256').update(password, 'utf8').digest('hex'), parsed.bcryptHash)

@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { subkey, type Purpose } from './subkeys.ts'
 
 const TAG_LENGTH = 16
 
@@ -10,8 +11,8 @@ const TAG_LENGTH = 16
 export class SecretBox {
   readonly #key: Buffer
 
-  constructor (secret: string, purpose: string) {
-    this.#key = Buffer.from(hkdfSync('sha256', secret, 'authgate', purpose, 32))
+  constructor (secret: string, purpose: Purpose) {
+    this.#key = subkey(secret, purpose)
   }
 
   seal (plaintext: string, context: string): string {

@@ -1,5 +1,6 @@
 import { createSigner } from 'fast-jwt'
-import { createHash, hkdfSync } from 'node:crypto'
+import { createHash } from 'node:crypto'
+import { subkey } from '../lib/subkeys.ts'
 import type { Clock } from '../lib/clock.ts'
 import { TokenNotValidError } from '../errors.ts'
 import type { Jwk } from '../schemas.ts'
@@ -49,7 +50,7 @@ export class Keyring {
 
   constructor (options: KeyringOptions) {
     this.#options = options
-    this.#refreshKey = Buffer.from(hkdfSync('sha256', options.secret, 'authgate', 'refresh-tokens', 32)).toString('base64url')
+    this.#refreshKey = subkey(options.secret, 'refresh-tokens').toString('base64url')
     this.#signRefresh = createSigner({ key: this.#refreshKey, algorithm: 'HS256', kid: REFRESH_KID })
   }
 
