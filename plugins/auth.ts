@@ -2,7 +2,10 @@ import cookie from '@fastify/cookie'
 import jwt, { type JwtVerifyFunction, type TokenOrHeader } from '@fastify/jwt'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { createHmac } from 'node:crypto'
 import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
+import { safeEqual } from '../src/lib/constant-time.ts'
+import { subkey } from '../src/lib/subkeys.ts'
 import type { TokenPair } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
 import type { SessionUser } from '../src/services/sessions.ts'
@@ -21,8 +24,12 @@ declare module 'fastify' {
     authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
     /** The claims of the request's access token, verified, its session not checked; expired ones too with `allowExpired`. */
     verifyAccessToken: (request: FastifyRequest, reply: FastifyReply, options?: { allowExpired?: boolean }) => Promise<TokenClaims>
-    /** The claims of the refresh token of a request (body `refresh`, else the refresh cookie), verified; the refresh route clears the cookies on a 401. */
-    verifyRefreshToken: (request: FastifyRequest) => Promise<TokenClaims>
+    /**
+     * The claims of the refresh token of a request (body `refresh`, else the refresh cookie, which
+     * must be this browser's: sent once, and bound to its host), verified; the refresh route
+     * clears the cookies on a 401.
+     */
+    verifyRefreshToken: (request: FastifyRequest, reply: FastifyReply) => Promise<TokenClaims>
     /** The claims of a token of either type in the body's `token`, verified. */
     verifyBodyToken: (request: FastifyRequest) => Promise<TokenClaims>
   }
@@ -82,26 +89,41 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     sameSite: config.COOKIE_SAMESITE,
     ...(config.COOKIE_DOMAIN === undefined ? {} : { domain: config.COOKIE_DOMAIN })
   } as const
+  // The claims of a token authgate just signed.
+  const claimsOfText = (token: string): { exp: number, sid: string } => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString())
   // A cookie lives as long as its token.
-  const secondsLeft = (token: string): number => {
-    const { exp } = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as { exp: number }
-    return Math.max(0, exp - Math.floor(clock.now().getTime() / 1000))
-  }
+  const secondsLeft = (token: string): number => Math.max(0, claimsOfText(token).exp - Math.floor(clock.now().getTime() / 1000))
+  // The refresh cookie cannot be the host's alone (__Host- wants Path=/), so a sibling subdomain
+  // can plant one of its own for a longer path (cookie tossing), which the browser sends first,
+  // and alone once ours is cleared. The binding cookie is the host's alone (no Domain, Path=/,
+  // __Host- when Secure): an HMAC of the session id, which no other host can set, so a refresh
+  // cookie is taken only beside the binding of its own session.
+  const bindingKey = subkey(config.SECRET_KEY, 'refresh-binding')
+  const bindingOf = (sessionId: string): string => createHmac('sha256', bindingKey).update(sessionId).digest('base64url')
+  const hostOnly = { httpOnly: true, secure: config.COOKIE_SECURE, sameSite: config.COOKIE_SAMESITE, path: '/' } as const
   fastify.decorateReply('setAuthCookies', function (this: FastifyReply, pair: TokenPair) {
+    const refreshLeft = secondsLeft(pair.refresh)
     return this
       .setCookie(cookieNames.access, pair.access, { ...base, path: '/', maxAge: secondsLeft(pair.access) })
-      .setCookie(cookieNames.refresh, pair.refresh, { ...base, path: REFRESH_COOKIE_PATH, maxAge: secondsLeft(pair.refresh) })
+      .setCookie(cookieNames.refresh, pair.refresh, { ...base, path: REFRESH_COOKIE_PATH, maxAge: refreshLeft })
+      .setCookie(cookieNames.binding, bindingOf(claimsOfText(pair.refresh).sid), { ...hostOnly, maxAge: refreshLeft })
   })
   fastify.decorateReply('clearAuthCookies', function (this: FastifyReply) {
     return this
       .clearCookie(cookieNames.access, { ...base, path: '/' })
       .clearCookie(cookieNames.refresh, { ...base, path: REFRESH_COOKIE_PATH })
+      .clearCookie(cookieNames.binding, hostOnly)
   })
 
   // A cookie name sent twice was planted by a sibling subdomain or a longer path (cookie
-  // tossing): which one is the user's cannot be told, so neither is taken.
-  function refuseTossedCookie (request: FastifyRequest, name: string): void {
-    if (cookieCount(request.headers.cookie, name) > 1) throw new TokenNotValidError()
+  // tossing): which one is the user's cannot be told, so neither is taken, and the browser is
+  // asked to drop every cookie of the site, the planted one with ours (Clear-Site-Data).
+  function refuseTossedCookie (request: FastifyRequest, reply: FastifyReply, name: string): void {
+    if (cookieCount(request.headers.cookie, name) > 1) refusePlanted(reply)
+  }
+  function refusePlanted (reply: FastifyReply): never {
+    reply.clearAuthCookies().header('clear-site-data', '"cookies"')
+    throw new TokenNotValidError()
   }
 
   // One namespace per token source. The secret is the key the keyring names for the header;
@@ -150,12 +172,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     if (authorization !== undefined && !BEARER.test(authorization)) throw new TokenNotValidError()
     if (authorization === undefined) {
       if (request.cookies[cookieNames.access] === undefined) throw new NotAuthenticatedError()
-      try {
-        refuseTossedCookie(request, cookieNames.access)
-      } catch (error) {
-        reply.clearAuthCookies()
-        throw error
-      }
+      refuseTossedCookie(request, reply, cookieNames.access)
     }
     const token = authorization === undefined ? request.cookies[cookieNames.access]! : authorization.slice(7)
     return parseClaims(await verifiedPayload(request, token), 'access', clock.now(), { allowExpired })
@@ -170,12 +187,17 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     request.user = user
   })
 
-  fastify.decorate('verifyRefreshToken', async function verifyRefreshToken (request: FastifyRequest): Promise<TokenClaims> {
-    if ((request.body as { refresh?: string }).refresh === undefined) {
+  fastify.decorate('verifyRefreshToken', async function verifyRefreshToken (request: FastifyRequest, reply: FastifyReply): Promise<TokenClaims> {
+    const fromCookie = (request.body as { refresh?: string }).refresh === undefined
+    if (fromCookie) {
       if (request.cookies[cookieNames.refresh] === undefined) throw new NotAuthenticatedError()
-      refuseTossedCookie(request, cookieNames.refresh)
+      refuseTossedCookie(request, reply, cookieNames.refresh)
     }
-    return parseClaims(await request.refreshJwtVerify(), 'refresh', clock.now())
+    const claims = parseClaims(await request.refreshJwtVerify(), 'refresh', clock.now())
+    if (fromCookie) {
+      if (!safeEqual(request.cookies[cookieNames.binding] ?? '', bindingOf(claims.sid))) refusePlanted(reply)
+    }
+    return claims
   })
 
   fastify.decorate('verifyBodyToken', async function verifyBodyToken (request: FastifyRequest): Promise<TokenClaims> {

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
-import { startServer } from './server-process.ts'
+import { freePort, startServer } from './server-process.ts'
 
 // What the pages below define, as page.evaluate sees it (the project's types hold no DOM).
 declare const window: {
@@ -74,9 +74,12 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
   const appOrigin = `http://localhost:${appPort}`
   /** authgate in production mode (cookies Secure), its front end at `path` of the app origin: its base URL. */
   async function startAuthgate (path: string, env: Record<string, string> = {}): Promise<string> {
-    const server = startServer(serverEnv(await freshDatabase(t), { NODE_ENV: 'production', CORS_ORIGINS: appOrigin, ...env }))
+    // Production wants its public URL, which the docs page's "Try it out" calls: a port known beforehand.
+    const port = await freePort()
+    const server = startServer(serverEnv(await freshDatabase(t), { NODE_ENV: 'production', CORS_ORIGINS: appOrigin, PORT: String(port), PUBLIC_URL: `http://localhost:${port}`, ...env }))
     t.teardown(() => { server.child.kill('SIGKILL') })
-    const base = (await server.listening).replace('127.0.0.1', 'localhost')
+    await server.listening
+    const base = `http://localhost:${port}`
     pages[path] = frontEnd(base)
     return base
   }
@@ -108,6 +111,7 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     const cookies = await authCookies(context)
     t.same(cookies.map((c) => [c.name, c.path, c.httpOnly, c.secure, c.sameSite]), [
       ['__Host-access_token', '/', true, true, 'Lax'],
+      ['__Host-refresh_binding', '/', true, true, 'Lax'],
       ['__Secure-refresh_token', '/api/token', true, true, 'Lax']
     ], 'HttpOnly, Secure, SameSite=Lax, the prefixes of COOKIE_SECURE')
     t.equal(await page.evaluate(() => document.cookie), '', 'document.cookie shows no token')
@@ -126,7 +130,7 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     t.notMatch(sent['/api/detail'], /refresh_token/, 'the refresh cookie is not sent to /api/detail')
     t.match(sent['/api/token/refresh'], /__Secure-refresh_token=/, 'it is sent to /api/token/refresh')
     const rotated = await authCookies(context)
-    t.not(rotated[1]!.value, cookies[1]!.value, 'the refresh cookie was rotated')
+    t.not(rotated[2]!.value, cookies[2]!.value, 'the refresh cookie was rotated')
     t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'the new access cookie works')
 
     t.equal((await page.evaluate(() => window.api('POST', '/api/auth/logout', {}))).status, 204)
@@ -178,6 +182,7 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     const { context, page } = await signedIn(t, '/strict')
     t.same((await authCookies(context)).map((c) => [c.name, c.secure, c.sameSite]), [
       ['__Host-access_token', true, 'Strict'],
+      ['__Host-refresh_binding', true, 'Strict'],
       ['__Secure-refresh_token', true, 'Strict']
     ])
     t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'the front end is same-site: signed in')
@@ -186,6 +191,62 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     await evil.goto(`${evilOrigin}/link`)
     const [followed] = await Promise.all([evil.waitForResponse(`${strict}/api/detail`), evil.click('a')])
     t.equal(followed.status(), 401, 'Strict: a cross-site link carries no cookie')
+  })
+
+  t.test('cookie tossing from a sibling subdomain never signs the browser in as the attacker', async (t) => {
+    // Three hosts of one site, as app.example.com, evil.example.com (a subdomain the attacker
+    // controls) and auth.example.com would be: Chromium takes *.localhost as loopback and as a
+    // secure context, so Secure cookies and their prefixes hold over http.
+    const site = 'authgate.localhost'
+    const sitePages: Record<string, string> = {}
+    const pagesPort = await servePages(t, sitePages)
+    const app = `http://app.${site}:${pagesPort}`
+    const server = startServer(serverEnv(await freshDatabase(t), { NODE_ENV: 'production', CORS_ORIGINS: app }))
+    t.teardown(() => { server.child.kill('SIGKILL') })
+    const direct = await server.listening
+    const tossed = direct.replace('127.0.0.1', `auth.${site}`)
+    sitePages['/'] = frontEnd(tossed)
+
+    // The attacker's own session, whose refresh token the attacker plants in the victim's browser.
+    const attacker = uniqueUser('attacker')
+    await fetch(`${direct}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(attacker) })
+    const { refresh } = await (await fetch(`${direct}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ identifier: attacker.username, password: attacker.password }) })).json() as { refresh: string }
+    // A longer path than ours, for the whole site: the browser sends it first.
+    sitePages['/plant'] = `<!doctype html><script>document.cookie = "__Secure-refresh_token=${refresh}; Domain=${site}; Path=/api/token/refresh; Secure; SameSite=Lax"</script>`
+
+    const context = await browser.newContext()
+    t.teardown(() => context.close())
+    const page = await context.newPage()
+    await page.goto(`${app}/`)
+    const victim = uniqueUser('victim')
+    t.equal((await page.evaluate((u) => window.api('POST', '/api/auth/register', u), victim)).status, 201)
+    const signIn = async (): Promise<void> => {
+      t.equal((await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), victim)).status, 200)
+    }
+    const plant = async (): Promise<void> => {
+      const evil = await context.newPage()
+      await evil.goto(`http://evil.${site}:${pagesPort}/plant`)
+      await evil.close()
+      t.ok((await context.cookies()).some((c) => c.domain === `.${site}` && c.value === refresh), 'the attacker\'s cookie is planted for the whole site')
+    }
+    const whoIs = async (): Promise<string | undefined> => (await page.evaluate(() => window.api('GET', '/api/detail'))).body?.user?.username
+
+    await signIn()
+    await plant()
+    const first = await page.evaluate(() => window.api('POST', '/api/token/refresh', {}))
+    t.equal(first.status, 401, 'both refresh cookies arrive: neither is taken')
+    t.same((await context.cookies()).filter((c) => c.domain.endsWith(site)).map((c) => c.name), [], 'Clear-Site-Data: every cookie of the site is gone, the planted one too')
+
+    // A browser that drops only the cookies the 401 clears (as before Clear-Site-Data): the
+    // planted cookie then arrives alone, beside the victim's binding.
+    await signIn()
+    await plant()
+    await context.clearCookies({ name: '__Secure-refresh_token', domain: `auth.${site}` })
+    const second = await page.evaluate(() => window.api('POST', '/api/token/refresh', {}))
+    t.equal(second.status, 401, 'the planted cookie alone is refused: it is not bound to this browser')
+    t.not(await whoIs(), attacker.username, 'never signed in as the attacker')
+    await signIn()
+    t.equal(await whoIs(), victim.username, 'the victim signs in again as ever')
   })
 
   t.test('the docs page renders every endpoint, and its "Try it out" signs in', async (t) => {

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fp from 'fastify-plugin'
-import { randomBytes } from 'node:crypto'
+import { createHmac, randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -11,6 +11,7 @@ import app, { serverOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { pgliteDataDir } from '../src/db/index.ts'
 import { databaseTime, type Clock } from '../src/lib/clock.ts'
+import { subkey } from '../src/lib/subkeys.ts'
 
 export const SECRET_KEY = 'test-secret-key-that-is-long-enough-for-production'
 
@@ -154,6 +155,15 @@ export async function login (fastify: FastifyInstance, user?: { username: string
   const res = await postJson(fastify, '/api/auth/login', { identifier: registered.username, password: registered.password })
   if (res.statusCode !== 200) throw new Error(`login failed: ${res.statusCode} ${res.body}`)
   return { ...res.json(), user: registered }
+}
+
+/**
+ * The Cookie header a browser sends to the refresh endpoint after a sign-in of this test
+ * configuration (COOKIE_SECURE, no domain): the refresh token, and the binding to its host.
+ */
+export function refreshCookie (refresh: string): string {
+  const binding = createHmac('sha256', subkey(SECRET_KEY, 'refresh-binding')).update(String(claimsOf(refresh).sid)).digest('base64url')
+  return `__Secure-refresh_token=${refresh}; __Host-refresh_binding=${binding}`
 }
 
 /** The claims of a JWT, without verifying it. */

@@ -16,9 +16,10 @@ t.test('login', async (t) => {
     const body = res.json()
     t.same(Object.keys(body).sort(), ['access', 'refresh'])
     const cookies = cookieMap(res.headers['set-cookie'])
-    t.same([...cookies.keys()].sort(), ['__Host-access_token', '__Secure-refresh_token'])
+    t.same([...cookies.keys()].sort(), ['__Host-access_token', '__Host-refresh_binding', '__Secure-refresh_token'])
     t.equal(cookies.get('__Host-access_token'), `__Host-access_token=${body.access}; Max-Age=300; Path=/; HttpOnly; Secure; SameSite=Lax`)
     t.equal(cookies.get('__Secure-refresh_token'), `__Secure-refresh_token=${body.refresh}; Max-Age=86400; Path=/api/token; HttpOnly; Secure; SameSite=Lax`)
+    t.match(cookies.get('__Host-refresh_binding'), /^__Host-refresh_binding=[A-Za-z0-9_-]{43}; Max-Age=86400; Path=\/; HttpOnly; Secure; SameSite=Lax$/, 'the refresh cookie\'s binding to this host')
   })
 
   t.test('by email in any case, and with a trailing slash', async (t) => {
@@ -88,7 +89,7 @@ t.test('cookie attributes follow the configuration', async (t) => {
   const user = await register(app)
   const res = await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
   const cookies = cookieMap(res.headers['set-cookie'])
-  t.same([...cookies.keys()].sort(), ['access_token', 'refresh_token'], 'no prefixes without Secure')
+  t.same([...cookies.keys()].sort(), ['access_token', 'refresh_binding', 'refresh_token'], 'no prefixes without Secure')
   t.match(cookies.get('access_token'), /; Max-Age=900; Path=\/; HttpOnly; SameSite=Strict$/)
   t.match(cookies.get('refresh_token'), /; Max-Age=604800; Path=\/api\/token; HttpOnly; SameSite=Strict$/)
   const { exp, iat } = claimsOf(res.json().access) as { exp: number, iat: number }
@@ -102,6 +103,7 @@ t.test('with COOKIE_DOMAIN the access cookie takes __Secure-, as __Host- forbids
   const cookies = cookieMap(res.headers['set-cookie'])
   t.match(cookies.get('__Secure-access_token'), /; Domain=example.com; Path=\/; HttpOnly; Secure; SameSite=None$/)
   t.match(cookies.get('__Secure-refresh_token'), /; Domain=example.com; Path=\/api\/token; HttpOnly; Secure; SameSite=None$/)
+  t.match(cookies.get('__Host-refresh_binding'), /; Max-Age=86400; Path=\/; HttpOnly; Secure; SameSite=None$/, 'the binding stays the host\'s own: no Domain')
 })
 
 t.test('a sign-in whose password check overlaps a password change gets no session that outlives the change', async (t) => {

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { runCli } from '../src/cli.ts'
 import { TokenNotValidError } from '../src/errors.ts'
 import type { TokenClaims } from '../src/services/tokens.ts'
-import { build, claimsOf, freshDatabase, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
+import { build, claimsOf, freshDatabase, login, postJson, refreshCookie, register, SECRET_KEY, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const cleared = (setCookie: string | string[] | undefined): string[] =>
@@ -24,7 +24,7 @@ t.test('ending sessions and managing them', async (t) => {
     const res = await postJson(app, '/api/auth/logout', {}, bearer(first.access))
     t.equal(res.statusCode, 204)
     t.equal(res.body, '')
-    t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Secure-refresh_token'])
+    t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Host-refresh_binding', '__Secure-refresh_token'])
     t.match([res.headers['set-cookie']].flat().join('\n'), /__Secure-refresh_token=; Max-Age=0; Path=\/api\/token;.*HttpOnly; Secure; SameSite=Lax/)
     t.equal(await detail(first.access), 401, 'its access token stops at detail')
     t.equal((await postJson(app, '/api/token/verify', { token: first.access })).statusCode, 401, 'and at verify')
@@ -67,14 +67,14 @@ t.test('ending sessions and managing them', async (t) => {
       t.equal((await postJson(app, '/api/auth/logout', {}, bearer(access))).statusCode, 204)
       const res = await postJson(app, '/api/auth/logout', {}, bearer(access))
       t.equal(res.statusCode, 204)
-      t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Secure-refresh_token'])
+      t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Host-refresh_binding', '__Secure-refresh_token'])
     })
     t.test('no token, or one that is not valid: 401, and the cookies are cleared all the same', async (t) => {
       for (const headers of [{}, bearer('not-a-token'), { cookie: '__Host-access_token=garbage' }] as Array<Record<string, string>>) {
         const res = await postJson(app, '/api/auth/logout', {}, headers)
         t.equal(res.statusCode, 401, JSON.stringify(headers))
         t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
-        t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Secure-refresh_token'])
+        t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Host-refresh_binding', '__Secure-refresh_token'])
       }
     })
     t.test('a refresh token is not an access token', async (t) => {
@@ -135,9 +135,9 @@ t.test('ending sessions and managing them', async (t) => {
 
   t.test('blacklist with the refresh cookie clears the cookies', async (t) => {
     const { refresh, access } = await login(app)
-    const res = await postJson(app, '/api/token/blacklist', {}, { cookie: `__Secure-refresh_token=${refresh}` })
+    const res = await postJson(app, '/api/token/blacklist', {}, { cookie: refreshCookie(refresh) })
     t.equal(res.statusCode, 200)
-    t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Secure-refresh_token'])
+    t.same(cleared(res.headers['set-cookie']), ['__Host-access_token', '__Host-refresh_binding', '__Secure-refresh_token'])
     t.equal(await detail(access), 401)
   })
 

@@ -2,7 +2,7 @@ import t from 'tap'
 import type { KyselyPlugin } from 'kysely'
 import { createSessions } from '../src/services/sessions.ts'
 import type { TokenClaims } from '../src/services/tokens.ts'
-import { build, claimsOf, login, postJson, register, TestClock } from './helper.ts'
+import { build, claimsOf, login, postJson, refreshCookie, register, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 
@@ -55,27 +55,52 @@ t.test('token endpoints', async (t) => {
     t.equal((await postJson(app, '/api/token/refresh/', { refresh: pair.refresh })).statusCode, 200, 'the new one refreshes, with a slash too')
   })
 
-  t.test('refresh with the cookie rotates and sets the cookies again', async (t) => {
+  t.test('refresh with the cookies login set rotates and sets them again', async (t) => {
     const user = await register(app)
     const loginRes = await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
-    const cookie = (loginRes.headers['set-cookie'] as string[]).find((c) => c.startsWith('__Secure-refresh_token='))!.split(';')[0]!
+    const cookie = (loginRes.headers['set-cookie'] as string[]).filter((c) => !c.startsWith('__Host-access_token=')).map((c) => c.split(';')[0]).join('; ')
     const res = await postJson(app, '/api/token/refresh', {}, { cookie })
     t.equal(res.statusCode, 200)
     const setCookies = res.headers['set-cookie'] as string[]
-    t.equal(setCookies.length, 2)
+    t.equal(setCookies.length, 3)
     t.ok(setCookies.some((c) => c.startsWith(`__Secure-refresh_token=${res.json().refresh};`)))
     t.ok(setCookies.some((c) => c.startsWith(`__Host-access_token=${res.json().access};`)))
+    t.ok(setCookies.some((c) => c.startsWith(`${cookie.split('; ')[1]!}; Max-Age=86400; Path=/;`)), 'the binding again, its life the new refresh token\'s')
   })
 
-  t.test('a refresh cookie sent twice (cookie tossing) is refused and cleared: no session swap', async (t) => {
+  t.test('a refresh cookie sent twice (cookie tossing) is refused, and the browser told to drop the site\'s cookies: no session swap', async (t) => {
     const victim = await login(app)
     const attacker = await login(app)
-    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${attacker.refresh}; __Secure-refresh_token=${victim.refresh}` })
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${attacker.refresh}; ${refreshCookie(victim.refresh)}` })
     t.equal(res.statusCode, 401)
     t.equal(res.json().code, 'token_not_valid')
     t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)
+    // Clearing its own cookies would leave the planted one (Domain=parent) behind: Clear-Site-Data takes it too.
+    t.equal(res.headers['clear-site-data'], '"cookies"')
     t.equal((await postJson(app, '/api/token/refresh', { refresh: attacker.refresh })).statusCode, 200, 'neither token was used')
     t.equal((await postJson(app, '/api/token/refresh', { refresh: victim.refresh })).statusCode, 200)
+  })
+
+  t.test('a refresh cookie is taken only beside the binding of its own session, which no other host can set', async (t) => {
+    const victim = await login(app)
+    const attacker = await login(app)
+    const [attackerToken, attackerBinding] = refreshCookie(attacker.refresh).split('; ')
+    const victimBinding = refreshCookie(victim.refresh).split('; ')[1]!
+    // The planted cookie alone, once the victim's own was cleared; with the victim's binding; with none.
+    for (const [why, cookie] of [
+      ['the victim\'s binding', `${attackerToken!}; ${victimBinding}`],
+      ['no binding', attackerToken!],
+      ['a binding from another host (not __Host-)', `${attackerToken!}; refresh_binding=${attackerBinding!.split('=')[1]!}`]
+    ] as const) {
+      const res = await postJson(app, '/api/token/refresh', {}, { cookie })
+      t.equal(res.statusCode, 401, why)
+      t.equal(res.headers['clear-site-data'], '"cookies"', why)
+      t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Host-refresh_binding=;.*Expires=Thu, 01 Jan 1970/, why)
+    }
+    const blacklisted = await postJson(app, '/api/token/blacklist', {}, { cookie: `${attackerToken!}; ${victimBinding}` })
+    t.equal(blacklisted.statusCode, 401, 'blacklist takes the same cookie only so')
+    t.equal((await postJson(app, '/api/token/refresh', {}, { cookie: refreshCookie(attacker.refresh) })).statusCode, 200, 'with its own binding it refreshes')
+    t.equal((await postJson(app, '/api/token/refresh', { refresh: victim.refresh })).statusCode, 200, 'a token in the body needs no cookie binding')
   })
 
   t.test('refresh without any token: 401 not_authenticated', async (t) => {
@@ -122,7 +147,7 @@ t.test('token endpoints', async (t) => {
     const { refresh } = await login(app)
     await postJson(app, '/api/token/refresh', { refresh })
     clock.advance(11)
-    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${refresh}` })
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: refreshCookie(refresh) })
     t.equal(res.statusCode, 401)
     t.match((res.headers['set-cookie'] as string[]).join('\n'), /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)
   })
@@ -214,7 +239,7 @@ t.test('token endpoints', async (t) => {
   t.test('a refresh cookie that can no longer refresh is cleared', async (t) => {
     const { refresh } = await login(app)
     await app.db.updateTable('sessions').set({ revoked_at: new Date() }).where('id', '=', claimsOf(refresh).sid as string).execute()
-    const res = await postJson(app, '/api/token/refresh', {}, { cookie: `__Secure-refresh_token=${refresh}` })
+    const res = await postJson(app, '/api/token/refresh', {}, { cookie: refreshCookie(refresh) })
     t.equal(res.statusCode, 401)
     const cleared = (res.headers['set-cookie'] as string[]).join('\n')
     t.match(cleared, /__Secure-refresh_token=;.*Expires=Thu, 01 Jan 1970/)

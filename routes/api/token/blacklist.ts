@@ -17,7 +17,7 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
     const fromCookie = request.body.refresh === undefined
     // The cookies go whatever the outcome: a refresh cookie that was sent is of no use any more.
     if (fromCookie) reply.clearAuthCookies()
-    const claims = await fastify.verifyRefreshToken(request)
+    const claims = await fastify.verifyRefreshToken(request, reply)
     if (!await fastify.sessions.revokeByRefreshToken(claims)) throw new TokenNotValidError()
     request.audit({ event: 'logout', userId: claims.user_id, sessionId: claims.sid })
     return {}

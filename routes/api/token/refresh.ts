@@ -15,7 +15,7 @@ const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined
     try {
-      const claims = await fastify.verifyRefreshToken(request)
+      const claims = await fastify.verifyRefreshToken(request, reply)
       const who = { userId: claims.user_id, sessionId: claims.sid }
       const outcome = await fastify.sessions.refresh(claims).catch((error: unknown) => {
         // A token of ours whose session has ended: worth a line in the trail, unlike forgeries.
