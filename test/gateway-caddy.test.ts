@@ -21,6 +21,9 @@ function caddyfile (dir: string, port: number, authgate: number, upstream: numbe
   storage file_system ${join(dir, 'data')}
 }
 http://${HOST}:${port} {
+  # Headers spelt with underscores (X_Auth_User_Id) are the real ones to WSGI, CGI and PHP, and
+  # copy_headers replaces only the spelling it copies: drop every one of them.
+  request_header -*_*
   handle /api/* {
     reverse_proxy ${HOST}:${authgate}
   }

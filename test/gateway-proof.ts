@@ -165,6 +165,17 @@ export async function proveForwardAuth (t: Test, under: GatewayUnderTest): Promi
     t.equal(saw['x-auth-email'], b.user.email)
   })
 
+  t.test('identity headers spelt with underscores never reach the upstream (WSGI, CGI and PHP read them as the real ones)', async (t) => {
+    const { access, user } = await login(app)
+    const forged = { X_Auth_User_Id: '999', 'X-Auth_User-Id': '998', X_AUTH_EMAIL: 'admin@example.com', 'X-Auth-Username_': 'admin' }
+    const res = await through(gateway, '/orders', { headers: { ...bearer(access), ...forged } })
+    t.equal(res.status, 200)
+    const saw = await echoed(res)
+    const identityLike = Object.keys(saw).filter((name) => name.replaceAll('_', '-').startsWith('x-auth-'))
+    t.same(identityLike.sort(), ['x-auth-email', 'x-auth-session-id', 'x-auth-user-id', 'x-auth-username'], 'only the gateway\'s own')
+    t.equal(saw['x-auth-user-id'], String(user.id))
+  })
+
   t.test('/api/ goes to authgate: login through the gateway', async (t) => {
     const { user } = await login(app)
     const res = await through(gateway, '/api/auth/login', {

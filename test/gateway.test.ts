@@ -59,11 +59,17 @@ t.test('for gateways and other services', async (t) => {
     t.equal(byCookie.statusCode, 204, 'the access cookie works too')
   })
 
-  t.test('check: a username beyond ASCII is sent percent-encoded', async (t) => {
+  t.test('check: every identity value is percent-encoded alike, so decoding it downstream gives it back exactly', async (t) => {
     const user = await register(app, { ...uniqueUser(), username: `émile${process.pid}` })
     const { access } = await login(app, user)
     const res = await app.inject({ url: '/api/auth/check', headers: bearer(access) })
     t.equal(res.headers['x-auth-username'], encodeURIComponent(user.username))
+    // An address that itself spells an escape: it must not decode to alice@example.com.
+    const tricky = await register(app, { ...uniqueUser(), email: `%61lice${process.pid}@example.com` })
+    const trickyCheck = await app.inject({ url: '/api/auth/check', headers: bearer((await login(app, tricky)).access) })
+    t.equal(trickyCheck.headers['x-auth-email'], `%2561lice${process.pid}@example.com`)
+    t.equal(decodeURIComponent(String(trickyCheck.headers['x-auth-email'])), tricky.email)
+    t.equal(decodeURIComponent(String(res.headers['x-auth-email'])), user.email, 'plain ASCII decodes to itself')
   })
 
   t.test('check: 401 with a challenge without a token, with a refresh token, after logout, for a revoked session', async (t) => {

@@ -1,8 +1,10 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
-// Header values are bytes: a name with letters beyond ASCII is sent percent-encoded (UTF-8).
-const headerValue = (value: string): string => /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value)
+// Every value is percent-encoded the same way, so one decodeURIComponent downstream gives it back
+// exactly: `%` and whatever is not visible ASCII (letters beyond it, as UTF-8). An address that
+// holds `%61` itself must not decode to another one.
+const headerValue = (value: string): string => value.replace(/[^\x21-\x24\x26-\x7e]/gu, encodeURIComponent)
 
 /**
  * Forward-auth for gateways: nginx auth_request, Traefik forwardAuth, Caddy forward_auth. On
