@@ -23,7 +23,7 @@ t.test('an old Node.js is told what to install before anything else runs', {
 })
 
 t.test('on an old Node.js the README\'s first command, npm install && npm start, ends in that message, not in npm\'s EBADENGINE', {
-  skip: (!/^v(1\d|2[01])\./.test(version) || !existsSync('/usr/bin/npm')) && `no Node.js older than 22 with its npm in /usr/bin`
+  skip: (!/^v(1\d|2[01])\./.test(version) || !existsSync('/usr/bin/npm')) && 'no Node.js older than 22 with its npm in /usr/bin'
 }, async (t) => {
   const { cp, mkdtemp, mkdir, rm } = await import('node:fs/promises')
   const { tmpdir } = await import('node:os')
