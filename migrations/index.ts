@@ -5,6 +5,7 @@ import * as auditEvents from './0003-audit-events.ts'
 import * as sessionNotifications from './0004-session-notifications.ts'
 import * as refreshFunction from './0005-refresh-function.ts'
 import * as pinnedSearchPath from './0006-pinned-search-path.ts'
+import * as oneTimeCodes from './0007-one-time-codes.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -13,5 +14,6 @@ export const migrations: Record<string, Migration> = {
   '0003-audit-events': auditEvents,
   '0004-session-notifications': sessionNotifications,
   '0005-refresh-function': refreshFunction,
-  '0006-pinned-search-path': pinnedSearchPath
+  '0006-pinned-search-path': pinnedSearchPath,
+  '0007-one-time-codes': oneTimeCodes
 }

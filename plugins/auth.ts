@@ -9,7 +9,7 @@ import { subkey } from '../src/lib/subkeys.ts'
 import type { TokenPair } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
 import type { SessionUser } from '../src/services/sessions.ts'
-import { parseClaims, type TokenClaims, type TokenType } from '../src/services/tokens.ts'
+import { parseClaims, type TokenClaims, type TokenType } from '../src/services/claims.ts'
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
@@ -205,4 +205,4 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   })
 }
 
-export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'keys', 'services'] })
+export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'services'] })

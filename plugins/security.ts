@@ -143,4 +143,4 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
   })
 }, { name: 'rate-limits' })
 
-export default fp(securityPlugin, { name: 'security', dependencies: ['config', 'errors'] })
+export default fp(securityPlugin, { name: 'security', dependencies: ['config', 'errors', 'lifecycle'] })

@@ -8,6 +8,7 @@ import type { Duplex } from 'node:stream'
 import type { Config } from './config.ts'
 import { DB_TIMEOUTS_MS } from './db/index.ts'
 import type { Clock } from './lib/clock.ts'
+import type { ServicesDeps } from './services/index.ts'
 import { passwordPolicyKeyword } from './lib/password-policy.ts'
 import { SECURITY_HEADERS } from './lib/security-headers.ts'
 import { problemBody, rawProblemResponse, toProblem, type Problem } from './problems.ts'
@@ -16,6 +17,8 @@ export interface AppOptions {
   config: Config
   /** The clock; tests pass one they move instead of sleeping. */
   clock?: Clock
+  /** Parts of the services a test puts in place of the built ones (src/services/index.ts). */
+  overrides?: ServicesDeps['overrides']
 }
 
 const root = join(import.meta.dirname, '..')

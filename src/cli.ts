@@ -1,11 +1,7 @@
 import { loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
-import { systemClock } from './lib/clock.ts'
-import { SecretBox } from './lib/secret-box.ts'
-import { createAuditTrail } from './services/audit.ts'
-import { flushTokens } from './services/cleanup.ts'
-import { rotateSigningKey } from './services/signing-keys.ts'
-import { importDjangoUsers } from './services/django-import.ts'
+import type { Logger } from './lib/logger.ts'
+import { createServices, type Services } from './services/index.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
@@ -25,8 +21,20 @@ async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise
   }
 }
 
-/** A command: its output, from the configuration and the words after its name. */
-type Command = (config: Config, args: string[]) => Promise<string>
+/** The services, as the server builds them but without its timers and listener, closed after `work`. */
+async function withServices<T> (config: Config, log: Logger, work: (services: Services) => Promise<T>): Promise<T> {
+  return await withDb(config, async (db) => {
+    const services = await createServices({ config, db, log, background: false })
+    try {
+      return await work(services)
+    } finally {
+      await services.close()
+    }
+  })
+}
+
+/** A command: its output, from the configuration, the words after its name, and where to say what went wrong. */
+type Command = (config: Config, args: string[], log: Logger) => Promise<string>
 
 const commands: Record<string, Command> = {
   migrate: (config) => withDb(config, async (db) => {
@@ -37,29 +45,25 @@ const commands: Record<string, Command> = {
     const undone = await migrateDown(config, db)
     return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
   }),
-  'keys:rotate': (config, args) => withDb(config, async (db) => {
+  'keys:rotate': (config, args, log) => withServices(config, log, async ({ signingKeys }) => {
     const next = args.includes('--next')
     if (args.some((arg) => arg !== '--next')) throw new Error(`usage: npm run keys:rotate [-- --next], not ${args.join(' ')}`)
-    if (config.JWT_PRIVATE_KEY !== undefined) throw new Error('the signing key comes from JWT_PRIVATE_KEY: rotate it there')
-    const { kid, promoted } = await rotateSigningKey(db, new SecretBox(config.SECRET_KEY, 'signing-keys'), config.JWT_ALGORITHM, { next })
-    const audit = createAuditTrail({ db, clock: systemClock, onDropped: (error) => { throw error } })
-    audit.record({ event: 'key_rotated', detail: { kid, alg: config.JWT_ALGORITHM, next, promoted } })
-    await audit.flush()
+    const { kid, promoted } = await signingKeys.rotate({ next })
     return next
       ? `published ${kid} (${config.JWT_ALGORITHM}) in the JWKS; it signs after the next keys:rotate`
       : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`
   }),
-  'tokens:flush': (config) => withDb(config, async (db) => {
-    const { sessions, refreshTokens } = await flushTokens(db, config)
+  'tokens:flush': (config, _args, log) => withServices(config, log, async ({ cleanup }) => {
+    const { sessions, refreshTokens } = await cleanup.flush()
     return `deleted ${sessions} sessions and ${refreshTokens} refresh tokens`
   }),
-  'import:django': async (config, args) => {
+  'import:django': async (config, args, log) => {
     const [flag, from, ...rest] = args
     if (flag !== '--from' || from === undefined || rest.length > 0) {
       throw new Error('usage: npm run import:django -- --from <postgres://… of the Django database | file of manage.py dumpdata auth.user>')
     }
-    return await withDb(config, async (db) => {
-      const { imported, unchanged, skipped } = await importDjangoUsers(db, from)
+    return await withServices(config, log, async ({ djangoImport }) => {
+      const { imported, unchanged, skipped } = await djangoImport.run(from)
       return [
         ...skipped.map(({ id, username, why }) => `skipped ${id ?? '(no id)'} ${JSON.stringify(username)}: ${why}`),
         `imported ${imported}, unchanged ${unchanged}, skipped ${skipped.length}`
@@ -75,8 +79,14 @@ export async function runCli (args: string[], env: Record<string, string | undef
   const command = commands[args[0] ?? '']
   if (command === undefined) return { code: 2, stdout: '', stderr: USAGE }
   const warnings: string[] = []
+  // What a command's services would log goes to stderr as warnings, one line each; no request, no id.
+  const warn = (details: object, message: string): void => {
+    const err = (details as { err?: { message?: string } }).err
+    warnings.push(`authgate: ${message}${err?.message === undefined ? '' : `: ${err.message}`}`)
+  }
+  const log: Logger = { info: () => {}, warn, error: warn }
   try {
-    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)), args.slice(1))
+    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)), args.slice(1), log)
     return { code: 0, stdout, stderr: warnings.join('\n') }
   } catch (error) {
     return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}`].join('\n') }

@@ -109,6 +109,11 @@ export const ConfigSchema = Type.Object({
   // The OpenAPI document and its UI at /docs. Unset: on, except in production.
   DOCS_ENABLED: Type.Optional(Type.Boolean()),
 
+  // Mail: the SMTP server (smtp://user:password@host:587, smtps:// for TLS from the start), and
+  // the sender. Unset: no mail is sent, each is a line in the log.
+  SMTP_URL: Type.Optional(Type.String({ pattern: '^smtps?://', description: 'a URL smtp://user:password@host:587 or smtps://host:465' })),
+  MAIL_FROM: Type.Optional(Type.String({ minLength: 3 })),
+
   ...durationSchemas
 })
 
@@ -120,10 +125,12 @@ export type LogLevel = (typeof LOG_LEVELS)[number]
 export type TrustProxy = false | ((address: string, hop: number) => boolean)
 
 /** The validated configuration with its derived values; `SECRET_KEY` may still be missing. */
-export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS_ENABLED'> & DurationSeconds & {
+export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS_ENABLED' | 'MAIL_FROM'> & DurationSeconds & {
   DB_ENGINE: 'pglite' | 'postgres'
   JWT_ISSUER: string
   DOCS_ENABLED: boolean
+  /** The sender of authgate's mail: MAIL_FROM, else no-reply at the public URL's host. */
+  MAIL_FROM: string
   logLevel: LogLevel
   trustProxy: TrustProxy
   /** The public base URL without a trailing slash; unset outside production: taken from each request. */
@@ -301,6 +308,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     DB_ENGINE: engine,
     JWT_ISSUER: values.JWT_ISSUER ?? publicUrl ?? `http://localhost:${values.PORT}`,
     DOCS_ENABLED: values.DOCS_ENABLED ?? !production,
+    MAIL_FROM: values.MAIL_FROM ?? `authgate <no-reply@${new URL(publicUrl ?? 'http://localhost').hostname}>`,
     logLevel: values.LOG_LEVEL ?? (values.DEBUG ? 'debug' : 'info'),
     trustProxy,
     publicUrl,

@@ -25,11 +25,11 @@ t.test('the start does not wait for the timing equaliser, and the first logins w
       }
     }
   })
-  const accounts = await createAccounts({ db: app.db, sessions: app.sessions, clock: app.clock, config: app.config })
+  const accounts = await createAccounts({ db: app.db, sessions: app.sessions, clock: app.clock, config: app.config, audit: app.audit })
   t.pass('the accounts are ready while the equaliser is still being made')
 
-  const unknown = accounts.login('nobody-here', 'whatever password', { userAgent: null, ip: null })
-  const known = accounts.login(user.username, user.password, { userAgent: null, ip: null })
+  const unknown = accounts.authenticate('nobody-here', 'whatever password')
+  const known = accounts.authenticate(user.username, user.password)
   unknown.catch(() => {})
   const settled = await Promise.race([
     Promise.allSettled([unknown, known]).then(() => true),

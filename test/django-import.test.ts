@@ -6,7 +6,7 @@ import pg from 'pg'
 import t from 'tap'
 import { runCli } from '../src/cli.ts'
 import { importableHash, isDjangoHash, MAX_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
-import { importDjangoUsers } from '../src/services/django-import.ts'
+import { createDjangoImport } from '../src/services/django-import.ts'
 import { build, freshDatabase, postJson, register, SECRET_KEY, uniqueUser } from './helper.ts'
 
 // Made by Django itself: see fixtures/django/make-fixtures.py.
@@ -37,7 +37,7 @@ t.test('importing a dumpdata file keeps ids and hashes, skips what authgate refu
   const holder = await register(app, { ...uniqueUser(), email: 'taken@example.com' })
   const users = () => app.db.selectFrom('users').select(['id', 'username', 'email', 'password_hash', 'is_active']).orderBy('id').execute()
 
-  const report = await importDjangoUsers(app.db, DUMP)
+  const report = await createDjangoImport({ db: app.db }).run(DUMP)
   t.match(report, { imported: IMPORTED.length, unchanged: 0 })
   t.same(report.skipped.map(({ id, username }) => ({ id, username })), [...Object.keys(REFUSED), 'taken'].map((username) => ({ id: dumped(username).pk, username })))
   t.match(report.skipped.map(({ why }) => why), [...Object.values(REFUSED), `email taken by the authgate user of id ${holder.id}`])
@@ -56,7 +56,7 @@ t.test('importing a dumpdata file keeps ids and hashes, skips what authgate refu
     // As the login's rehash to bcrypt would.
     await app.db.updateTable('users').set({ password_hash: await bcrypt.hash(passwords.alice!, 4) }).where('username', '=', 'alice').execute()
     const before = await users()
-    const again = await importDjangoUsers(app.db, DUMP)
+    const again = await createDjangoImport({ db: app.db }).run(DUMP)
     t.match(again, { imported: 0, unchanged: IMPORTED.length })
     t.same(again.skipped, report.skipped)
     t.same(await users(), before)
@@ -81,7 +81,7 @@ t.test('users holding an id, username or email of an authgate user, and malforme
   ]))
   const before = await app.db.selectFrom('users').selectAll().execute()
 
-  const report = await importDjangoUsers(app.db, file)
+  const report = await createDjangoImport({ db: app.db }).run(file)
   t.match(report, { imported: 1, unchanged: 0 })
   t.same(report.skipped, [
     { id: null, username: 'natural', why: 'no pk (dumped with --natural-primary): dump again without it' },
@@ -233,7 +233,7 @@ t.test('verifyDjangoPassword', async (t) => {
 
 t.test('an imported Django user signs in with the old password, and the hash becomes bcrypt then', async (t) => {
   const app = await build(t)
-  await importDjangoUsers(app.db, DUMP)
+  await createDjangoImport({ db: app.db }).run(DUMP)
   const hashOf = async (username: string): Promise<string> =>
     (await app.db.selectFrom('users').select('password_hash').where('username', '=', username).executeTakeFirstOrThrow()).password_hash
   for (const username of ['alice', 'émile', 'bea']) {

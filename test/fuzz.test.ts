@@ -88,14 +88,38 @@ function parseAnswers (raw: Buffer): Answer[] {
   return answers
 }
 
+// OAuth endpoints answer errors in RFC 6749 §5.2's shape, which their clients read.
+const OAUTH_PATH = /^\/(api\/token\/introspect|oauth\/[a-z]+)\/?(\?|$)/i
+
+/** The path of a request as the server routes it, from its request line. */
+function pathOf (c: FuzzCase): string {
+  return c.kind === 'http' ? c.path : (c.bytes.toString('latin1').split('\r\n')[0] ?? '').split(' ')[1] ?? ''
+}
+
+/** Why an OAuth error answer breaks RFC 6749 §5.2's shape, or undefined. */
+function judgeOAuth (answer: Answer): string | undefined {
+  const { status, body } = answer
+  if (!/^application\/json(;|$)/.test(String(answer.headers['content-type'] ?? ''))) return `status ${status} of an OAuth endpoint with content-type ${JSON.stringify(answer.headers['content-type'])}`
+  let error: Record<string, unknown>
+  try {
+    error = JSON.parse(body.toString())
+  } catch {
+    return `status ${status}: the OAuth error is not JSON: ${body.toString().slice(0, 300)}`
+  }
+  if (typeof error.error !== 'string' || typeof error.error_description !== 'string') return `status ${status}: not an RFC 6749 error: ${body.toString().slice(0, 300)}`
+  return undefined
+}
+
 /** Why an answer breaks the contract, or undefined. */
-function judge (answer: Answer, head: boolean): string | undefined {
+function judge (answer: Answer, head: boolean, oauth = false): string | undefined {
   const { status, body } = answer
   if (!Number.isInteger(status)) return `not an HTTP answer: ${JSON.stringify(body.toString('latin1').slice(0, 300))}`
   // The database is up throughout: nothing here may be a 503 either.
   if (status >= 500) return `status ${status}: ${body.toString().slice(0, 500)}`
   if (status < 400) return undefined
   if (body.length === 0) return head || answer.bodiless ? undefined : `status ${status} without a body`
+  if (answer.headers['x-content-type-options'] !== 'nosniff') return `status ${status} without the security headers`
+  if (oauth && !/^application\/problem\+json/.test(String(answer.headers['content-type']))) return judgeOAuth(answer)
   const type = String(answer.headers['content-type'] ?? '')
   if (!/^application\/problem\+json(;|$)/.test(type)) return `status ${status} with content-type ${JSON.stringify(type)}: ${body.toString().slice(0, 300)}`
   let problem: Record<string, unknown>
@@ -279,7 +303,7 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
         for (const answer of outcome.answers) {
           const key = Number.isInteger(answer.status) ? String(answer.status) : 'not HTTP'
           statuses.set(key, (statuses.get(key) ?? 0) + 1)
-          const wrong = judge(answer, head)
+          const wrong = judge(answer, head, OAUTH_PATH.test(pathOf(c)))
           if (wrong !== undefined) problems.push(wrong)
         }
         if (outcome.answers.length === 0) {

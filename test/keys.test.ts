@@ -2,9 +2,9 @@ import { createPublicKey, randomUUID } from 'node:crypto'
 import { createSigner, createVerifier } from 'fast-jwt'
 import t from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { Keyring } from '../src/services/keyring.ts'
+import { createKeyring } from '../src/services/keyring.ts'
 import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
-import type { TokenClaims } from '../src/services/tokens.ts'
+import type { TokenClaims } from '../src/services/claims.ts'
 import { build, claimsOf, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
 
 t.test('JWKS and signing keys', async (t) => {
@@ -178,7 +178,7 @@ t.test('a replica that has not heard of a rotation still signs with the retired 
   const { access } = await login(app)
   // Another replica, its keys as they were before the rotation, until its next reload (a minute).
   const before = await loadSigningKeys(app.db, box, 0, clock.now())
-  const stale = new Keyring({ issuer: app.config.JWT_ISSUER, audience: app.config.JWT_AUDIENCE, secret: SECRET_KEY, load: async () => before, clock })
+  const stale = createKeyring({ issuer: app.config.JWT_ISSUER, audience: app.config.JWT_AUDIENCE, secret: SECRET_KEY, load: async () => before, clock })
   await stale.reload()
   const { kid } = await rotateSigningKey(app.db, box, 'ES256', { now: clock.now() })
   await app.keyring.reload()

@@ -23,7 +23,7 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
       }
     }
   })
-  const accounts = await createAccounts({ db: app.db, sessions: app.sessions, clock: app.clock, config: app.config })
+  const accounts = await createAccounts({ db: app.db, sessions: app.sessions, clock: app.clock, config: app.config, audit: app.audit })
   const user = await register(app)
   const inactive = await register(app)
   await app.db.updateTable('users').set({ is_active: false }).where('id', '=', inactive.id).execute()
@@ -47,7 +47,7 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
   ]
   for (const [why, identifier, password] of cases) {
     compared.length = 0
-    await t.rejects(accounts.login(identifier, password, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' }, why)
+    await t.rejects(accounts.authenticate(identifier, password), { code: 'INVALID_CREDENTIALS' }, why)
     t.ok(compared.some((hash) => bcrypt.getRounds(hash) === 5), `${why}: a comparison at the configured cost`)
   }
 
@@ -56,7 +56,8 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
     duringRehash = async () => {
       await app.db.updateTable('users').set({ password_hash: changed }).where('id', '=', older.id).execute()
     }
-    await t.rejects(accounts.login(older.username, older.password, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' })
+    const proof = await accounts.authenticate(older.username, older.password)
+    await t.rejects(app.sessions.start(proof.credential, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' })
     const row = await app.db.selectFrom('users').select('password_hash').where('id', '=', older.id).executeTakeFirstOrThrow()
     t.equal(row.password_hash, changed, 'the reset stands')
   })

@@ -1,10 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import t from 'tap'
-import { flushTokens } from '../src/services/cleanup.ts'
-import { rotateSigningKey } from '../src/services/signing-keys.ts'
-import { SecretBox } from '../src/lib/secret-box.ts'
-import { build, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
+import { createServices } from '../src/services/index.ts'
+import { silentLogger } from '../src/lib/logger.ts'
+import { build, login, postJson, TestClock } from './helper.ts'
 
 // CVE-2018-1058: a role that may only create objects in a schema of authgate's search path
 // plants overloads that match authgate's calls better than pg_catalog's, each copying the
@@ -83,10 +82,12 @@ t.test('authgate beside a role that may create in its schema', {
     t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${second.access}` } })).statusCode, 200)
     t.equal((await postJson(app, '/api/auth/logout', {}, { authorization: `Bearer ${second.access}` })).statusCode, 204)
     t.equal((await postJson(app, '/api/token/verify', { token: access })).statusCode, 401)
-    await flushTokens(app.db, app.config, app.clock)
-    await app.audit.flush()
-    await app.audit.prune(1)
-    await rotateSigningKey(app.db, new SecretBox(SECRET_KEY, 'signing-keys'), 'ES256')
+    // What the CLI and the pruner run.
+    const services = await createServices({ config: app.config, db: app.db, clock, log: silentLogger, background: false })
+    await services.cleanup.flush()
+    await services.cleanup.prune()
+    await services.signingKeys.rotate()
+    await services.close()
     t.same((await query(as(undefined), 'select planted from public.loot')).rows, [], 'nothing was copied')
   })
 })

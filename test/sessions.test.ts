@@ -2,7 +2,9 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { runCli } from '../src/cli.ts'
 import { TokenNotValidError } from '../src/errors.ts'
-import type { TokenClaims } from '../src/services/tokens.ts'
+import { silentLogger } from '../src/lib/logger.ts'
+import { createCleanup } from '../src/services/cleanup.ts'
+import type { TokenClaims } from '../src/services/claims.ts'
 import { build, claimsOf, freshDatabase, login, postJson, refreshCookie, register, SECRET_KEY, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -232,6 +234,9 @@ t.test('ending sessions and managing them', async (t) => {
   })
 })
 
+/** The cleanup service of an app's database, as the service and the CLI build it. */
+const cleanupOf = (app: Awaited<ReturnType<typeof build>>) => createCleanup({ db: app.db, config: app.config, clock: app.clock, audit: app.audit, log: silentLogger })
+
 t.test('tokens:flush deletes ended sessions and expired refresh tokens, and keeps what reuse detection needs', async (t) => {
   const clock = new TestClock()
   const database = await freshDatabase(t)
@@ -252,8 +257,7 @@ t.test('tokens:flush deletes ended sessions and expired refresh tokens, and keep
   clock.advance(86400 + 60)
   const fresh = (await postJson(app, '/api/token/refresh', { refresh: live.refresh }))
   t.equal(fresh.statusCode, 401, 'expired')
-  const { flushTokens } = await import('../src/services/cleanup.ts')
-  t.same(await flushTokens(app.db, app.config, clock), { refreshTokens: 4, sessions: 1 })
+  t.same(await cleanupOf(app).flush(), { refreshTokens: 4, sessions: 1 })
   t.equal(await count('sessions'), 2, 'the revoked session is gone; the others, within their 30 days, stay')
   t.equal(claimsOf(child.refresh).sid, claimsOf(rotated.refresh).sid)
 })
@@ -271,8 +275,7 @@ t.test('a used refresh token survives the flush until it expires: reuse is still
   const { refresh, access } = await login(app)
   await postJson(app, '/api/token/refresh', { refresh })
   clock.advance(60)
-  const { pruneTokens } = await import('../src/services/cleanup.ts')
-  t.same(await pruneTokens(app.db, app.config, clock), { refreshTokens: 0, sessions: 0 })
+  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0 })
   t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 401, 'theft detected')
   t.equal((await app.inject({ url: '/api/detail', headers: bearer(access) })).statusCode, 401, 'the session is revoked')
 })
@@ -286,13 +289,12 @@ t.test('one pruner at a time: a replica finding another at work skips the round'
   const other = new pg.Client({ connectionString: database.DATABASE_URL })
   await other.connect()
   t.teardown(() => other.end())
-  const { pruneTokens } = await import('../src/services/cleanup.ts')
   const { LOCK_KEYS } = await import('../src/db/locks.ts')
   await other.query('begin')
   await other.query(`select pg_advisory_xact_lock(${LOCK_KEYS.flush})`)
-  t.equal(await pruneTokens(app.db, app.config, app.clock), undefined, 'skipped while another holds the lock')
+  t.equal(await cleanupOf(app).prune(), undefined, 'skipped while another holds the lock')
   await other.query('commit')
-  t.same(await pruneTokens(app.db, app.config, app.clock), { refreshTokens: 0, sessions: 0 })
+  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0 })
 })
 
 t.test('the service prunes on its own timer', async (t) => {
@@ -318,9 +320,10 @@ t.test('a refresh refuses a deactivated user, claims naming another user or an u
 
   const other = await login(app)
   const { refresh } = await login(app)
-  await t.rejects(app.sessions.refresh({ ...claims(refresh), user_id: claims(other.refresh).user_id }), TokenNotValidError, 'another user\'s id')
-  await t.rejects(app.sessions.refresh({ ...claims(refresh), sid: claims(other.refresh).sid }), TokenNotValidError, 'another session')
-  await t.rejects(app.sessions.refresh({ ...claims(refresh), jti: randomUUID() }), TokenNotValidError, 'an unknown token')
+  const caller = { client: { userAgent: null, ip: null } }
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), user_id: claims(other.refresh).user_id }, caller), TokenNotValidError, 'another user\'s id')
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), sid: claims(other.refresh).sid }, caller), TokenNotValidError, 'another session')
+  await t.rejects(app.sessions.refresh({ ...claims(refresh), jti: randomUUID() }, caller), TokenNotValidError, 'an unknown token')
   t.ok(await unused(refresh), 'the token is still unused')
   t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 200, 'and rotates')
 

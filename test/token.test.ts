@@ -1,7 +1,8 @@
 import t from 'tap'
+import { TokenNotValidError } from '../src/errors.ts'
 import type { KyselyPlugin } from 'kysely'
 import { createSessions } from '../src/services/sessions.ts'
-import type { TokenClaims } from '../src/services/tokens.ts'
+import type { TokenClaims } from '../src/services/claims.ts'
 import { build, claimsOf, login, postJson, refreshCookie, register, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -296,25 +297,26 @@ t.test('token endpoints', async (t) => {
       transformQuery: (args) => { queries.push(args.node.kind); return args.node },
       transformResult: async (args) => args.result
     }
-    const sessions = createSessions({ db: app.db.withPlugin(counter), keyring: app.keyring, clock, config: app.config })
+    const sessions = createSessions({ db: app.db.withPlugin(counter), keyring: app.keyring, clock, config: app.config, audit: app.audit })
     const verified = (token: string): TokenClaims => claimsOf(token) as unknown as TokenClaims
+    const caller = { client: { userAgent: null, ip: null } }
 
     const { refresh } = await login(app)
-    const rotated = await sessions.refresh(verified(refresh))
-    t.equal(rotated.kind, 'rotated')
+    const rotated = await sessions.refresh(verified(refresh), caller)
+    t.match(rotated, { access: String, refresh: String })
     t.same(queries, ['RawNode'], 'a rotation: one statement, no transaction around it')
     queries.length = 0
-    t.same(await sessions.refresh(verified(refresh)), rotated, 'a retry within the grace: the same pair')
+    t.same(await sessions.refresh(verified(refresh), caller), rotated, 'a retry within the grace: the same pair')
     t.equal(queries.length, 1, 'in one statement')
 
     const legacy = await login(app)
     queries.length = 0
-    t.equal((await sessions.refresh(verified(withoutSessionEnd(legacy.refresh)))).kind, 'rotated')
+    t.match(await sessions.refresh(verified(withoutSessionEnd(legacy.refresh)), caller), { access: String, refresh: String })
     t.equal(queries.length, 2, 'without sxp: one call reads the session\'s end, one rotates')
 
     queries.length = 0
     clock.advance(11)
-    t.match(await sessions.refresh(verified(refresh)), { kind: 'reused', sessionId: claimsOf(refresh).sid, userId: claimsOf(refresh).user_id })
+    await t.rejects(sessions.refresh(verified(refresh), caller), TokenNotValidError, 'reused')
     t.equal(queries.length, 1, 'reuse detection: one statement, and the revocation is committed')
     t.type((await app.db.selectFrom('sessions').select('revoked_at').where('id', '=', claimsOf(refresh).sid as string).executeTakeFirstOrThrow()).revoked_at, Date)
   })

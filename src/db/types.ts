@@ -57,12 +57,27 @@ export interface AuditEventsTable {
   detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
 }
 
+export interface OneTimeCodesTable {
+  id: string
+  purpose: string
+  user_id: number
+  token_hash: string | null
+  code_hash: string | null
+  attempts: Generated<number>
+  max_attempts: number
+  created_at: Timestamp
+  expires_at: Timestamp
+  consumed_at: Timestamp | null
+  detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
+}
+
 export interface Database {
   users: UsersTable
   sessions: SessionsTable
   refresh_tokens: RefreshTokensTable
   signing_keys: SigningKeysTable
   audit_events: AuditEventsTable
+  one_time_codes: OneTimeCodesTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

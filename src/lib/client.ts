@@ -1,7 +1,11 @@
 import type { FastifyRequest } from 'fastify'
-import type { Client } from '../services/sessions.ts'
+import type { Caller } from '../services/audit.ts'
 
-/** Who is asking: the user agent, and the client address as TRUST_PROXY lets Fastify read it. */
-export function clientOf (request: FastifyRequest): Client {
-  return { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }
+/**
+ * Who is asking: the user agent and the client address (as TRUST_PROXY lets Fastify read it),
+ * and the request's logger, so that the security events a service records are logged with the
+ * request id.
+ */
+export function callerOf (request: FastifyRequest): Caller {
+  return { client: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }, log: request.log }
 }

@@ -6,8 +6,9 @@ import type { Clock } from '../lib/clock.ts'
 import { isDjangoHash, verifyDjangoPassword } from '../lib/django-hashers.ts'
 import { MAX_PASSWORD_BYTES, passwordProblems } from '../lib/password-policy.ts'
 import { normalizeUsername, usernameProblem } from '../lib/usernames.ts'
-import type { TokenPair, User } from '../schemas.ts'
-import type { Client, SessionUser, Sessions } from './sessions.ts'
+import type { User } from '../schemas.ts'
+import type { AuditTrail, Caller } from './audit.ts'
+import type { Credential, SessionUser, Sessions } from './sessions.ts'
 
 export interface Registration { username: string, email: string, password: string }
 
@@ -16,14 +17,18 @@ export interface AccountsDeps {
   sessions: Sessions
   clock: Clock
   config: Pick<Config, 'BCRYPT_COST'>
+  audit: AuditTrail
 }
+
+/** A password that proved who the user is: the user, and the credential a session starts from. */
+export interface PasswordProof { user: User, credential: Required<Credential> }
 
 function isUniqueViolation (error: unknown): error is { code: string, constraint?: string } {
   return (error as { code?: unknown } | null)?.code === '23505'
 }
 
-/** Accounts: registration and sign-in. */
-export async function createAccounts ({ db, sessions, clock, config }: AccountsDeps) {
+/** Accounts: registration, the password check of a sign-in, the password change. */
+export async function createAccounts ({ db, sessions, clock, config, audit }: AccountsDeps) {
   const cost = config.BCRYPT_COST
   // Compared against when the account does not exist, so that an unknown user costs one
   // comparison of the configured cost like a wrong password does. Started now, not on the first
@@ -74,7 +79,7 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
    * InvalidCredentialsError. Every failure costs at least one comparison at the configured
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
-  async function authenticate (identifier: string, password: string): Promise<{ user: User, passwordHash: string }> {
+  async function authenticate (identifier: string, password: string): Promise<PasswordProof> {
     const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active']).executeTakeFirst()
 
     const matches = await passwordMatches(password, row?.password_hash)
@@ -89,7 +94,7 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
       .$if(rehash !== undefined, (q) => q.where('password_hash', '=', row.password_hash))
       .executeTakeFirst()
     const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : row.password_hash
-    return { user: { id: row.id, username: row.username, email: row.email }, passwordHash }
+    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash } }
   }
 
   return {
@@ -103,8 +108,10 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
       return row === undefined ? `name:${normalizeUsername(identifier).toLowerCase()}` : `user:${row.id}`
     },
 
+    authenticate,
+
     /** Checks the policy, hashes, inserts; the database decides whether the name or email is taken. */
-    async register (input: Registration): Promise<User> {
+    async register (input: Registration, caller: Caller): Promise<User> {
       const username = normalizeUsername(input.username)
       const invalid = usernameProblem(username)
       const problems = [
@@ -114,8 +121,9 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
       if (problems.length > 0) throw new ValidationFailedError(problems)
 
       const passwordHash = await bcrypt.hash(input.password, cost)
+      let user: User
       try {
-        return await db.insertInto('users')
+        user = await db.insertInto('users')
           .values({ username, email: input.email, password_hash: passwordHash })
           .returning(['id', 'username', 'email'])
           .executeTakeFirstOrThrow()
@@ -123,15 +131,21 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
         if (isUniqueViolation(error)) throw error.constraint === 'users_email_key' ? new EmailTakenError() : new UsernameTakenError()
         throw error
       }
+      audit.record({ event: 'register', userId: user.id }, caller)
+      return user
     },
 
     /**
      * Changes the password of a signed-in user who proves the current one, and ends every other
      * session of the user in the same transaction; the current one stays.
      */
-    async changePassword (user: SessionUser, currentPassword: string, newPassword: string): Promise<void> {
+    async changePassword (user: SessionUser, currentPassword: string, newPassword: string, caller: Caller): Promise<void> {
+      const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
       const { password_hash: hash } = await db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()
-      if (!await passwordMatches(currentPassword, hash)) throw new InvalidCredentialsError()
+      if (!await passwordMatches(currentPassword, hash)) {
+        audit.record({ ...who, outcome: 'failure' }, caller)
+        throw new InvalidCredentialsError()
+      }
       const problems = passwordProblems(newPassword, user)
       if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
       const newHash = await bcrypt.hash(newPassword, cost)
@@ -142,12 +156,7 @@ export async function createAccounts ({ db, sessions, clock, config }: AccountsD
         if (changed.numUpdatedRows !== 1n) throw new InvalidCredentialsError()
         await sessions.revoke(user.id, user.sessionId, 'others', trx)
       })
-    },
-
-    /** Signs a user in and opens a session: the user, the session and its first pair. */
-    async login (identifier: string, password: string, client: Client): Promise<{ user: User, sessionId: string, pair: TokenPair }> {
-      const { user, passwordHash } = await authenticate(identifier, password)
-      return { user, ...await sessions.start({ userId: user.id, passwordHash }, client) }
+      audit.record(who, caller)
     }
   }
 }

@@ -2,26 +2,36 @@ import { sql, type Insertable } from 'kysely'
 import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
-import type { Client } from './sessions.ts'
+import type { Logger } from '../lib/logger.ts'
 
-/** A security event, as the code that saw it tells it. */
+/** Who opened a session, or did anything else the trail records: shown in the session list, logged. */
+export interface Client { userAgent: string | null, ip: string | null }
+
+/** Who asks a service for something: the client, and where the events it causes are logged (the request's logger). */
+export interface Caller { client: Client, log?: Logger }
+
+/** The events of the trail; each a stable name, forever. */
+export type AuditEventName = 'register' | 'login' | 'refresh' | 'reuse_detected' | 'logout' | 'password_changed' | 'session_revoked' | 'key_rotated'
+
+/** A security event, as the service that saw it tells it. */
 export interface AuditEvent {
-  event: 'register' | 'login' | 'refresh' | 'reuse_detected' | 'logout' | 'password_changed' | 'session_revoked' | 'key_rotated'
+  event: AuditEventName
   /** Success unless said otherwise. */
   outcome?: 'success' | 'failure'
   userId?: number | null
   sessionId?: string | null
   /** The username or email given, when no user is known (a failed login). */
   identifier?: string
-  client?: Client
   detail?: Record<string, unknown>
 }
 
-export interface AuditTrailOptions {
+export interface AuditTrailDeps {
   db: Db
   clock: Clock
-  /** Hears of events that could not be written, and how many. */
-  onDropped: (error: unknown, count: number) => void
+  /** Where events are logged when the caller brings no logger; and what could not be written. */
+  log: Logger
+  /** Hears of every event (the metrics' counters). */
+  onEvent?: (event: AuditEvent, outcome: 'success' | 'failure') => void
 }
 
 // Events wait at most this long, or until this many wait, before one insert writes them all.
@@ -43,12 +53,14 @@ const clip = (value: string | null | undefined): string | null => value == null
 /**
  * The audit trail (`audit_events`). `record` only queues, so a request never waits on it: the
  * queue is written in batches, one multi-row insert at most every 50 ms, and flushed when the
- * app closes. A crash loses at most the events of the last 50 ms.
+ * services close. A crash loses at most the events of the last 50 ms. Each event is also
+ * counted and logged, one line, with the caller's logger.
  */
-export function createAuditTrail ({ db, clock, onDropped }: AuditTrailOptions) {
+export function createAuditTrail ({ db, clock, log, onEvent }: AuditTrailDeps) {
   let waiting: Array<Insertable<AuditEventsTable>> = []
   let timer: NodeJS.Timeout | undefined
   let writing = Promise.resolve()
+  const dropped = (error: unknown, count: number): void => log.warn({ err: error, count }, 'audit events could not be written')
 
   async function write (): Promise<void> {
     while (waiting.length > 0) {
@@ -57,12 +69,12 @@ export function createAuditTrail ({ db, clock, onDropped }: AuditTrailOptions) {
       try {
         await db.insertInto('audit_events').values(batch).execute()
       } catch (error) {
-        onDropped(error, batch.length)
+        dropped(error, batch.length)
       }
     }
   }
 
-  // Never rejects: write reports its failures to onDropped.
+  // Never rejects: write reports its failures.
   function flush (): Promise<void> {
     clearTimeout(timer)
     timer = undefined
@@ -71,21 +83,26 @@ export function createAuditTrail ({ db, clock, onDropped }: AuditTrailOptions) {
   }
 
   return {
-    record (event: AuditEvent): void {
+    /** Queues the event of `caller` for the table, counts it, and logs it. */
+    record (event: AuditEvent, caller?: Caller): void {
+      const outcome = event.outcome ?? 'success'
       waiting.push({
         at: clock.now(),
         event: event.event,
-        outcome: event.outcome ?? 'success',
+        outcome,
         user_id: event.userId ?? null,
         session_id: event.sessionId ?? null,
         identifier: clip(event.identifier),
-        ip: clip(event.client?.ip),
-        user_agent: clip(event.client?.userAgent),
+        ip: clip(caller?.client.ip),
+        user_agent: clip(caller?.client.userAgent),
         detail: event.detail === undefined ? null : JSON.stringify(event.detail)
       })
-      if (waiting.length > MAX_WAITING) onDropped(new Error('the audit queue is full'), waiting.splice(0, waiting.length - MAX_WAITING).length)
+      if (waiting.length > MAX_WAITING) dropped(new Error('the audit queue is full'), waiting.splice(0, waiting.length - MAX_WAITING).length)
       if (waiting.length >= BATCH) flush().catch(() => {})
       else timer ??= setTimeout(() => { flush().catch(() => {}) }, FLUSH_DELAY_MS)
+      onEvent?.(event, outcome)
+      const level = outcome === 'failure' || event.event === 'reuse_detected' ? 'warn' : 'info'
+      ;(caller?.log ?? log)[level]({ event: event.event, outcome, userId: event.userId, sessionId: event.sessionId, ...event.detail }, event.event)
     },
 
     /** Writes every queued event; resolves when they are written (or reported dropped). */

@@ -2,55 +2,81 @@ import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { lockKey } from '../db/locks.ts'
-import { seconds, systemClock, type Clock } from '../lib/clock.ts'
+import { seconds, type Clock } from '../lib/clock.ts'
+import type { Logger } from '../lib/logger.ts'
+import type { AuditTrail } from './audit.ts'
 
 export interface Flushed { sessions: number, refreshTokens: number }
 
 const BATCH = 1000
 
-type FlushConfig = Pick<Config, 'accessTtlS' | 'refreshTtlS'>
+export interface CleanupDeps {
+  db: Db
+  config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'auditRetentionS'>
+  clock: Clock
+  audit: AuditTrail
+  log: Logger
+}
 
 /**
- * Deletes, in batches of 1,000, the refresh tokens past their expiry and the sessions that
- * ended: past their absolute end, or revoked longer ago than any of their tokens could live.
- * Nothing reuse detection needs goes: a used refresh token stays until it expires, since a
- * thief may present it until then. One flush at a time across replicas (an advisory lock):
- * this one waits for another to finish.
+ * Deleting what is over: the refresh tokens past their expiry and the sessions that ended (past
+ * their absolute end, or revoked longer ago than any of their tokens could live), in batches of
+ * 1,000; and audit events past AUDIT_RETENTION. Nothing reuse detection needs goes: a used
+ * refresh token stays until it expires, since a thief may present it until then. One flush at a
+ * time across replicas (an advisory lock).
  */
-export async function flushTokens (db: Db, config: FlushConfig, clock: Clock = systemClock): Promise<Flushed> {
-  return (await flush(db, config, clock, true))!
-}
-
-/** The same, for a replica's timer: skips the round (undefined) when another replica is at it. */
-export async function pruneTokens (db: Db, config: FlushConfig, clock: Clock): Promise<Flushed | undefined> {
-  return await flush(db, config, clock, false)
-}
-
-async function flush (db: Db, config: FlushConfig, clock: Clock, wait: boolean): Promise<Flushed | undefined> {
+export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
   const keepRevokedS = Math.max(config.accessTtlS, config.refreshTtlS)
-  const flushed: Flushed = { sessions: 0, refreshTokens: 0 }
-  for (;;) {
-    const batch = await db.transaction().execute(async (trx) => {
-      const lock = wait
-        ? sql<{ locked: boolean }>`select pg_advisory_xact_lock(${lockKey('flush')}) is not null as locked`
-        : sql<{ locked: boolean }>`select pg_try_advisory_xact_lock(${lockKey('flush')}) as locked`
-      if ((await lock.execute(trx)).rows[0]?.locked !== true) return undefined
-      const tokens = await trx.deleteFrom('refresh_tokens')
-        .where('jti', 'in', (eb) => eb.selectFrom('refresh_tokens').select('jti').where('expires_at', '<', clock.db()).limit(BATCH))
-        .executeTakeFirst()
-      const sessions = await trx.deleteFrom('sessions')
-        .where('id', 'in', (eb) => eb.selectFrom('sessions').select('id')
-          .where((w) => w.or([
-            w('expires_at', '<', clock.db()),
-            w('revoked_at', '<', sql<Date>`${clock.db()} - ${seconds(keepRevokedS)}`)
-          ]))
-          .limit(BATCH))
-        .executeTakeFirst()
-      return { refreshTokens: Number(tokens.numDeletedRows), sessions: Number(sessions.numDeletedRows) }
-    })
-    if (batch === undefined) return undefined
-    flushed.refreshTokens += batch.refreshTokens
-    flushed.sessions += batch.sessions
-    if (batch.refreshTokens < BATCH && batch.sessions < BATCH) return flushed
+
+  // One batch after another; undefined when another replica holds the lock and `wait` is false.
+  async function flush (wait: boolean): Promise<Flushed | undefined> {
+    const flushed: Flushed = { sessions: 0, refreshTokens: 0 }
+    for (;;) {
+      const batch = await db.transaction().execute(async (trx) => {
+        const lock = wait
+          ? sql<{ locked: boolean }>`select pg_advisory_xact_lock(${lockKey('flush')}) is not null as locked`
+          : sql<{ locked: boolean }>`select pg_try_advisory_xact_lock(${lockKey('flush')}) as locked`
+        if ((await lock.execute(trx)).rows[0]?.locked !== true) return undefined
+        const tokens = await trx.deleteFrom('refresh_tokens')
+          .where('jti', 'in', (eb) => eb.selectFrom('refresh_tokens').select('jti').where('expires_at', '<', clock.db()).limit(BATCH))
+          .executeTakeFirst()
+        const sessions = await trx.deleteFrom('sessions')
+          .where('id', 'in', (eb) => eb.selectFrom('sessions').select('id')
+            .where((w) => w.or([
+              w('expires_at', '<', clock.db()),
+              w('revoked_at', '<', sql<Date>`${clock.db()} - ${seconds(keepRevokedS)}`)
+            ]))
+            .limit(BATCH))
+          .executeTakeFirst()
+        return { refreshTokens: Number(tokens.numDeletedRows), sessions: Number(sessions.numDeletedRows) }
+      })
+      if (batch === undefined) return undefined
+      flushed.refreshTokens += batch.refreshTokens
+      flushed.sessions += batch.sessions
+      if (batch.refreshTokens < BATCH && batch.sessions < BATCH) return flushed
+    }
+  }
+
+  return {
+    /** tokens:flush: waits for another replica at it to finish. */
+    async flush (): Promise<Flushed> {
+      return (await flush(true))!
+    },
+
+    /** A replica's round: skipped (undefined) when another replica is at it; old audit events too. Logs what it did; never throws. */
+    async prune (): Promise<Flushed | undefined> {
+      try {
+        const flushed = await flush(false)
+        if (flushed !== undefined && flushed.sessions + flushed.refreshTokens > 0) log.info({ flushed }, 'pruned ended sessions')
+        const events = await audit.prune(config.auditRetentionS)
+        if (events > 0) log.info({ events }, 'pruned old audit events')
+        return flushed
+      } catch (error) {
+        log.warn({ err: error }, 'pruning ended sessions or old audit events failed')
+        return undefined
+      }
+    }
   }
 }
+
+export type Cleanup = ReturnType<typeof createCleanup>

@@ -2,8 +2,8 @@ import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import { readFile } from 'node:fs/promises'
-import pg from 'pg'
-import { DB_TIMEOUTS_MS, type Db } from '../db/index.ts'
+import { workPool } from '../db/connections.ts'
+import type { Db } from '../db/index.ts'
 import { importableHash } from '../lib/django-hashers.ts'
 import { normalizeUsername, usernameProblem } from '../lib/usernames.ts'
 
@@ -29,8 +29,7 @@ const EMAIL = /^[^\s\p{Cc}\p{Cs}@]+@[^\s\p{Cc}\p{Cs}@]+$/u
 
 async function readTable (url: string): Promise<{ users: AuthUserTable[], skipped: SkippedUser[] }> {
   // No statement timeout: reading a large table is one long query; an unreachable server still fails fast.
-  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: DB_TIMEOUTS_MS.connect })
-  const django = new Kysely<DjangoDatabase>({ dialect: new PostgresDialect({ pool }) })
+  const django = new Kysely<DjangoDatabase>({ dialect: new PostgresDialect({ pool: workPool(url) }) })
   try {
     const users = await django.selectFrom('auth_user')
       .select(['id', 'username', 'email', 'password', 'is_active'])
@@ -91,7 +90,7 @@ function refusal (user: AuthUserTable, username: string): string | undefined {
  * In one transaction: a failure leaves nothing behind, and the sequence of users.id moves
  * past the imported ids with them.
  */
-export async function importDjangoUsers (db: Db, source: string): Promise<ImportReport> {
+async function importDjangoUsers (db: Db, source: string): Promise<ImportReport> {
   const { users, skipped } = /^postgres(ql)?:\/\//.test(source) ? await readTable(source) : await readDump(source)
   let imported = 0
   let unchanged = 0
@@ -138,4 +137,11 @@ export async function importDjangoUsers (db: Db, source: string): Promise<Import
       where max_id is not null`.execute(trx)
   })
   return { imported, unchanged, skipped }
+}
+
+/** import:django as a service: `run(source)` imports the users of a Django project (see importDjangoUsers). */
+export function createDjangoImport ({ db }: { db: Db }) {
+  return {
+    run: (source: string): Promise<ImportReport> => importDjangoUsers(db, source)
+  }
 }

@@ -5,7 +5,7 @@ import type { Clock } from '../lib/clock.ts'
 import { TokenNotValidError } from '../errors.ts'
 import type { Jwk } from '../schemas.ts'
 import type { SigningKey } from './signing-keys.ts'
-import type { TokenClaims, TokenType } from './tokens.ts'
+import type { TokenClaims, TokenType } from './claims.ts'
 
 export interface KeyringOptions {
   issuer: string
@@ -37,75 +37,74 @@ const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c']
  * The signing keys of the database, and the refresh key: signs tokens with fast-jwt (the engine
  * of @fastify/jwt), publishes the JWKS, and names the one key a token header may be verified with.
  */
-export class Keyring {
-  readonly #options: KeyringOptions
-  readonly #refreshKey: string
-  readonly #signRefresh: (payload: Record<string, unknown>) => string
-  #signAccess: ((payload: Record<string, unknown>) => string) | undefined
-  #keys = new Map<string, SigningKey>()
-  #jwks: { keys: Jwk[] } = { keys: [] }
-  #jwksEtag = ''
-  #lastKidLookup = Number.NEGATIVE_INFINITY
-  #kidLookup: Promise<void> | undefined
+export function createKeyring (options: KeyringOptions) {
+  const refreshKey = subkey(options.secret, 'refresh-tokens').toString('base64url')
+  const signRefresh = createSigner({ key: refreshKey, algorithm: 'HS256', kid: REFRESH_KID })
+  let signAccess: ((payload: Record<string, unknown>) => string) | undefined
+  let keys = new Map<string, SigningKey>()
+  let jwks: { keys: Jwk[] } = { keys: [] }
+  let jwksEtag = ''
+  let lastKidLookup = Number.NEGATIVE_INFINITY
+  let kidLookup: Promise<void> | undefined
 
-  constructor (options: KeyringOptions) {
-    this.#options = options
-    this.#refreshKey = subkey(options.secret, 'refresh-tokens').toString('base64url')
-    this.#signRefresh = createSigner({ key: this.#refreshKey, algorithm: 'HS256', kid: REFRESH_KID })
-  }
-
-  get jwks (): { keys: Jwk[] } {
-    return this.#jwks
-  }
-
-  /** A strong ETag of the JWKS: it changes exactly when the published keys do. */
-  get jwksEtag (): string {
-    return this.#jwksEtag
-  }
-
-  async reload (): Promise<void> {
-    const keys = await this.#options.load()
-    const active = keys.find((k) => k.retiredAt === null && !k.next)
+  async function reload (): Promise<void> {
+    const loaded = await options.load()
+    const active = loaded.find((k) => k.retiredAt === null && !k.next)
     if (active === undefined) throw new Error('no active signing key')
-    this.#signAccess = createSigner({ key: active.privateKey, algorithm: active.alg, kid: active.kid, header: { alg: active.alg, typ: ACCESS_TYP } })
-    this.#keys = new Map(keys.map((k) => [k.kid, k]))
-    this.#jwks = { keys: keys.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
-    this.#jwksEtag = `"${createHash('sha256').update(JSON.stringify(this.#jwks)).digest('base64url').slice(0, 27)}"`
-  }
-
-  sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
-    if (this.#signAccess === undefined) throw new Error('keyring not loaded')
-    const payload = { ...claims, iss: this.#options.issuer, aud: this.#options.audience }
-    return claims.token_type === 'refresh' ? this.#signRefresh(payload) : this.#signAccess(payload)
-  }
-
-  /**
-   * The key to verify a token of `type` with, given its unverified header: only the key its
-   * `kid` names, only when the header's `alg` is that key's algorithm (so no HS256 signed
-   * with a public key), never a key the header carries or points to. Throws a 401 otherwise.
-   */
-  async keyFor (header: JoseHeader, type: TokenType): Promise<string> {
-    if (FORBIDDEN_HEADERS.some((name) => name in header) || typeof header.kid !== 'string') throw new TokenNotValidError()
-    if (type === 'refresh') {
-      if (header.kid !== REFRESH_KID || header.alg !== 'HS256') throw new TokenNotValidError()
-      return this.#refreshKey
-    }
-    if (header.typ !== ACCESS_TYP) throw new TokenNotValidError()
-    const key = this.#keys.get(header.kid) ?? await this.#afterReload(header.kid)
-    if (key === undefined || header.alg !== key.alg) throw new TokenNotValidError()
-    return key.verifyKey
+    signAccess = createSigner({ key: active.privateKey, algorithm: active.alg, kid: active.kid, header: { alg: active.alg, typ: ACCESS_TYP } })
+    keys = new Map(loaded.map((k) => [k.kid, k]))
+    jwks = { keys: loaded.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk]) }
+    jwksEtag = `"${createHash('sha256').update(JSON.stringify(jwks)).digest('base64url').slice(0, 27)}"`
   }
 
   // A kid this replica has not seen may come from a key another replica created: look in the
   // database, at most once per interval whatever the lookups find, so a flood of forged kids
   // costs one query. A database error propagates (503), rather than refusing a good token.
-  async #afterReload (kid: string): Promise<SigningKey | undefined> {
-    const now = this.#options.clock.now().getTime()
-    if (now - this.#lastKidLookup >= (this.#options.reloadIntervalMs ?? 10_000)) {
-      this.#lastKidLookup = now
-      this.#kidLookup ??= this.reload().finally(() => { this.#kidLookup = undefined })
+  async function afterReload (kid: string): Promise<SigningKey | undefined> {
+    const now = options.clock.now().getTime()
+    if (now - lastKidLookup >= (options.reloadIntervalMs ?? 10_000)) {
+      lastKidLookup = now
+      kidLookup ??= reload().finally(() => { kidLookup = undefined })
     }
-    await this.#kidLookup
-    return this.#keys.get(kid)
+    await kidLookup
+    return keys.get(kid)
+  }
+
+  return {
+    get jwks (): { keys: Jwk[] } {
+      return jwks
+    },
+
+    /** A strong ETag of the JWKS: it changes exactly when the published keys do. */
+    get jwksEtag (): string {
+      return jwksEtag
+    },
+
+    reload,
+
+    sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
+      if (signAccess === undefined) throw new Error('keyring not loaded')
+      const payload = { ...claims, iss: options.issuer, aud: options.audience }
+      return claims.token_type === 'refresh' ? signRefresh(payload) : signAccess(payload)
+    },
+
+    /**
+     * The key to verify a token of `type` with, given its unverified header: only the key its
+     * `kid` names, only when the header's `alg` is that key's algorithm (so no HS256 signed
+     * with a public key), never a key the header carries or points to. Throws a 401 otherwise.
+     */
+    async keyFor (header: JoseHeader, type: TokenType): Promise<string> {
+      if (FORBIDDEN_HEADERS.some((name) => name in header) || typeof header.kid !== 'string') throw new TokenNotValidError()
+      if (type === 'refresh') {
+        if (header.kid !== REFRESH_KID || header.alg !== 'HS256') throw new TokenNotValidError()
+        return refreshKey
+      }
+      if (header.typ !== ACCESS_TYP) throw new TokenNotValidError()
+      const key = keys.get(header.kid) ?? await afterReload(header.kid)
+      if (key === undefined || header.alg !== key.alg) throw new TokenNotValidError()
+      return key.verifyKey
+    }
   }
 }
+
+export type Keyring = ReturnType<typeof createKeyring>

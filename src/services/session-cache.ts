@@ -1,5 +1,5 @@
-import type { SessionUser, Sessions } from './sessions.ts'
-import type { TokenClaims } from './tokens.ts'
+import { TtlCache } from '../lib/ttl-cache.ts'
+import type { SessionUser } from './sessions.ts'
 
 /**
  * The channel the database triggers of migrations 0004 and 0006 notify: `s:<session id>`,
@@ -23,13 +23,11 @@ export interface SessionCacheOptions {
  * (src/db/notifications.ts); the channel proves itself alive with a heartbeat every 250 ms, and
  * without one for `heartbeatTimeoutMs` the cache is not used, so a revocation is honoured on
  * every replica within that bound even if notifications are lost. What fires no trigger at all
- * (a trigger disabled by hand) is honoured once an entry is older than `ttlMs`.
- * Revocations made here are forgotten at once, before their answer is sent.
+ * (a trigger disabled by hand) is honoured once an entry is older than `ttlMs`. The sessions
+ * service forgets what it revokes itself at once, before its answer is sent.
  */
 export class SessionCache {
-  readonly #entries = new Map<string, { user: SessionUser, at: number }>()
-  readonly #ttlMs: number
-  readonly #maxEntries: number
+  readonly #entries: TtlCache<string, SessionUser>
   readonly #heartbeatTimeoutMs: number
   readonly #now: () => number
   #aliveUntil = 0
@@ -37,8 +35,7 @@ export class SessionCache {
   #generation = 0
 
   constructor ({ ttlMs = 5000, maxEntries = 100_000, heartbeatTimeoutMs = 1000, now = Date.now }: SessionCacheOptions = {}) {
-    this.#ttlMs = ttlMs
-    this.#maxEntries = maxEntries
+    this.#entries = new TtlCache({ ttlMs, max: maxEntries, now })
     this.#heartbeatTimeoutMs = heartbeatTimeoutMs
     this.#now = now
   }
@@ -62,21 +59,15 @@ export class SessionCache {
 
   get (sessionId: string, userId: number): SessionUser | undefined {
     if (!this.live) return undefined
-    const entry = this.#entries.get(sessionId)
-    if (entry === undefined) return undefined
-    if (this.#now() - entry.at > this.#ttlMs) {
-      this.#entries.delete(sessionId)
-      return undefined
-    }
+    const user = this.#entries.get(sessionId)
     // A token naming another user for the session is not this one's: the database decides.
-    return entry.user.id === userId ? entry.user : undefined
+    return user?.id === userId ? user : undefined
   }
 
   /** Keeps a user read at `generation`, unless something was invalidated since. */
   set (user: SessionUser, generation: number): void {
     if (generation !== this.#generation || !this.live) return
-    if (this.#entries.size >= this.#maxEntries) this.#entries.delete(this.#entries.keys().next().value!)
-    this.#entries.set(user.sessionId, { user, at: this.#now() })
+    this.#entries.set(user.sessionId, user)
   }
 
   forgetSession (sessionId: string): void {
@@ -86,7 +77,7 @@ export class SessionCache {
 
   forgetUser (userId: number): void {
     this.#generation++
-    for (const [sessionId, entry] of this.#entries) if (entry.user.id === userId) this.#entries.delete(sessionId)
+    this.#entries.deleteWhere((user) => user.id === userId)
   }
 
   forgetAll (): void {
@@ -106,54 +97,5 @@ export class SessionCache {
     if (kind === 's:') this.forgetSession(id)
     else if (kind === 'u:') this.forgetUser(Number(id))
     else this.forgetAll()
-  }
-}
-
-/**
- * The sessions service with the cache in front of `userOf` (every request of an access token)
- * and of `liveUser` for access tokens; whatever it revokes, it forgets at once.
- */
-export function cachedSessions (sessions: Sessions, cache: SessionCache): Sessions {
-  const read = async (claims: TokenClaims): Promise<SessionUser | undefined> => {
-    const cached = cache.get(claims.sid, claims.user_id)
-    if (cached !== undefined) return cached
-    const generation = cache.generation
-    const user = await sessions.userOf(claims)
-    if (user !== undefined) cache.set(user, generation)
-    return user
-  }
-  return {
-    ...sessions,
-    userOf: read,
-    async liveUser (claims) {
-      if (claims.token_type !== 'access') return await sessions.liveUser(claims)
-      const user = await read(claims)
-      return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email }
-    },
-    async refresh (claims) {
-      const outcome = await sessions.refresh(claims)
-      if (outcome.kind === 'reused') cache.forgetSession(claims.sid)
-      return outcome
-    },
-    async revoke (userId, sessionId, scope, executor) {
-      const forget = (): void => { if (scope === 'current') cache.forgetSession(sessionId); else cache.forgetUser(userId) }
-      return await forgetting(forget, () => sessions.revoke(userId, sessionId, scope, executor))
-    },
-    async revokeById (userId, sessionId) {
-      return await forgetting(() => cache.forgetSession(sessionId), () => sessions.revokeById(userId, sessionId))
-    },
-    async revokeByRefreshToken (claims) {
-      return await forgetting(() => cache.forgetSession(claims.sid), () => sessions.revokeByRefreshToken(claims))
-    }
-  }
-}
-
-// Before the revocation, and after it: a read that raced it and kept the old state is dropped.
-async function forgetting<T> (forget: () => void, revoke: () => Promise<T>): Promise<T> {
-  forget()
-  try {
-    return await revoke()
-  } finally {
-    forget()
   }
 }

@@ -3,12 +3,14 @@ import { sql, type Kysely, type Transaction, type UpdateResult } from 'kysely'
 import type { Database } from '../db/types.ts'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
-import { InvalidCredentialsError, TokenNotValidError } from '../errors.ts'
+import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import { SecretBox } from '../lib/secret-box.ts'
 import type { TokenPair, User } from '../schemas.ts'
+import type { AuditTrail, Caller, Client } from './audit.ts'
+import type { TokenClaims } from './claims.ts'
 import type { Keyring } from './keyring.ts'
-import type { TokenClaims } from './tokens.ts'
+import type { SessionCache } from './session-cache.ts'
 
 /** The database or a transaction: a query helper's executor, so one transaction can span services. */
 export type Executor = Kysely<Database> | Transaction<Database>
@@ -19,8 +21,12 @@ export type Executor = Kysely<Database> | Transaction<Database>
  */
 export interface Credential { userId: number, passwordHash?: string }
 
-/** Who opened a session: shown in the session list, logged. */
-export interface Client { userAgent: string | null, ip: string | null }
+/**
+ * The columns of `users` a session's user is read with, and cached with on each replica: the
+ * trigger users_notify (migration 0004) fires on a change of exactly these and is_active, and
+ * test/session-cache.test.ts holds the two lists equal.
+ */
+export const SESSION_USER_COLUMNS = ['id', 'username', 'email'] as const
 
 /** The user of an active session, and the session. */
 export interface SessionUser extends User { sessionId: string }
@@ -37,10 +43,6 @@ export interface SessionInfo {
 /** Which sessions of a user a sign-out ends: this one, all but this one, or all. */
 export type RevokeScope = 'current' | 'others' | 'global'
 
-export type RefreshOutcome =
-  | { kind: 'rotated', pair: TokenPair }
-  | { kind: 'reused', sessionId: string, userId: number }
-
 // What authgate_refresh answers: see migrations/0005-refresh-function.ts.
 interface RotateAnswer {
   outcome: 'invalid' | 'rotated' | 'replayed' | 'reused' | 'resign'
@@ -54,6 +56,9 @@ export interface SessionsDeps {
   keyring: Keyring
   clock: Clock
   config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'sessionMaxS' | 'AUTH_REUSE_GRACE_S' | 'SECRET_KEY'>
+  audit: AuditTrail
+  /** The users of active sessions, kept on this replica (PostgreSQL); none, each check reads the database. */
+  cache?: SessionCache
   /** Hears of each pair issued (metrics): a sign-in's, a rotation's; not a replay's. */
   onIssue?: () => void
 }
@@ -66,7 +71,7 @@ const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
  * reuse grace come from the database clock, the same for every replica; token lifetimes from
  * the application clock that also checks them.
  */
-export function createSessions ({ db, keyring, clock, config, onIssue }: SessionsDeps) {
+export function createSessions ({ db, keyring, clock, config, audit, cache, onIssue }: SessionsDeps) {
   // Seals the pair a refresh issued, to answer a retry within the grace with the same pair.
   const box = new SecretBox(config.SECRET_KEY, 'refresh-successor')
 
@@ -122,6 +127,46 @@ export function createSessions ({ db, keyring, clock, config, onIssue }: Session
     .where('revoked_at', 'is', null)
   const count = (result: UpdateResult): number => Number(result.numUpdatedRows)
 
+  // Forgotten before the revocation and after it: a read that raced it and kept the old state is dropped.
+  async function forgetting<T> (forget: (cache: SessionCache) => void, revoke: () => Promise<T>): Promise<T> {
+    if (cache !== undefined) forget(cache)
+    try {
+      return await revoke()
+    } finally {
+      if (cache !== undefined) forget(cache)
+    }
+  }
+
+  async function readUser (claims: TokenClaims): Promise<SessionUser | undefined> {
+    const user = await activeSession(claims.sid, claims.user_id).select(SESSION_USER_COLUMNS.map((c) => `u.${c}` as const)).executeTakeFirst()
+    return user === undefined ? undefined : { ...user, sessionId: claims.sid }
+  }
+
+  /** The user of the access token's session, if that session is active: from the cache when it may be trusted. */
+  async function userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
+    if (cache === undefined) return await readUser(claims)
+    const cached = cache.get(claims.sid, claims.user_id)
+    if (cached !== undefined) return cached
+    const generation = cache.generation
+    const user = await readUser(claims)
+    if (user !== undefined) cache.set(user, generation)
+    return user
+  }
+
+  /**
+   * Ends a session of the user (`current`), the user's other sessions (`others`), or all of
+   * them (`global`); how many it ended. Ending a session already ended is no error.
+   */
+  async function revoke (userId: number, sessionId: string, scope: RevokeScope, executor: Executor = db): Promise<number> {
+    return await forgetting((c) => { if (scope === 'current') c.forgetSession(sessionId); else c.forgetUser(userId) }, async () => {
+      const sessions = endSessions(userId, executor)
+      return count(await (scope === 'current'
+        ? sessions.where('id', '=', sessionId)
+        : scope === 'others' ? sessions.where('id', '<>', sessionId) : sessions
+      ).executeTakeFirst())
+    })
+  }
+
   return {
     /**
      * Opens a session for a user who just proved who they are, and issues its first pair: one
@@ -172,55 +217,67 @@ export function createSessions ({ db, keyring, clock, config, onIssue }: Session
      * the moment it was used, gets the pair its first use got; after the grace the whole
      * session is revoked (reuse detection), and the revocation is committed. One round trip
      * (authgate_refresh); two for a token without the session's end (issued before sxp), or
-     * whose session's end was changed since.
+     * whose session's end was changed since. Every outcome of a token of ours is in the trail.
      */
-    async refresh (claims: TokenClaims): Promise<RefreshOutcome> {
+    async refresh (claims: TokenClaims, caller: Caller): Promise<TokenPair> {
+      const who = { userId: claims.user_id, sessionId: claims.sid }
       let { answer, pair } = await rotate(claims, claims.sxp)
       // Each time round reads the session's end: only an end changed again in between repeats.
       while (answer.outcome === 'resign') ({ answer, pair } = await rotate(claims, seconds(answer.session_end!)))
       switch (answer.outcome) {
         case 'rotated':
           onIssue?.()
-          return { kind: 'rotated', pair: pair! }
-        case 'replayed': return { kind: 'rotated', pair: JSON.parse(box.open(answer.successor!, claims.jti)) as TokenPair }
-        case 'reused': return { kind: 'reused', sessionId: claims.sid, userId: answer.owner_id! }
-        default: throw new TokenNotValidError()
+          audit.record({ event: 'refresh', ...who }, caller)
+          return pair!
+        case 'replayed':
+          audit.record({ event: 'refresh', ...who, detail: { replayed: true } }, caller)
+          return JSON.parse(box.open(answer.successor!, claims.jti)) as TokenPair
+        case 'reused':
+          cache?.forgetSession(claims.sid)
+          audit.record({ event: 'reuse_detected', outcome: 'failure', userId: answer.owner_id, sessionId: claims.sid, detail: { action: 'session revoked' } }, caller)
+          throw new TokenNotValidError()
+        default:
+          // A token of ours whose session has ended: worth a line in the trail, unlike forgeries.
+          audit.record({ event: 'refresh', outcome: 'failure', ...who }, caller)
+          throw new TokenNotValidError()
       }
     },
 
-    /** The user of the access token's session, if that session is active. */
-    async userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
-      const user = await activeSession(claims.sid, claims.user_id).select(['u.id', 'u.username', 'u.email']).executeTakeFirst()
-      return user === undefined ? undefined : { ...user, sessionId: claims.sid }
+    userOf,
+    revoke,
+
+    /**
+     * Signs out with an access token (verified; an expired one still ends its own session):
+     * ends its session (`current`), the user's others, or all. Ending the others takes a live
+     * token of an active session. How many sessions it ended.
+     */
+    async signOut (claims: TokenClaims, scope: RevokeScope, caller: Caller): Promise<number> {
+      if (scope !== 'current' && await userOf(claims) === undefined) throw new TokenNotValidError()
+      const ended = await revoke(claims.user_id, claims.sid, scope)
+      audit.record({ event: 'logout', userId: claims.user_id, sessionId: claims.sid, detail: { scope, ended } }, caller)
+      return ended
+    },
+
+    /** Ends one session of the signed-in user by its id (signing out another device); NotFoundError when the user has no such active session. */
+    async end (user: SessionUser, sessionId: string, caller: Caller): Promise<void> {
+      const ended = await forgetting((c) => c.forgetSession(sessionId), async () => count(await endSessions(user.id).where('id', '=', sessionId).executeTakeFirst()))
+      // Another user's session and an unknown one answer alike: no oracle of which exists.
+      if (ended !== 1) throw new NotFoundError()
+      audit.record({ event: 'session_revoked', userId: user.id, sessionId }, caller)
     },
 
     /**
-     * Ends a session of the user (`current`), the user's other sessions (`others`), or all of
-     * them (`global`); how many it ended. Ending a session already ended is no error.
+     * Ends the session of a verified refresh token (simplejwt's blacklist): TokenNotValidError
+     * when the token is not one of an active session, so a token blacklisted once is refused the second time.
      */
-    async revoke (userId: number, sessionId: string, scope: RevokeScope, executor: Executor = db): Promise<number> {
-      const sessions = endSessions(userId, executor)
-      return count(await (scope === 'current'
-        ? sessions.where('id', '=', sessionId)
-        : scope === 'others' ? sessions.where('id', '<>', sessionId) : sessions
-      ).executeTakeFirst())
-    },
-
-    /** Ends one session of a user by its id; false when the user has no such active session. */
-    async revokeById (userId: number, sessionId: string): Promise<boolean> {
-      return count(await endSessions(userId).where('id', '=', sessionId).executeTakeFirst()) === 1
-    },
-
-    /**
-     * Ends the session of a verified refresh token (simplejwt's blacklist): false when the token
-     * is not one of an active session, so a token blacklisted once is refused the second time.
-     */
-    async revokeByRefreshToken (claims: TokenClaims): Promise<boolean> {
-      return count(await endSessions(claims.user_id)
+    async blacklist (claims: TokenClaims, caller: Caller): Promise<void> {
+      const ended = await forgetting((c) => c.forgetSession(claims.sid), async () => count(await endSessions(claims.user_id)
         .where('id', '=', claims.sid)
         .where('expires_at', '>', clock.db())
         .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('jti').where('jti', '=', claims.jti).where('session_id', '=', claims.sid)))
-        .executeTakeFirst()) === 1
+        .executeTakeFirst()))
+      if (ended !== 1) throw new TokenNotValidError()
+      audit.record({ event: 'logout', userId: claims.user_id, sessionId: claims.sid }, caller)
     },
 
     /** The user's active sessions, the newest first. */
@@ -240,11 +297,13 @@ export function createSessions ({ db, keyring, clock, config, onIssue }: Session
      * for a refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
      */
     async liveUser (claims: TokenClaims): Promise<User | undefined> {
-      const session = activeSession(claims.sid, claims.user_id).select(['u.id', 'u.username', 'u.email'])
-      const live = claims.token_type === 'access'
-        ? session
-        : session.innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
-      return await live.executeTakeFirst()
+      if (claims.token_type === 'access') {
+        const user = await userOf(claims)
+        return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email }
+      }
+      return await activeSession(claims.sid, claims.user_id).select(SESSION_USER_COLUMNS.map((c) => `u.${c}` as const))
+        .innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)
+        .executeTakeFirst()
     }
   }
 }

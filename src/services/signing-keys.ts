@@ -1,10 +1,12 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
 import { sql, type Kysely, type Transaction } from 'kysely'
-import type { Algorithm } from '../config.ts'
+import type { Algorithm, Config } from '../config.ts'
 import { lockKey } from '../db/locks.ts'
 import type { Database, SigningKeyRow } from '../db/types.ts'
-import type { SecretBox } from '../lib/secret-box.ts'
+import type { Clock } from '../lib/clock.ts'
+import { SecretBox } from '../lib/secret-box.ts'
 import type { Jwk } from '../schemas.ts'
+import type { AuditTrail } from './audit.ts'
 
 export interface SigningKey {
   kid: string
@@ -164,3 +166,51 @@ export async function loadSigningKeys (db: Kysely<Database>, box: SecretBox, kee
     .execute()
   return rows.map((row) => fromRow(row, box))
 }
+
+/** How often each replica reloads the keys, should the notification of a change be lost. */
+export const KEYS_RELOAD_INTERVAL_S = 60
+// Replica clocks may disagree by this much.
+const CLOCK_SKEW_S = 30
+
+export interface SigningKeysDeps {
+  db: Kysely<Database>
+  config: Pick<Config, 'SECRET_KEY' | 'JWT_ALGORITHM' | 'JWT_PRIVATE_KEY' | 'accessTtlS'>
+  clock: Clock
+  audit: AuditTrail
+}
+
+/**
+ * The signing keys as a service: the table's (encrypted under SECRET_KEY), or the operator's PEM
+ * (JWT_PRIVATE_KEY), which then replaces them.
+ */
+export function createSigningKeys ({ db, config, clock, audit }: SigningKeysDeps) {
+  const box = new SecretBox(config.SECRET_KEY, 'signing-keys')
+  const alg = config.JWT_ALGORITHM
+  // parseConfig checked that the PEM fits JWT_ALGORITHM.
+  const pem = config.JWT_PRIVATE_KEY === undefined ? undefined : keyFromPem(config.JWT_PRIVATE_KEY, alg as Exclude<Algorithm, 'HS256'>)
+  // A retired key verifies until the last access token it signed has expired (refresh tokens
+  // are signed with a key of their own), counting a replica that did not hear of the rotation
+  // and kept signing with it until its next reload.
+  const keepRetiredS = config.accessTtlS + KEYS_RELOAD_INTERVAL_S + CLOCK_SKEW_S
+  return {
+    /** Makes sure a key of JWT_ALGORITHM signs: the first start makes one, a changed algorithm another. */
+    async ensure (): Promise<void> {
+      if (pem === undefined) await ensureSigningKey(db, box, alg, clock.now())
+    },
+
+    /** The keys that sign or verify now, newest first. */
+    async load (): Promise<SigningKey[]> {
+      return pem === undefined ? await loadSigningKeys(db, box, keepRetiredS, clock.now()) : [pem]
+    },
+
+    /** keys:rotate (see rotateSigningKey), in the audit trail. */
+    async rotate ({ next = false } = {}): Promise<Rotation> {
+      if (pem !== undefined) throw new Error('the signing key comes from JWT_PRIVATE_KEY: rotate it there')
+      const rotation = await rotateSigningKey(db, box, alg, { next, now: clock.now() })
+      audit.record({ event: 'key_rotated', detail: { kid: rotation.kid, alg, next, promoted: rotation.promoted } })
+      return rotation
+    }
+  }
+}
+
+export type SigningKeys = ReturnType<typeof createSigningKeys>

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { TokenNotValidError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 export const LogoutQuerySchema = Type.Object({
@@ -22,12 +22,9 @@ const logout: FastifyPluginAsyncTypebox = async (fastify) => {
     // `others` keeps this session, so the browser keeps its cookies.
     if (scope !== 'others') reply.clearAuthCookies()
     // Signing out always works for the browser: an expired token still ends its own session,
-    // and one whose session has ended already signs out again without error. Ending other
-    // sessions takes a live token of an active session.
+    // and one whose session has ended already signs out again without error.
     const claims = await fastify.verifyAccessToken(request, reply, { allowExpired: scope === 'current' })
-    if (scope !== 'current' && await fastify.sessions.userOf(claims) === undefined) throw new TokenNotValidError()
-    const ended = await fastify.sessions.revoke(claims.user_id, claims.sid, scope)
-    request.audit({ event: 'logout', userId: claims.user_id, sessionId: claims.sid, detail: { scope, ended } })
+    await fastify.sessions.signOut(claims, scope, callerOf(request))
     return reply.code(204).send(null)
   })
 }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { InvalidCredentialsError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
 import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
@@ -20,15 +20,7 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
-    const { user } = request
-    const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
-    try {
-      await fastify.accounts.changePassword(user, request.body.current_password, request.body.new_password)
-    } catch (error) {
-      if (error instanceof InvalidCredentialsError) request.audit({ ...who, outcome: 'failure' })
-      throw error
-    }
-    request.audit(who)
+    await fastify.accounts.changePassword(request.user, request.body.current_password, request.body.new_password, callerOf(request))
     return reply.code(204).send(null)
   })
 }

@@ -1,4 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '#src/schemas.ts'
 
@@ -23,8 +24,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const user = await fastify.accounts.register(request.body)
-    request.audit({ event: 'register', userId: user.id })
+    const user = await fastify.accounts.register(request.body, callerOf(request))
     return reply.code(201).send({ message: 'User registered successfully', user })
   })
 }

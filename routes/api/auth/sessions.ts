@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { NotFoundError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 const SessionSchema = Type.Object({
@@ -46,9 +46,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 204: Type.Null(), ...problems(400, 401, 404, 413, 415, 503) }
     }
   }, async (request, reply) => {
-    // Another user's session and an unknown one answer alike: no oracle of which exists.
-    if (!await fastify.sessions.revokeById(request.user.id, request.params.id)) throw new NotFoundError()
-    request.audit({ event: 'session_revoked', userId: request.user.id, sessionId: request.params.id })
+    await fastify.sessions.end(request.user, request.params.id, callerOf(request))
     return reply.code(204).send(null)
   })
 }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { TokenNotValidError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
@@ -17,9 +17,7 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
     const fromCookie = request.body.refresh === undefined
     // The cookies go whatever the outcome: a refresh cookie that was sent is of no use any more.
     if (fromCookie) reply.clearAuthCookies()
-    const claims = await fastify.verifyRefreshToken(request, reply)
-    if (!await fastify.sessions.revokeByRefreshToken(claims)) throw new TokenNotValidError()
-    request.audit({ event: 'logout', userId: claims.user_id, sessionId: claims.sid })
+    await fastify.sessions.blacklist(await fastify.verifyRefreshToken(request, reply), callerOf(request))
     return {}
   })
 }

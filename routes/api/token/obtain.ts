@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type-provider-typebox'
+import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
-import { signIn } from '../auth/login.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.
@@ -20,7 +20,7 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
       body: ObtainBodySchema,
       response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request) => await signIn(fastify, request, request.body.username, request.body.password))
+  }, async (request) => (await fastify.signIn.password(request.body.username, request.body.password, callerOf(request))).pair)
 }
 
 export default obtain

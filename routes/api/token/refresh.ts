@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { TokenNotValidError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity, TokenPairSchema } from '#src/schemas.ts'
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -15,20 +15,9 @@ const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined
     try {
-      const claims = await fastify.verifyRefreshToken(request, reply)
-      const who = { userId: claims.user_id, sessionId: claims.sid }
-      const outcome = await fastify.sessions.refresh(claims).catch((error: unknown) => {
-        // A token of ours whose session has ended: worth a line in the trail, unlike forgeries.
-        if (error instanceof TokenNotValidError) request.audit({ event: 'refresh', outcome: 'failure', ...who })
-        throw error
-      })
-      if (outcome.kind === 'reused') {
-        request.audit({ event: 'reuse_detected', outcome: 'failure', ...who, detail: { action: 'session revoked' } })
-        throw new TokenNotValidError()
-      }
-      request.audit({ event: 'refresh', ...who })
-      if (fromCookie) reply.setAuthCookies(outcome.pair)
-      return outcome.pair
+      const pair = await fastify.sessions.refresh(await fastify.verifyRefreshToken(request, reply), callerOf(request))
+      if (fromCookie) reply.setAuthCookies(pair)
+      return pair
     } catch (error) {
       // A refresh cookie that cannot refresh any more is of no use to the browser.
       if (fromCookie && (error as { statusCode?: number }).statusCode === 401) reply.clearAuthCookies()

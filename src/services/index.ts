@@ -1,0 +1,116 @@
+import type { Config } from '../config.ts'
+import type { Db } from '../db/index.ts'
+import { listenForNotifications } from '../db/notifications.ts'
+import { systemClock, type Clock } from '../lib/clock.ts'
+import type { Logger } from '../lib/logger.ts'
+import { createAccounts } from './accounts.ts'
+import { createAuditTrail, type AuditEvent } from './audit.ts'
+import { createCleanup } from './cleanup.ts'
+import { createDjangoImport } from './django-import.ts'
+import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
+import { createMailer, type Mailer } from './mailer.ts'
+import { createOneTimeCodes } from './one-time-codes.ts'
+import { SESSIONS_CHANNEL, SessionCache } from './session-cache.ts'
+import { createSessions } from './sessions.ts'
+import { createSignIn } from './sign-in.ts'
+import { createSigningKeys, KEYS_RELOAD_INTERVAL_S } from './signing-keys.ts'
+
+/** What the services are built from. */
+export interface ServicesDeps {
+  config: Config
+  db: Db
+  clock?: Clock
+  log: Logger
+  /** Hear of what the metrics count: security events, token pairs issued. */
+  onEvent?: (event: AuditEvent, outcome: 'success' | 'failure') => void
+  onIssue?: () => void
+  /**
+   * The service's own timers and connections: the pruning round, the key reloads, the
+   * notification listener that keeps each replica's caches true. A command (src/cli.ts) runs without.
+   */
+  background?: boolean
+  /** Parts put in place of the built ones: a test's mailer or clock. */
+  overrides?: { mailer?: Mailer }
+}
+
+/**
+ * The composition root: every service built once from what it needs, in one place, for the
+ * server (plugins/services.ts), the CLI and the tests alike; `close()` stops what they started.
+ * Each service is a factory taking its dependencies once and returning its verbs.
+ */
+export async function createServices (deps: ServicesDeps) {
+  const { config, db, log, background = true } = deps
+  const clock = deps.clock ?? systemClock
+  const closers: Array<() => Promise<void>> = []
+  const every = (seconds: number, work: () => Promise<unknown>): void => {
+    let running: Promise<unknown> | undefined
+    const timer = setInterval(() => { running ??= work().finally(() => { running = undefined }) }, seconds * 1000).unref()
+    closers.push(async () => {
+      clearInterval(timer)
+      await running
+    })
+  }
+
+  const audit = createAuditTrail({ db, clock, log, onEvent: deps.onEvent })
+  const signingKeys = createSigningKeys({ db, config, clock, audit })
+  const keyring = createKeyring({ issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, secret: config.SECRET_KEY, load: signingKeys.load, clock })
+  const reloadKeys = async (): Promise<void> => {
+    await keyring.reload().catch((error: unknown) => log.warn({ err: error }, 'reloading the signing keys failed'))
+  }
+
+  // On PostgreSQL the users of active sessions are cached on each replica, kept true by
+  // LISTEN/NOTIFY, which also tells every replica of a key change at once; PGlite answers in
+  // the process, one process only, with nothing to save.
+  let cache: SessionCache | undefined
+  if (background && config.DB_ENGINE === 'postgres') {
+    const sessionCache = new SessionCache()
+    cache = sessionCache
+    const listener = listenForNotifications({
+      listenUrl: config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!,
+      beatUrl: config.DATABASE_URL!,
+      channels: { [SESSIONS_CHANNEL]: (payload) => sessionCache.notified(payload), [KEYS_CHANNEL]: () => { reloadKeys().catch(() => {}) } },
+      onBeat: () => sessionCache.heartbeat(),
+      onLost: () => sessionCache.clear(),
+      warn: (message, error) => log.warn(error === undefined ? {} : { err: { message: error.message } }, message)
+    })
+    closers.push(() => listener.close())
+  }
+
+  const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
+  const accounts = await createAccounts({ db, sessions, clock, config, audit })
+  const signIn = createSignIn({ accounts, sessions, audit })
+  const cleanup = createCleanup({ db, config, clock, audit, log })
+  const oneTimeCodes = createOneTimeCodes({ db, clock, config })
+  const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
+  const djangoImport = createDjangoImport({ db })
+
+  if (background) {
+    await signingKeys.ensure()
+    await keyring.reload()
+    every(KEYS_RELOAD_INTERVAL_S, reloadKeys)
+    every(config.pruneIntervalS, () => cleanup.prune())
+  }
+
+  return {
+    config,
+    clock,
+    audit,
+    signingKeys,
+    keyring,
+    sessions,
+    accounts,
+    signIn,
+    cleanup,
+    oneTimeCodes,
+    mailer,
+    djangoImport,
+    /** Stops the timers and the listener, writes the audit events still queued, closes the mailer. */
+    async close (): Promise<void> {
+      await Promise.all(closers.map((close) => close()))
+      await audit.flush()
+      await mailer.close()
+    }
+  }
+}
+
+export type Services = Awaited<ReturnType<typeof createServices>>
