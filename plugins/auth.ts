@@ -6,6 +6,7 @@ import { createHmac } from 'node:crypto'
 import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
 import { safeEqual } from '../src/lib/constant-time.ts'
 import { subkey } from '../src/lib/subkeys.ts'
+import { TtlCache } from '../src/lib/ttl-cache.ts'
 import type { TokenPair } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
 import type { SessionUser } from '../src/services/sessions.ts'
@@ -150,16 +151,12 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   // token to choose its key, are most of a request's work, and a client sends its token again
   // and again. Only tokens that verified are kept, at most a minute; their claims are checked
   // (expiry on the application clock) on every request, and the session as ever.
-  const verified = new Map<string, { payload: unknown, at: number }>()
-  const VERIFIED_MAX = 1000
-  const VERIFIED_TTL_MS = 60_000
+  const verified = new TtlCache<string, unknown>({ ttlMs: 60_000, max: 1000 })
   async function verifiedPayload (request: FastifyRequest, token: string): Promise<unknown> {
     const hit = verified.get(token)
-    const now = Date.now()
-    if (hit !== undefined && now - hit.at < VERIFIED_TTL_MS) return hit.payload
+    if (hit !== undefined) return hit
     const payload = await request.accessJwtVerify()
-    if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!)
-    verified.set(token, { payload, at: now })
+    verified.set(token, payload)
     return payload
   }
 

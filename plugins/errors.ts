@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
-import { challenge, oauthErrorBody, problemBody, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
+import { ExpectationFailedError, RouteNotFoundError } from '../src/errors.ts'
+import { challenge, oauthErrorBody, problemBody, problemOf, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -34,12 +35,12 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   })
 
   fastify.setNotFoundHandler(function (request, reply) {
-    return sendProblem(reply, { status: 404, code: 'not_found', detail: `No route for ${request.method} ${request.url.split('?')[0]}.` })
+    return sendProblem(reply, problemOf(new RouteNotFoundError(request.method, request.url.split('?')[0])))
   })
 
   // Node answers an Expect it does not know with an empty 417 unless someone listens.
   fastify.server.on('checkExpectation', (_request, response) => {
-    response.socket?.end(rawProblemResponse({ status: 417, code: 'expectation_failed', detail: 'Only Expect: 100-continue is supported.' }))
+    response.socket?.end(rawProblemResponse(problemOf(new ExpectationFailedError())))
   })
 }
 

@@ -6,6 +6,7 @@ import { poolUsage } from '../src/db/index.ts'
 import { safeEqual } from '../src/lib/constant-time.ts'
 import { NotAuthenticatedError, RateLimitedError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
+import { perIp } from '../src/lib/limits.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -77,7 +78,7 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       method: 'GET',
       logLevel: 'warn',
       // Guessing the token is limited per client IP, as credentials are.
-      config: { limits: { kind: 'credentials' } },
+      config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
       schema: {
         tags: ['operations'],
         summary: 'Prometheus metrics',

@@ -2,7 +2,8 @@ import cors from '@fastify/cors'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
-import { BadRequestError, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
+import { BadRequestError, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
+import type { Limit } from '../src/lib/limits.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
 import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 
@@ -19,12 +20,8 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route takes form bodies too: one that no browser cookie authenticates (introspection). */
     acceptsForm?: boolean
-    /**
-     * The route's rate limits. `credentials`: RATE_LIMIT_CREDENTIALS_MAX per client IP, and
-     * RATE_LIMIT_IDENTIFIER_MAX per the account `account` names (its key: accounts.limitKey), from any IP (checked once the
-     * body is validated); `token`: RATE_LIMIT_TOKEN_MAX per client IP.
-     */
-    limits?: { kind: 'credentials' | 'token', account?: (request: FastifyRequest) => Promise<string> }
+    /** The route's rate limits (src/lib/limits.ts). */
+    limits?: Limit[]
   }
 }
 
@@ -63,7 +60,7 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     if (request.method === 'POST' && !JSON_TYPE.test(type ?? '') &&
         !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(type ?? '')) &&
         !(type === undefined && bodiless(request) && request.headers.authorization !== undefined)) {
-      done(new UnsupportedMediaTypeError())
+      done(new UnsupportedMediaTypeError(JSON_ONLY))
       return
     }
     done()
@@ -120,22 +117,31 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
     }
   }
   const ip = (request: FastifyRequest): string => normalizeIP(request.ip)
-  const byIp = {
-    credentials: limit(config.RATE_LIMIT_CREDENTIALS_MAX, (request) => `credentials:${request.routeOptions.url}:${ip(request)}`),
-    token: limit(config.RATE_LIMIT_TOKEN_MAX, (request) => `token:${request.routeOptions.url}:${ip(request)}`)
-  }
-  // One count per account over every credential endpoint, whichever name of it was given:
-  // login, /api/token and the password change alike.
-  const byAccount = limit(config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `account:${await request.routeOptions.config.limits!.account!(request)}`)
   const notFound = limit(config.RATE_LIMIT_NOT_FOUND_MAX, (request) => `not-found:${ip(request)}`)
 
+  // Each route's own: per client address on that route, counted first (a request over the limit
+  // costs no authentication, no token check); per key once the body is validated, one counter
+  // for every route that names it (each limiter counts apart while Redis is away), with the
+  // key the route at hand gives.
+  const byKey = new Map<string, ReturnType<typeof limit>>()
+  const sharedLimit = (name: string, max: number): ReturnType<typeof limit> => {
+    let limiter = byKey.get(name)
+    if (limiter === undefined) {
+      limiter = limit(max, async (request) => {
+        const { by } = request.routeOptions.config.limits!.find((l) => l.name === name)!
+        return `${name}:${await (by as Exclude<typeof by, 'ip'>)(request)}`
+      })
+      byKey.set(name, limiter)
+    }
+    return limiter
+  }
   fastify.addHook('onRoute', (route: RouteOptions) => {
-    const limits = route.config?.limits
-    if (limits === undefined) return
-    // First: a request over the limit costs no authentication, no token check.
-    route.onRequest = [byIp[limits.kind], ...[route.onRequest ?? []].flat()]
-    if (limits.account !== undefined) route.preHandler = [...[route.preHandler ?? []].flat(), byAccount]
+    for (const { name, max, by } of route.config?.limits ?? []) {
+      if (by === 'ip') route.onRequest = [limit(max, (request) => `${name}:${route.url}:${ip(request)}`), ...[route.onRequest ?? []].flat()]
+      else route.preHandler = [...[route.preHandler ?? []].flat(), sharedLimit(name, max)]
+    }
   })
+
   // Probing for paths is limited too.
   fastify.addHook('onRequest', (request, reply, done) => {
     if (!request.is404) return done()

@@ -11,7 +11,8 @@ import type { Clock } from './lib/clock.ts'
 import type { ServicesDeps } from './services/index.ts'
 import { passwordPolicyKeyword } from './lib/password-policy.ts'
 import { SECURITY_HEADERS } from './lib/security-headers.ts'
-import { problemBody, rawProblemResponse, toProblem, type Problem } from './problems.ts'
+import { BadRequestError, HeadersTooLargeError, MethodNotAllowedError, RequestTimeoutError } from './errors.ts'
+import { problemBody, problemOf, rawProblemResponse, toProblem, type Problem } from './problems.ts'
 
 export interface AppOptions {
   config: Config
@@ -28,9 +29,9 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 // Node's parser errors (https://nodejs.org/api/http.html#event-clienterror) as problems.
 function clientErrorProblem (error: NodeJS.ErrnoException): Problem {
-  if (error.code === 'HPE_HEADER_OVERFLOW') return { status: 431, code: 'headers_too_large', detail: 'The request headers are too large.' }
-  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, code: 'request_timeout', detail: 'The request was not received in time.' }
-  return { status: 400, code: 'bad_request', detail: 'The request is not valid HTTP.' }
+  if (error.code === 'HPE_HEADER_OVERFLOW') return problemOf(new HeadersTooLargeError())
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return problemOf(new RequestTimeoutError())
+  return problemOf(new BadRequestError('The request is not valid HTTP.'))
 }
 
 /**
@@ -106,7 +107,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   // so it says so (RFC 9110 §15.5.6: a 405 names the methods it serves in Allow).
   fastify.server.on('connect', (_request: IncomingMessage, socket: Duplex) => {
     socket.end(rawProblemResponse(
-      { status: 405, code: 'method_not_allowed', detail: 'CONNECT is not supported.' },
+      problemOf(new MethodNotAllowedError('CONNECT is not supported.')),
       { headers: { allow: 'GET, HEAD, POST, DELETE, OPTIONS' } }
     ))
   })

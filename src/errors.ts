@@ -1,11 +1,13 @@
 import createError from '@fastify/error'
 
-// Every domain error, made once (https://github.com/fastify/fastify-error). The code, lower
-// cased (@fastify/error upper-cases it), is the stable `code` of the problem+json body; the
-// message is its `detail`.
+// Every error a client can be told, made once (https://github.com/fastify/fastify-error): the
+// code, lower cased (@fastify/error upper-cases it), is the stable `code` of the problem+json
+// body, forever; the message is its `detail`. An OAuth endpoint answers the same errors in RFC
+// 6749's shape (src/problems.ts).
 
-const domainErrors: Array<ReturnType<typeof createError>> = []
-function define (code: string, message: string, status: number): ReturnType<typeof createError> {
+type DomainErrorClass = ReturnType<typeof createError>
+const domainErrors: DomainErrorClass[] = []
+function define (code: string, message: string, status: number): DomainErrorClass {
   const DomainError = createError(code, message, status)
   domainErrors.push(DomainError)
   return DomainError
@@ -28,17 +30,37 @@ export class ValidationFailedError extends ValidationFailedBase {
   }
 }
 
+// 400: a request that is malformed, before any route judges it.
+export const BadRequestError = define('bad_request', '%s', 400)
+/** Any other 4xx of Fastify's or Node's, named by its status (its own message is not shown). */
+export const ClientError = define('client_error', '%s', 400)
+export const InvalidJsonError = define('invalid_json', '%s', 400)
+export const InvalidValueError = define('bad_request', 'A value in the request is not valid.', 400)
+
+// 401: who is asking is not proven.
 export const InvalidCredentialsError = define('invalid_credentials', 'No active account found with the given credentials', 401)
 export const NotAuthenticatedError = define('not_authenticated', 'Authentication credentials were not provided.', 401)
 export const TokenNotValidError = define('token_not_valid', 'Token is invalid or expired', 401)
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
 export const InvalidClientError = define('invalid_client', 'Client authentication failed.', 401)
+
 export const NotFoundError = define('not_found', 'Not found.', 404)
+export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
+export const MethodNotAllowedError = define('method_not_allowed', '%s', 405)
+export const RequestTimeoutError = define('request_timeout', 'The request was not received in time.', 408)
 export const UsernameTakenError = define('username_taken', 'A user with that username already exists.', 409)
 export const EmailTakenError = define('email_taken', 'A user with that email already exists.', 409)
-export const UnsupportedMediaTypeError = define('unsupported_media_type', 'Request bodies must be application/json.', 415)
+export const PayloadTooLargeError = define('payload_too_large', 'The request body is too large.', 413)
+export const UnsupportedMediaTypeError = define('unsupported_media_type', '%s', 415)
+export const ExpectationFailedError = define('expectation_failed', 'Only Expect: 100-continue is supported.', 417)
+export const RateLimitedError = define('rate_limited', 'Too many requests; try again in %d seconds.', 429)
+export const HeadersTooLargeError = define('headers_too_large', 'The request headers are too large.', 431)
+
+export const InternalError = define('internal_error', 'Internal Server Error', 500)
 // From a service that is going away: the request belongs on another replica.
 export const ShuttingDownError = define('service_unavailable', 'The service is shutting down; try again shortly.', 503)
 export const DatabaseUnavailableError = define('service_unavailable', 'The database is unavailable; try again shortly.', 503)
-export const BadRequestError = define('bad_request', '%s', 400)
-export const RateLimitedError = define('rate_limited', 'Too many requests; try again in %d seconds.', 429)
+export const TooSlowError = define('service_unavailable', 'The request took too long; try again shortly.', 503)
+
+/** The message of an UnsupportedMediaTypeError for a body that is not JSON. */
+export const JSON_ONLY = 'Request bodies must be application/json.'

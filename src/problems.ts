@@ -1,6 +1,9 @@
 import type { FastifyError } from 'fastify'
 import { STATUS_CODES } from 'node:http'
-import { isDomainError, ValidationFailedError, type FieldError } from './errors.ts'
+import {
+  BadRequestError, ClientError, InternalError, InvalidJsonError, InvalidValueError, isDomainError, JSON_ONLY, NotAuthenticatedError,
+  PayloadTooLargeError, TokenNotValidError, TooSlowError, UnsupportedMediaTypeError, ValidationFailedError, type FieldError
+} from './errors.ts'
 import { SECURITY_HEADERS } from './lib/security-headers.ts'
 
 /** One error answer, before it becomes RFC 9457 problem details. */
@@ -14,17 +17,22 @@ export interface Problem {
 /** At most this many field errors in one answer; the detail says how many there were. */
 export const MAX_FIELD_ERRORS = 20
 
-// Fastify's own 4xx errors, as stable codes and plain sentences.
-const FASTIFY_ERRORS = new Map<string, Omit<Problem, 'status'>>(Object.entries({
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: 'unsupported_media_type', detail: 'Request bodies must be application/json.' },
-  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'payload_too_large', detail: 'The request body is too large.' },
-  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_json', detail: 'The request body is empty; send a JSON object.' },
-  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_json', detail: 'The request body is not valid JSON.' },
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'bad_request', detail: 'Content-Length does not match the body.' },
-  FST_ERR_CTP_INVALID_TYPE: { code: 'unsupported_media_type', detail: 'The Content-Type header is not valid.' },
-  FST_ERR_BAD_URL: { code: 'bad_request', detail: 'The URL is not valid.' },
-  FST_ERR_MAX_PARAM_LENGTH: { code: 'bad_request', detail: 'A URL parameter is too long.' },
-  FST_ERR_HANDLER_TIMEOUT: { code: 'service_unavailable', detail: 'The request took too long; try again shortly.' }
+/** A domain error (src/errors.ts) as a problem. */
+export function problemOf (error: { code: string, statusCode?: number, message: string }): Problem {
+  return { status: error.statusCode ?? 500, code: error.code.toLowerCase(), detail: error.message }
+}
+
+// Fastify's own errors, as the domain errors they are.
+const FASTIFY_ERRORS = new Map<string, () => Error & { code: string, statusCode?: number }>(Object.entries({
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: () => new UnsupportedMediaTypeError(JSON_ONLY),
+  FST_ERR_CTP_BODY_TOO_LARGE: () => new PayloadTooLargeError(),
+  FST_ERR_CTP_EMPTY_JSON_BODY: () => new InvalidJsonError('The request body is empty; send a JSON object.'),
+  FST_ERR_CTP_INVALID_JSON_BODY: () => new InvalidJsonError('The request body is not valid JSON.'),
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new BadRequestError('Content-Length does not match the body.'),
+  FST_ERR_CTP_INVALID_TYPE: () => new UnsupportedMediaTypeError('The Content-Type header is not valid.'),
+  FST_ERR_BAD_URL: () => new BadRequestError('The URL is not valid.'),
+  FST_ERR_MAX_PARAM_LENGTH: () => new BadRequestError('A URL parameter is too long.'),
+  FST_ERR_HANDLER_TIMEOUT: () => new TooSlowError()
 }))
 
 // @fastify/jwt's errors (https://github.com/fastify/fastify-jwt#error-messages): a missing
@@ -45,33 +53,30 @@ function validationProblem (errors: FieldError[]): Problem {
   const detail = errors.length > MAX_FIELD_ERRORS
     ? `Invalid input: ${errors.length} problems, the first ${MAX_FIELD_ERRORS} listed.`
     : 'Invalid input.'
-  return { status: 400, code: 'validation_failed', detail, errors: errors.slice(0, MAX_FIELD_ERRORS) }
+  return { ...problemOf(new ValidationFailedError(errors)), detail, errors: errors.slice(0, MAX_FIELD_ERRORS) }
 }
 
 /** What a client is told of an error: only what was meant for it; 5xx say no more than their name. */
 export function toProblem (error: FastifyError): Problem {
   if (error.validation !== undefined) return validationProblem(fieldErrors(error))
   if (error instanceof ValidationFailedError) return validationProblem(error.errors)
-  if (isDomainError(error)) return { status: error.statusCode, code: error.code.toLowerCase(), detail: error.message }
+  if (isDomainError(error)) return problemOf(error)
   const code = typeof error.code === 'string' ? error.code : ''
   if (code.startsWith('FST_JWT_') || code.startsWith('FAST_JWT_')) {
-    return NO_CREDENTIALS.has(code)
-      ? { status: 401, code: 'not_authenticated', detail: 'Authentication credentials were not provided.' }
-      : { status: 401, code: 'token_not_valid', detail: 'Token is invalid or expired' }
+    return problemOf(NO_CREDENTIALS.has(code) ? new NotAuthenticatedError() : new TokenNotValidError())
   }
   // A data exception (SQLSTATE class 22: a value PostgreSQL cannot take) is the request's fault,
   // whatever let it through: never a 500.
-  if (/^22[0-9A-Z]{3}$/.test(code) && typeof (error as { severity?: unknown }).severity === 'string') {
-    return { status: 400, code: 'bad_request', detail: 'A value in the request is not valid.' }
-  }
+  if (/^22[0-9A-Z]{3}$/.test(code) && typeof (error as { severity?: unknown }).severity === 'string') return problemOf(new InvalidValueError())
   const known = FASTIFY_ERRORS.get(code)
-  if (known !== undefined) return { status: known.code === 'service_unavailable' ? 503 : error.statusCode ?? 400, ...known }
+  if (known !== undefined) return problemOf(known())
   const status = error.statusCode ?? 500
   if (status >= 400 && status < 500) {
     // JSON parse errors (including __proto__ keys) and the like: safe to name, not to echo.
-    return { status, code: status === 400 ? 'bad_request' : 'client_error', detail: STATUS_CODES[status] ?? 'Bad Request' }
+    const named = status === 400 ? new BadRequestError('Bad Request') : Object.assign(new ClientError(STATUS_CODES[status] ?? 'Client Error'), { statusCode: status })
+    return problemOf(named)
   }
-  return { status: 500, code: 'internal_error', detail: 'Internal Server Error' }
+  return problemOf(new InternalError())
 }
 
 /** RFC 9457 problem details, with simplejwt's `detail` and `code`. */

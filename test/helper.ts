@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
 import type { Test } from 'tap'
-import app, { serverOptions } from '../src/app.ts'
+import app, { serverOptions, type AppOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { pgliteDataDir } from '../src/db/index.ts'
 import { databaseTime, type Clock } from '../src/lib/clock.ts'
@@ -72,10 +72,12 @@ export interface BuildOptions {
   database?: Record<string, string>
   /** Collects the app's log lines (level info) instead of discarding them. */
   logLines?: string[]
+  /** Parts of the services put in place of the built ones (a mailer). */
+  overrides?: AppOptions['overrides']
 }
 
 /** The app as production builds it, on a fresh database, closed when the test ends. */
-export async function build (t: Test, { env = {}, clock = new TestClock(), database, logLines }: BuildOptions = {}): Promise<FastifyInstance> {
+export async function build (t: Test, { env = {}, clock = new TestClock(), database, logLines, overrides }: BuildOptions = {}): Promise<FastifyInstance> {
   const fullEnv = Object.fromEntries(Object.entries({
     NODE_ENV: 'test',
     SECRET_KEY,
@@ -94,7 +96,7 @@ export async function build (t: Test, { env = {}, clock = new TestClock(), datab
   const fastify = Fastify(options)
   t.teardown(() => fastify.close())
   // fp: the tests reach the app's decorators (db, keyring) as fastify-cli's helper does.
-  await fastify.register(fp(app), { config, clock })
+  await fastify.register(fp(app), { config, clock, overrides })
   await fastify.ready()
   return fastify
 }

@@ -1,7 +1,8 @@
 import pg from 'pg'
 import t from 'tap'
 import { SessionCache } from '../src/services/session-cache.ts'
-import { createSessions } from '../src/services/sessions.ts'
+import { sql } from 'kysely'
+import { createSessions, SESSION_USER_COLUMNS } from '../src/services/sessions.ts'
 import { parseClaims } from '../src/services/claims.ts'
 import { build, claimsOf, freshDatabase, login, postJson } from './helper.ts'
 
@@ -157,4 +158,15 @@ t.test('two replicas: a revocation anywhere is honoured everywhere within a seco
   const keptFor = Date.now() - cachedAt
   // At the TTL (the 60 s of before would fail here), give or take a loaded machine's polling.
   t.ok(keptFor >= 4500 && keptFor <= 6500, `with the trigger disabled: refused on B ${keptFor} ms after it was cached (the 5 s TTL)`)
+})
+
+t.test('the trigger that tells every replica of a user\'s change fires on exactly the columns a cached session user holds', async (t) => {
+  const app = await build(t)
+  const { rows } = await sql<{ column: string }>`
+    select a.attname as column from pg_catalog.pg_trigger t
+    join pg_catalog.pg_attribute a on a.attrelid = t.tgrelid and a.attnum = any (t.tgattr)
+    where t.tgname = 'users_notify'`.execute(app.db)
+  // The id never changes (an identity column); whether the user is active decides every session.
+  const expected = [...SESSION_USER_COLUMNS.filter((column) => column !== 'id'), 'is_active']
+  t.same(rows.map((row) => row.column).sort(), expected.sort(), 'a column added to the session user needs the trigger to watch it (a new migration)')
 })

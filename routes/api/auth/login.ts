@@ -2,6 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type
 import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { perIp, perKey } from '#src/lib/limits.ts'
 
 export const LoginBodySchema = Type.Object({
   identifier: IdentifierSchema,
@@ -11,7 +12,12 @@ export const LoginBodySchema = Type.Object({
 const login: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/login', {
     preValidation: normalizeFields('identifier'),
-    config: { limits: { kind: 'credentials', account: (request) => fastify.accounts.limitKey((request.body as Static<typeof LoginBodySchema>).identifier) } },
+    config: {
+      limits: [
+        perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX),
+        perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, (request) => fastify.accounts.limitKey((request.body as Static<typeof LoginBodySchema>).identifier))
+      ]
+    },
     schema: {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',

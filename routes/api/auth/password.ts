@@ -1,6 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
+import { perIp, perKey } from '#src/lib/limits.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
   current_password: PasswordSchema,
@@ -10,8 +11,8 @@ export const PasswordChangeBodySchema = Type.Object({
 const password: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/password', {
     onRequest: [fastify.authenticate],
-    // Guessing the current password with a stolen token is limited per user.
-    config: { limits: { kind: 'credentials', account: async (request) => `user:${request.user.id}` } },
+    // Guessing the current password with a stolen token counts against the account.
+    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX), perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `user:${request.user.id}`)] },
     schema: {
       tags: ['account'],
       summary: 'Change the password; every other session of the user ends',

@@ -2,6 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '#src/schemas.ts'
+import { perIp } from '#src/lib/limits.ts'
 
 export const RegisterBodySchema = Type.Object({
   username: UsernameSchema,
@@ -13,7 +14,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/register', {
     // The schema judges the username as it will be stored.
     preValidation: normalizeFields('username'),
-    config: { limits: { kind: 'credentials' } },
+    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
     schema: {
       tags: ['auth'],
       summary: 'Create an account',

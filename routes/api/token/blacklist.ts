@@ -1,11 +1,12 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
+import { perIp } from '#src/lib/limits.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
 const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/blacklist', {
-    config: { limits: { kind: 'token' } },
+    config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
       summary: 'End the session of a refresh token (body, else the refresh cookie)',

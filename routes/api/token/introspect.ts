@@ -3,6 +3,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { safeEqual } from '#src/lib/constant-time.ts'
 import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
 import { IntrospectionClientSecurity, oauthProblems } from '#src/schemas.ts'
+import { perIp } from '#src/lib/limits.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
@@ -47,7 +48,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.post('/introspect', {
-    config: { acceptsForm: true, oauth: true, limits: { kind: 'token' } },
+    config: { acceptsForm: true, oauth: true, limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',

@@ -2,6 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type
 import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
 import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { perIp, perKey } from '#src/lib/limits.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.
@@ -13,7 +14,12 @@ export const ObtainBodySchema = Type.Object({
 const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     preValidation: normalizeFields('username'),
-    config: { limits: { kind: 'credentials', account: (request) => fastify.accounts.limitKey((request.body as Static<typeof ObtainBodySchema>).username) } },
+    config: {
+      limits: [
+        perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX),
+        perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, (request) => fastify.accounts.limitKey((request.body as Static<typeof ObtainBodySchema>).username))
+      ]
+    },
     schema: {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',

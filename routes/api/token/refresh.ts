@@ -1,10 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity, TokenPairSchema } from '#src/schemas.ts'
+import { perIp } from '#src/lib/limits.ts'
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/refresh', {
-    config: { limits: { kind: 'token' } },
+    config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
       summary: 'Rotate a refresh token (body, else the refresh cookie) into a new pair',

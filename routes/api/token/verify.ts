@@ -1,12 +1,13 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
 import { problems, TokenSchema } from '#src/schemas.ts'
+import { perIp } from '#src/lib/limits.ts'
 
 export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additionalProperties: false })
 
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/verify', {
-    config: { limits: { kind: 'token' } },
+    config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
       summary: 'Check a token: signature, claims, and that its session is still active',
