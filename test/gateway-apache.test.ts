@@ -1,5 +1,5 @@
 // Apache httpd with mod_auth_openidc as an OAuth 2.0 resource server in front of an app: the
-// README's two configurations (the JWKS, and introspection) run against a real Apache.
+// The two configurations of docs/tokens.md (the JWKS, and introspection) run against a real Apache.
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
@@ -36,10 +36,10 @@ const TLS_KEY = join(import.meta.dirname, 'apache', 'tls-key.pem')
 
 const CLIENT_ID = 'apache'
 
-/** Where the README's names point here: auth.example.com (TLS), authgate:3000 and app:8080. */
+/** Where the docs' names point here: auth.example.com (TLS), authgate:3000 and app:8080. */
 interface Urls { authgateTls: string, authgate: string, app: string }
 
-/** The README's Apache configuration with the JWKS: mod_auth_openidc verifies each token itself. */
+/** The Apache configuration of docs/tokens.md with the JWKS: mod_auth_openidc verifies each token itself. */
 function jwksConfig (urls: Urls, issuer: string, audience: string): string {
   return `
 # https:// only (mod_auth_openidc 2.4.12); fetched again for a kid it does not hold.
@@ -64,7 +64,7 @@ ProxyPass / ${urls.app}/
 `
 }
 
-/** The README's Apache configuration with introspection: mod_auth_openidc asks authgate at every request. */
+/** The Apache configuration of docs/tokens.md with introspection: mod_auth_openidc asks authgate at every request. */
 function introspectionConfig (urls: Urls, secret: string): string {
   return `
 OIDCOAuthIntrospectionEndpoint ${urls.authgateTls}/api/token/introspect
@@ -88,7 +88,7 @@ ProxyPass / ${urls.app}/
 `
 }
 
-/** What the README leaves out: a private ServerRoot, the port, the modules, the test CA. */
+/** What the docs leave out: a private ServerRoot, the port, the modules, the test CA. */
 function apacheConfig (dir: string, port: number, readme: string): string {
   const modules = ['mpm_event', 'authn_core', 'authz_core', 'proxy', 'proxy_http', 'auth_openidc']
   return `

@@ -11,7 +11,7 @@ const hasCaddy = existsSync(caddyBinary)
 
 const identity = ['X-Auth-User-Id', 'X-Auth-Username', 'X-Auth-Email', 'X-Auth-Session-Id']
 
-/** The Caddyfile of the README's example: /api/* to authgate, everything else behind forward_auth. */
+/** The Caddyfile of docs/gateways.md: /api/* to authgate, everything else behind forward_auth. */
 function caddyfile (dir: string, port: number, authgate: number, upstream: number): string {
   // No `persist_config off`: Caddy 2.6 (Debian bookworm) does not know it; its autosave.json goes to
   // XDG_CONFIG_HOME, inside the temporary folder.

@@ -7,7 +7,7 @@ import { HOST, proveForwardAuth, stop, type GatewayUnderTest } from './gateway-p
 // Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 const nginxBinary = ['nginx', '/usr/sbin/nginx'].find((bin) => spawnSync(bin, ['-v']).status === 0)
 
-/** The nginx config of the README's example: /api/ to authgate, everything else behind auth_request. */
+/** The nginx config of docs/gateways.md: /api/ to authgate, everything else behind auth_request. */
 function nginxConfig (dir: string, port: number, authgate: number, upstream: number): string {
   const identity = [['user_id', 'User-Id'], ['username', 'Username'], ['email', 'Email'], ['session_id', 'Session-Id']]
   return `

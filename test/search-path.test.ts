@@ -42,7 +42,7 @@ t.test('authgate beside a role that may create in its schema', {
       await client.end()
     }
   }
-  // authgate runs as a role that owns its database and is no superuser, as the README says.
+  // authgate runs as a role that owns its database and is no superuser, as docs/operations.md says.
   await query(base, `create role ${owner} login; create role ${attacker} login`)
   t.teardown(() => query(base, `drop role if exists ${owner}; drop role if exists ${attacker}`))
   await query(base, `create database ${name} owner ${owner}`)

@@ -25,7 +25,7 @@ type Verify = (token: string) => Promise<Outcome>
 
 const urlOf = (fastify: FastifyInstance) => `http://127.0.0.1:${(fastify.server.address() as AddressInfo).port}`
 
-/** The README's Fastify service: @fastify/jwt with authgate's public keys through get-jwks. */
+/** The Fastify service of docs/tokens.md: @fastify/jwt with authgate's public keys through get-jwks. */
 async function ordersService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
   const getJwks = buildGetJwks()
   const orders = Fastify()
@@ -54,7 +54,7 @@ async function ordersService (t: Test, authgateUrl: string, issuer: string, audi
   }
 }
 
-/** The README's jose verifier. */
+/** The jose verifier of docs/tokens.md. */
 function joseVerifier (authgateUrl: string, issuer: string, audience: string): Verify {
   // jose fetches the JWKS again for an unknown kid at most once per cooldownDuration (30 s by
   // default); 0 here so that the test need not wait after its rotation.
@@ -80,7 +80,7 @@ function overHttp (url: string): Verify {
   }
 }
 
-/** The README's Hono service: hono/jwk with authgate's JWKS. */
+/** The Hono service of docs/tokens.md: hono/jwk with authgate's JWKS. */
 async function honoService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
   const app = new Hono<{ Variables: JwtVariables<{ token_type: string, user_id: number }> }>()
   app.use('/orders', jwk({
@@ -100,7 +100,7 @@ async function honoService (t: Test, authgateUrl: string, issuer: string, audien
   return overHttp(`http://127.0.0.1:${(server.address() as AddressInfo).port}/orders`)
 }
 
-/** The README's express service: express-jwt with jwks-rsa. */
+/** The express service of docs/tokens.md: express-jwt with jwks-rsa. */
 async function expressService (t: Test, authgateUrl: string, issuer: string, audience: string): Promise<Verify> {
   const app = express()
   app.use('/orders', expressjwt({
@@ -125,7 +125,7 @@ async function expressService (t: Test, authgateUrl: string, issuer: string, aud
   return overHttp(`http://127.0.0.1:${(server.address() as AddressInfo).port}/orders`)
 }
 
-// The README's PyJWT verifier, one client for every token (its JWKS cache lives across the
+// The PyJWT verifier of docs/tokens.md, one client for every token (its JWKS cache lives across the
 // rotation): a token a line on stdin, a JSON outcome a line on stdout.
 const PYJWT_VERIFIER = `
 import json, sys
