@@ -9,7 +9,8 @@ const run = promisify(execFile)
 const MIGRATIONS = Object.keys(migrations)
 
 t.test('npm run migrate applies, reports up to date, and migrate:down undoes', async (t) => {
-  const env = { ...await freshDatabase(t), SECRET_KEY }
+  // A database the migrations have not run on.
+  const env = { ...await freshDatabase(t, { migrated: false }), SECRET_KEY }
   const all = `applied: ${MIGRATIONS.join(', ')}`
   t.match(await runCli(['migrate'], env), { code: 0, stdout: all })
   t.match(await runCli(['migrate'], env), { code: 0, stdout: 'database is up to date' })
@@ -25,6 +26,6 @@ t.test('a bad variable exits 1 naming it', async (t) => {
 
 t.test('the command line: an unknown command prints the usage and exits 2; a command prints its result', async (t) => {
   await t.rejects(run(process.execPath, ['src/cli.ts', 'frobnicate'], { env: process.env }), { code: 2, stderr: /usage: node src\/cli.ts <command>/ })
-  const { stdout } = await run(process.execPath, ['src/cli.ts', 'migrate'], { env: { ...process.env, ...await freshDatabase(t), SECRET_KEY } })
+  const { stdout } = await run(process.execPath, ['src/cli.ts', 'migrate'], { env: { ...process.env, ...await freshDatabase(t, { migrated: false }), SECRET_KEY } })
   t.equal(stdout, `applied: ${MIGRATIONS.join(', ')}\n`)
 })

@@ -2,7 +2,7 @@ import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promi
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { freshDatabase, SECRET_KEY } from './helper.ts'
+import { freshDatabase, serverEnv } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // src/server.ts keeps Node's compile cache in the temporary directory, in a folder only its
@@ -10,8 +10,8 @@ import { startServer } from './server-process.ts'
 const uid = process.getuid?.()
 
 async function serve (t: Test, tmp: string): Promise<void> {
-  const { NODE_COMPILE_CACHE: _, ...env } = process.env as Record<string, string>
-  const server = startServer({ ...env, ...await freshDatabase(t), SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', TMPDIR: tmp })
+  const { NODE_COMPILE_CACHE: _, ...env } = serverEnv(await freshDatabase(t), { TMPDIR: tmp })
+  const server = startServer(env)
   t.teardown(() => { server.child.kill('SIGKILL') })
   t.equal((await fetch(`${await server.listening}/health/ready`)).status, 200, 'the server starts')
   t.equal(await server.stop(), 0)

@@ -1,6 +1,8 @@
 import t from 'tap'
 import { build, claimsOf, freshDatabase, lockSession, login, postJson } from './helper.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
+import type pg from 'pg'
+import { forKysely } from '../src/db/connections.ts'
 
 t.test('health', async (t) => {
   const app = await build(t)
@@ -70,4 +72,28 @@ t.test('a database connection lost mid-transaction answers 503 and the service l
 
   const retry = await postJson(app, '/api/token/refresh', { refresh })
   t.equal(retry.statusCode, 200, 'the pool reconnects and the token, never rotated, still refreshes')
+})
+
+t.test('a client whose connection died under a query is destroyed, never handed to the next request', async (t) => {
+  const released: unknown[] = []
+  let failWith: Record<string, unknown> = {}
+  // A new client each time, as a pool hands out after it destroyed the last.
+  const client = () => ({
+    query: async () => { throw Object.assign(new Error('the query failed'), failWith) },
+    release: (destroy?: unknown) => { released.push(destroy) }
+  })
+  const pool = forKysely({ connect: async () => client(), options: {}, end: async () => {} } as unknown as pg.Pool)
+  for (const [why, error] of [
+    ['terminated by an administrator (a restart, a failover)', { code: '57P01' }],
+    ['a connection failure', { code: '08006' }],
+    ['no word from the server: reset, closed, timed out', {}],
+    ['a statement timeout: the connection lives', { code: '57014' }],
+    ['a unique violation: the connection lives', { code: '23505' }]
+  ] as const) {
+    failWith = error
+    const c = await pool.connect()
+    await (c.query as unknown as (text: string) => Promise<unknown>)('select 1').catch(() => {})
+    c.release()
+    t.equal(released.pop(), 'code' in error && ['57014', '23505'].includes(error.code) ? undefined : true, why)
+  }
 })

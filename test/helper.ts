@@ -1,8 +1,8 @@
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fp from 'fastify-plugin'
 import { createHmac, randomBytes } from 'node:crypto'
-import { existsSync } from 'node:fs'
-import { cp, mkdtemp, rm } from 'node:fs/promises'
+import { cpSync, existsSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -32,19 +32,25 @@ export class TestClock implements Clock {
 
 /** An initialised PGlite cluster, made by test/pglite-template.ts and kept between runs. */
 export const PGLITE_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-template')
+/** The same, migrated to the latest schema. */
+export const PGLITE_MIGRATED_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-template-migrated')
 
 /**
- * A fresh database: a PGlite data folder (a copy of the template, removed at teardown) by
+ * A fresh database: a PGlite data folder (a copy of a template, removed at teardown) by
  * default, or, with DB_ENGINE=postgres and DATABASE_URL, a new PostgreSQL database dropped
- * at teardown.
+ * at teardown. `migrated` (the default): on PGlite a copy of the migrated template, sparing an app's
+ * start the migrations (on PostgreSQL they run at start as ever).
  */
-export async function freshDatabase (t: Test): Promise<Record<string, string>> {
+export async function freshDatabase (t: Test, { migrated = true } = {}): Promise<Record<string, string>> {
   if (process.env.DB_ENGINE !== 'postgres') {
     const folder = await mkdtemp(join(tmpdir(), 'authgate-test-'))
     // Teardowns run last-registered first: the app closes before its folder goes.
     t.teardown(() => rm(folder, { recursive: true, force: true }))
-    // Without the template (a test file run by node alone), PGlite runs initdb itself.
-    if (existsSync(PGLITE_TEMPLATE)) await cp(PGLITE_TEMPLATE, pgliteDataDir(folder), { recursive: true })
+    // Without the templates (a test file run by node alone), PGlite runs initdb itself and the
+    // start migrates. cpSync: a thousand small files, which fs.promises.cp copies fifteen times
+    // slower (400 ms to 25).
+    const template = migrated ? PGLITE_MIGRATED_TEMPLATE : PGLITE_TEMPLATE
+    if (existsSync(template)) cpSync(template, pgliteDataDir(folder), { recursive: true })
     return { DB_ENGINE: 'pglite', DB_NAME: folder }
   }
   const base = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'

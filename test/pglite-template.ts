@@ -1,25 +1,49 @@
-// tap's `before` script: one initialised PGlite data folder, copied by every test app instead
-// of running initdb (about 4 s of WebAssembly) for each one. Kept between runs, made again
-// only when missing or made by another version of PGlite.
+// tap's `before` script: two PGlite data folders, copied by the test apps instead of running
+// initdb (about 4 s of WebAssembly) and the migrations for each one: one just initialised (for
+// the tests of migrations and of a start), and one migrated (for build()). Kept between runs,
+// made again only when missing or made by another version of PGlite or of the migrations.
 import { PGlite } from '@electric-sql/pglite'
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { cpSync } from 'node:fs'
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { PGLITE_TEMPLATE } from './helper.ts'
+import { createDb, migrateToLatest } from '../src/db/index.ts'
+import { PGLITE_MIGRATED_TEMPLATE, PGLITE_TEMPLATE } from './helper.ts'
 
-const packageFile = join(import.meta.dirname, '..', 'node_modules', '@electric-sql', 'pglite', 'package.json')
-const { version } = JSON.parse(await readFile(packageFile, 'utf8')) as { version: string }
-const marker = `${PGLITE_TEMPLATE}.version`
+const root = join(import.meta.dirname, '..')
+const { version } = JSON.parse(await readFile(join(root, 'node_modules', '@electric-sql', 'pglite', 'package.json'), 'utf8')) as { version: string }
+const migrationsHash = createHash('sha256')
+for (const file of (await readdir(join(root, 'migrations'))).sort()) migrationsHash.update(file).update(await readFile(join(root, 'migrations', file)))
+const versions = { [PGLITE_TEMPLATE]: version, [PGLITE_MIGRATED_TEMPLATE]: `${version} ${migrationsHash.digest('hex')}` }
 
-if (process.env.DB_ENGINE !== 'postgres' && await readFile(marker, 'utf8').catch(() => undefined) !== version) {
+/** Makes `target` with `make(folder)` when its marker says another version, renamed into place: a run copying it never sees half of one. */
+async function ensure (target: string, make: (folder: string) => Promise<void>): Promise<void> {
+  const marker = `${target}.version`
+  if (await readFile(marker, 'utf8').catch(() => undefined) === versions[target]) return
   // A fresh clone has no .tap folder yet.
-  await mkdir(dirname(PGLITE_TEMPLATE), { recursive: true })
-  const building = await mkdtemp(join(dirname(PGLITE_TEMPLATE), 'pglite-template-'))
-  const pglite = await PGlite.create(join(building, 'pgdata'))
-  await pglite.close()
-  // Renamed into place: a run that is copying the folder never sees half of one.
+  await mkdir(dirname(target), { recursive: true })
+  const building = await mkdtemp(join(dirname(target), 'template-'))
+  await make(join(building, 'pgdata'))
   const old = `${building}-old`
-  await rename(PGLITE_TEMPLATE, old).catch(() => {})
-  await rename(join(building, 'pgdata'), PGLITE_TEMPLATE)
-  await writeFile(marker, version)
+  await rename(target, old).catch(() => {})
+  await rename(join(building, 'pgdata'), target)
+  await writeFile(marker, versions[target]!)
   await Promise.all([rm(building, { recursive: true, force: true }), rm(old, { recursive: true, force: true })])
+}
+
+if (process.env.DB_ENGINE !== 'postgres') {
+  await ensure(PGLITE_TEMPLATE, async (folder) => {
+    const pglite = await PGlite.create(folder)
+    await pglite.close()
+  })
+  // The app's own database code migrates a copy: DB_NAME holds the data directory `pglite`.
+  await ensure(PGLITE_MIGRATED_TEMPLATE, async (folder) => {
+    const dbName = join(dirname(folder), 'db')
+    cpSync(PGLITE_TEMPLATE, join(dbName, 'pglite'), { recursive: true })
+    const config = { DB_ENGINE: 'pglite', DB_NAME: dbName, DATABASE_URL: undefined, DB_POOL_MAX: 1 } as const
+    const db = createDb(config)
+    await migrateToLatest(config, db)
+    await db.destroy()
+    await rename(join(dbName, 'pglite'), folder)
+  })
 }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, claimsOf, freshDatabase, lockSession, login, postJson, SECRET_KEY } from './helper.ts'
+import { build, claimsOf, freshDatabase, lockSession, login, postJson, serverEnv } from './helper.ts'
 import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
@@ -46,7 +46,7 @@ t.test('a stalled database: the client gets a 503 problem before its socket is c
 }, async (t) => {
   const database = await freshDatabase(t)
   const { proxy, url: through } = await proxyDatabase(t, database.DATABASE_URL!)
-  const server = startServer({ ...process.env, ...database, DATABASE_URL: through, SECRET_KEY, BCRYPT_COST: '4', HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
+  const server = startServer(serverEnv({ ...database, DATABASE_URL: through }))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const base = await server.listening
   const post = (path: string, body: unknown) => fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })

@@ -6,8 +6,7 @@ import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
 t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', async (t) => {
-  const database = await freshDatabase(t)
-  const server = startServer({ ...process.env, ...database, SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' })
+  const server = startServer(serverEnv(await freshDatabase(t)))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const res = await fetch(`${await server.listening}/health/ready`)
   t.equal(res.status, 200)

@@ -1,3 +1,4 @@
+import type { PostgresPool } from 'kysely'
 import pg from 'pg'
 
 /**
@@ -45,4 +46,43 @@ export function workPool (url: string): pg.Pool {
 /** One connection of its own (the notification listener, the heartbeat), named in pg_stat_activity. */
 export function ownClient (url: string, name: string): pg.Client {
   return new pg.Client({ connectionString: url, application_name: name, connectionTimeoutMillis: DB_TIMEOUTS_MS.connect, keepAlive: true })
+}
+
+// A connection that is gone: its server ended it (class 08, or 57P01-57P03 as a restart or a
+// failover ends it), or the client lost it without a server's word (no SQLSTATE: reset, closed,
+// timed out).
+function connectionLost (error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || /^57P0[123]$/.test(code)
+  return error instanceof Error
+}
+
+/**
+ * The pool as Kysely takes it, where a client whose connection died under a query is destroyed
+ * when it is released instead of going back to the pool: pg learns that the socket ended only
+ * after the query's error, and Kysely releases the client in between, so the next request
+ * would be handed a dead connection (and answered 503).
+ */
+export function forKysely (pool: pg.Pool): PostgresPool {
+  const broken = new WeakSet<pg.PoolClient>()
+  const watched = new WeakSet<pg.PoolClient>()
+  return {
+    options: pool.options,
+    end: () => pool.end(),
+    async connect () {
+      const client = await pool.connect()
+      if (!watched.has(client)) {
+        watched.add(client)
+        const query = client.query.bind(client) as (...args: unknown[]) => unknown
+        client.query = ((...args: unknown[]) => {
+          const result = query(...args)
+          if (result instanceof Promise) result.catch((error: unknown) => { if (connectionLost(error)) broken.add(client) })
+          return result
+        }) as typeof client.query
+      }
+      const release = client.release
+      client.release = (destroy?: boolean | Error) => release.call(client, destroy === true || destroy instanceof Error || broken.has(client) ? true : undefined)
+      return client
+    }
+  }
 }

@@ -8,7 +8,7 @@ import { migrations } from '../../migrations/index.ts'
 import type { ParsedConfig } from '../config.ts'
 import { DatabaseUnavailableError } from '../errors.ts'
 import { FolderLockedError } from '../lib/folder-lock.ts'
-import { DB_TIMEOUTS_MS, requestPool, workPool } from './connections.ts'
+import { DB_TIMEOUTS_MS, forKysely, requestPool, workPool } from './connections.ts'
 import { pgliteDataDir, pgliteDialect } from './pglite.ts'
 import type { Database } from './types.ts'
 
@@ -98,7 +98,7 @@ export function poolUsage (db: Db): { total: number, idle: number, waiting: numb
 
 function postgresDialect (url: string, poolMax: number, onPoolError: (error: Error) => void): PostgresDialect & { pool: pg.Pool } {
   const pool = requestPool(url, poolMax, onPoolError)
-  return Object.assign(new PostgresDialect({ pool }), { pool })
+  return Object.assign(new PostgresDialect({ pool: forKysely(pool) }), { pool })
 }
 
 export function createDb (config: DbConfig, onPoolError: (error: Error) => void = () => {}): Db {
