@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { build, claimsOf, freshDatabase, login, postJson, serverEnv } from './helper.ts'
 import { freePort, startServer } from './server-process.ts'
+import { listenForNotifications } from '../src/db/notifications.ts'
 
 // authgate behind PgBouncer in transaction mode, the most common PostgreSQL pooler (Debian's
 // pgbouncer, installed by .ci/run): it starts, migrates and serves through it, and its replicas
@@ -118,6 +119,28 @@ t.test('behind PgBouncer in transaction mode', { skip }, async (t) => {
     t.ok(delays.every((ms) => ms < 100), `refused on B at the first request after the logout (${delays.map((ms) => Math.round(ms)).join(', ')} ms)`)
     const warnings = logLines.map((line) => JSON.parse(line)).filter((line) => line.level === 40).map((line) => line.msg as string)
     t.ok(warnings.some((msg) => /DATABASE_LISTEN_URL/.test(msg)), `warned: ${warnings.join(' | ')}`)
+  })
+
+  t.test('a pooled listener is found out by its handshake, before any heartbeat could land on its server connection', async (t) => {
+    /** The warnings of a listener on `listenUrl` in its first second, heartbeats a minute apart. */
+    const warningsOf = async (listenUrl: string): Promise<string[]> => {
+      const warnings: string[] = []
+      const listener = listenForNotifications({
+        listenUrl,
+        beatUrl: direct,
+        channels: { authgate_test: () => {} },
+        onBeat: () => {},
+        onLost: () => {},
+        warn: (message) => warnings.push(message),
+        beatIntervalMs: 60_000,
+        silenceWarningMs: 60_000
+      })
+      await sleep(1000)
+      await listener.close()
+      return warnings
+    }
+    t.match(await warningsOf(pooled), [/transaction pooler.*DATABASE_LISTEN_URL/])
+    t.same(await warningsOf(direct), [], 'a direct connection is not taken for a pooler')
   })
 
   t.test('a session read through the pooler sees its own sign-in and refresh', async (t) => {

@@ -32,9 +32,9 @@ const BEAT_PREFIX = 'hb:'
  * heartbeat that arrives vouches for every revocation committed before it: whoever trusts what
  * it was told only while heartbeats arrive is never more than that behind. Through a
  * transaction pooler (PgBouncer) the LISTEN holds on a server connection the listener no longer
- * has, and nothing arrives: no heartbeat, so nothing is trusted. When the heartbeat's connection
- * is handed the very server connection that LISTENed, the pooler is certain: the listener stops,
- * and says to set DATABASE_LISTEN_URL.
+ * has, and nothing arrives: no heartbeat, so nothing is trusted. A pooler is found out at once
+ * (the process id of the handshake is not the server's own), or when the heartbeat is handed the
+ * very server connection that LISTENed: the listener stops, and says to set DATABASE_LISTEN_URL.
  */
 export function listenForNotifications (options: NotificationsOptions): Notifications {
   const { listenUrl, beatUrl, channels, onBeat, onLost, warn } = options
@@ -59,6 +59,12 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
     const clients = [listener, sender]
     listener = sender = undefined
     await Promise.all(clients.map((client) => client?.end().catch(() => {})))
+  }
+
+  const pooled = (): void => {
+    onLost(new Error('the listener connection is pooled'))
+    warn('the notification listener\'s connection goes through a transaction pooler, where LISTEN does not hold: caches stay off. Set DATABASE_LISTEN_URL to a direct connection to the database')
+    stop().catch(() => {})
   }
 
   const listen = async (): Promise<void> => {
@@ -90,6 +96,13 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
     try {
       await current.connect()
       const { rows } = await current.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid')
+      // PostgreSQL names its process in the handshake; a pooler names one of its own making.
+      if (rows[0]!.pid !== (current as pg.Client & { processID: number | null }).processID) {
+        listener = undefined
+        await current.end().catch(() => {})
+        pooled()
+        return
+      }
       for (const channel of Object.keys(channels)) await current.query(`listen ${current.escapeIdentifier(channel)}`)
       if (listener !== current) return
       listenerPid = rows[0]!.pid
@@ -115,11 +128,7 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
         'select pg_catalog.pg_notify(cast($1 as text), cast($2 as text)), pg_catalog.pg_backend_pid() as pid', [beatChannel, beat])
       sendWaits.reset()
       // Two connections of one client, on one server process: a pooler hands them out in turn.
-      if (listenerPid !== undefined && rows[0]!.pid === listenerPid) {
-        onLost(new Error('the listener connection is pooled'))
-        warn('the notification listener\'s connection goes through a transaction pooler, where LISTEN does not hold: caches stay off. Set DATABASE_LISTEN_URL to a direct connection to the database')
-        await stop()
-      }
+      if (listenerPid !== undefined && rows[0]!.pid === listenerPid) pooled()
     } catch {
       const failed = sender
       sender = undefined
