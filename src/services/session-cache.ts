@@ -1,20 +1,11 @@
-import { TtlCache } from '../lib/ttl-cache.ts'
+import { NotifiedCache } from '../lib/notified-cache.ts'
 import type { SessionUser } from './sessions.ts'
 
 /**
- * The channel the database triggers of migrations 0004 and 0006 notify: `s:<session id>`,
- * `u:<user id>`, or `*` (a TRUNCATE: forget everything).
+ * The channel the database triggers notify: `s:<session id>`, `u:<user id>` (migrations 0004
+ * and 0006), `c:<client id>` (0008), or `*` (a TRUNCATE: forget everything).
  */
 export const SESSIONS_CHANNEL = 'authgate_sessions'
-
-export interface SessionCacheOptions {
-  /** How long an entry is trusted at most, notifications or not. */
-  ttlMs?: number
-  maxEntries?: number
-  /** How long after the last heartbeat of the notification channel the cache is still used. */
-  heartbeatTimeoutMs?: number
-  now?: () => number
-}
 
 /**
  * The users of active sessions, by session id, read from PostgreSQL and kept while the
@@ -26,75 +17,25 @@ export interface SessionCacheOptions {
  * (a trigger disabled by hand) is honoured once an entry is older than `ttlMs`. The sessions
  * service forgets what it revokes itself at once, before its answer is sent.
  */
-export class SessionCache {
-  readonly #entries: TtlCache<string, SessionUser>
-  readonly #heartbeatTimeoutMs: number
-  readonly #now: () => number
-  #aliveUntil = 0
-  // Bumped by every invalidation: a read that began before one is not stored after it.
-  #generation = 0
-
-  constructor ({ ttlMs = 5000, maxEntries = 100_000, heartbeatTimeoutMs = 1000, now = Date.now }: SessionCacheOptions = {}) {
-    this.#entries = new TtlCache({ ttlMs, max: maxEntries, now })
-    this.#heartbeatTimeoutMs = heartbeatTimeoutMs
-    this.#now = now
-  }
-
-  get size (): number {
-    return this.#entries.size
-  }
-
-  get generation (): number {
-    return this.#generation
-  }
-
-  /** Whether the notification channel answered lately: only then is the cache read or filled. */
-  get live (): boolean {
-    return this.#now() < this.#aliveUntil
-  }
-
-  heartbeat (): void {
-    this.#aliveUntil = this.#now() + this.#heartbeatTimeoutMs
-  }
-
-  get (sessionId: string, userId: number): SessionUser | undefined {
-    if (!this.live) return undefined
-    const user = this.#entries.get(sessionId)
-    // A token naming another user for the session is not this one's: the database decides.
+export class SessionCache extends NotifiedCache<SessionUser> {
+  /** The user of a session, if kept and the token names that user: another user id is for the database to judge. */
+  of (sessionId: string, userId: number): SessionUser | undefined {
+    const user = this.get(sessionId)
     return user?.id === userId ? user : undefined
   }
 
-  /** Keeps a user read at `generation`, unless something was invalidated since. */
-  set (user: SessionUser, generation: number): void {
-    if (generation !== this.#generation || !this.live) return
-    this.#entries.set(user.sessionId, user)
-  }
-
-  forgetSession (sessionId: string): void {
-    this.#generation++
-    this.#entries.delete(sessionId)
+  keep (user: SessionUser, generation: number): void {
+    this.set(user.sessionId, user, generation)
   }
 
   forgetUser (userId: number): void {
-    this.#generation++
-    this.#entries.deleteWhere((user) => user.id === userId)
+    this.forgetWhere((user) => user.id === userId)
   }
 
-  forgetAll (): void {
-    this.#generation++
-    this.#entries.clear()
-  }
-
-  /** Forgets everything, and stays unused until the next heartbeat: what was missed is unknown. */
-  clear (): void {
-    this.forgetAll()
-    this.#aliveUntil = 0
-  }
-
-  /** Applies a notification of SESSIONS_CHANNEL. */
+  /** Applies a notification of SESSIONS_CHANNEL about sessions (`s:`), users (`u:`) or everything (`*`). */
   notified (payload: string): void {
     const [kind, id] = [payload.slice(0, 2), payload.slice(2)]
-    if (kind === 's:') this.forgetSession(id)
+    if (kind === 's:') this.forget(id)
     else if (kind === 'u:') this.forgetUser(Number(id))
     else this.forgetAll()
   }

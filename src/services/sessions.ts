@@ -145,11 +145,11 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
   /** The user of the access token's session, if that session is active: from the cache when it may be trusted. */
   async function userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
     if (cache === undefined) return await readUser(claims)
-    const cached = cache.get(claims.sid, claims.user_id)
+    const cached = cache.of(claims.sid, claims.user_id)
     if (cached !== undefined) return cached
     const generation = cache.generation
     const user = await readUser(claims)
-    if (user !== undefined) cache.set(user, generation)
+    if (user !== undefined) cache.keep(user, generation)
     return user
   }
 
@@ -158,7 +158,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
    * them (`global`); how many it ended. Ending a session already ended is no error.
    */
   async function revoke (userId: number, sessionId: string, scope: RevokeScope, executor: Executor = db): Promise<number> {
-    return await forgetting((c) => { if (scope === 'current') c.forgetSession(sessionId); else c.forgetUser(userId) }, async () => {
+    return await forgetting((c) => { if (scope === 'current') c.forget(sessionId); else c.forgetUser(userId) }, async () => {
       const sessions = endSessions(userId, executor)
       return count(await (scope === 'current'
         ? sessions.where('id', '=', sessionId)
@@ -233,7 +233,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
           audit.record({ event: 'refresh', ...who, detail: { replayed: true } }, caller)
           return JSON.parse(box.open(answer.successor!, claims.jti)) as TokenPair
         case 'reused':
-          cache?.forgetSession(claims.sid)
+          cache?.forget(claims.sid)
           audit.record({ event: 'reuse_detected', outcome: 'failure', userId: answer.owner_id, sessionId: claims.sid, detail: { action: 'session revoked' } }, caller)
           throw new TokenNotValidError()
         default:
@@ -260,7 +260,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
     /** Ends one session of the signed-in user by its id (signing out another device); NotFoundError when the user has no such active session. */
     async end (user: SessionUser, sessionId: string, caller: Caller): Promise<void> {
-      const ended = await forgetting((c) => c.forgetSession(sessionId), async () => count(await endSessions(user.id).where('id', '=', sessionId).executeTakeFirst()))
+      const ended = await forgetting((c) => c.forget(sessionId), async () => count(await endSessions(user.id).where('id', '=', sessionId).executeTakeFirst()))
       // Another user's session and an unknown one answer alike: no oracle of which exists.
       if (ended !== 1) throw new NotFoundError()
       audit.record({ event: 'session_revoked', userId: user.id, sessionId }, caller)
@@ -271,7 +271,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * when the token is not one of an active session, so a token blacklisted once is refused the second time.
      */
     async blacklist (claims: TokenClaims, caller: Caller): Promise<void> {
-      const ended = await forgetting((c) => c.forgetSession(claims.sid), async () => count(await endSessions(claims.user_id)
+      const ended = await forgetting((c) => c.forget(claims.sid), async () => count(await endSessions(claims.user_id)
         .where('id', '=', claims.sid)
         .where('expires_at', '>', clock.db())
         .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select('jti').where('jti', '=', claims.jti).where('session_id', '=', claims.sid)))
