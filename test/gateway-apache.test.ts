@@ -5,7 +5,6 @@ import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer as createHttpServer, type IncomingHttpHeaders } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -16,7 +15,7 @@ import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
-import { HOST, stop, WAIT_MS } from './gateway-proof.ts'
+import { echoUpstream, HOST, stop, WAIT_MS, type Upstream } from './gateway-proof.ts'
 import { build, claimsOf, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 import { freePort } from './server-process.ts'
 
@@ -178,24 +177,6 @@ async function serveAuthgate (t: Test, app: FastifyInstance): Promise<Pick<Urls,
     await once(tls, 'close')
   })
   return { authgate: `http://${HOST}:${(app.server.address() as AddressInfo).port}`, authgateTls: `https://${HOST}:${(tls.address() as AddressInfo).port}` }
-}
-
-interface Upstream { url: string, saw: IncomingHttpHeaders[] }
-
-/** The app: answers the headers it received, and keeps them. */
-async function echoUpstream (t: Test): Promise<Upstream> {
-  const saw: IncomingHttpHeaders[] = []
-  const upstream = createHttpServer((req, res) => {
-    saw.push(req.headers)
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.headers))
-  }).listen(0, HOST)
-  await once(upstream, 'listening')
-  t.teardown(async () => {
-    upstream.closeAllConnections()
-    upstream.close()
-    await once(upstream, 'close')
-  })
-  return { url: `http://${HOST}:${(upstream.address() as AddressInfo).port}`, saw }
 }
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })

@@ -1,32 +1,13 @@
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { HOST, proveForwardAuth, stop, type GatewayUnderTest } from './gateway-proof.ts'
+import { HOST, nginxBinary, nginxConfig, proveForwardAuth, stop, type GatewayUnderTest } from './gateway-proof.ts'
 
-// Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
-const nginxBinary = ['nginx', '/usr/sbin/nginx'].find((bin) => spawnSync(bin, ['-v']).status === 0)
-
-/** The nginx config of docs/gateways.md: /api/ to authgate, everything else behind auth_request. */
-function nginxConfig (dir: string, port: number, authgate: number, upstream: number): string {
+/** The nginx server of docs/gateways.md: /api/ to authgate, everything else behind auth_request. */
+function serverBlock (port: number, authgate: number, upstream: number): string {
   const identity = [['user_id', 'User-Id'], ['username', 'Username'], ['email', 'Email'], ['session_id', 'Session-Id']]
   return `
-# As root the workers would switch to "nobody", who cannot read this private folder.
-${process.getuid?.() === 0 ? 'user root;' : ''}
-daemon off;
-master_process on;
-worker_processes 1;
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'error.log')} info;
-events { worker_connections 64; }
-http {
-  access_log ${join(dir, 'access.log')};
-  client_body_temp_path ${join(dir, 'client_body')};
-  proxy_temp_path ${join(dir, 'proxy')};
-  fastcgi_temp_path ${join(dir, 'fastcgi')};
-  uwsgi_temp_path ${join(dir, 'uwsgi')};
-  scgi_temp_path ${join(dir, 'scgi')};
-  server {
     listen ${HOST}:${port};
     location /api/ {
       proxy_pass http://${HOST}:${authgate};
@@ -44,10 +25,7 @@ ${identity.map(([v, h]) => `      auth_request_set $auth_${v} $upstream_http_x_a
       proxy_set_header Content-Length "";
       proxy_set_header Authorization $http_authorization;
       proxy_set_header Cookie $http_cookie;
-    }
-  }
-}
-`
+    }`
 }
 
 const nginx: GatewayUnderTest = {
@@ -55,7 +33,7 @@ const nginx: GatewayUnderTest = {
   async start (dir, port, authgate, upstream) {
     const conf = join(dir, 'nginx.conf')
     const errorLog = join(dir, 'error.log')
-    await writeFile(conf, nginxConfig(dir, port, authgate, upstream))
+    await writeFile(conf, nginxConfig(dir, serverBlock(port, authgate, upstream)))
     const child = spawn(nginxBinary as string, ['-p', dir, '-c', conf, '-e', errorLog], { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
     child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })

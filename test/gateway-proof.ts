@@ -1,6 +1,6 @@
 // What the gateway tests share: authgate, an upstream that echoes the headers it received, and the
 // assertions that forward auth holds through a real gateway. Each *.test.ts brings only its gateway.
-import { type ChildProcess } from 'node:child_process'
+import { spawnSync, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer as createHttpServer, type IncomingHttpHeaders } from 'node:http'
@@ -61,6 +61,54 @@ export async function stop (child: ChildProcess, signal: NodeJS.Signals): Promis
   clearTimeout(timer)
 }
 
+/** An upstream app on HOST: answers the headers it received as JSON, and keeps them. */
+export interface Upstream { url: string, port: number, saw: IncomingHttpHeaders[] }
+
+/** The upstream, closed at teardown. */
+export async function echoUpstream (t: Test): Promise<Upstream> {
+  const saw: IncomingHttpHeaders[] = []
+  const upstream = createHttpServer((req, res) => {
+    saw.push(req.headers)
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.headers))
+  }).listen(0, HOST)
+  await once(upstream, 'listening')
+  t.teardown(async () => {
+    upstream.closeAllConnections()
+    upstream.close()
+    await once(upstream, 'close')
+  })
+  const { port } = upstream.address() as AddressInfo
+  return { url: `http://${HOST}:${port}`, port, saw }
+}
+
+/** Debian's nginx, in /usr/sbin, which a non-root PATH may lack; undefined when there is none. */
+export const nginxBinary = ['nginx', '/usr/sbin/nginx'].find((bin) => spawnSync(bin, ['-v']).status === 0)
+
+/** An nginx.conf whose every file is inside `dir`, running in the foreground, with `server` as its one server block. */
+export function nginxConfig (dir: string, server: string): string {
+  return `
+# As root the workers would switch to "nobody", who cannot read this private folder.
+${process.getuid?.() === 0 ? 'user root;' : ''}
+daemon off;
+master_process on;
+worker_processes 1;
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'error.log')} info;
+events { worker_connections 64; }
+http {
+  access_log ${join(dir, 'access.log')};
+  client_body_temp_path ${join(dir, 'client_body')};
+  proxy_temp_path ${join(dir, 'proxy')};
+  fastcgi_temp_path ${join(dir, 'fastcgi')};
+  uwsgi_temp_path ${join(dir, 'uwsgi')};
+  scgi_temp_path ${join(dir, 'scgi')};
+  server {
+${server}
+  }
+}
+`
+}
+
 interface Gateway {
   url: string
   /** The headers of each request that reached the upstream, in order. */
@@ -77,20 +125,11 @@ async function startGateway (t: Test, gateway: GatewayUnderTest): Promise<Gatewa
   await app.listen({ host: HOST, port: 0 })
   const authgate = (app.server.address() as AddressInfo).port
 
-  const upstreamSaw: IncomingHttpHeaders[] = []
-  const upstream = createHttpServer((req, res) => {
-    upstreamSaw.push(req.headers)
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.headers))
-  }).listen(0, HOST)
-  await once(upstream, 'listening')
-  t.teardown(async () => {
-    upstream.closeAllConnections()
-    upstream.close()
-    await once(upstream, 'close')
-  })
+  const upstream = await echoUpstream(t)
+  const upstreamSaw = upstream.saw
 
   const port = await freePort()
-  const started = await gateway.start(dir, port, authgate, (upstream.address() as AddressInfo).port)
+  const started = await gateway.start(dir, port, authgate, upstream.port)
   t.teardown(started.stop)
 
   const deadline = Date.now() + WAIT_MS
