@@ -20,6 +20,7 @@ import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
+import { runCli } from '../src/cli.ts'
 import { freePort, startServer, type ServerProcess } from '../test/server-process.ts'
 import { load, median, type Run } from './load.ts'
 import { command, machine, rssMB, writeBenchmarks, yesNo, type Figure, type ScenarioRow } from './report.ts'
@@ -134,13 +135,14 @@ async function bcryptCompareTimes (): Promise<number[]> {
   return times
 }
 
-type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
+type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'oauthToken' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
 const runs: Record<Key, Run[]> = {
-  floor: [], detail: [], check: [], verify: [], refresh: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
+  floor: [], detail: [], check: [], verify: [], refresh: [], oauthToken: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
 }
 const json = { 'content-type': 'application/json' }
 const refreshTrouble = { resent: 0, failed: 0 }
 let server: ServerProcess | undefined
+let serviceClient = { client_id: '', client_secret: '' }
 let floor: Awaited<ReturnType<typeof startFloor>> | undefined
 let exitCode = 0
 
@@ -156,13 +158,20 @@ try {
   const compareTimes = await bcryptCompareTimes()
   progress(`one bcrypt compare at cost ${bcryptCost}: ${median(compareTimes).toFixed(0)} ms`)
 
+  // A service client, made by the CLI before the server starts (PGlite serves one process at a time).
+  for (const args of [['migrate'], ['clients', 'create', '--name', 'bench', '--scope', 'orders:read', '--audience', 'https://orders.example.test', '--json']]) {
+    const result = await runCli(args, serverEnv)
+    if (result.code !== 0) throw new Error(`${args.join(' ')}: ${result.stderr}`)
+    if (args[0] === 'clients') serviceClient = JSON.parse(result.stdout) as { client_id: string, client_secret: string }
+  }
+
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   const startedAt = performance.now()
   server = startServer({ ...serverEnv, PORT: String(port) }, serverArgs)
   const firstStartMs = await ready(server, base, startedAt, 60_000)
   const idleRss = rssMB(server.child.pid!)
-  progress(`server ready in ${firstStartMs.toFixed(0)} ms (first start: migrations and a new signing key), RSS ${idleRss.toFixed(0)} MB`)
+  progress(`server ready in ${firstStartMs.toFixed(0)} ms (first start: a new signing key), RSS ${idleRss.toFixed(0)} MB`)
 
   const post = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
     const res = await fetch(base + path, { method: 'POST', headers: json, body: JSON.stringify(body) })
@@ -238,6 +247,18 @@ try {
         }
       })
     },
+    // A service token (client_secret_basic): a client lookup and one signature, nothing written.
+    oauthToken: (seconds = duration) => load({
+      url: `${base}/oauth/token`,
+      connections,
+      duration: seconds,
+      method: 'POST',
+      headers: {
+        'content-type': 'application/x-www-form-urlencoded',
+        authorization: `Basic ${Buffer.from(`${serviceClient.client_id}:${serviceClient.client_secret}`).toString('base64')}`
+      },
+      body: 'grant_type=client_credentials'
+    }),
     login: async () => {
       const run = await load({ url: `${base}/api/auth/login`, connections: loginConnections, duration: loginDuration, method: 'POST', timeout: 30, setupClient: harvest })
       await drain()
@@ -279,12 +300,12 @@ try {
 
   // Warm-up, not measured: the JIT, the pool and the caches settle first.
   access = await obtain()
-  for (const key of ['floor', 'detail', 'check', 'verify'] as const) await scenarios[key](1)
+  for (const key of ['floor', 'detail', 'check', 'verify', 'oauthToken'] as const) await scenarios[key](1)
 
   for (let round = 1; round <= rounds; round++) {
     // An access token lives 5 minutes by default: each round takes a fresh one.
     access = await obtain()
-    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'login', 'register', 'detailAlone'] as const) {
+    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'oauthToken', 'login', 'register', 'detailAlone'] as const) {
       runs[key].push(await scenarios[key]())
     }
     await flood()
@@ -322,6 +343,7 @@ try {
     check: ['GET /api/auth/check (Bearer, forward-auth)', connections],
     verify: ['POST /api/token/verify', connections],
     refresh: ['POST /api/token/refresh (rotation, a chain per connection)', connections],
+    oauthToken: ['POST /oauth/token (client_credentials, client_secret_basic)', connections],
     login: [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, loginConnections],
     register: ['POST /api/auth/register (unique names)', loginConnections],
     detailAlone: ['GET /api/detail alone (flood reference)', floodConnections],
@@ -373,6 +395,7 @@ try {
     figure('detail req/s ÷ floor req/s', ['detail', 'floor'], () => rps('detail') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
     figure('check (forward-auth) req/s ÷ floor req/s', ['check', 'floor'], () => rps('check') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
     figure('refresh req/s ÷ floor req/s', ['refresh', 'floor'], () => rps('refresh') / floorRps, ratio, '>= 0.08', (v) => v >= 0.08),
+    figure('service token (POST /oauth/token) req/s ÷ floor req/s', ['oauthToken', 'floor'], () => rps('oauthToken') / floorRps, ratio, '>= 0.15', (v) => v >= 0.15),
     figure(`login req/s × one bcrypt compare (${compareMs.toFixed(0)} ms) ÷ (1000 × ${cores} cores)`, ['login'],
       () => rps('login') * compareMs / (1000 * cores), ratio, '>= 0.9', (v) => v >= 0.9),
     figure('detail p99 during the login flood ÷ detail p99 alone', ['detailFlood', 'detailAlone', 'loginFlood'],
@@ -403,9 +426,10 @@ try {
     settings: `${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}; flood ${floodConnections} login + ${floodConnections} detail), BCRYPT_COST ${bcryptCost}, NODE_ENV=production, LOG_LEVEL=warn, RATE_LIMIT_ENABLED=false`,
     method: [
       'One server process (`node src/server.ts`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
-      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
+      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, service token, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
       'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure.',
       'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
+      'Service token: one client (made by `npm run clients -- create` before the server starts), every request POST /oauth/token with grant_type=client_credentials and its secret in HTTP Basic.',
       'Login: one user; register: a unique username per request. After each, one more login waits behind whatever bcrypt work is still queued, so the next scenario starts on an idle server.',
       `Login figure: login req/s × one bcrypt.compare at cost ${bcryptCost} (median of 10, timed one at a time in the bench process before and after the rounds: ${compareMs.toFixed(1)} ms) ÷ (1000 × ${cores} cores): the share of the machine's CPU time the logins spend in bcrypt.`,
       `Flood: ${floodConnections} connections logging in and ${floodConnections} reading /api/detail at the same time; its p99 against detail alone with ${floodConnections} connections in the same round.`,

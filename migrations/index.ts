@@ -6,6 +6,7 @@ import * as sessionNotifications from './0004-session-notifications.ts'
 import * as refreshFunction from './0005-refresh-function.ts'
 import * as pinnedSearchPath from './0006-pinned-search-path.ts'
 import * as oneTimeCodes from './0007-one-time-codes.ts'
+import * as oauthClients from './0008-oauth-clients.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -15,5 +16,6 @@ export const migrations: Record<string, Migration> = {
   '0004-session-notifications': sessionNotifications,
   '0005-refresh-function': refreshFunction,
   '0006-pinned-search-path': pinnedSearchPath,
-  '0007-one-time-codes': oneTimeCodes
+  '0007-one-time-codes': oneTimeCodes,
+  '0008-oauth-clients': oauthClients
 }

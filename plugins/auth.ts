@@ -7,10 +7,16 @@ import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../s
 import { safeEqual } from '../src/lib/constant-time.ts'
 import { subkey } from '../src/lib/subkeys.ts'
 import { TtlCache } from '../src/lib/ttl-cache.ts'
-import type { TokenPair } from '../src/schemas.ts'
+import type { TokenPair, User } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
+import type { ServiceClient } from '../src/services/clients.ts'
 import type { SessionUser } from '../src/services/sessions.ts'
-import { parseClaims, type TokenClaims, type TokenType } from '../src/services/claims.ts'
+import { parseAnyClaims, parseClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims } from '../src/services/claims.ts'
+
+/** Who a live token speaks for: a user of an active session, or an enabled service client with the scopes it still holds. */
+export type Identity =
+  | { kind: 'user', claims: TokenClaims, user: User }
+  | { kind: 'service', claims: ServiceClaims, client: ServiceClient, scopes: string[] }
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
@@ -26,13 +32,22 @@ declare module 'fastify' {
     /** The claims of the request's access token, verified, its session not checked; expired ones too with `allowExpired`. */
     verifyAccessToken: (request: FastifyRequest, reply: FastifyReply, options?: { allowExpired?: boolean }) => Promise<TokenClaims>
     /**
-     * The claims of the refresh token of a request (body `refresh`, else the refresh cookie, which
+     * The claims of the refresh token of a request (body `refresh` or `refresh_token`, else the refresh cookie, which
      * must be this browser's: sent once, and bound to its host), verified; the refresh route
      * clears the cookies on a 401.
      */
     verifyRefreshToken: (request: FastifyRequest, reply: FastifyReply) => Promise<TokenClaims>
-    /** The claims of a token of either type in the body's `token`, verified. */
-    verifyBodyToken: (request: FastifyRequest) => Promise<TokenClaims>
+    /** The claims of the request's access token, a user's or a service's, verified; neither session nor client checked. */
+    verifyAnyAccessToken: (request: FastifyRequest, reply: FastifyReply) => Promise<VerifiedClaims>
+    /** The claims of a token of any type and kind in the body's `token`, verified. */
+    verifyBodyToken: (request: FastifyRequest) => Promise<VerifiedClaims>
+    /**
+     * Whom verified claims speak for, if the token is still live: a user's access token of an
+     * active session, a refresh token not yet used, a service token of an enabled client.
+     */
+    liveIdentity: (verified: VerifiedClaims) => Promise<Identity | undefined>
+    /** How many seconds a token authgate signed has left (its expires_in). */
+    secondsLeft: (token: string) => number
   }
   interface FastifyRequest {
     accessJwtVerify: JwtVerifyFunction
@@ -67,6 +82,12 @@ function headerCount (request: FastifyRequest, name: string): number {
   return count
 }
 
+/** The refresh token of a body: simplejwt's `refresh`, or OAuth's `refresh_token` (RFC 6749 §6). */
+function refreshInBody (request: FastifyRequest): string | undefined {
+  const body = request.body as { refresh?: string, refresh_token?: string }
+  return body.refresh ?? body.refresh_token
+}
+
 /** The type a token claims to be, read before its signature is checked: it only picks the key. */
 function claimedType (payload: unknown): TokenType {
   const type = (payload as { token_type?: unknown } | null)?.token_type
@@ -80,7 +101,7 @@ function claimedType (payload: unknown): TokenType {
  * header; the auth cookies (https://github.com/fastify/fastify-cookie).
  */
 async function authPlugin (fastify: FastifyInstance): Promise<void> {
-  const { config, keyring, sessions, clock } = fastify
+  const { config, keyring, sessions, clients, clock } = fastify
   const { cookieNames } = config
   await fastify.register(cookie)
 
@@ -102,6 +123,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   const bindingKey = subkey(config.SECRET_KEY, 'refresh-binding')
   const bindingOf = (sessionId: string): string => createHmac('sha256', bindingKey).update(sessionId).digest('base64url')
   const hostOnly = { httpOnly: true, secure: config.COOKIE_SECURE, sameSite: config.COOKIE_SAMESITE, path: '/' } as const
+  fastify.decorate('secondsLeft', secondsLeft)
   fastify.decorateReply('setAuthCookies', function (this: FastifyReply, pair: TokenPair) {
     const refreshLeft = secondsLeft(pair.refresh)
     return this
@@ -138,11 +160,19 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       const { header, payload } = token as { header: JoseHeader, payload: unknown }
       return await keyring.keyFor(header, name === 'token' ? claimedType(payload) : name)
     },
-    // Expiry is checked by parseClaims against the application clock.
-    verify: { allowedIss: config.JWT_ISSUER, allowedAud: config.JWT_AUDIENCE, ignoreExpiration: true, extractToken, cache }
+    // Expiry is checked by parseClaims against the application clock. The audience of a refresh
+    // token is JWT_AUDIENCE; an access token's is JWT_AUDIENCE for a user's, one of the client's
+    // own for a service's: checked by `audienceChecked` once the kind is known.
+    verify: { allowedIss: config.JWT_ISSUER, ...(name === 'refresh' ? { allowedAud: config.JWT_AUDIENCE } : {}), ignoreExpiration: true, extractToken, cache }
   })
+  // A user's token is for JWT_AUDIENCE and nothing else (RFC 8725 §3.9); a service's audience
+  // is judged against its client (clients.liveClient).
+  const audienceChecked = (verified: VerifiedClaims): VerifiedClaims => {
+    if (verified.kind === 'user' && verified.claims.aud !== config.JWT_AUDIENCE) throw new TokenNotValidError()
+    return verified
+  }
   await fastify.register(jwt, { ...namespace('access'), cookie: { cookieName: cookieNames.access, signed: false } })
-  await fastify.register(jwt, namespace('refresh', (request) => (request.body as { refresh?: string }).refresh ?? request.cookies[cookieNames.refresh]))
+  await fastify.register(jwt, namespace('refresh', (request) => refreshInBody(request) ?? request.cookies[cookieNames.refresh]))
   // The verify endpoint's tokens: fast-jwt keeps those that verified (by the token's hash), so
   // a service checking one token again and again pays for one signature check.
   await fastify.register(jwt, namespace('token', (request) => (request.body as { token: string }).token, { cache: true }))
@@ -161,7 +191,8 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   }
 
   fastify.decorateRequest('user', null as unknown as SessionUser)
-  fastify.decorate('verifyAccessToken', async function verifyAccessToken (request: FastifyRequest, reply: FastifyReply, { allowExpired = false } = {}): Promise<TokenClaims> {
+  // The verified payload of the request's access token: the Bearer header, else the access cookie.
+  async function accessPayload (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     // Node keeps the first of several Authorization headers: a request with more is malformed.
     if (headerCount(request, 'authorization') > 1) throw new BadRequestError('More than one Authorization header.')
     const { authorization } = request.headers
@@ -172,7 +203,17 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       refuseTossedCookie(request, reply, cookieNames.access)
     }
     const token = authorization === undefined ? request.cookies[cookieNames.access]! : authorization.slice(7)
-    return parseClaims(await verifiedPayload(request, token), 'access', clock.now(), { allowExpired })
+    return await verifiedPayload(request, token)
+  }
+
+  fastify.decorate('verifyAccessToken', async function verifyAccessToken (request: FastifyRequest, reply: FastifyReply, { allowExpired = false } = {}): Promise<TokenClaims> {
+    const claims = parseClaims(await accessPayload(request, reply), 'access', clock.now(), { allowExpired })
+    if (claims.aud !== config.JWT_AUDIENCE) throw new TokenNotValidError()
+    return claims
+  })
+
+  fastify.decorate('verifyAnyAccessToken', async function verifyAnyAccessToken (request: FastifyRequest, reply: FastifyReply): Promise<VerifiedClaims> {
+    return audienceChecked(parseAnyClaims(await accessPayload(request, reply), 'access', clock.now()))
   })
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -185,7 +226,7 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
   })
 
   fastify.decorate('verifyRefreshToken', async function verifyRefreshToken (request: FastifyRequest, reply: FastifyReply): Promise<TokenClaims> {
-    const fromCookie = (request.body as { refresh?: string }).refresh === undefined
+    const fromCookie = refreshInBody(request) === undefined
     if (fromCookie) {
       if (request.cookies[cookieNames.refresh] === undefined) throw new NotAuthenticatedError()
       refuseTossedCookie(request, reply, cookieNames.refresh)
@@ -197,8 +238,17 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     return claims
   })
 
-  fastify.decorate('verifyBodyToken', async function verifyBodyToken (request: FastifyRequest): Promise<TokenClaims> {
-    return parseClaims(await request.tokenJwtVerify(), 'any', clock.now())
+  fastify.decorate('verifyBodyToken', async function verifyBodyToken (request: FastifyRequest): Promise<VerifiedClaims> {
+    return audienceChecked(parseAnyClaims(await request.tokenJwtVerify(), 'any', clock.now()))
+  })
+
+  fastify.decorate('liveIdentity', async function liveIdentity (verified: VerifiedClaims): Promise<Identity | undefined> {
+    if (verified.kind === 'user') {
+      const user = await sessions.liveUser(verified.claims)
+      return user === undefined ? undefined : { kind: 'user', claims: verified.claims, user }
+    }
+    const live = await clients.liveClient(verified.claims)
+    return live === undefined ? undefined : { kind: 'service', claims: verified.claims, ...live }
   })
 }
 

@@ -79,7 +79,8 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
       tags: [
         { name: 'auth', description: 'Register, sign in and out, forward-auth' },
         { name: 'account', description: 'The signed-in user and their sessions' },
-        { name: 'token', description: 'simplejwt-compatible token endpoints, introspection, keys and discovery' },
+        { name: 'token', description: 'simplejwt-compatible token endpoints, introspection and keys' },
+        { name: 'oauth', description: 'OAuth 2.0: the token endpoint (client credentials, refresh), revocation, metadata' },
         { name: 'health', description: 'Probes' },
         { name: 'operations', description: 'Metrics' }
       ],
@@ -90,7 +91,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
           // The cookie names change with COOKIE_SECURE and COOKIE_DOMAIN (prefixes, RFC 6265bis §4.1.3).
           cookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.access, description: 'The access token cookie set by login' },
           refreshCookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.refresh, description: 'The refresh token cookie set by login (Path=/api/token)' },
-          basic: { type: 'http', scheme: 'basic', description: 'An introspection client of INTROSPECTION_CLIENTS' },
+          basic: { type: 'http', scheme: 'basic', description: 'A service client (npm run clients), or one of INTROSPECTION_CLIENTS: its id and secret, form-encoded (RFC 6749 §2.3.1)' },
           metricsToken: { type: 'http', scheme: 'bearer', description: 'METRICS_TOKEN' }
         }
       }

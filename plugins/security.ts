@@ -2,7 +2,7 @@ import cors from '@fastify/cors'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
-import { BadRequestError, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
+import { BadRequestError, FORM_OR_JSON, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import type { Limit } from '../src/lib/limits.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
 import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
@@ -60,7 +60,7 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     if (request.method === 'POST' && !JSON_TYPE.test(type ?? '') &&
         !(request.routeOptions.config.acceptsForm === true && FORM_TYPE.test(type ?? '')) &&
         !(type === undefined && bodiless(request) && request.headers.authorization !== undefined)) {
-      done(new UnsupportedMediaTypeError(JSON_ONLY))
+      done(new UnsupportedMediaTypeError(request.routeOptions.config.acceptsForm === true ? FORM_OR_JSON : JSON_ONLY))
       return
     }
     done()

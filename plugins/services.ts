@@ -9,6 +9,7 @@ declare module 'fastify' {
     sessions: Services['sessions']
     accounts: Services['accounts']
     signIn: Services['signIn']
+    clients: Services['clients']
     audit: Services['audit']
     oneTimeCodes: Services['oneTimeCodes']
     mailer: Services['mailer']
@@ -32,6 +33,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
       counters.tokensIssued.inc({ type: 'access' })
       counters.tokensIssued.inc({ type: 'refresh' })
     },
+    onServiceToken: () => counters.tokensIssued.inc({ type: 'service' }),
     overrides: opts.overrides
   })
   fastify.addHook('onClose', () => services.close())
@@ -39,6 +41,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
   fastify.decorate('sessions', services.sessions)
   fastify.decorate('accounts', services.accounts)
   fastify.decorate('signIn', services.signIn)
+  fastify.decorate('clients', services.clients)
   fastify.decorate('audit', services.audit)
   fastify.decorate('oneTimeCodes', services.oneTimeCodes)
   fastify.decorate('mailer', services.mailer)

@@ -1,7 +1,11 @@
-import { loadConfig, processEnv, type Config } from './config.ts'
+import { readFile } from 'node:fs/promises'
+import { parseArgs } from 'node:util'
+import { durationToSeconds, loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
 import type { Logger } from './lib/logger.ts'
 import { createServices, type Services } from './services/index.ts'
+import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient } from './services/clients.ts'
+import { ValidationFailedError } from './errors.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
@@ -10,7 +14,122 @@ const USAGE = `usage: node src/cli.ts <command>
   keys:rotate     sign with a new key (or the one published with --next); the old one keeps verifying
   keys:rotate --next   publish the next key in the JWKS before it signs
   import:django --from <postgres://… | dump.json>
-                  import the users of a Django project, their password hashes kept`
+                  import the users of a Django project, their password hashes kept
+  clients <create|list|show|rotate-secret|disable|enable> …
+                  service clients (OAuth client credentials); clients --help says more`
+
+const CLIENTS_USAGE = `usage: npm run clients -- <command>
+  create --name <name> --audience <uri> [--audience <uri>…] [--scope <scope>…] [--ttl 10m] [--jwks <file>] [--json]
+                  a client and its first secret, shown once (--json: {"client_id","client_secret"})
+  list [--json]   every client
+  show <id> [--json]
+                  a client and when its secrets were made and stop working
+  rotate-secret <id> [--grace 1d] [--json]
+                  a new secret, shown once; the old one works for the grace (default 1d, 0 ends it now)
+  disable <id>    its tokens are refused from now on (within the cache bound on other replicas)
+  enable <id>`
+
+// The audit trail's caller of a command: no address, the command line.
+const CLI_CALLER = { client: { userAgent: 'authgate-cli', ip: null } }
+const DURATION = /^[0-9]{1,9}[smhd]?$/
+
+/** `value` as seconds, for the option `name`: 300, 300s, 10m, 2h, 1d. */
+function secondsOf (name: string, value: string): number {
+  if (!DURATION.test(value)) throw new ValidationFailedError([{ field: name, message: `${JSON.stringify(value)} is not a duration like 300, 10m, 2h or 1d` }])
+  return durationToSeconds(value)
+}
+
+/** A client as `list` and `show` print it: one line of what it is, a line each of what it holds. */
+function describeClient (client: ServiceClient): string {
+  return [
+    `${client.id}  ${JSON.stringify(client.name)}${client.disabled ? '  DISABLED' : ''}`,
+    `  scopes: ${client.scopes.join(' ') || '(none)'}`,
+    `  audiences: ${client.audiences.join(' ')}`,
+    `  token lifetime: ${client.tokenTtlS} s${client.jwks === null ? '' : `; private_key_jwt with ${client.jwks.keys.length} key(s)`}`
+  ].join('\n')
+}
+
+const clientJson = (client: ServiceClient) => ({
+  client_id: client.id,
+  name: client.name,
+  scopes: client.scopes,
+  audiences: client.audiences,
+  token_ttl_s: client.tokenTtlS,
+  private_key_jwt: client.jwks !== null,
+  disabled: client.disabled,
+  created_at: client.createdAt
+})
+
+/** npm run clients -- …: the service clients' commands, each change audited. */
+async function clientsCommand (config: Config, args: string[], log: Logger): Promise<string> {
+  const [verb, ...rest] = args
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      options: {
+        name: { type: 'string' },
+        scope: { type: 'string', multiple: true },
+        audience: { type: 'string', multiple: true },
+        ttl: { type: 'string' },
+        jwks: { type: 'string' },
+        grace: { type: 'string' },
+        json: { type: 'boolean' }
+      }
+    })
+  } catch (error) {
+    throw new Error(`${(error as Error).message}\n${CLIENTS_USAGE}`)
+  }
+  const { values: options, positionals } = parsed
+  const json = options.json === true
+  const output = (value: unknown, text: string): string => json ? JSON.stringify(value, null, 2) : text
+  const idOf = (): string => {
+    if (positionals.length !== 1) throw new Error(`${verb} takes one client id\n${CLIENTS_USAGE}`)
+    return positionals[0]!
+  }
+  return await withServices(config, log, async ({ clients }) => {
+    switch (verb) {
+      case 'create': {
+        if (options.name === undefined || positionals.length > 0) throw new Error(`create takes --name and --audience\n${CLIENTS_USAGE}`)
+        const jwks = options.jwks === undefined ? undefined : JSON.parse(await readFile(options.jwks, 'utf8')) as ClientJwks
+        const { client, secret } = await clients.create({
+          name: options.name,
+          scopes: (options.scope ?? []).flatMap((scope) => scope.split(' ').filter(Boolean)),
+          audiences: options.audience ?? [],
+          tokenTtlS: options.ttl === undefined ? CLIENT_TOKEN_TTL_S.default : secondsOf('ttl', options.ttl),
+          ...(jwks === undefined ? {} : { jwks })
+        }, CLI_CALLER)
+        // --json prints exactly what a script stores: nothing to parse around.
+        if (json) return JSON.stringify({ client_id: client.id, client_secret: secret })
+        return `created\n${describeClient(client)}\nclient_id: ${client.id}\nclient_secret: ${secret}\n(the secret is shown this once: store it now)`
+      }
+      case 'list': {
+        const all = await clients.list()
+        return output(all.map(clientJson), all.length === 0 ? 'no clients' : all.map(describeClient).join('\n'))
+      }
+      case 'show': {
+        const { client, secrets } = await clients.show(idOf())
+        const lines = secrets.map((s) => `  secret made ${s.createdAt.toISOString()}, ${s.expiresAt === null ? 'current' : `works until ${s.expiresAt.toISOString()}`}`)
+        return output({ ...clientJson(client), secrets: secrets.map((s) => ({ created_at: s.createdAt, expires_at: s.expiresAt })) }, [describeClient(client), ...lines].join('\n'))
+      }
+      case 'rotate-secret': {
+        const id = idOf()
+        const graceS = secondsOf('grace', options.grace ?? '1d')
+        const { secret, previousExpiresAt } = await clients.rotateSecret(id, graceS, CLI_CALLER)
+        const previous = previousExpiresAt === null ? 'no previous secret' : `the previous secret works until ${previousExpiresAt.toISOString()}`
+        return output({ client_id: id, client_secret: secret, previous_secret_expires_at: previousExpiresAt }, `client_secret: ${secret}\n(shown this once: store it now); ${previous}`)
+      }
+      case 'disable':
+      case 'enable': {
+        const client = await (verb === 'disable' ? clients.disable(idOf(), CLI_CALLER) : clients.enable(idOf(), CLI_CALLER))
+        return output(clientJson(client), `${verb}d ${client.id} ${JSON.stringify(client.name)}`)
+      }
+      default:
+        throw new Error(CLIENTS_USAGE)
+    }
+  })
+}
 
 async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise<T> {
   const db = createDb(config)
@@ -54,9 +173,10 @@ const commands: Record<string, Command> = {
       : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`
   }),
   'tokens:flush': (config, _args, log) => withServices(config, log, async ({ cleanup }) => {
-    const { sessions, refreshTokens } = await cleanup.flush()
-    return `deleted ${sessions} sessions and ${refreshTokens} refresh tokens`
+    const { sessions, refreshTokens, assertions } = await cleanup.flush()
+    return `deleted ${sessions} sessions, ${refreshTokens} refresh tokens and ${assertions} spent client assertions`
   }),
+  clients: clientsCommand,
   'import:django': async (config, args, log) => {
     const [flag, from, ...rest] = args
     if (flag !== '--from' || from === undefined || rest.length > 0) {
@@ -89,7 +209,9 @@ export async function runCli (args: string[], env: Record<string, string | undef
     const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)), args.slice(1), log)
     return { code: 0, stdout, stderr: warnings.join('\n') }
   } catch (error) {
-    return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}`].join('\n') }
+    // A refused definition names each field, as the API would.
+    const fields = error instanceof ValidationFailedError ? error.errors.map((e) => `\n  --${e.field}: ${e.message}`).join('') : ''
+    return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}${fields}`].join('\n') }
   }
 }
 

@@ -83,6 +83,8 @@ export const ConfigSchema = Type.Object({
   PUBLIC_URL: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$', description: 'an absolute http(s) URL without query, like https://auth.example.com' })),
   // Services allowed to call token introspection: id:secret pairs separated by commas.
   INTROSPECTION_CLIENTS: Type.String({ default: '' }),
+  // The client_id of users' access tokens (RFC 9068 §2.2): the first-party client they signed in with.
+  OAUTH_FIRST_PARTY_CLIENT_ID: Type.String({ minLength: 1, maxLength: 64, pattern: '^[\\x21-\\x7e]+$', default: 'authgate' }),
   AUTH_REUSE_GRACE_S: Type.Integer({ minimum: 0, maximum: 300, default: 10 }),
 
   BCRYPT_COST: Type.Integer({ minimum: 4, maximum: 15, default: 12 }),
@@ -101,6 +103,7 @@ export const ConfigSchema = Type.Object({
   RATE_LIMIT_IDENTIFIER_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10 }),
   RATE_LIMIT_TOKEN_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
   RATE_LIMIT_NOT_FOUND_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 60 }),
+  RATE_LIMIT_CLIENT_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 600 }),
   // Shared rate-limit counters for several replicas; in memory when unset.
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'a URL redis://host:6379 or rediss://host:6380' })),
 

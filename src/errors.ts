@@ -43,8 +43,14 @@ export const NotAuthenticatedError = define('not_authenticated', 'Authentication
 export const TokenNotValidError = define('token_not_valid', 'Token is invalid or expired', 401)
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
 export const InvalidClientError = define('invalid_client', 'Client authentication failed.', 401)
+export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)
+export const AudienceRequiredError = define('token_not_valid', 'A service token is accepted only for an audience the gateway names (?audience=).', 401)
+
+// 403: who is asking is proven, and may not.
+export const InsufficientScopeError = define('insufficient_scope', 'The token lacks the scope %s.', 403)
 
 export const NotFoundError = define('not_found', 'Not found.', 404)
+export const ClientNotFoundError = define('not_found', 'No client %s.', 404)
 export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
 export const MethodNotAllowedError = define('method_not_allowed', '%s', 405)
 export const RequestTimeoutError = define('request_timeout', 'The request was not received in time.', 408)
@@ -62,5 +68,17 @@ export const ShuttingDownError = define('service_unavailable', 'The service is s
 export const DatabaseUnavailableError = define('service_unavailable', 'The database is unavailable; try again shortly.', 503)
 export const TooSlowError = define('service_unavailable', 'The request took too long; try again shortly.', 503)
 
+// The OAuth endpoints' own (RFC 6749 §5.2, RFC 8707 §2, RFC 7009 §2.2.1): their codes are
+// the `error` their clients read.
+export const InvalidRequestError = define('invalid_request', '%s', 400)
+export const InvalidGrantError = define('invalid_grant', 'The refresh token is invalid, expired or revoked.', 400)
+export const InvalidScopeError = define('invalid_scope', '%s', 400)
+export const InvalidTargetError = define('invalid_target', '%s', 400)
+export const UnauthorizedClientError = define('unauthorized_client', '%s', 400)
+export const UnsupportedGrantTypeError = define('unsupported_grant_type', 'The grant_type is not one authgate issues tokens for: client_credentials, refresh_token.', 400)
+export const UnsupportedTokenTypeError = define('unsupported_token_type', 'A service token is one signature, which nothing revokes: disable its client (npm run clients -- disable) to stop its tokens.', 400)
+
 /** The message of an UnsupportedMediaTypeError for a body that is not JSON. */
 export const JSON_ONLY = 'Request bodies must be application/json.'
+/** The same, at a route that takes forms too (the OAuth endpoints). */
+export const FORM_OR_JSON = 'Request bodies must be application/x-www-form-urlencoded or application/json.'

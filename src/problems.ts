@@ -84,8 +84,12 @@ export function problemBody (problem: Problem): Record<string, unknown> {
   return { type: 'about:blank', title: STATUS_CODES[problem.status] ?? 'Error', ...problem }
 }
 
-/** RFC 6750 §3: a 401 names the scheme; with a token that failed, error="invalid_token". */
+/**
+ * RFC 6750 §3: a 401 names the scheme; with a token that failed, error="invalid_token"; a 403
+ * for a scope the token lacks, error="insufficient_scope" (§3.1).
+ */
 export function challenge (problem: Problem): string | undefined {
+  if (problem.code === 'insufficient_scope') return `Bearer realm="authgate", error="insufficient_scope", error_description="${problem.detail}"`
   if (problem.status !== 401) return undefined
   // RFC 7662 §2.1 and RFC 6749 §5.2: a service authenticates with HTTP Basic.
   if (problem.code === 'invalid_client') return 'Basic realm="authgate"'

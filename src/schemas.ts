@@ -27,8 +27,19 @@ type SecurityRequirements = Array<Record<string, string[]>>
 export const AccessTokenSecurity: SecurityRequirements = [{ bearer: [] }, { cookie: [] }]
 /** Refresh and blacklist: the refresh cookie, or (the empty requirement) the token in the body. */
 export const RefreshTokenSecurity: SecurityRequirements = [{ refreshCookie: [] }, {}]
-/** Introspection: a service's INTROSPECTION_CLIENTS credentials, HTTP Basic (RFC 7662 §2.1). */
-export const IntrospectionClientSecurity: SecurityRequirements = [{ basic: [] }]
+/**
+ * The OAuth endpoints: a client's credentials by HTTP Basic (client_secret_basic), or (the empty
+ * requirement) in the body: client_secret_post, private_key_jwt.
+ */
+export const ClientSecurity: SecurityRequirements = [{ basic: [] }, {}]
+
+/** A client's credentials in an OAuth request body (RFC 6749 §2.3.1, RFC 7523 §2.2). */
+export const ClientParametersSchema = Type.Object({
+  client_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  client_secret: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  client_assertion: Type.Optional(Type.String({ minLength: 1, maxLength: 8192 })),
+  client_assertion_type: Type.Optional(Type.String({ maxLength: 256 }))
+})
 
 /** A refresh token in the body, else the refresh cookie is taken: refresh and blacklist. */
 export const RefreshTokenBodySchema = Type.Object({
@@ -84,6 +95,7 @@ export const PROBLEM_MEDIA_TYPE = 'application/problem+json'
 const PROBLEM_DESCRIPTIONS: Readonly<Record<number, string>> = {
   400: 'Bad request: input that fails the schema (each failing field in `errors`), or a malformed request',
   401: 'Not authenticated: credentials or token missing, wrong, expired or revoked; WWW-Authenticate names the scheme',
+  403: 'Forbidden: the token or client is proven but lacks a scope (insufficient_scope; WWW-Authenticate says so)',
   404: 'Not found',
   409: 'Conflict: the username or email is taken',
   413: 'The body is larger than the limit (16 KiB)',
@@ -95,6 +107,7 @@ const PROBLEM_DESCRIPTIONS: Readonly<Record<number, string>> = {
 
 const PROBLEM_HEADERS: Readonly<Record<number, Record<string, { type: 'string', description: string }>>> = {
   401: { 'www-authenticate': { type: 'string', description: 'RFC 6750 §3 (Bearer) or RFC 7617 (Basic) challenge' } },
+  403: { 'www-authenticate': { type: 'string', description: 'RFC 6750 §3.1: Bearer error="insufficient_scope"' } },
   429: { 'retry-after': { type: 'string', description: 'Seconds until the limit resets' } }
 }
 

@@ -133,7 +133,7 @@ t.test('the OpenAPI document lists every route once, with every status it answer
     for (const name of ['bearer', 'cookie', 'refreshCookie', 'basic']) t.ok(referenced.has(name), `${name} is used by a route`)
     const blacklist = doc.paths['/api/token/blacklist'].post
     t.same(blacklist.security, [{ refreshCookie: [] }, {}], 'the refresh cookie, or the token in the body')
-    t.same(doc.paths['/api/token/introspect'].post.security, [{ basic: [] }])
+    t.same(doc.paths['/api/token/introspect'].post.security, [{ basic: [] }, {}], 'HTTP Basic, or the client\'s credentials in the body')
   })
 
   t.test('the Problem schema is the one error shape', async (t) => {

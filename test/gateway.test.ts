@@ -120,6 +120,7 @@ t.test('for gateways and other services', async (t) => {
     t.same(await introspect(access), {
       active: true,
       sub: String(user.id),
+      client_id: 'authgate',
       user_id: user.id,
       username: user.username,
       exp: claims.exp,
@@ -164,7 +165,7 @@ t.test('with PUBLIC_URL the discovery document names it whatever the request say
   const doc = res.json()
   t.equal(doc.issuer, 'https://auth.example.com', 'the issuer is the public URL (OIDC Discovery §4.3)')
   t.equal(doc.jwks_uri, 'https://auth.example.com/.well-known/jwks.json')
-  t.equal(doc.token_endpoint, 'https://auth.example.com/api/token')
+  t.equal(doc.token_endpoint, 'https://auth.example.com/oauth/token', 'the OAuth token endpoint, which takes forms')
   t.equal(res.headers['cache-control'], 'public, max-age=300')
   t.notMatch(res.body, /attacker/)
   t.same(doc.id_token_signing_alg_values_supported, [])

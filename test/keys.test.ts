@@ -178,7 +178,7 @@ t.test('a replica that has not heard of a rotation still signs with the retired 
   const { access } = await login(app)
   // Another replica, its keys as they were before the rotation, until its next reload (a minute).
   const before = await loadSigningKeys(app.db, box, 0, clock.now())
-  const stale = createKeyring({ issuer: app.config.JWT_ISSUER, audience: app.config.JWT_AUDIENCE, secret: SECRET_KEY, load: async () => before, clock })
+  const stale = createKeyring({ issuer: app.config.JWT_ISSUER, audience: app.config.JWT_AUDIENCE, clientId: app.config.OAUTH_FIRST_PARTY_CLIENT_ID, secret: SECRET_KEY, load: async () => before, clock })
   await stale.reload()
   const { kid } = await rotateSigningKey(app.db, box, 'ES256', { now: clock.now() })
   await app.keyring.reload()

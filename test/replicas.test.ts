@@ -1,6 +1,8 @@
 import pg from 'pg'
 import t from 'tap'
-import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { runCli } from '../src/cli.ts'
+import { freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // Two processes of `node src/server.ts` on one PostgreSQL and one Redis: how replicas run
@@ -57,6 +59,45 @@ t.test('two replicas on one PostgreSQL and one Redis', {
     const limited = await attempt(b)
     t.equal(limited.status, 429)
     t.match(await limited.json(), { code: 'rate_limited' })
+  })
+
+  t.test('a client disabled by the CLI is refused at introspection and check on both replicas within a second; enabled, taken again', async (t) => {
+    const cli = async (...args: string[]) => {
+      const result = await runCli(['clients', ...args], { ...database, SECRET_KEY })
+      if (result.code !== 0) throw new Error(result.stderr)
+      return result.stdout
+    }
+    const ORDERS = 'https://orders.example.test'
+    const orders = JSON.parse(await cli('create', '--name', 'orders', '--scope', 'orders:read', '--audience', ORDERS, '--json')) as { client_id: string, client_secret: string }
+    const gateway = JSON.parse(await cli('create', '--name', 'gateway', '--scope', 'introspect', '--audience', 'https://gateway.example.test', '--json')) as { client_id: string, client_secret: string }
+    const basicOf = (c: { client_id: string, client_secret: string }) => `Basic ${Buffer.from(`${c.client_id}:${c.client_secret}`).toString('base64')}`
+    const form = (base: string, path: string, body: string, authorization: string) =>
+      fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization }, body })
+    const { access_token: token } = await (await form(a, '/oauth/token', 'grant_type=client_credentials', basicOf(orders))).json() as { access_token: string }
+    const check = async (base: string) => (await fetch(`${base}/api/auth/check?audience=${encodeURIComponent(ORDERS)}&scope=orders:read`, { headers: { authorization: `Bearer ${token}` } })).status
+    const active = async (base: string) => ((await (await form(base, '/api/token/introspect', `token=${token}`, basicOf(gateway))).json()) as { active: boolean }).active
+    // Both replicas read the client once, and keep it.
+    for (const base of [a, b]) {
+      for (let i = 0; i < 2; i++) {
+        t.equal(await check(base), 204)
+        t.equal(await active(base), true)
+      }
+    }
+    /** Milliseconds until every replica answers `expected` for the token at check and introspection, polling; Infinity past a second. */
+    const seenWithin = async (status: number, isActive: boolean): Promise<number> => {
+      const started = performance.now()
+      for (;;) {
+        const answers = await Promise.all([a, b].flatMap((base) => [check(base).then((s) => s === status), active(base).then((x) => x === isActive)]))
+        if (answers.every(Boolean)) return performance.now() - started
+        if (performance.now() - started > 1000) return Infinity
+        await sleep(5)
+      }
+    }
+    await cli('disable', orders.client_id)
+    const disabledAfter = await seenWithin(401, false)
+    t.ok(disabledAfter <= 1000, `refused on both ${Math.round(disabledAfter)} ms after the command returned`)
+    await cli('enable', orders.client_id)
+    t.ok(await seenWithin(204, true) <= 1000, 'taken again once enabled')
   })
 
   t.test('both stop cleanly on SIGTERM', async (t) => {

@@ -240,4 +240,32 @@ t.test('other services verify access tokens with their own libraries against the
   t.test('PyJWT', { skip: pyjwtMissing }, async (t) => {
     await checkVerifier(t, pyjwtVerifier(t, authgateUrl, issuer, audience), (userId) => ({ user_id: userId, token_type: 'access' }))
   })
+
+  // docs/service-to-service.md: a service configured with its own audience takes the tokens
+  // minted for it, and refuses those for another service and users' tokens.
+  t.test('service tokens: jose and PyJWT take one for their own audience and refuse another\'s', async (t) => {
+    const ORDERS = 'https://orders.example.test'
+    const tokenOf = async (audience: string): Promise<string> => {
+      const { client, secret } = await app.clients.create({ name: 'svc', scopes: ['orders:read'], audiences: [audience] })
+      const res = await app.inject({
+        method: 'POST',
+        url: '/oauth/token',
+        payload: 'grant_type=client_credentials',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${client.id}:${secret}`).toString('base64')}` }
+      })
+      return res.json().access_token
+    }
+    const mine = await tokenOf(ORDERS)
+    const theirs = await tokenOf('https://billing.example.test')
+    const verifiers: Array<[string, Verify | undefined]> = [
+      ['jose', joseVerifier(authgateUrl, issuer, ORDERS)],
+      ['PyJWT', pyjwtMissing === false ? pyjwtVerifier(t, authgateUrl, issuer, ORDERS) : undefined]
+    ]
+    for (const [name, verify] of verifiers) {
+      if (verify === undefined) continue
+      t.match(await verify(mine), { claims: { aud: ORDERS, scope: 'orders:read', gty: 'client_credentials' } }, `${name}: its own audience`)
+      t.match(await verify(theirs), { refused: String }, `${name}: another service's token`)
+      t.match(await verify((await login(app)).access), { refused: String }, `${name}: a user's token`)
+    }
+  })
 })

@@ -71,6 +71,31 @@ export interface OneTimeCodesTable {
   detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
 }
 
+export interface OAuthClientsTable {
+  id: string
+  name: string
+  scopes: string[]
+  audiences: string[]
+  token_ttl_s: number
+  jwks: ColumnType<{ keys: Array<Record<string, unknown>> } | null, string | null, string | null>
+  created_at: Timestamp
+  disabled_at: Timestamp | null
+}
+
+export interface OAuthClientSecretsTable {
+  id: string
+  client_id: string
+  secret_hash: string
+  created_at: Timestamp
+  expires_at: Timestamp | null
+}
+
+export interface OAuthClientAssertionsTable {
+  client_id: string
+  jti: string
+  expires_at: Timestamp
+}
+
 export interface Database {
   users: UsersTable
   sessions: SessionsTable
@@ -78,6 +103,9 @@ export interface Database {
   signing_keys: SigningKeysTable
   audit_events: AuditEventsTable
   one_time_codes: OneTimeCodesTable
+  oauth_clients: OAuthClientsTable
+  oauth_client_secrets: OAuthClientSecretsTable
+  oauth_client_assertions: OAuthClientAssertionsTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

@@ -12,6 +12,7 @@ export interface Caller { client: Client, log?: Logger }
 
 /** The events of the trail; each a stable name, forever. */
 export type AuditEventName = 'register' | 'login' | 'refresh' | 'reuse_detected' | 'logout' | 'password_changed' | 'session_revoked' | 'key_rotated'
+  | 'client_created' | 'client_secret_rotated' | 'client_disabled' | 'client_enabled'
 
 /** A security event, as the service that saw it tells it. */
 export interface AuditEvent {

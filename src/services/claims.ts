@@ -19,6 +19,9 @@ export const TokenClaimsSchema = Type.Object({
   exp: Seconds,
   iss: Type.String(),
   aud: Type.String(),
+  // RFC 9068 §2.2: the client the token was issued to, in access tokens: the first-party
+  // client (OAUTH_FIRST_PARTY_CLIENT_ID). Tokens issued before it existed lack it.
+  client_id: Type.Optional(Type.String()),
   // authgate's own, in refresh tokens only (never published: HS256 under a key of ours): the
   // end of the session, so a refresh signs the next pair before it reaches the database.
   // Tokens issued before it existed lack it.
@@ -41,4 +44,42 @@ export function parseClaims (payload: unknown, type: TokenType | 'any', now: Dat
   // RFC 7519 §4.1.4: expired once the current time is at or after exp.
   if (!allowExpired && payload.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
   return payload
+}
+
+/** The claim that tells a service's token (client credentials) from a user's. */
+export const SERVICE_GRANT = 'client_credentials'
+
+/**
+ * A service's access token (RFC 9068): the client is its subject, one audience, the scopes it
+ * was granted; `gty` says it was issued for client credentials, so no verifier can take it for
+ * a user's (it has no user_id, no sid).
+ */
+export const ServiceClaimsSchema = Type.Object({
+  token_type: Type.Literal('access'),
+  gty: Type.Literal(SERVICE_GRANT),
+  sub: Type.String({ minLength: 1, maxLength: 64 }),
+  client_id: Type.String({ minLength: 1, maxLength: 64 }),
+  scope: Type.String({ maxLength: 4096 }),
+  jti: Type.String({ pattern: UUID }),
+  iat: Seconds,
+  exp: Seconds,
+  iss: Type.String(),
+  aud: Type.String()
+})
+export type ServiceClaims = Static<typeof ServiceClaimsSchema>
+
+const checkServiceClaims = TypeCompiler.Compile(ServiceClaimsSchema)
+
+/** What a verified token proves: a user's session (access or refresh), or a service client (access). */
+export type VerifiedClaims = { kind: 'user', claims: TokenClaims } | { kind: 'service', claims: ServiceClaims }
+
+/**
+ * The claims of a verified token of either kind, told apart by `gty`; shaped, of `type` and
+ * unexpired, or a 401 error, as parseClaims. A service token is only ever an access token.
+ */
+export function parseAnyClaims (payload: unknown, type: TokenType | 'any', now: Date, options: { allowExpired?: boolean } = {}): VerifiedClaims {
+  if ((payload as { gty?: unknown } | null)?.gty !== SERVICE_GRANT) return { kind: 'user', claims: parseClaims(payload, type, now, options) }
+  if (type === 'refresh' || !checkServiceClaims.Check(payload) || payload.sub !== payload.client_id) throw new TokenNotValidError()
+  if (options.allowExpired !== true && payload.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
+  return { kind: 'service', claims: payload }
 }

@@ -3,9 +3,11 @@ import type { Db } from '../db/index.ts'
 import { listenForNotifications } from '../db/notifications.ts'
 import { systemClock, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
+import { NotifiedCache } from '../lib/notified-cache.ts'
 import { createAccounts } from './accounts.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createCleanup } from './cleanup.ts'
+import { createClients, type ClientRecord } from './clients.ts'
 import { createDjangoImport } from './django-import.ts'
 import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
 import { createMailer, type Mailer } from './mailer.ts'
@@ -24,6 +26,8 @@ export interface ServicesDeps {
   /** Hear of what the metrics count: security events, token pairs issued. */
   onEvent?: (event: AuditEvent, outcome: 'success' | 'failure') => void
   onIssue?: () => void
+  /** Hear of each service token issued (client credentials). */
+  onServiceToken?: () => void
   /**
    * The service's own timers and connections: the pruning round, the key reloads, the
    * notification listener that keeps each replica's caches true. A command (src/cli.ts) runs without.
@@ -53,24 +57,40 @@ export async function createServices (deps: ServicesDeps) {
 
   const audit = createAuditTrail({ db, clock, log, onEvent: deps.onEvent })
   const signingKeys = createSigningKeys({ db, config, clock, audit })
-  const keyring = createKeyring({ issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, secret: config.SECRET_KEY, load: signingKeys.load, clock })
+  const keyring = createKeyring({ issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, clientId: config.OAUTH_FIRST_PARTY_CLIENT_ID, secret: config.SECRET_KEY, load: signingKeys.load, clock })
   const reloadKeys = async (): Promise<void> => {
     await keyring.reload().catch((error: unknown) => log.warn({ err: error }, 'reloading the signing keys failed'))
   }
 
-  // On PostgreSQL the users of active sessions are cached on each replica, kept true by
-  // LISTEN/NOTIFY, which also tells every replica of a key change at once; PGlite answers in
-  // the process, one process only, with nothing to save.
+  // On PostgreSQL the users of active sessions and the service clients are cached on each
+  // replica, kept true by LISTEN/NOTIFY, which also tells every replica of a key change at once;
+  // PGlite answers in the process, one process only, with nothing to save.
   let cache: SessionCache | undefined
+  let clientCache: NotifiedCache<ClientRecord> | undefined
   if (background && config.DB_ENGINE === 'postgres') {
-    const sessionCache = new SessionCache()
-    cache = sessionCache
+    const caches = { sessions: new SessionCache(), clients: new NotifiedCache<ClientRecord>() }
+    cache = caches.sessions
+    clientCache = caches.clients
+    const notified = (payload: string): void => {
+      if (payload.startsWith('c:')) {
+        caches.clients.forget(payload.slice(2))
+        return
+      }
+      if (payload === '*') caches.clients.forgetAll()
+      caches.sessions.notified(payload)
+    }
     const listener = listenForNotifications({
       listenUrl: config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!,
       beatUrl: config.DATABASE_URL!,
-      channels: { [SESSIONS_CHANNEL]: (payload) => sessionCache.notified(payload), [KEYS_CHANNEL]: () => { reloadKeys().catch(() => {}) } },
-      onBeat: () => sessionCache.heartbeat(),
-      onLost: () => sessionCache.clear(),
+      channels: { [SESSIONS_CHANNEL]: notified, [KEYS_CHANNEL]: () => { reloadKeys().catch(() => {}) } },
+      onBeat: () => {
+        caches.sessions.heartbeat()
+        caches.clients.heartbeat()
+      },
+      onLost: () => {
+        caches.sessions.clear()
+        caches.clients.clear()
+      },
       warn: (message, error) => log.warn(error === undefined ? {} : { err: { message: error.message } }, message)
     })
     closers.push(() => listener.close())
@@ -79,6 +99,7 @@ export async function createServices (deps: ServicesDeps) {
   const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
   const signIn = createSignIn({ accounts, sessions, audit })
+  const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const oneTimeCodes = createOneTimeCodes({ db, clock, config })
   const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
@@ -100,6 +121,7 @@ export async function createServices (deps: ServicesDeps) {
     sessions,
     accounts,
     signIn,
+    clients,
     cleanup,
     oneTimeCodes,
     mailer,

@@ -5,11 +5,14 @@ import type { Clock } from '../lib/clock.ts'
 import { TokenNotValidError } from '../errors.ts'
 import type { Jwk } from '../schemas.ts'
 import type { SigningKey } from './signing-keys.ts'
-import type { TokenClaims, TokenType } from './claims.ts'
+import type { ServiceClaims, TokenClaims, TokenType } from './claims.ts'
 
 export interface KeyringOptions {
   issuer: string
+  /** Of users' tokens (JWT_AUDIENCE). */
   audience: string
+  /** The client_id of users' access tokens (RFC 9068 §2.2): the first-party client. */
+  clientId: string
   /** Refresh tokens are signed with a key derived from it, never published. */
   secret: string
   /** Loads the usable keys, newest first; the first active one signs. */
@@ -82,10 +85,17 @@ export function createKeyring (options: KeyringOptions) {
 
     reload,
 
-    sign (claims: Omit<TokenClaims, 'iss' | 'aud'>): string {
+    /** A user's token: the issuer and JWT_AUDIENCE added, and to an access token the first-party client_id. */
+    sign (claims: Omit<TokenClaims, 'iss' | 'aud' | 'client_id'>): string {
       if (signAccess === undefined) throw new Error('keyring not loaded')
       const payload = { ...claims, iss: options.issuer, aud: options.audience }
-      return claims.token_type === 'refresh' ? signRefresh(payload) : signAccess(payload)
+      return claims.token_type === 'refresh' ? signRefresh(payload) : signAccess({ ...payload, client_id: options.clientId })
+    },
+
+    /** A service's access token, for its one audience: the issuer added. */
+    signService (claims: Omit<ServiceClaims, 'iss'>): string {
+      if (signAccess === undefined) throw new Error('keyring not loaded')
+      return signAccess({ ...claims, iss: options.issuer })
     },
 
     /**

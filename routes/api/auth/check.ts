@@ -1,31 +1,66 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { AudienceRequiredError, InsufficientScopeError, TokenNotValidError, WrongAudienceError } from '#src/errors.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
+import { scopesOf } from '#src/services/clients.ts'
 
 // Every value is percent-encoded the same way, so one decodeURIComponent downstream gives it back
 // exactly: `%` and whatever is not visible ASCII (letters beyond it, as UTF-8). An address that
 // holds `%61` itself must not decode to another one.
 const headerValue = (value: string): string => value.replace(/[^\x21-\x24\x26-\x7e]/gu, encodeURIComponent)
 
+// What the gateway requires of the token, besides being live: RFC 6749 §3.3 scopes, all of
+// them (space-separated), and its audience, which a service token must name.
+export const CheckQuerySchema = Type.Object({
+  scope: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 512 }))
+}, { additionalProperties: false })
+
 /**
  * Forward-auth for gateways: nginx auth_request, Traefik forwardAuth, Caddy forward_auth. On
- * the path of every request through the gateway, so no body and nothing but the identity.
+ * the path of every request through the gateway, so no body and nothing but the identity: a
+ * user of an active session, or a service client that is enabled, holding the scopes asked
+ * (403 insufficient_scope, RFC 6750 §3.1) for the audience the gateway names.
  */
 const check: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, sessions, clients } = fastify
+
   fastify.get('/check', {
-    onRequest: [fastify.authenticate],
     schema: {
       tags: ['auth'],
-      summary: 'Forward-auth: 204 with X-Auth-* identity headers for a valid access token of an active session',
+      summary: 'Forward-auth: 204 with X-Auth-* identity headers for a live access token, a user\'s or a service\'s',
       security: AccessTokenSecurity,
-      response: { 204: Type.Null(), ...problems(400, 401, 503) }
+      querystring: CheckQuerySchema,
+      response: { 204: Type.Null(), ...problems(400, 401, 403, 503) }
     }
   }, async (request, reply) => {
-    const { user } = request
+    const verified = await fastify.verifyAnyAccessToken(request, reply)
+    const required = scopesOf(request.query.scope)
+    const { audience } = request.query
+    if (verified.kind === 'user') {
+      if (audience !== undefined && audience !== verified.claims.aud) throw new WrongAudienceError()
+      const user = await sessions.userOf(verified.claims)
+      if (user === undefined) throw new TokenNotValidError()
+      // Users hold no scopes (yet): a path that requires one is for services.
+      if (required.length > 0) throw new InsufficientScopeError(required[0])
+      return reply.code(204).headers({
+        'x-auth-user-id': String(user.id),
+        'x-auth-username': headerValue(user.username),
+        'x-auth-email': headerValue(user.email),
+        'x-auth-session-id': user.sessionId,
+        'x-auth-client-id': headerValue(verified.claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
+      }).send(null)
+    }
+    // One audience per token: a gateway that names none would let a token meant for one
+    // service through to every other.
+    if (audience === undefined) throw new AudienceRequiredError()
+    if (audience !== verified.claims.aud) throw new WrongAudienceError()
+    const live = await clients.liveClient(verified.claims)
+    if (live === undefined) throw new TokenNotValidError()
+    const missing = required.find((scope) => !live.scopes.includes(scope))
+    if (missing !== undefined) throw new InsufficientScopeError(missing)
     return reply.code(204).headers({
-      'x-auth-user-id': String(user.id),
-      'x-auth-username': headerValue(user.username),
-      'x-auth-email': headerValue(user.email),
-      'x-auth-session-id': user.sessionId
+      'x-auth-client-id': headerValue(live.client.id),
+      'x-auth-scope': headerValue(live.scopes.join(' '))
     }).send(null)
   })
 }

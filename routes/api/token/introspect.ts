@@ -1,19 +1,24 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { safeEqual } from '#src/lib/constant-time.ts'
 import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
-import { IntrospectionClientSecurity, oauthProblems } from '#src/schemas.ts'
+import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
 import { perIp } from '#src/lib/limits.ts'
+import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
+import { INTROSPECT_SCOPE } from '#src/services/clients.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
-  token_type_hint: Type.Optional(Type.String())
+  token_type_hint: Type.Optional(Type.String()),
+  ...ClientParametersSchema.properties
 }, { additionalProperties: false })
 
-// RFC 7662 §2.2: inactive says nothing more; active carries the token's claims and the username.
+// RFC 7662 §2.2: inactive says nothing more; active carries the token's claims: a user's with
+// the username, a service's with its client and the scopes the client still holds.
 const IntrospectionSchema = Type.Object({
   active: Type.Boolean(),
   sub: Type.Optional(Type.String()),
+  client_id: Type.Optional(Type.String()),
+  scope: Type.Optional(Type.String()),
   user_id: Type.Optional(Type.Integer()),
   username: Type.Optional(Type.String()),
   exp: Type.Optional(Type.Integer()),
@@ -26,42 +31,32 @@ const IntrospectionSchema = Type.Object({
 })
 
 /**
- * Token introspection (RFC 7662) for services that need revocation-aware answers: HTTP Basic
- * credentials of INTROSPECTION_CLIENTS, the token in a form body (JSON is taken too).
+ * Token introspection (RFC 7662) for services that need revocation-aware answers: a client
+ * holding the `introspect` scope (INTROSPECTION_CLIENTS, or a client of the database),
+ * authenticated as at the token endpoint; the token in a form body (JSON is taken too).
  */
 const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   // Forms only here: this route answers services, never a browser's cookies.
   await fastify.register(formbody)
-  // Secrets compared in constant time; an unknown id costs the same.
-  const clients = fastify.config.introspectionClients
-  const nobody = 'authgate: no such client'
-  const authenticateClient = async (authorization: string | undefined): Promise<void> => {
-    const [scheme, encoded] = (authorization ?? '').split(' ')
-    const decoded = scheme?.toLowerCase() === 'basic' && encoded !== undefined ? Buffer.from(encoded, 'base64').toString('utf8') : ''
-    const colon = decoded.indexOf(':')
-    // RFC 6749 §2.3.1: the id and secret are form-encoded before base64.
-    const decode = (part: string): string => { try { return decodeURIComponent(part.replaceAll('+', ' ')) } catch { return '' } }
-    const id = colon < 0 ? '' : decode(decoded.slice(0, colon))
-    const expected = clients.get(id)
-    const matches = safeEqual(colon < 0 ? '' : decode(decoded.slice(colon + 1)), expected ?? nobody)
-    if (expected === undefined || !matches) throw new InvalidClientError()
-  }
+  const { clients } = fastify
 
   fastify.post('/introspect', {
     config: { acceptsForm: true, oauth: true, limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',
-      security: IntrospectionClientSecurity,
+      security: ClientSecurity,
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: IntrospectBodySchema,
-      response: { 200: IntrospectionSchema, ...oauthProblems(400, 401, 413, 415, 429, 503) }
+      response: { 200: IntrospectionSchema, ...oauthProblems(400, 401, 403, 413, 415, 429, 503) }
     }
   }, async (request) => {
-    await authenticateClient(request.headers.authorization)
-    let claims
+    const credentials = clientCredentialsOf(request, request.body)
+    if (credentials === undefined || credentials.method === 'none') throw new InvalidClientError()
+    clients.requireScope(await clients.authenticate(credentials), INTROSPECT_SCOPE)
+    let identity
     try {
-      claims = await fastify.verifyBodyToken(request)
+      identity = await fastify.liveIdentity(await fastify.verifyBodyToken(request))
     } catch (error) {
       // Any token that does not verify (a bad signature, nbf ahead, a crit header, anything) is
       // simply not active; a database outage stays a 503.
@@ -70,11 +65,12 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     }
     // A resource server asks whether a Bearer token may pass: only an access token may. A refresh
     // token is active for authgate alone (RFC 7662 §2.2 lets the server decide what it reports).
-    if (claims.token_type !== 'access') return { active: false }
-    const user = await fastify.sessions.liveUser(claims)
-    if (user === undefined) return { active: false }
-    const { sub, user_id: userId, exp, iat, iss, aud, jti, token_type: tokenType, sid } = claims
-    return { active: true, sub, user_id: userId, username: user.username, exp, iat, iss, aud, jti, token_type: tokenType, sid }
+    if (identity === undefined || identity.claims.token_type !== 'access') return { active: false }
+    const { sub, exp, iat, iss, aud, jti, token_type: tokenType } = identity.claims
+    const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: tokenType }
+    if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
+    const { user_id: userId, sid, client_id: clientId } = identity.claims
+    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, sid }
   })
 }
 

@@ -10,13 +10,14 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
       tags: ['token'],
-      summary: 'Check a token: signature, claims, and that its session is still active',
+      summary: 'Check a token: signature, claims, and that its session (or its service client) is still active',
       body: VerifyBodySchema,
       response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
-    // Stricter than simplejwt: a token of a revoked session, or a spent refresh token, is not valid.
-    if (await fastify.sessions.liveUser(await fastify.verifyBodyToken(request)) === undefined) throw new TokenNotValidError()
+    // Stricter than simplejwt: a token of a revoked session, a spent refresh token, or a service
+    // token of a disabled client, is not valid.
+    if (await fastify.liveIdentity(await fastify.verifyBodyToken(request)) === undefined) throw new TokenNotValidError()
     return {}
   })
 }

@@ -1,0 +1,64 @@
+import formbody from '@fastify/formbody'
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { DatabaseUnavailableError, InvalidClientError, UnauthorizedClientError, UnsupportedTokenTypeError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
+import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
+import { perIp } from '#src/lib/limits.ts'
+import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
+
+// RFC 7009 §2.1; unknown parameters are ignored, as at the token endpoint.
+const RevokeRequestSchema = Type.Object({
+  token: Type.String({ minLength: 1, maxLength: 8192 }),
+  token_type_hint: Type.Optional(Type.String({ maxLength: 64 })),
+  ...ClientParametersSchema.properties
+})
+
+/**
+ * Token revocation (RFC 7009): a user's refresh or access token ends its session, as logout
+ * does. Users' tokens are the first-party client's, a public client: no client authentication,
+ * possession of the token suffices; a service client that authenticates may revoke only tokens
+ * issued to it, and its own access tokens are one signature each, which nothing can revoke
+ * (unsupported_token_type; disable the client to stop them all). A token that is not valid gets
+ * the same 200 as one revoked (§2.2).
+ */
+const revoke: FastifyPluginAsyncTypebox = async (fastify) => {
+  await fastify.register(formbody)
+  const { clients, config } = fastify
+
+  fastify.post('/revoke', {
+    config: { acceptsForm: true, oauth: true, limits: [perIp('token', config.RATE_LIMIT_TOKEN_MAX)] },
+    schema: {
+      tags: ['oauth'],
+      summary: 'Token revocation (RFC 7009): a user\'s refresh or access token ends its session',
+      security: ClientSecurity,
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
+      body: RevokeRequestSchema,
+      // No content: RFC 7009 §2.2 says the client ignores it.
+      response: { 200: { description: 'Revoked, or not a valid token: no content' }, ...oauthProblems(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    const claimed = clientCredentialsOf(request, request.body)
+    let serviceClient = null
+    if (claimed?.method === 'none') {
+      if (claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID) throw new InvalidClientError()
+    } else if (claimed !== undefined) {
+      serviceClient = await clients.authenticate(claimed)
+    }
+    let verified
+    try {
+      verified = await fastify.verifyBodyToken(request)
+    } catch (error) {
+      if (error instanceof DatabaseUnavailableError) throw error
+      return reply.code(200).send()
+    }
+    if (verified.kind === 'service') {
+      if (serviceClient?.id !== verified.claims.client_id) throw new UnauthorizedClientError('The token was issued to another client.')
+      throw new UnsupportedTokenTypeError()
+    }
+    if (serviceClient !== null) throw new UnauthorizedClientError('The token was issued to another client.')
+    await fastify.sessions.signOut(verified.claims, 'current', callerOf(request))
+    return reply.code(200).send()
+  })
+}
+
+export default revoke

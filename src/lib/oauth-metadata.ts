@@ -1,0 +1,36 @@
+import type { Config } from '../config.ts'
+import { ASSERTION_ALGORITHMS, INTROSPECT_SCOPE } from '../services/clients.ts'
+
+// How clients authenticate at each endpoint: `none` is the first-party public client, whose
+// users refresh and revoke their own tokens.
+const CLIENT_AUTH = ['client_secret_basic', 'client_secret_post', 'private_key_jwt']
+
+/**
+ * RFC 8414 authorization server metadata: exactly what works. The endpoints are under `base`
+ * (PUBLIC_URL, else the request's own host in development); no authorization endpoint, so no
+ * response type and no PKCE method.
+ */
+export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>, base: string) {
+  return {
+    issuer: config.JWT_ISSUER,
+    token_endpoint: `${base}/oauth/token`,
+    jwks_uri: `${base}/.well-known/jwks.json`,
+    grant_types_supported: ['client_credentials', 'refresh_token'],
+    response_types_supported: [] as string[],
+    token_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
+    token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
+    introspection_endpoint: `${base}/api/token/introspect`,
+    introspection_endpoint_auth_methods_supported: CLIENT_AUTH,
+    introspection_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
+    revocation_endpoint: `${base}/oauth/revoke`,
+    revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
+    revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
+    // authgate's own scopes; a client holds whatever others the services it calls define.
+    scopes_supported: [INTROSPECT_SCOPE]
+  }
+}
+
+/** Where the metadata's URLs point: PUBLIC_URL, else (development only) the host the request came to. */
+export function metadataBase (config: Pick<Config, 'publicUrl'>, request: { protocol: string, host: string }): string {
+  return config.publicUrl ?? `${request.protocol}://${request.host}`
+}
