@@ -108,3 +108,18 @@ t.test('a database that cannot take the events never fails a request, and says h
   const warning = logLines.map((line) => JSON.parse(line)).find((e) => e.msg === 'audit events could not be written')
   t.equal(warning?.count, 1)
 })
+
+t.test('an event the table refuses is lost alone, not with the others of its batch', async (t) => {
+  const logLines: string[] = []
+  const app = await build(t, { logLines })
+  const before = Number((await app.db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()).n)
+  app.audit.record({ event: 'key_rotated', userId: 1 })
+  app.audit.record({ event: 'key_rotated', userId: 2 ** 33 })
+  app.audit.record({ event: 'key_rotated', userId: 3 })
+  await app.audit.flush()
+  const rows = await app.db.selectFrom('audit_events').select('user_id').where('event', '=', 'key_rotated').orderBy('id').execute()
+  t.same(rows, [{ user_id: 1 }, { user_id: 3 }])
+  t.equal(Number((await app.db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()).n), before + 2)
+  const warning = logLines.map((line) => JSON.parse(line)).find((e) => e.msg === 'audit events could not be written')
+  t.equal(warning?.count, 1)
+})

@@ -63,6 +63,16 @@ export function createAuditTrail ({ db, clock, log, onEvent }: AuditTrailDeps) {
   let writing = Promise.resolve()
   const dropped = (error: unknown, count: number): void => log.warn({ err: error, count }, 'audit events could not be written')
 
+  async function writeEach (batch: Array<Insertable<AuditEventsTable>>): Promise<void> {
+    for (const event of batch) {
+      try {
+        await db.insertInto('audit_events').values(event).execute()
+      } catch (error) {
+        dropped(error, 1)
+      }
+    }
+  }
+
   async function write (): Promise<void> {
     while (waiting.length > 0) {
       const batch = waiting.slice(0, BATCH)
@@ -70,7 +80,10 @@ export function createAuditTrail ({ db, clock, log, onEvent }: AuditTrailDeps) {
       try {
         await db.insertInto('audit_events').values(batch).execute()
       } catch (error) {
-        dropped(error, batch.length)
+        // One event the table refuses (PostgreSQL's data and constraint errors, classes 22 and
+        // 23) must not take the others with it: those are written one at a time.
+        if (batch.length > 1 && /^2[23]/.test(String((error as { code?: unknown }).code))) await writeEach(batch)
+        else dropped(error, batch.length)
       }
     }
   }
