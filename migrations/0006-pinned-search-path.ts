@@ -13,10 +13,52 @@ import * as refreshFunction from './0005-refresh-function.ts'
 // (`*`), and the triggers fire under session_replication_role = replica too (ENABLE ALWAYS),
 // as logical replication and some restore tools set it. A key change tells them to reload.
 export async function up (db: Kysely<any>): Promise<void> {
+  await createPinnedRefreshFunction(db)
+
+  await sql`
+    create or replace function authgate_notify_sessions() returns trigger language plpgsql
+    set search_path = pg_catalog, pg_temp
+    as $$
+    begin
+      if tg_op = 'TRUNCATE' then
+        perform pg_catalog.pg_notify('authgate_sessions', '*');
+      else
+        perform pg_catalog.pg_notify('authgate_sessions', case when tg_table_name = 'sessions' then 's:' else 'u:' end || cast(old.id as text));
+      end if;
+      return null;
+    end $$`.execute(db)
+  await sql`create trigger sessions_truncate_notify after truncate on sessions
+    for each statement execute function authgate_notify_sessions()`.execute(db)
+  await sql`create trigger users_truncate_notify after truncate on users
+    for each statement execute function authgate_notify_sessions()`.execute(db)
+
+  await sql`
+    create function authgate_notify_keys() returns trigger language plpgsql
+    set search_path = pg_catalog, pg_temp
+    as $$
+    begin
+      perform pg_catalog.pg_notify('authgate_keys', '');
+      return null;
+    end $$`.execute(db)
+  await sql`create trigger signing_keys_notify after insert or update or delete or truncate on signing_keys
+    for each statement execute function authgate_notify_keys()`.execute(db)
+
+  for (const [name, on] of [['sessions_notify', 'sessions'], ['users_notify', 'users'], ['sessions_truncate_notify', 'sessions'],
+    ['users_truncate_notify', 'users'], ['signing_keys_notify', 'signing_keys']] as const) {
+    await sql`alter table ${sql.id(on)} enable always trigger ${sql.id(name)}`.execute(db)
+  }
+}
+
+/** A table of the current schema, named with it: nothing resolves through the search path. */
+export async function schemaTable (db: Kysely<any>): Promise<(name: string) => ReturnType<typeof sql>> {
   const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(db)
   const schema = sql.id(rows[0]!.schema)
-  const table = (name: string) => sql`${schema}.${sql.id(name)}`
+  return (name: string) => sql`${schema}.${sql.id(name)}`
+}
 
+/** authgate_refresh as this migration made it (0009 replaces it, and puts it back on the way down). */
+export async function createPinnedRefreshFunction (db: Kysely<any>): Promise<void> {
+  const table = await schemaTable(db)
   await sql`
     create or replace function authgate_refresh(
       p_jti uuid, p_sid uuid, p_user_id integer, p_session_end bigint,
@@ -72,39 +114,6 @@ export async function up (db: Kysely<any>): Promise<void> {
       update ${table('sessions')} set revoked_at = at_ where id = p_sid;
       outcome := 'reused';
     end $$`.execute(db)
-
-  await sql`
-    create or replace function authgate_notify_sessions() returns trigger language plpgsql
-    set search_path = pg_catalog, pg_temp
-    as $$
-    begin
-      if tg_op = 'TRUNCATE' then
-        perform pg_catalog.pg_notify('authgate_sessions', '*');
-      else
-        perform pg_catalog.pg_notify('authgate_sessions', case when tg_table_name = 'sessions' then 's:' else 'u:' end || cast(old.id as text));
-      end if;
-      return null;
-    end $$`.execute(db)
-  await sql`create trigger sessions_truncate_notify after truncate on sessions
-    for each statement execute function authgate_notify_sessions()`.execute(db)
-  await sql`create trigger users_truncate_notify after truncate on users
-    for each statement execute function authgate_notify_sessions()`.execute(db)
-
-  await sql`
-    create function authgate_notify_keys() returns trigger language plpgsql
-    set search_path = pg_catalog, pg_temp
-    as $$
-    begin
-      perform pg_catalog.pg_notify('authgate_keys', '');
-      return null;
-    end $$`.execute(db)
-  await sql`create trigger signing_keys_notify after insert or update or delete or truncate on signing_keys
-    for each statement execute function authgate_notify_keys()`.execute(db)
-
-  for (const [name, on] of [['sessions_notify', 'sessions'], ['users_notify', 'users'], ['sessions_truncate_notify', 'sessions'],
-    ['users_truncate_notify', 'users'], ['signing_keys_notify', 'signing_keys']] as const) {
-    await sql`alter table ${sql.id(on)} enable always trigger ${sql.id(name)}`.execute(db)
-  }
 }
 
 export async function down (db: Kysely<any>): Promise<void> {

@@ -7,6 +7,7 @@ import * as refreshFunction from './0005-refresh-function.ts'
 import * as pinnedSearchPath from './0006-pinned-search-path.ts'
 import * as oneTimeCodes from './0007-one-time-codes.ts'
 import * as oauthClients from './0008-oauth-clients.ts'
+import * as admin from './0009-admin.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -17,5 +18,6 @@ export const migrations: Record<string, Migration> = {
   '0005-refresh-function': refreshFunction,
   '0006-pinned-search-path': pinnedSearchPath,
   '0007-one-time-codes': oneTimeCodes,
-  '0008-oauth-clients': oauthClients
+  '0008-oauth-clients': oauthClients,
+  '0009-admin': admin
 }

@@ -3,19 +3,21 @@ import jwt, { type JwtVerifyFunction, type TokenOrHeader } from '@fastify/jwt'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { createHmac } from 'node:crypto'
-import { BadRequestError, NotAuthenticatedError, TokenNotValidError } from '../src/errors.ts'
+import {
+  BadRequestError, DatabaseUnavailableError, InsufficientScopeError, NotAuthenticatedError, RouteNotFoundError, TokenExpiredError, TokenNotValidError
+} from '../src/errors.ts'
 import { safeEqual } from '../src/lib/constant-time.ts'
 import { subkey } from '../src/lib/subkeys.ts'
 import { TtlCache } from '../src/lib/ttl-cache.ts'
-import type { TokenPair, User } from '../src/schemas.ts'
+import type { TokenPair } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
 import type { ServiceClient } from '../src/services/clients.ts'
-import type { SessionUser } from '../src/services/sessions.ts'
+import type { SessionUser, UserWithRoles } from '../src/services/sessions.ts'
 import { parseAnyClaims, parseClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims } from '../src/services/claims.ts'
 
 /** Who a live token speaks for: a user of an active session, or an enabled service client with the scopes it still holds. */
 export type Identity =
-  | { kind: 'user', claims: TokenClaims, user: User }
+  | { kind: 'user', claims: TokenClaims, user: UserWithRoles }
   | { kind: 'service', claims: ServiceClaims, client: ServiceClient, scopes: string[] }
 
 declare module '@fastify/jwt' {
@@ -37,8 +39,14 @@ declare module 'fastify' {
      * clears the cookies on a 401.
      */
     verifyRefreshToken: (request: FastifyRequest, reply: FastifyReply) => Promise<TokenClaims>
-    /** The claims of the request's access token, a user's or a service's, verified; neither session nor client checked. */
-    verifyAnyAccessToken: (request: FastifyRequest, reply: FastifyReply) => Promise<VerifiedClaims>
+    /** The claims of the request's access token, a user's or a service's, verified; neither session nor client checked; expired ones too with `allowExpired`. */
+    verifyAnyAccessToken: (request: FastifyRequest, reply: FastifyReply, options?: { allowExpired?: boolean }) => Promise<VerifiedClaims>
+    /**
+     * onRequest hook of an admin route: a live service token for the admin API's audience whose
+     * client holds `scope` (403 otherwise); anything else, a user's token included, is answered
+     * as a path that does not exist, so nobody learns from it what a token of theirs may do.
+     */
+    requireAdmin: (scope: string) => (request: FastifyRequest, reply: FastifyReply) => Promise<void>
     /** The claims of a token of any type and kind in the body's `token`, verified. */
     verifyBodyToken: (request: FastifyRequest) => Promise<VerifiedClaims>
     /**
@@ -50,6 +58,8 @@ declare module 'fastify' {
     secondsLeft: (token: string) => number
   }
   interface FastifyRequest {
+    /** The service client of an admin route's token (requireAdmin). */
+    adminClient: ServiceClient | null
     accessJwtVerify: JwtVerifyFunction
     refreshJwtVerify: JwtVerifyFunction
     tokenJwtVerify: JwtVerifyFunction
@@ -212,8 +222,27 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
     return claims
   })
 
-  fastify.decorate('verifyAnyAccessToken', async function verifyAnyAccessToken (request: FastifyRequest, reply: FastifyReply): Promise<VerifiedClaims> {
-    return audienceChecked(parseAnyClaims(await accessPayload(request, reply), 'access', clock.now()))
+  fastify.decorate('verifyAnyAccessToken', async function verifyAnyAccessToken (request: FastifyRequest, reply: FastifyReply, { allowExpired = false } = {}): Promise<VerifiedClaims> {
+    return audienceChecked(parseAnyClaims(await accessPayload(request, reply), 'access', clock.now(), { allowExpired }))
+  })
+
+  fastify.decorateRequest('adminClient', null)
+  fastify.decorate('requireAdmin', (scope: string) => async function requireAdmin (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const nowhere = (): Error => new RouteNotFoundError(request.method, request.url.split('?')[0])
+    let verified
+    try {
+      verified = await fastify.verifyAnyAccessToken(request, reply, { allowExpired: true })
+    } catch (error) {
+      if (error instanceof DatabaseUnavailableError) throw error
+      throw nowhere()
+    }
+    if (verified.kind !== 'service' || verified.claims.aud !== config.adminAudience) throw nowhere()
+    // A token of the admin API's own: what is wrong with it may be said.
+    if (verified.claims.exp * 1000 <= clock.now().getTime()) throw new TokenExpiredError()
+    const live = await clients.liveClient(verified.claims)
+    if (live === undefined) throw new TokenNotValidError()
+    if (!live.scopes.includes(scope)) throw new InsufficientScopeError(scope)
+    request.adminClient = live.client
   })
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {

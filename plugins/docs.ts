@@ -1,6 +1,7 @@
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import fp from 'fastify-plugin'
+import { ADMIN_SCOPES } from '../src/services/clients.ts'
 import type { FastifyInstance } from 'fastify'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -81,6 +82,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
         { name: 'account', description: 'The signed-in user and their sessions' },
         { name: 'token', description: 'simplejwt-compatible token endpoints, introspection and keys' },
         { name: 'oauth', description: 'OAuth 2.0: the token endpoint (client credentials, refresh), revocation, metadata' },
+        { name: 'admin', description: 'Operators: users, their sessions and roles, the audit trail (service clients with admin scopes)' },
         { name: 'health', description: 'Probes' },
         { name: 'operations', description: 'Metrics' }
       ],
@@ -92,7 +94,22 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
           cookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.access, description: 'The access token cookie set by login' },
           refreshCookie: { type: 'apiKey', in: 'cookie', name: config.cookieNames.refresh, description: 'The refresh token cookie set by login (Path=/api/token)' },
           basic: { type: 'http', scheme: 'basic', description: 'A service client (npm run clients), or one of INTROSPECTION_CLIENTS: its id and secret, form-encoded (RFC 6749 §2.3.1)' },
-          metricsToken: { type: 'http', scheme: 'bearer', description: 'METRICS_TOKEN' }
+          metricsToken: { type: 'http', scheme: 'bearer', description: 'METRICS_TOKEN' },
+          adminClient: {
+            type: 'oauth2',
+            description: `A service client's token for the admin API's audience, ${config.adminAudience} (npm run clients -- create --audience ${config.adminAudience} --scope …)`,
+            flows: {
+              clientCredentials: {
+                tokenUrl: '/oauth/token',
+                scopes: {
+                  [ADMIN_SCOPES.usersRead]: 'Find and read users',
+                  [ADMIN_SCOPES.usersWrite]: 'Disable, enable and delete users, set their roles',
+                  [ADMIN_SCOPES.sessions]: 'List and end users\' sessions',
+                  [ADMIN_SCOPES.auditRead]: 'Read the audit trail'
+                }
+              }
+            }
+          }
         }
       }
     },

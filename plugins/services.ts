@@ -10,6 +10,7 @@ declare module 'fastify' {
     accounts: Services['accounts']
     signIn: Services['signIn']
     clients: Services['clients']
+    admin: Services['admin']
     audit: Services['audit']
     oneTimeCodes: Services['oneTimeCodes']
     mailer: Services['mailer']
@@ -42,6 +43,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
   fastify.decorate('accounts', services.accounts)
   fastify.decorate('signIn', services.signIn)
   fastify.decorate('clients', services.clients)
+  fastify.decorate('admin', services.admin)
   fastify.decorate('audit', services.audit)
   fastify.decorate('oneTimeCodes', services.oneTimeCodes)
   fastify.decorate('mailer', services.mailer)

@@ -83,6 +83,8 @@ export const ConfigSchema = Type.Object({
   PUBLIC_URL: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$', description: 'an absolute http(s) URL without query, like https://auth.example.com' })),
   // Services allowed to call token introspection: id:secret pairs separated by commas.
   INTROSPECTION_CLIENTS: Type.String({ default: '' }),
+  // The roles an operator may give users (the admin API): short names, separated by commas.
+  ROLES: Type.String({ default: '' }),
   // The client_id of users' access tokens (RFC 9068 §2.2): the first-party client they signed in with.
   OAUTH_FIRST_PARTY_CLIENT_ID: Type.String({ minLength: 1, maxLength: 64, pattern: '^[\\x21-\\x7e]+$', default: 'authgate' }),
   AUTH_REUSE_GRACE_S: Type.Integer({ minimum: 0, maximum: 300, default: 10 }),
@@ -142,6 +144,10 @@ export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS
   corsOrigins: readonly string[]
   /** Introspection client ids and their secrets. */
   introspectionClients: ReadonlyMap<string, string>
+  /** The roles users may be given (ROLES). */
+  roles: ReadonlySet<string>
+  /** The audience of the admin API's tokens: `<PUBLIC_URL>/api/admin`. */
+  adminAudience: string
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
   cookieNames: Readonly<{ access: string, refresh: string, binding: string }>
 }>
@@ -155,6 +161,7 @@ export class ConfigError extends Error {
 }
 
 export const MIN_SECRET_LENGTH = 32
+const ROLE = /^[a-z][a-z0-9_.:-]{0,31}$/
 // The estimated bits (src/lib/secret-strength.ts) a secret needs in production.
 const SECRET_BITS = { key: 96, token: 48 } as const
 const MAX_DURATION_S = 3650 * 86400
@@ -271,6 +278,14 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     secretProblem(`INTROSPECTION_CLIENTS: the secret of ${id}`, secret, SECRET_BITS.token)
     introspectionClients.set(id, secret)
   }
+  const roles = new Set(values.ROLES.split(',').map((role) => role.trim()).filter(Boolean))
+  for (const role of roles) {
+    if (!ROLE.test(role)) {
+      problems.push(`ROLES must be names of 1 to 32 lower-case letters, digits, '_', '-', '.' or ':', starting with a letter, separated by commas, not ${JSON.stringify(role)}`)
+      break
+    }
+  }
+  if (roles.size > 64) problems.push('ROLES holds at most 64 roles')
   if (values.COOKIE_SAMESITE === 'none' && !values.COOKIE_SECURE) problems.push('COOKIE_SAMESITE=none requires COOKIE_SECURE=true')
 
   // DATABASE_URL means PostgreSQL; naming PGlite beside it is a mistake to say, not to guess.
@@ -317,6 +332,8 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     publicUrl,
     corsOrigins: Object.freeze(corsOrigins),
     introspectionClients,
+    roles,
+    adminAudience: `${publicUrl ?? `http://localhost:${values.PORT}`}/api/admin`,
     // The refresh cookie has its own path, so it can take __Secure- only; the binding cookie,
     // which ties it to this host (plugins/auth.ts), is always host-only with Path=/.
     cookieNames: Object.freeze({

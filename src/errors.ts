@@ -36,6 +36,7 @@ export const BadRequestError = define('bad_request', '%s', 400)
 export const ClientError = define('client_error', '%s', 400)
 export const InvalidJsonError = define('invalid_json', '%s', 400)
 export const InvalidValueError = define('bad_request', 'A value in the request is not valid.', 400)
+export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 
 // 401: who is asking is not proven.
 export const InvalidCredentialsError = define('invalid_credentials', 'No active account found with the given credentials', 401)
@@ -51,11 +52,13 @@ export const InsufficientScopeError = define('insufficient_scope', 'The token la
 
 export const NotFoundError = define('not_found', 'Not found.', 404)
 export const ClientNotFoundError = define('not_found', 'No client %s.', 404)
+export const UserNotFoundError = define('not_found', 'No user %s.', 404)
 export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
 export const MethodNotAllowedError = define('method_not_allowed', '%s', 405)
 export const RequestTimeoutError = define('request_timeout', 'The request was not received in time.', 408)
 export const UsernameTakenError = define('username_taken', 'A user with that username already exists.', 409)
 export const EmailTakenError = define('email_taken', 'A user with that email already exists.', 409)
+export const UserDeletedError = define('user_deleted', 'The user was deleted.', 409)
 export const PayloadTooLargeError = define('payload_too_large', 'The request body is too large.', 413)
 export const UnsupportedMediaTypeError = define('unsupported_media_type', '%s', 415)
 export const ExpectationFailedError = define('expectation_failed', 'Only Expect: 100-continue is supported.', 417)

@@ -25,6 +25,8 @@ export const TokenSchema = Type.String({ minLength: 1 })
 type SecurityRequirements = Array<Record<string, string[]>>
 /** The routes an access token opens: the Bearer header, else the access cookie. */
 export const AccessTokenSecurity: SecurityRequirements = [{ bearer: [] }, { cookie: [] }]
+/** An admin route: a service token for the admin API holding `scope` (plugins/docs.ts: the adminClient scheme). */
+export const adminSecurity = (scope: string): SecurityRequirements => [{ adminClient: [scope] }]
 /** Refresh and blacklist: the refresh cookie, or (the empty requirement) the token in the body. */
 export const RefreshTokenSecurity: SecurityRequirements = [{ refreshCookie: [] }, {}]
 /**
@@ -59,6 +61,16 @@ export const JwkSchema = Type.Object({
   e: Type.Optional(Type.String())
 })
 export type Jwk = Static<typeof JwkSchema>
+
+/** The admin API's `:id` of a user: a positive integer, written as one. */
+export const UserIdParamsSchema = Type.Object({ id: Type.String({ pattern: '^[1-9][0-9]{0,9}$' }) })
+/** Why an operator makes a change: kept in the audit trail. */
+export const ReasonSchema = Type.String({ minLength: 1, maxLength: 500, pattern: WELL_FORMED_TEXT })
+/** A keyset page's size and where it starts: the `next_cursor` of the page before. */
+export const PageQuerySchema = Type.Object({
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100; 50 when absent' }))
+})
 
 export const UserSchema = Type.Object({
   id: Type.Integer(),

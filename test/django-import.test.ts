@@ -235,7 +235,7 @@ t.test('an imported Django user signs in with the old password, and the hash bec
   const app = await build(t)
   await createDjangoImport({ db: app.db }).run(DUMP)
   const hashOf = async (username: string): Promise<string> =>
-    (await app.db.selectFrom('users').select('password_hash').where('username', '=', username).executeTakeFirstOrThrow()).password_hash
+    (await app.db.selectFrom('users').select('password_hash').where('username', '=', username).executeTakeFirstOrThrow()).password_hash!
   for (const username of ['alice', 'émile', 'bea']) {
     t.ok(isDjangoHash(await hashOf(username)), `${username}: a Django hash before`)
     const wrong = await postJson(app, '/api/auth/login', { identifier: username, password: 'not the password at all' })

@@ -16,7 +16,7 @@ import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
 import { echoUpstream, HOST, stop, WAIT_MS, type Upstream } from './gateway-proof.ts'
-import { build, claimsOf, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
+import { build, claimsOf, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
 import { freePort } from './server-process.ts'
 
 const APACHE = '/usr/sbin/apache2'
@@ -86,6 +86,12 @@ ProxyPass / ${urls.app}/
 </Location>
 `
 }
+
+/** docs/tokens.md's cache settings for introspection answers: keys hashed (OIDCCacheEncrypt). */
+const CACHE_CONFIG = `
+OIDCCacheEncrypt On
+OIDCCryptoPassphrase a-passphrase-of-at-least-32-random-characters
+`
 
 /** What the docs leave out: a private ServerRoot, the port, the modules, the test CA. */
 function apacheConfig (dir: string, port: number, readme: string): string {
@@ -360,14 +366,19 @@ t.test('Apache httpd with mod_auth_openidc in front of an app', { skip: apacheMi
     // Tokens of 5 s on the real time (a TestClock never moved, but for `now`): Apache keeps an
     // introspection answer until the token's exp.
     const lifetimeS = 5
-    const short = await build(t, { clock: Object.assign(new TestClock(), { now: () => new Date() }), env: { INTROSPECTION_CLIENTS: `${CLIENT_ID}:${secret}`, JWT_ACCESS_TOKEN_LIFETIME: String(lifetimeS) } })
+    const short = await build(t, { clock: Object.assign(new TestClock(), { now: () => new Date() }), env: { INTROSPECTION_CLIENTS: `${CLIENT_ID}:${secret}`, JWT_ACCESS_TOKEN_LIFETIME: String(lifetimeS), ROLES: 'editor,viewer' } })
     const shortUrls: Urls = { ...await serveAuthgate(t, short), app: upstream.url }
     const readme = introspectionConfig(shortUrls, secret)
-    const withoutInterval = readme.replace(/^.*\n.*OIDCOAuthTokenIntrospectionInterval.*\n/m, '')
+    // The cache of docs/tokens.md: keys hashed, so that a token of any length is kept.
+    const withoutInterval = readme.replace(/^.*\n.*OIDCOAuthTokenIntrospectionInterval.*\n/m, '') + CACHE_CONFIG
     t.notMatch(withoutInterval, /OIDCOAuthTokenIntrospectionInterval/)
     const apache = await startApache(t, 'introspection-cache', withoutInterval)
 
-    const { access } = await login(short)
+    // A user with roles: a token longer than the 511 bytes Apache's cache takes as a key unhashed.
+    const user = await register(short)
+    await short.db.updateTable('users').set({ roles: ['editor', 'viewer'] }).where('id', '=', user.id).execute()
+    const { access } = await login(short, user)
+    t.ok(access.length > 511, `a token of ${access.length} characters`)
     const expMs = (claimsOf(access).exp as number) * 1000
     t.equal((await through(apache, '/orders', { headers: bearer(access) })).status, 200)
     t.equal((await logout(short, access)).statusCode, 204)

@@ -123,6 +123,7 @@ t.test('for gateways and other services', async (t) => {
       client_id: 'authgate',
       user_id: user.id,
       username: user.username,
+      roles: [],
       exp: claims.exp,
       iat: claims.iat,
       iss: app.config.JWT_ISSUER,

@@ -109,13 +109,13 @@ t.test('with COOKIE_DOMAIN the access cookie takes __Secure-, as __Host- forbids
 t.test('a sign-in whose password check overlaps a password change gets no session that outlives the change', async (t) => {
   const app = await build(t)
   const user = await register(app)
-  const hashOf = async (): Promise<string> => (await app.db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()).password_hash
+  const hashOf = async (): Promise<string> => (await app.db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()).password_hash!
   const checked = await hashOf()
   // The change lands after the sign-in checked the old password and before its session starts.
   const changer = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
   const change = await postJson(app, '/api/auth/password', { current_password: user.password, new_password: 'an entirely new passphrase' }, { authorization: `Bearer ${changer.access}` })
   t.equal(change.statusCode, 204)
-  await t.rejects(app.sessions.start({ userId: user.id, passwordHash: checked }, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' }, 'the session does not start')
+  await t.rejects(app.sessions.start({ userId: user.id, passwordHash: checked, roles: [] }, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' }, 'the session does not start')
   t.equal((await app.db.selectFrom('sessions').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute()).length, 1, 'only the changer\'s session is open')
 })
 

@@ -100,6 +100,34 @@ t.test('two replicas on one PostgreSQL and one Redis', {
     t.ok(await seenWithin(204, true) <= 1000, 'taken again once enabled')
   })
 
+  t.test('a user disabled through the admin API on one replica is refused on the other within a second: check, detail, introspection, refresh', async (t) => {
+    const cli = async (...args: string[]) => JSON.parse((await runCli(['clients', 'create', ...args, '--json'], { ...database, SECRET_KEY })).stdout) as { client_id: string, client_secret: string }
+    const ops = await cli('--name', 'ops', '--scope', 'admin:users:write', '--audience', 'http://localhost/api/admin')
+    const gateway = await cli('--name', 'gateway', '--scope', 'introspect', '--audience', 'https://gateway.example.test')
+    const basicOf = (c: { client_id: string, client_secret: string }) => `Basic ${Buffer.from(`${c.client_id}:${c.client_secret}`).toString('base64')}`
+    const form = (base: string, path: string, body: string, authorization: string) =>
+      fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization }, body })
+    const { access_token: opsToken } = await (await form(a, '/oauth/token', 'grant_type=client_credentials', basicOf(ops))).json() as { access_token: string }
+    const someone = uniqueUser()
+    const registered = await (await post(a, '/api/auth/register', someone)).json() as { user: { id: number } }
+    const { access, refresh } = await (await post(b, '/api/auth/login', { identifier: someone.username, password: someone.password })).json() as { access: string, refresh: string }
+    const bearer = { authorization: `Bearer ${access}` }
+    // B has the session in its cache.
+    for (let i = 0; i < 2; i++) t.equal((await fetch(`${b}/api/auth/check`, { headers: bearer })).status, 204)
+    const disabled = await post(a, `/api/admin/users/${registered.user.id}/disable`, { reason: 'replica test' }, { authorization: `Bearer ${opsToken}` })
+    t.equal(disabled.status, 200)
+    const started = performance.now()
+    while ((await fetch(`${b}/api/auth/check`, { headers: bearer })).status !== 401) {
+      if (performance.now() - started > 1000) break
+      await sleep(5)
+    }
+    const after = performance.now() - started
+    t.ok(after <= 1000, `check refused on B ${Math.round(after)} ms after the disable answered`)
+    t.equal((await fetch(`${b}/api/detail`, { headers: bearer })).status, 401)
+    t.same(await (await form(b, '/api/token/introspect', `token=${access}`, basicOf(gateway))).json(), { active: false })
+    t.equal((await post(b, '/api/token/refresh', { refresh })).status, 401)
+  })
+
   t.test('both stop cleanly on SIGTERM', async (t) => {
     t.same(await Promise.all(replicas.map((replica) => replica.stop())), [0, 0])
   })

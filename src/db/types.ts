@@ -6,10 +6,15 @@ export interface UsersTable {
   id: ColumnType<number, never, never>
   username: string
   email: string
-  password_hash: string
+  /** None once the account was deleted (soft): no password matches. */
+  password_hash: string | null
   is_active: Generated<boolean>
   created_at: Generated<Date>
   last_login_at: Timestamp | null
+  roles: ColumnType<string[], string[] | undefined, string[]>
+  disabled_reason: string | null
+  disabled_until: Timestamp | null
+  deleted_at: Timestamp | null
 }
 
 export interface SessionsTable {

@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import type { Operator } from '../services/admin.ts'
 import type { Caller } from '../services/audit.ts'
 
 /**
@@ -8,4 +9,9 @@ import type { Caller } from '../services/audit.ts'
  */
 export function callerOf (request: FastifyRequest): Caller {
   return { client: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }, log: request.log }
+}
+
+/** The operator of an admin route's request: its service client (requireAdmin), and the caller. */
+export function operatorOf (request: FastifyRequest): Operator {
+  return { clientId: request.adminClient!.id, caller: callerOf(request) }
 }

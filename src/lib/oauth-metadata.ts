@@ -1,5 +1,5 @@
 import type { Config } from '../config.ts'
-import { ASSERTION_ALGORITHMS, INTROSPECT_SCOPE } from '../services/clients.ts'
+import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_SCOPE } from '../services/clients.ts'
 
 // How clients authenticate at each endpoint: `none` is the first-party public client, whose
 // users refresh and revoke their own tokens.
@@ -26,7 +26,7 @@ export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>,
     revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
     revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
     // authgate's own scopes; a client holds whatever others the services it calls define.
-    scopes_supported: [INTROSPECT_SCOPE]
+    scopes_supported: [INTROSPECT_SCOPE, ...Object.values(ADMIN_SCOPES)]
   }
 }
 

@@ -80,21 +80,30 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
   async function authenticate (identifier: string, password: string): Promise<PasswordProof> {
-    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active']).executeTakeFirst()
+    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles']).executeTakeFirst()
 
-    const matches = await passwordMatches(password, row?.password_hash)
-    if (row === undefined || !matches || !row.is_active) throw new InvalidCredentialsError()
+    const hash = row?.password_hash ?? undefined
+    const matches = await passwordMatches(password, hash)
+    // An operator's disable with an end is over once the end has passed: this sign-in takes the
+    // account back (only while that end is still the one read: a new disable meanwhile stands).
+    const resumes = row !== undefined && !row.is_active && row.disabled_until !== null && row.disabled_until <= clock.now()
+    if (row === undefined || hash === undefined || !matches || !(row.is_active || resumes)) throw new InvalidCredentialsError()
 
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
-    const rehash = needsRehash(row.password_hash, password) ? await bcrypt.hash(password, cost) : undefined
+    const rehash = needsRehash(hash, password) ? await bcrypt.hash(password, cost) : undefined
     const updated = await db.updateTable('users')
-      .set({ last_login_at: clock.db(), ...(rehash === undefined ? {} : { password_hash: rehash }) })
+      .set({
+        last_login_at: clock.db(),
+        ...(rehash === undefined ? {} : { password_hash: rehash }),
+        ...(resumes ? { is_active: true, disabled_reason: null, disabled_until: null } : {})
+      })
       .where('id', '=', row.id)
-      .$if(rehash !== undefined, (q) => q.where('password_hash', '=', row.password_hash))
+      .$if(rehash !== undefined, (q) => q.where('password_hash', '=', hash))
+      .$if(resumes, (q) => q.where('disabled_until', '=', row.disabled_until!))
       .executeTakeFirst()
-    const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : row.password_hash
-    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash } }
+    const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : hash
+    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles } }
   }
 
   return {
@@ -142,14 +151,14 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     async changePassword (user: SessionUser, currentPassword: string, newPassword: string, caller: Caller): Promise<void> {
       const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
       const { password_hash: hash } = await db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()
-      if (!await passwordMatches(currentPassword, hash)) {
+      if (hash === null || !await passwordMatches(currentPassword, hash)) {
         audit.record({ ...who, outcome: 'failure' }, caller)
         throw new InvalidCredentialsError()
       }
       const problems = passwordProblems(newPassword, user)
       if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
       const newHash = await bcrypt.hash(newPassword, cost)
-      await db.transaction().execute(async (trx) => {
+      await sessions.changingUser(user.id, async (trx) => {
         // Keyed by the hash just verified: of two changes at once, the second finds it gone.
         const changed = await trx.updateTable('users').set({ password_hash: newHash })
           .where('id', '=', user.id).where('password_hash', '=', hash).executeTakeFirst()

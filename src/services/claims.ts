@@ -22,6 +22,9 @@ export const TokenClaimsSchema = Type.Object({
   // RFC 9068 §2.2: the client the token was issued to, in access tokens: the first-party
   // client (OAUTH_FIRST_PARTY_CLIENT_ID). Tokens issued before it existed lack it.
   client_id: Type.Optional(Type.String()),
+  // The user's roles (ROLES) when the token was signed (RFC 9068 §7.2.1.1). Tokens issued
+  // before roles existed lack it.
+  roles: Type.Optional(Type.Array(Type.String({ maxLength: 64 }), { maxItems: 64 })),
   // authgate's own, in refresh tokens only (never published: HS256 under a key of ours): the
   // end of the session, so a refresh signs the next pair before it reaches the database.
   // Tokens issued before it existed lack it.

@@ -69,6 +69,13 @@ export interface ClientsDeps {
 export const CLIENT_TOKEN_TTL_S = { default: 600, max: 86_400 } as const
 /** authgate's own scopes: introspection (RFC 7662) for the clients holding it. */
 export const INTROSPECT_SCOPE = 'introspect'
+/** The admin API's (tokens for `<PUBLIC_URL>/api/admin`): reading users, changing them, their sessions, the audit trail. */
+export const ADMIN_SCOPES = {
+  usersRead: 'admin:users:read',
+  usersWrite: 'admin:users:write',
+  sessions: 'admin:sessions',
+  auditRead: 'admin:audit:read'
+} as const
 /** The longest grace `rotateSecret` gives the secret it replaces. */
 export const MAX_SECRET_GRACE_S = 30 * 86_400
 /** RFC 7523's client assertion type. */

@@ -5,6 +5,7 @@ import { systemClock, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
 import { NotifiedCache } from '../lib/notified-cache.ts'
 import { createAccounts } from './accounts.ts'
+import { createAdmin } from './admin.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createCleanup } from './cleanup.ts'
 import { createClients, type ClientRecord } from './clients.ts'
@@ -99,6 +100,7 @@ export async function createServices (deps: ServicesDeps) {
   const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
   const signIn = createSignIn({ accounts, sessions, audit })
+  const admin = createAdmin({ db, clock, sessions, audit, config })
   const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const oneTimeCodes = createOneTimeCodes({ db, clock, config })
@@ -121,6 +123,7 @@ export async function createServices (deps: ServicesDeps) {
     sessions,
     accounts,
     signIn,
+    admin,
     clients,
     cleanup,
     oneTimeCodes,

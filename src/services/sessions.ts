@@ -19,17 +19,20 @@ export type Executor = Kysely<Database> | Transaction<Database>
  * What a session starts from: the user a credential proved, and, for a password, the hash it
  * was checked against, which must still be the stored one.
  */
-export interface Credential { userId: number, passwordHash?: string }
+export interface Credential { userId: number, passwordHash?: string, /** The user's roles as read with the credential: the first pair's. */ roles: string[] }
 
 /**
  * The columns of `users` a session's user is read with, and cached with on each replica: the
  * trigger users_notify (migration 0004) fires on a change of exactly these and is_active, and
  * test/session-cache.test.ts holds the two lists equal.
  */
-export const SESSION_USER_COLUMNS = ['id', 'username', 'email'] as const
+export const SESSION_USER_COLUMNS = ['id', 'username', 'email', 'roles'] as const
+
+/** A user as the session routes, forward auth and introspection know them: with their roles. */
+export interface UserWithRoles extends User { roles: string[] }
 
 /** The user of an active session, and the session. */
-export interface SessionUser extends User { sessionId: string }
+export interface SessionUser extends UserWithRoles { sessionId: string }
 
 /** An active session as its user sees it in the session list. */
 export interface SessionInfo {
@@ -49,6 +52,7 @@ interface RotateAnswer {
   owner_id: number | null
   successor: string | null
   session_end: Date | null
+  roles: string[] | null
 }
 
 export interface SessionsDeps {
@@ -77,9 +81,12 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
   // Neither token outlives the session: its end caps both expiries. The refresh token carries
   // that end (sxp), so the next refresh can sign its pair before it reaches the database.
-  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: number): TokenPair {
+  // Both carry the user's roles, if any: the access token for its verifiers, the refresh token
+  // so that the next refresh can tell whether they changed. None, no claim: a token stays short
+  // (mod_auth_openidc's cache takes keys of up to 511 bytes: docs/tokens.md).
+  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: number, roles: string[]): TokenPair {
     const iat = seconds(clock.now())
-    const common = { user_id: userId, sub: String(userId), sid: sessionId, iat }
+    const common = { user_id: userId, sub: String(userId), sid: sessionId, iat, ...(roles.length === 0 ? {} : { roles }) }
     return {
       refresh: keyring.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: refreshExp, sxp: sessionEnd }),
       access: keyring.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: Math.min(iat + config.accessTtlS, sessionEnd) })
@@ -89,22 +96,23 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
   const refreshExpiry = (sessionEnd: number): number =>
     Math.min(seconds(clock.now()) + config.refreshTtlS, sessionEnd)
 
-  // One call of authgate_refresh (migrations/0005-refresh-function.ts): one round trip, one
-  // transaction. The next pair, signed for the session end `sessionEnd` and sealed as the
-  // answer to a retry within the grace, goes with it; it is used only if the token is unused
-  // and that end is the session's.
-  async function rotate (claims: TokenClaims, sessionEnd: number | undefined): Promise<{ answer: RotateAnswer, pair?: TokenPair }> {
+  // One call of authgate_refresh (migrations/0009-admin.ts): one round trip, one transaction.
+  // The next pair, signed for the session end `sessionEnd` and the roles `roles` and sealed as
+  // the answer to a retry within the grace, goes with it; it is used only if the token is
+  // unused, that end is the session's and those roles the user's.
+  async function rotate (claims: TokenClaims, sessionEnd: number | undefined, roles: string[]): Promise<{ answer: RotateAnswer, pair?: TokenPair }> {
     let next: { jti: string, exp: number, pair: TokenPair, sealed: string } | undefined
     if (sessionEnd !== undefined) {
       const jti = randomUUID()
       const exp = refreshExpiry(sessionEnd)
-      const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd)
+      const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd, roles)
       next = { jti, exp, pair, sealed: box.seal(JSON.stringify(pair), claims.jti) }
     }
     // The clock's offset from the database's own clock (0 for the system clock), added to the
     // clock_timestamp() the function reads once it holds the locks.
-    const { rows } = await sql<RotateAnswer>`select outcome, owner_id, successor, session_end from authgate_refresh(
+    const { rows } = await sql<RotateAnswer>`select outcome, owner_id, successor, session_end, roles from authgate_refresh(
       cast(${claims.jti} as uuid), cast(${claims.sid} as uuid), cast(${claims.user_id} as integer), cast(${sessionEnd ?? null} as bigint),
+      cast(${roles} as text[]),
       cast(${next?.jti ?? null} as uuid), cast(${next?.exp ?? null} as bigint), cast(${next?.sealed ?? null} as text),
       cast(${config.AUTH_REUSE_GRACE_S} as double precision),
       cast(${clock.offsetS()} as double precision))`.execute(db)
@@ -205,7 +213,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
         ]))
         .executeTakeFirst()
       if (Number(result.numInsertedOrUpdatedRows ?? 0) !== 1) throw new InvalidCredentialsError()
-      const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd)
+      const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd, credential.roles)
       onIssue?.()
       return { sessionId, pair }
     },
@@ -221,9 +229,9 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      */
     async refresh (claims: TokenClaims, caller: Caller): Promise<TokenPair> {
       const who = { userId: claims.user_id, sessionId: claims.sid }
-      let { answer, pair } = await rotate(claims, claims.sxp)
-      // Each time round reads the session's end: only an end changed again in between repeats.
-      while (answer.outcome === 'resign') ({ answer, pair } = await rotate(claims, seconds(answer.session_end!)))
+      let { answer, pair } = await rotate(claims, claims.sxp, claims.roles ?? [])
+      // Each time round reads the session's end and the roles: only a change again in between repeats.
+      while (answer.outcome === 'resign') ({ answer, pair } = await rotate(claims, seconds(answer.session_end!), answer.roles!))
       switch (answer.outcome) {
         case 'rotated':
           onIssue?.()
@@ -245,6 +253,20 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
     userOf,
     revoke,
+
+    /**
+     * Runs `change` of the user in a transaction, the user forgotten by this replica's cache
+     * before it and again once it committed (the others hear of it from the users trigger), so
+     * no read that raced it keeps the user as they were.
+     */
+    async changingUser<T> (userId: number, change: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+      return await forgetting((c) => c.forgetUser(userId), () => db.transaction().execute(change))
+    },
+
+    /** Ends the user's open sessions (only `sessionId`, when given) within `executor`; how many it ended. */
+    async endAll (userId: number, executor: Executor, sessionId?: string): Promise<number> {
+      return count(await endSessions(userId, executor).$if(sessionId !== undefined, (q) => q.where('id', '=', sessionId!)).executeTakeFirst())
+    },
 
     /**
      * Signs out with an access token (verified; an expired one still ends its own session):
@@ -296,10 +318,10 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * The user of a verified token that is still live, in one query: its session active and,
      * for a refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
      */
-    async liveUser (claims: TokenClaims): Promise<User | undefined> {
+    async liveUser (claims: TokenClaims): Promise<UserWithRoles | undefined> {
       if (claims.token_type === 'access') {
         const user = await userOf(claims)
-        return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email }
+        return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email, roles: user.roles }
       }
       return await activeSession(claims.sid, claims.user_id).select(SESSION_USER_COLUMNS.map((c) => `u.${c}` as const))
         .innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)

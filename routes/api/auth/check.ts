@@ -47,6 +47,7 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
         'x-auth-username': headerValue(user.username),
         'x-auth-email': headerValue(user.email),
         'x-auth-session-id': user.sessionId,
+        'x-auth-roles': user.roles.join(','),
         'x-auth-client-id': headerValue(verified.claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
       }).send(null)
     }

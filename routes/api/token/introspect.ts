@@ -21,6 +21,7 @@ const IntrospectionSchema = Type.Object({
   scope: Type.Optional(Type.String()),
   user_id: Type.Optional(Type.Integer()),
   username: Type.Optional(Type.String()),
+  roles: Type.Optional(Type.Array(Type.String())),
   exp: Type.Optional(Type.Integer()),
   iat: Type.Optional(Type.Integer()),
   iss: Type.Optional(Type.String()),
@@ -70,7 +71,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: tokenType }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
     const { user_id: userId, sid, client_id: clientId } = identity.claims
-    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, sid }
+    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid }
   })
 }
 
