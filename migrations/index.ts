@@ -8,6 +8,7 @@ import * as pinnedSearchPath from './0006-pinned-search-path.ts'
 import * as oneTimeCodes from './0007-one-time-codes.ts'
 import * as oauthClients from './0008-oauth-clients.ts'
 import * as admin from './0009-admin.ts'
+import * as mailOutbox from './0010-mail-outbox.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -19,5 +20,6 @@ export const migrations: Record<string, Migration> = {
   '0006-pinned-search-path': pinnedSearchPath,
   '0007-one-time-codes': oneTimeCodes,
   '0008-oauth-clients': oauthClients,
-  '0009-admin': admin
+  '0009-admin': admin,
+  '0010-mail-outbox': mailOutbox
 }

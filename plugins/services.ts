@@ -14,6 +14,8 @@ declare module 'fastify' {
     audit: Services['audit']
     oneTimeCodes: Services['oneTimeCodes']
     mailer: Services['mailer']
+    outbox: Services['outbox']
+    passwordReset: Services['passwordReset']
   }
 }
 
@@ -47,6 +49,8 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
   fastify.decorate('audit', services.audit)
   fastify.decorate('oneTimeCodes', services.oneTimeCodes)
   fastify.decorate('mailer', services.mailer)
+  fastify.decorate('outbox', services.outbox)
+  fastify.decorate('passwordReset', services.passwordReset)
 }
 
 export default fp(servicesPlugin, { name: 'services', dependencies: ['config', 'db', 'metrics'] })

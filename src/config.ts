@@ -40,7 +40,9 @@ const DURATIONS = {
   // gateway stops routing here before the server closes.
   SHUTDOWN_DRAIN_DELAY: { field: 'drainDelayS', default: '5s', min: 0 },
   // How long a start waits, retrying, for a database that does not answer yet.
-  DB_START_TIMEOUT: { field: 'dbStartTimeoutS', default: '30s', min: 0 }
+  DB_START_TIMEOUT: { field: 'dbStartTimeoutS', default: '30s', min: 0 },
+  // How long the link and the code of a password reset mail work.
+  PASSWORD_RESET_LIFETIME: { field: 'passwordResetTtlS', default: '30m', min: 60 }
 } as const
 type Durations = typeof DURATIONS
 type DurationSeconds = { readonly [K in keyof Durations as Durations[K]['field']]: number }
@@ -118,6 +120,14 @@ export const ConfigSchema = Type.Object({
   // the sender. Unset: no mail is sent, each is a line in the log.
   SMTP_URL: Type.Optional(Type.String({ pattern: '^smtps?://', description: 'a URL smtp://user:password@host:587 or smtps://host:465' })),
   MAIL_FROM: Type.Optional(Type.String({ minLength: 3 })),
+  // A folder of mail templates replacing the built-in ones (src/templates/mail/) file by file.
+  MAIL_TEMPLATES_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  // The front end's page that reads a reset link's token from the fragment and posts it; the
+  // password reset exists only when it is set (a link is never built from the request's Host).
+  APP_RESET_URL: Type.Optional(Type.String({ pattern: '^https?://[^#]+$', description: 'an absolute http(s) URL without a fragment, like https://app.example.com/reset-password' })),
+  // Mail requests (password reset): per client IP, and from everyone together, a window.
+  RATE_LIMIT_MAIL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 5 }),
+  RATE_LIMIT_MAIL_GLOBAL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
 
   ...durationSchemas
 })
@@ -302,6 +312,8 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
   // Without it, a discovery document would name whatever host a request says it came to.
   if (production && values.PUBLIC_URL === undefined) problems.push('PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com')
+  // In production a feature that sends mail needs a server to send it to.
+  if (production && values.APP_RESET_URL !== undefined && values.SMTP_URL === undefined) problems.push('APP_RESET_URL needs SMTP_URL when NODE_ENV=production: the password reset sends its link by mail')
   if (values.JWT_PRIVATE_KEY !== undefined && values.JWT_PRIVATE_KEY_FILE !== undefined) problems.push('set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, not both')
   if (values.JWT_PRIVATE_KEY !== undefined) {
     const alg = algorithmOfPem(values.JWT_PRIVATE_KEY)

@@ -36,6 +36,7 @@ export const BadRequestError = define('bad_request', '%s', 400)
 export const ClientError = define('client_error', '%s', 400)
 export const InvalidJsonError = define('invalid_json', '%s', 400)
 export const InvalidValueError = define('bad_request', 'A value in the request is not valid.', 400)
+export const ResetTokenInvalidError = define('reset_token_invalid', 'The reset link or code is wrong, used or expired: ask for a new one.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 
 // 401: who is asking is not proven.

@@ -82,6 +82,8 @@ t.test('a bad value is one message naming the variable and what it takes', async
     [{ SECRET_KEY: 'short-secret' }, /^SECRET_KEY must be at least 32 characters/],
     [{ NODE_ENV: 'production', PUBLIC_URL: 'https://auth.example.com' }, /^SECRET_KEY is required when NODE_ENV=production: make one with/],
     [{ NODE_ENV: 'production', SECRET_KEY: GOOD_SECRET }, 'PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com'],
+    [{ NODE_ENV: 'production', SECRET_KEY: GOOD_SECRET, PUBLIC_URL: 'https://auth.example.com', APP_RESET_URL: 'https://app.example.com/reset' }, 'APP_RESET_URL needs SMTP_URL when NODE_ENV=production: the password reset sends its link by mail'],
+    [{ APP_RESET_URL: 'https://app.example.com/reset#token=' }, /^APP_RESET_URL must be an absolute http\(s\) URL without a fragment/],
     [{ DATABASE_URL: 'postgres://db/x', DB_ENGINE: 'pglite' }, 'DATABASE_URL is set but DB_ENGINE=pglite: unset DB_ENGINE to run on the PostgreSQL of DATABASE_URL, or unset DATABASE_URL'],
     [{ DATABASE_LISTEN_URL: 'postgres://db/x' }, 'DATABASE_LISTEN_URL is for PostgreSQL: set DATABASE_URL too'],
     [{ JWT_PRIVATE_KEY: 'not a pem' }, 'JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=ES256: it is not a PEM private key'],

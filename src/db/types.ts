@@ -15,6 +15,7 @@ export interface UsersTable {
   disabled_reason: string | null
   disabled_until: Timestamp | null
   deleted_at: Timestamp | null
+  email_verified_at: Timestamp | null
 }
 
 export interface SessionsTable {
@@ -76,6 +77,18 @@ export interface OneTimeCodesTable {
   detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
 }
 
+export interface MailOutboxTable {
+  id: string
+  kind: string
+  sealed: string
+  prepared: Generated<boolean>
+  attempts: Generated<number>
+  created_at: Timestamp
+  due_at: Timestamp
+  expires_at: Timestamp | null
+  last_error: string | null
+}
+
 export interface OAuthClientsTable {
   id: string
   name: string
@@ -111,6 +124,7 @@ export interface Database {
   oauth_clients: OAuthClientsTable
   oauth_client_secrets: OAuthClientSecretsTable
   oauth_client_assertions: OAuthClientAssertionsTable
+  mail_outbox: MailOutboxTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

@@ -5,7 +5,7 @@ import { hkdfSync } from 'node:crypto'
  * pair a refresh answers again within the grace, the HMAC of refresh tokens, the binding of the
  * refresh cookie to its host. Named here once, so two places can never disagree on a name.
  */
-export type Purpose = 'signing-keys' | 'refresh-successor' | 'refresh-tokens' | 'refresh-binding' | 'one-time-codes'
+export type Purpose = 'signing-keys' | 'refresh-successor' | 'refresh-tokens' | 'refresh-binding' | 'one-time-codes' | 'mail-outbox'
 
 /** The 256-bit key of `purpose`, derived from `secret` with HKDF-SHA256 (RFC 5869). */
 export function subkey (secret: string, purpose: Purpose): Buffer {

@@ -74,6 +74,15 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     ? db.selectFrom('users').where('email', '=', identifier)
     : db.selectFrom('users').where('username', '=', normalizeUsername(identifier))
 
+  /** Throws ValidationFailedError of `new_password` unless the password passes the policy for the user. */
+  function checkNewPassword (password: string, user: { username?: string, email?: string }): void {
+    const problems = passwordProblems(password, user)
+    if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
+  }
+
+  /** A password's hash at the configured cost. */
+  const hashPassword = async (password: string): Promise<string> => await bcrypt.hash(password, cost)
+
   /**
    * The active user whose username (or, with an @, email) and password match, else
    * InvalidCredentialsError. Every failure costs at least one comparison at the configured
@@ -118,6 +127,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     },
 
     authenticate,
+    checkNewPassword,
+    hashPassword,
 
     /** Checks the policy, hashes, inserts; the database decides whether the name or email is taken. */
     async register (input: Registration, caller: Caller): Promise<User> {
@@ -155,9 +166,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
         audit.record({ ...who, outcome: 'failure' }, caller)
         throw new InvalidCredentialsError()
       }
-      const problems = passwordProblems(newPassword, user)
-      if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
-      const newHash = await bcrypt.hash(newPassword, cost)
+      checkNewPassword(newPassword, user)
+      const newHash = await hashPassword(newPassword)
       await sessions.changingUser(user.id, async (trx) => {
         // Keyed by the hash just verified: of two changes at once, the second finds it gone.
         const changed = await trx.updateTable('users').set({ password_hash: newHash })

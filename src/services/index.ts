@@ -3,6 +3,7 @@ import type { Db } from '../db/index.ts'
 import { listenForNotifications } from '../db/notifications.ts'
 import { systemClock, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
+import { loadMailTemplates } from '../lib/mail-templates.ts'
 import { NotifiedCache } from '../lib/notified-cache.ts'
 import { createAccounts } from './accounts.ts'
 import { createAdmin } from './admin.ts'
@@ -13,6 +14,8 @@ import { createDjangoImport } from './django-import.ts'
 import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
 import { createMailer, type Mailer } from './mailer.ts'
 import { createOneTimeCodes } from './one-time-codes.ts'
+import { createOutbox } from './outbox.ts'
+import { createPasswordReset, PASSWORD_RESET_VARIABLES } from './password-reset.ts'
 import { SESSIONS_CHANNEL, SessionCache } from './session-cache.ts'
 import { createSessions } from './sessions.ts'
 import { createSignIn } from './sign-in.ts'
@@ -105,6 +108,9 @@ export async function createServices (deps: ServicesDeps) {
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const oneTimeCodes = createOneTimeCodes({ db, clock, config })
   const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
+  const outbox = createOutbox({ db, clock, config, mailer, log })
+  const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR, PASSWORD_RESET_VARIABLES)
+  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {
@@ -112,6 +118,9 @@ export async function createServices (deps: ServicesDeps) {
     await keyring.reload()
     every(KEYS_RELOAD_INTERVAL_S, reloadKeys)
     every(config.pruneIntervalS, () => cleanup.prune())
+    // Mail queued by any replica (and retries while SMTP is down); this replica's own is sent at once.
+    every(1, () => outbox.work())
+    closers.push(() => outbox.idle())
   }
 
   return {
@@ -128,6 +137,8 @@ export async function createServices (deps: ServicesDeps) {
     cleanup,
     oneTimeCodes,
     mailer,
+    outbox,
+    passwordReset,
     djangoImport,
     /** Stops the timers and the listener, writes the audit events still queued, closes the mailer. */
     async close (): Promise<void> {

@@ -1,0 +1,24 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { callerOf } from '#src/lib/client.ts'
+import { perIp, perKey } from '#src/lib/limits.ts'
+import { EmailSchema, problems } from '#src/schemas.ts'
+
+/** POST /api/auth/password/forgot (docs/email.md): the reset mail, queued; the same 202 for every address. */
+const forgot: FastifyPluginAsyncTypebox = async (fastify) => {
+  if (fastify.config.APP_RESET_URL === undefined) return
+  fastify.post('/forgot', {
+    // Per client IP, and one count for everyone: a 429 from either says nothing about an account.
+    config: { limits: [perIp('mail', fastify.config.RATE_LIMIT_MAIL_MAX), perKey('mail-everyone', fastify.config.RATE_LIMIT_MAIL_GLOBAL_MAX, async () => 'everyone')] },
+    schema: {
+      tags: ['account'],
+      summary: 'Ask for a password reset mail: 202 whether the address has an account or not; the mail is sent off the request path',
+      body: Type.Object({ email: EmailSchema }, { additionalProperties: false }),
+      response: { 202: Type.Object({}, { additionalProperties: false }), ...problems(400, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    await fastify.passwordReset.forgot(request.body.email, callerOf(request))
+    return reply.code(202).send({})
+  })
+}
+
+export default forgot

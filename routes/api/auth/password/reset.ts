@@ -1,0 +1,36 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ValidationFailedError } from '#src/errors.ts'
+import { callerOf } from '#src/lib/client.ts'
+import { perIp } from '#src/lib/limits.ts'
+import { EmailSchema, PasswordSchema, problems } from '#src/schemas.ts'
+
+export const ResetTokenSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the token of the mail\'s link, from its fragment (#token=…)' })
+export const ResetCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 'the 6-digit code of the mail' })
+
+/** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
+const reset: FastifyPluginAsyncTypebox = async (fastify) => {
+  if (fastify.config.APP_RESET_URL === undefined) return
+  fastify.post('/reset', {
+    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
+    schema: {
+      tags: ['account'],
+      summary: 'Set a new password with the reset mail\'s token, or its address and code: every session ends, nobody is signed in',
+      body: Type.Object({
+        token: Type.Optional(ResetTokenSchema),
+        email: Type.Optional(EmailSchema),
+        code: Type.Optional(ResetCodeSchema),
+        new_password: PasswordSchema
+      }, { additionalProperties: false }),
+      response: { 204: Type.Null(), ...problems(400, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    const { token, email, code, new_password: password } = request.body
+    const byLink = token !== undefined && email === undefined && code === undefined
+    const byCode = token === undefined && email !== undefined && code !== undefined
+    if (!byLink && !byCode) throw new ValidationFailedError([{ field: 'token', message: 'Give the token of the link, or the email and the code, not both.' }])
+    await fastify.passwordReset.reset(byLink ? { token } : { email: email!, code: code! }, password, callerOf(request))
+    return reply.code(204).send(null)
+  })
+}
+
+export default reset

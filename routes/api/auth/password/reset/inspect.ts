@@ -1,0 +1,26 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { perIp } from '#src/lib/limits.ts'
+import { problems } from '#src/schemas.ts'
+import { ResetTokenSchema } from '../reset.ts'
+
+/** POST /api/auth/password/reset/inspect: whether a reset link's token is still good; spends nothing. */
+const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
+  if (fastify.config.APP_RESET_URL === undefined) return
+  fastify.post('/inspect', {
+    config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
+    schema: {
+      tags: ['account'],
+      summary: 'Whether a reset link\'s token is still good, without spending it (a POST: nothing a link scanner sends reaches it)',
+      body: Type.Object({ token: ResetTokenSchema }, { additionalProperties: false }),
+      response: {
+        200: Type.Object({ valid: Type.Boolean(), expires_at: Type.Optional(Type.String({ format: 'date-time' })) }, { additionalProperties: false }),
+        ...problems(400, 413, 415, 429, 503)
+      }
+    }
+  }, async (request) => {
+    const found = await fastify.passwordReset.inspect(request.body.token)
+    return found.valid ? { valid: true, expires_at: found.expiresAt!.toISOString() } : { valid: false }
+  })
+}
+
+export default inspect

@@ -1,0 +1,127 @@
+import { sql } from 'kysely'
+import type { Config } from '../config.ts'
+import type { Db } from '../db/index.ts'
+import { ResetTokenInvalidError } from '../errors.ts'
+import type { Clock } from '../lib/clock.ts'
+import type { MailTemplates } from '../lib/mail-templates.ts'
+import type { Accounts } from './accounts.ts'
+import type { AuditTrail, Caller } from './audit.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
+import type { Outbox } from './outbox.ts'
+import type { Executor, Sessions } from './sessions.ts'
+
+/** What proves a reset: the token of the mail's link, or the address and the mail's code. */
+export type ResetProof = { token: string } | { email: string, code: string }
+
+export interface PasswordResetDeps {
+  db: Db
+  clock: Clock
+  config: Pick<Config, 'APP_RESET_URL' | 'passwordResetTtlS'>
+  accounts: Accounts
+  sessions: Sessions
+  oneTimeCodes: OneTimeCodes
+  outbox: Outbox
+  templates: MailTemplates
+  audit: AuditTrail
+}
+
+// Mails a user may be sent of one kind: one a minute, five an hour. Past either, a request is
+// dropped silently: the answer is the same 202 (a limit that answered would tell who has an account).
+const PER_MINUTE = 1
+const PER_HOUR = 5
+
+export const PASSWORD_RESET_VARIABLES = { 'password-reset': ['username', 'link', 'code', 'minutes'], 'password-changed': ['username', 'at'] } as const
+
+/**
+ * A forgotten password: a request queues a job and answers at once, whether the address has an
+ * account or not (the worker finds that out, off the request path, and sends nothing for none);
+ * the mail carries a link whose token is in the URL fragment, which mail scanners never send,
+ * and a 6-digit code. A reset spends either once, ends every session of the user, counts the
+ * address as verified, and mails the user a notice; it signs nobody in.
+ */
+export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit }: PasswordResetDeps) {
+  const activeUser = (column: 'id' | 'email', value: number | string, executor: Executor = db) => executor.selectFrom('users')
+    .select(['id', 'username', 'email'])
+    .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
+    .executeTakeFirst()
+
+  outbox.define('password_reset', async (payload, trx) => {
+    const user = await activeUser('email', String(payload.email), trx)
+    if (user === undefined) return undefined
+    const { minute, hour } = (await trx.selectFrom('one_time_codes')
+      .select([
+        sql<number>`count(*) filter (where created_at > ${clock.db()} - interval '1 minute')`.as('minute'),
+        sql<number>`count(*)`.as('hour')
+      ])
+      .where('user_id', '=', user.id).where('purpose', '=', 'password_reset')
+      .where('created_at', '>', sql<Date>`${clock.db()} - interval '1 hour'`)
+      .executeTakeFirstOrThrow())
+    if (Number(minute) >= PER_MINUTE || Number(hour) >= PER_HOUR) return undefined
+    const issued = await oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: config.passwordResetTtlS, with: { token: true, code: true } }, trx)
+    const link = `${config.APP_RESET_URL!}#token=${issued.token!}`
+    const mail = templates.render('password-reset', user.email, { username: user.username, link, code: issued.code!, minutes: String(Math.round(config.passwordResetTtlS / 60)) })
+    return { mail, expiresAt: issued.expiresAt }
+  })
+
+  outbox.define('password_changed', async (payload, trx) => {
+    const user = await trx.selectFrom('users').select(['username', 'email']).where('id', '=', Number(payload.userId)).where('deleted_at', 'is', null).executeTakeFirst()
+    if (user === undefined) return undefined
+    return { mail: templates.render('password-changed', user.email, { username: user.username, at: String(payload.at) }) }
+  })
+
+  // The user a proof names, before anything is spent; undefined: no such open secret or account.
+  async function userOf (proof: ResetProof): Promise<{ id: number, username: string, email: string } | undefined> {
+    if ('token' in proof) {
+      const open = await oneTimeCodes.inspect('password_reset', proof.token)
+      return open === undefined ? undefined : await activeUser('id', open.userId)
+    }
+    return await activeUser('email', proof.email)
+  }
+
+  return {
+    /** Queues the reset mail of `email`'s account, if it has one; always the same quick answer. */
+    async forgot (email: string, caller: Caller): Promise<void> {
+      await outbox.enqueue('password_reset', { email })
+      audit.record({ event: 'password_reset_requested', identifier: email }, caller)
+    },
+
+    /** Whether a link's token is still good, without spending it. */
+    async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date }> {
+      const open = await oneTimeCodes.inspect('password_reset', token)
+      if (open === undefined || await activeUser('id', open.userId) === undefined) return { valid: false }
+      return { valid: true, expiresAt: open.expiresAt }
+    },
+
+    /**
+     * Sets the new password: the policy first (a refused password spends nothing), then the
+     * proof is spent once (a wrong code counts against it, 5 kill it), then, in one transaction,
+     * the hash set, the address counted as verified, every session ended, the notice queued.
+     */
+    async reset (proof: ResetProof, newPassword: string, caller: Caller): Promise<void> {
+      const user = await userOf(proof)
+      accounts.checkNewPassword(newPassword, user ?? ('email' in proof ? { email: proof.email } : {}))
+      const spent = user === undefined
+        ? undefined
+        : 'token' in proof ? await oneTimeCodes.spendToken('password_reset', proof.token) : await oneTimeCodes.spendCode('password_reset', user.id, proof.code)
+      if (user === undefined || spent === undefined || spent.userId !== user.id) {
+        audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
+        throw new ResetTokenInvalidError()
+      }
+      const hash = await accounts.hashPassword(newPassword)
+      const ended = await sessions.changingUser(user.id, async (trx) => {
+        const changed = await trx.updateTable('users')
+          .set({ password_hash: hash, email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
+          .where('id', '=', user.id).where('is_active', '=', true).where('deleted_at', 'is', null)
+          .executeTakeFirst()
+        if (changed.numUpdatedRows !== 1n) throw new ResetTokenInvalidError()
+        const count = await sessions.endAll(user.id, trx)
+        await outbox.enqueue('password_changed', { userId: user.id, at: clock.now().toISOString() }, trx)
+        return count
+      })
+      outbox.kick()
+      audit.record({ event: 'password_reset', userId: user.id, detail: { sessions_ended: ended, by: 'token' in proof ? 'link' : 'code' } }, caller)
+    }
+  }
+}
+
+export type PasswordReset = ReturnType<typeof createPasswordReset>
