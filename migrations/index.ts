@@ -9,6 +9,7 @@ import * as oneTimeCodes from './0007-one-time-codes.ts'
 import * as oauthClients from './0008-oauth-clients.ts'
 import * as admin from './0009-admin.ts'
 import * as mailOutbox from './0010-mail-outbox.ts'
+import * as emailVerification from './0011-email-verification.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -21,5 +22,6 @@ export const migrations: Record<string, Migration> = {
   '0007-one-time-codes': oneTimeCodes,
   '0008-oauth-clients': oauthClients,
   '0009-admin': admin,
-  '0010-mail-outbox': mailOutbox
+  '0010-mail-outbox': mailOutbox,
+  '0011-email-verification': emailVerification
 }

@@ -16,6 +16,7 @@ declare module 'fastify' {
     mailer: Services['mailer']
     outbox: Services['outbox']
     passwordReset: Services['passwordReset']
+    emailVerification: Services['emailVerification']
   }
 }
 
@@ -51,6 +52,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
   fastify.decorate('mailer', services.mailer)
   fastify.decorate('outbox', services.outbox)
   fastify.decorate('passwordReset', services.passwordReset)
+  fastify.decorate('emailVerification', services.emailVerification)
 }
 
 export default fp(servicesPlugin, { name: 'services', dependencies: ['config', 'db', 'metrics'] })

@@ -42,7 +42,10 @@ const DURATIONS = {
   // How long a start waits, retrying, for a database that does not answer yet.
   DB_START_TIMEOUT: { field: 'dbStartTimeoutS', default: '30s', min: 0 },
   // How long the link and the code of a password reset mail work.
-  PASSWORD_RESET_LIFETIME: { field: 'passwordResetTtlS', default: '30m', min: 60 }
+  PASSWORD_RESET_LIFETIME: { field: 'passwordResetTtlS', default: '30m', min: 60 },
+  // How long a verification mail's link and code work, and an email sign-in code.
+  EMAIL_VERIFICATION_LIFETIME: { field: 'emailVerificationTtlS', default: '24h', min: 60 },
+  EMAIL_SIGN_IN_LIFETIME: { field: 'emailSignInTtlS', default: '10m', min: 60 }
 } as const
 type Durations = typeof DURATIONS
 type DurationSeconds = { readonly [K in keyof Durations as Durations[K]['field']]: number }
@@ -125,7 +128,14 @@ export const ConfigSchema = Type.Object({
   // The front end's page that reads a reset link's token from the fragment and posts it; the
   // password reset exists only when it is set (a link is never built from the request's Host).
   APP_RESET_URL: Type.Optional(Type.String({ pattern: '^https?://[^#]+$', description: 'an absolute http(s) URL without a fragment, like https://app.example.com/reset-password' })),
-  // Mail requests (password reset): per client IP, and from everyone together, a window.
+  // Verifying users' addresses: off; optional (a mail at registration, sign-in not gated);
+  // required (sign-in refused until the address is verified).
+  EMAIL_VERIFICATION: OneOf(['off', 'optional', 'required'], { default: 'off' }),
+  // The front end's page that reads a verification link's token from the fragment and posts it.
+  APP_VERIFY_URL: Type.Optional(Type.String({ pattern: '^https?://[^#]+$', description: 'an absolute http(s) URL without a fragment, like https://app.example.com/verify-email' })),
+  // Passwordless sign-in by a code sent by mail.
+  EMAIL_SIGN_IN: Type.Boolean({ default: false }),
+  // Mail requests (password reset, verification, email sign-in): per client IP, and from everyone together, a window.
   RATE_LIMIT_MAIL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 5 }),
   RATE_LIMIT_MAIL_GLOBAL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
 
@@ -314,6 +324,9 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   if (production && values.PUBLIC_URL === undefined) problems.push('PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com')
   // In production a feature that sends mail needs a server to send it to.
   if (production && values.APP_RESET_URL !== undefined && values.SMTP_URL === undefined) problems.push('APP_RESET_URL needs SMTP_URL when NODE_ENV=production: the password reset sends its link by mail')
+  if (values.EMAIL_VERIFICATION !== 'off' && values.APP_VERIFY_URL === undefined) problems.push(`EMAIL_VERIFICATION=${values.EMAIL_VERIFICATION} needs APP_VERIFY_URL: the page its mail's link opens`)
+  if (production && values.EMAIL_VERIFICATION !== 'off' && values.SMTP_URL === undefined) problems.push(`EMAIL_VERIFICATION=${values.EMAIL_VERIFICATION} needs SMTP_URL when NODE_ENV=production`)
+  if (production && values.EMAIL_SIGN_IN && values.SMTP_URL === undefined) problems.push('EMAIL_SIGN_IN=true needs SMTP_URL when NODE_ENV=production')
   if (values.JWT_PRIVATE_KEY !== undefined && values.JWT_PRIVATE_KEY_FILE !== undefined) problems.push('set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, not both')
   if (values.JWT_PRIVATE_KEY !== undefined) {
     const alg = algorithmOfPem(values.JWT_PRIVATE_KEY)

@@ -37,6 +37,8 @@ export const ClientError = define('client_error', '%s', 400)
 export const InvalidJsonError = define('invalid_json', '%s', 400)
 export const InvalidValueError = define('bad_request', 'A value in the request is not valid.', 400)
 export const ResetTokenInvalidError = define('reset_token_invalid', 'The reset link or code is wrong, used or expired: ask for a new one.', 400)
+export const VerificationTokenInvalidError = define('verification_token_invalid', 'The verification link or code is wrong, used or expired: ask for a new one.', 400)
+export const SignInCodeInvalidError = define('sign_in_code_invalid', 'The sign-in code is wrong, used or expired: ask for a new one.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 
 // 401: who is asking is not proven.
@@ -49,6 +51,7 @@ export const WrongAudienceError = define('token_not_valid', 'The token is not fo
 export const AudienceRequiredError = define('token_not_valid', 'A service token is accepted only for an audience the gateway names (?audience=).', 401)
 
 // 403: who is asking is proven, and may not.
+export const EmailNotVerifiedError = define('email_not_verified', 'Verify your email address first: POST /api/auth/email/verification sends a new mail.', 403)
 export const InsufficientScopeError = define('insufficient_scope', 'The token lacks the scope %s.', 403)
 
 export const NotFoundError = define('not_found', 'Not found.', 404)

@@ -62,6 +62,10 @@ export const JwkSchema = Type.Object({
 })
 export type Jwk = Static<typeof JwkSchema>
 
+/** A mail's link token, as the front end reads it from the link's fragment (#token=…), and a mail's code. */
+export const MailTokenSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the token of the mail\'s link, from its fragment (#token=…)' })
+export const MailCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 'the 6-digit code of the mail' })
+
 /** The admin API's `:id` of a user: a positive integer, written as one. */
 export const UserIdParamsSchema = Type.Object({ id: Type.String({ pattern: '^[1-9][0-9]{0,9}$' }) })
 /** Why an operator makes a change: kept in the audit trail. */

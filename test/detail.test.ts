@@ -8,7 +8,7 @@ t.test('detail', async (t) => {
     const { access, user } = await login(app)
     const res = await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })
     t.equal(res.statusCode, 200)
-    t.same(res.json(), { message: 'Welcome to Page', user: { id: user.id, username: user.username, email: user.email } })
+    t.same(res.json(), { message: 'Welcome to Page', user: { id: user.id, username: user.username, email: user.email, email_verified: false } })
   })
 
   t.test('answers with a trailing slash and a lower-case scheme', async (t) => {

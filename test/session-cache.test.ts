@@ -12,7 +12,7 @@ const skip = !onPostgres && 'the session cache runs on PostgreSQL only (PGlite a
 t.test('the cache is used only while its notification channel beats', async (t) => {
   let now = 0
   const cache = new SessionCache({ now: () => now, ttlMs: 60_000, heartbeatTimeoutMs: 1000 })
-  const user = { id: 1, username: 'a', email: 'a@example.com', sessionId: 's1', roles: [] }
+  const user = { id: 1, username: 'a', email: 'a@example.com', sessionId: 's1', roles: [], email_verified_at: null }
   cache.keep(user, cache.generation)
   t.equal(cache.of('s1', 1), undefined, 'nothing is kept before the first heartbeat')
   cache.heartbeat()
@@ -35,10 +35,10 @@ t.test('a read that raced an invalidation is not kept; notifications forget sess
   cache.heartbeat()
   const generation = cache.generation
   cache.forget('s1')
-  cache.keep({ id: 1, username: 'a', email: 'a@example.com', sessionId: 's1', roles: [] }, generation)
+  cache.keep({ id: 1, username: 'a', email: 'a@example.com', sessionId: 's1', roles: [], email_verified_at: null }, generation)
   t.equal(cache.of('s1', 1), undefined, 'read before the revocation, stored after it: dropped')
-  for (const sid of ['s1', 's2']) cache.keep({ id: 1, username: 'a', email: 'a@example.com', sessionId: sid, roles: [] }, cache.generation)
-  cache.keep({ id: 2, username: 'b', email: 'b@example.com', sessionId: 's3', roles: [] }, cache.generation)
+  for (const sid of ['s1', 's2']) cache.keep({ id: 1, username: 'a', email: 'a@example.com', sessionId: sid, roles: [], email_verified_at: null }, cache.generation)
+  cache.keep({ id: 2, username: 'b', email: 'b@example.com', sessionId: 's3', roles: [], email_verified_at: null }, cache.generation)
   cache.notified('s:s1')
   t.equal(cache.of('s1', 1), undefined)
   t.ok(cache.of('s2', 1))

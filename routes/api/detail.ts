@@ -1,6 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AccessTokenSecurity, problems, UserSchema } from '#src/schemas.ts'
 
+const DetailUserSchema = Type.Composite([UserSchema, Type.Object({ email_verified: Type.Boolean() })])
+
 const detail: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/detail', {
     onRequest: [fastify.authenticate],
@@ -9,11 +11,14 @@ const detail: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'The signed-in user (Bearer access token or access cookie)',
       security: AccessTokenSecurity,
       response: {
-        200: Type.Object({ message: Type.String(), user: UserSchema }),
+        200: Type.Object({ message: Type.String(), user: DetailUserSchema }),
         ...problems(400, 401, 503)
       }
     }
-  }, async (request) => ({ message: 'Welcome to Page', user: request.user }))
+  }, async (request) => {
+    const { id, username, email, email_verified_at: verifiedAt } = request.user
+    return { message: 'Welcome to Page', user: { id, username, email, email_verified: verifiedAt !== null } }
+  })
 }
 
 export default detail

@@ -3,9 +3,17 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Mail } from '../services/mailer.ts'
 
-/** The mails authgate sends, each a `<name>.txt` (a `Subject:` line, a blank line, the text) and a `<name>.html`. */
-export const MAIL_TEMPLATES = ['password-reset', 'password-changed'] as const
-export type MailTemplate = (typeof MAIL_TEMPLATES)[number]
+/**
+ * The mails authgate sends, each a `<name>.txt` (a `Subject:` line, a blank line, the text) and
+ * a `<name>.html`, with the values each may name.
+ */
+export const MAIL_TEMPLATES = {
+  'password-reset': ['username', 'link', 'code', 'minutes'],
+  'password-changed': ['username', 'at'],
+  'email-verification': ['username', 'link', 'code', 'hours'],
+  'email-sign-in': ['username', 'code', 'minutes']
+} as const satisfies Record<string, readonly string[]>
+export type MailTemplate = keyof typeof MAIL_TEMPLATES
 
 const BUILT_IN = fileURLToPath(new URL('../templates/mail/', import.meta.url))
 const PLACEHOLDER = /\{\{([a-z_]+)\}\}/g
@@ -29,13 +37,13 @@ function parse (name: string, dir: string | undefined): Parsed {
  * value given for it, escaped in the HTML; a template naming a value the mail does not have
  * fails at start, not when a user waits for the mail.
  */
-export function loadMailTemplates (dir: string | undefined, variables: Record<MailTemplate, readonly string[]>) {
+export function loadMailTemplates (dir: string | undefined) {
   const templates = new Map<MailTemplate, Parsed>()
-  for (const name of MAIL_TEMPLATES) {
+  for (const [name, variables] of Object.entries(MAIL_TEMPLATES) as Array<[MailTemplate, readonly string[]]>) {
     const parsed = parse(name, dir)
     for (const part of [parsed.subject, parsed.text, parsed.html]) {
       for (const [, variable] of part.matchAll(PLACEHOLDER)) {
-        if (!variables[name].includes(variable!)) throw new Error(`the mail template ${name} names {{${variable}}}, which is not one of ${variables[name].join(', ')}`)
+        if (!variables.includes(variable!)) throw new Error(`the mail template ${name} names {{${variable}}}, which is not one of ${variables.join(', ')}`)
       }
     }
     templates.set(name, parsed)

@@ -21,7 +21,8 @@ export interface AccountsDeps {
 }
 
 /** A password that proved who the user is: the user, and the credential a session starts from. */
-export interface PasswordProof { user: User, credential: Required<Credential> }
+/** A first factor passed: the user, the credential a session starts from, whether their address is verified. */
+export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean }
 
 function isUniqueViolation (error: unknown): error is { code: string, constraint?: string } {
   return (error as { code?: unknown } | null)?.code === '23505'
@@ -89,7 +90,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
   async function authenticate (identifier: string, password: string): Promise<PasswordProof> {
-    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles']).executeTakeFirst()
+    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles', 'email_verified_at']).executeTakeFirst()
 
     const hash = row?.password_hash ?? undefined
     const matches = await passwordMatches(password, hash)
@@ -112,7 +113,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
       .$if(resumes, (q) => q.where('disabled_until', '=', row.disabled_until!))
       .executeTakeFirst()
     const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : hash
-    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles } }
+    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null }
   }
 
   return {

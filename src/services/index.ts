@@ -14,8 +14,9 @@ import { createDjangoImport } from './django-import.ts'
 import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
 import { createMailer, type Mailer } from './mailer.ts'
 import { createOneTimeCodes } from './one-time-codes.ts'
+import { createEmailVerification } from './email-verification.ts'
 import { createOutbox } from './outbox.ts'
-import { createPasswordReset, PASSWORD_RESET_VARIABLES } from './password-reset.ts'
+import { createPasswordReset } from './password-reset.ts'
 import { SESSIONS_CHANNEL, SessionCache } from './session-cache.ts'
 import { createSessions } from './sessions.ts'
 import { createSignIn } from './sign-in.ts'
@@ -102,14 +103,15 @@ export async function createServices (deps: ServicesDeps) {
 
   const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
-  const signIn = createSignIn({ accounts, sessions, audit })
   const admin = createAdmin({ db, clock, sessions, audit, config })
   const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const oneTimeCodes = createOneTimeCodes({ db, clock, config })
   const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
   const outbox = createOutbox({ db, clock, config, mailer, log })
-  const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR, PASSWORD_RESET_VARIABLES)
+  const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
+  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
+  const emailVerification = createEmailVerification({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
   const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
   const djangoImport = createDjangoImport({ db })
 
@@ -139,6 +141,7 @@ export async function createServices (deps: ServicesDeps) {
     mailer,
     outbox,
     passwordReset,
+    emailVerification,
     djangoImport,
     /** Stops the timers and the listener, writes the audit events still queued, closes the mailer. */
     async close (): Promise<void> {

@@ -34,6 +34,9 @@ export interface OneTimeCodesDeps {
 }
 
 const CODE_DIGITS = 6
+// Mails of one purpose a user may be sent: one a minute, five an hour (mayMail).
+const MAILS_PER_MINUTE = 1
+const MAILS_PER_HOUR = 5
 
 /**
  * The one table and service of every single-use secret (`one_time_codes`): a link token, stored
@@ -108,6 +111,23 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
         .returning(['id', 'user_id', 'detail', sql<boolean>`consumed_at is not null`.as('spent')])
         .executeTakeFirst()
       return row?.spent === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
+    },
+
+    /**
+     * Whether another secret of `purpose` may be mailed to the user: at most one a minute and
+     * five an hour, counting the cancelled and spent ones. Past that, a flow drops the request
+     * silently (its answer stays the same: a limit that answered would tell who has an account).
+     */
+    async mayMail (userId: number, purpose: CodePurpose, executor: Executor = db): Promise<boolean> {
+      const { minute, hour } = await executor.selectFrom('one_time_codes')
+        .select([
+          sql<string>`count(*) filter (where created_at > ${clock.db()} - interval '1 minute')`.as('minute'),
+          sql<string>`count(*)`.as('hour')
+        ])
+        .where('user_id', '=', userId).where('purpose', '=', purpose)
+        .where('created_at', '>', sql<Date>`${clock.db()} - interval '1 hour'`)
+        .executeTakeFirstOrThrow()
+      return Number(minute) < MAILS_PER_MINUTE && Number(hour) < MAILS_PER_HOUR
     },
 
     /** Whether a link's token may still be spent, without spending it. */

@@ -25,13 +25,6 @@ export interface PasswordResetDeps {
   audit: AuditTrail
 }
 
-// Mails a user may be sent of one kind: one a minute, five an hour. Past either, a request is
-// dropped silently: the answer is the same 202 (a limit that answered would tell who has an account).
-const PER_MINUTE = 1
-const PER_HOUR = 5
-
-export const PASSWORD_RESET_VARIABLES = { 'password-reset': ['username', 'link', 'code', 'minutes'], 'password-changed': ['username', 'at'] } as const
-
 /**
  * A forgotten password: a request queues a job and answers at once, whether the address has an
  * account or not (the worker finds that out, off the request path, and sends nothing for none);
@@ -48,15 +41,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
   outbox.define('password_reset', async (payload, trx) => {
     const user = await activeUser('email', String(payload.email), trx)
     if (user === undefined) return undefined
-    const { minute, hour } = (await trx.selectFrom('one_time_codes')
-      .select([
-        sql<number>`count(*) filter (where created_at > ${clock.db()} - interval '1 minute')`.as('minute'),
-        sql<number>`count(*)`.as('hour')
-      ])
-      .where('user_id', '=', user.id).where('purpose', '=', 'password_reset')
-      .where('created_at', '>', sql<Date>`${clock.db()} - interval '1 hour'`)
-      .executeTakeFirstOrThrow())
-    if (Number(minute) >= PER_MINUTE || Number(hour) >= PER_HOUR) return undefined
+    if (!await oneTimeCodes.mayMail(user.id, 'password_reset', trx)) return undefined
     const issued = await oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: config.passwordResetTtlS, with: { token: true, code: true } }, trx)
     const link = `${config.APP_RESET_URL!}#token=${issued.token!}`
     const mail = templates.render('password-reset', user.email, { username: user.username, link, code: issued.code!, minutes: String(Math.round(config.passwordResetTtlS / 60)) })

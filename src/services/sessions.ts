@@ -26,10 +26,10 @@ export interface Credential { userId: number, passwordHash?: string, /** The use
  * trigger users_notify (migration 0004) fires on a change of exactly these and is_active, and
  * test/session-cache.test.ts holds the two lists equal.
  */
-export const SESSION_USER_COLUMNS = ['id', 'username', 'email', 'roles'] as const
+export const SESSION_USER_COLUMNS = ['id', 'username', 'email', 'roles', 'email_verified_at'] as const
 
-/** A user as the session routes, forward auth and introspection know them: with their roles. */
-export interface UserWithRoles extends User { roles: string[] }
+/** A user as the session routes, forward auth and introspection know them: with their roles, and when their address was verified. */
+export interface UserWithRoles extends User { roles: string[], email_verified_at: Date | null }
 
 /** The user of an active session, and the session. */
 export interface SessionUser extends UserWithRoles { sessionId: string }
@@ -321,7 +321,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
     async liveUser (claims: TokenClaims): Promise<UserWithRoles | undefined> {
       if (claims.token_type === 'access') {
         const user = await userOf(claims)
-        return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email, roles: user.roles }
+        return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email, roles: user.roles, email_verified_at: user.email_verified_at }
       }
       return await activeSession(claims.sid, claims.user_id).select(SESSION_USER_COLUMNS.map((c) => `u.${c}` as const))
         .innerJoin('refresh_tokens as t', 't.session_id', 's.id').where('t.jti', '=', claims.jti).where('t.used_at', 'is', null)

@@ -1,7 +1,14 @@
-import { InvalidCredentialsError } from '../errors.ts'
+import { sql } from 'kysely'
+import type { Config } from '../config.ts'
+import type { Db } from '../db/index.ts'
+import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
+import type { Clock } from '../lib/clock.ts'
+import type { MailTemplates } from '../lib/mail-templates.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import type { Accounts, PasswordProof } from './accounts.ts'
 import type { AuditTrail, Caller } from './audit.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
+import type { Outbox } from './outbox.ts'
 import type { Sessions } from './sessions.ts'
 
 /**
@@ -11,8 +18,14 @@ import type { Sessions } from './sessions.ts'
 export type SignInStep = { kind: 'session', user: User, sessionId: string, pair: TokenPair }
 
 export interface SignInDeps {
+  db: Db
+  clock: Clock
+  config: Pick<Config, 'EMAIL_VERIFICATION' | 'emailSignInTtlS'>
   accounts: Accounts
   sessions: Sessions
+  oneTimeCodes: OneTimeCodes
+  outbox: Outbox
+  templates: MailTemplates
   audit: AuditTrail
 }
 
@@ -21,9 +34,27 @@ export interface SignInDeps {
  * account still needs comes next, and only then does a session start. Every outcome is in the
  * audit trail, as `login`.
  */
-export function createSignIn ({ accounts, sessions, audit }: SignInDeps) {
-  // A first factor passed: what comes next (for now, always the session).
-  async function next ({ user, credential }: PasswordProof, caller: Caller): Promise<SignInStep> {
+export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit }: SignInDeps) {
+  const activeUser = (email: string) => db.selectFrom('users').select(['id', 'username', 'email', 'roles'])
+    .where('email', '=', email).where('is_active', '=', true).where('deleted_at', 'is', null)
+
+  outbox.define('email_sign_in', async (payload, trx) => {
+    const user = await trx.selectFrom('users').select(['id', 'username', 'email'])
+      .where('email', '=', String(payload.email)).where('is_active', '=', true).where('deleted_at', 'is', null)
+      .executeTakeFirst()
+    if (user === undefined || !await oneTimeCodes.mayMail(user.id, 'email_sign_in', trx)) return undefined
+    const issued = await oneTimeCodes.issue({ purpose: 'email_sign_in', userId: user.id, ttlS: config.emailSignInTtlS, with: { code: true } }, trx)
+    const mail = templates.render('email-sign-in', user.email, { username: user.username, code: issued.code!, minutes: String(Math.round(config.emailSignInTtlS / 60)) })
+    return { mail, expiresAt: issued.expiresAt }
+  })
+
+  // A first factor passed: what comes next. With EMAIL_VERIFICATION=required, an address not
+  // yet verified stops here (said only to whoever proved the password); else the session.
+  async function next ({ user, credential, emailVerified }: PasswordProof, caller: Caller, method: 'password' | 'email_code'): Promise<SignInStep> {
+    if (config.EMAIL_VERIFICATION === 'required' && !emailVerified) {
+      audit.record({ event: 'login', outcome: 'failure', userId: user.id, detail: { method, reason: 'email_not_verified' } }, caller)
+      throw new EmailNotVerifiedError()
+    }
     let started
     try {
       started = await sessions.start(credential, caller.client)
@@ -32,7 +63,7 @@ export function createSignIn ({ accounts, sessions, audit }: SignInDeps) {
       if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', userId: user.id }, caller)
       throw error
     }
-    audit.record({ event: 'login', userId: user.id, sessionId: started.sessionId }, caller)
+    audit.record({ event: 'login', userId: user.id, sessionId: started.sessionId, ...(method === 'password' ? {} : { detail: { method } }) }, caller)
     return { kind: 'session', user, ...started }
   }
 
@@ -46,7 +77,31 @@ export function createSignIn ({ accounts, sessions, audit }: SignInDeps) {
         if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', identifier }, caller)
         throw error
       }
-      return await next(proof, caller)
+      return await next(proof, caller, 'password')
+    },
+
+    /** Queues a sign-in code for `email`'s account, if it has one; always the same quick answer. */
+    async requestCode (email: string, caller: Caller): Promise<void> {
+      await outbox.enqueue('email_sign_in', { email })
+      audit.record({ event: 'email_sign_in_requested', identifier: email }, caller)
+    },
+
+    /**
+     * A sign-in with the code mailed to `email`: spent once (a wrong one counts, 5 kill it); it
+     * proves the address, which counts as verified from then on.
+     */
+    async emailCode (email: string, code: string, caller: Caller): Promise<SignInStep> {
+      const user = await activeUser(email).executeTakeFirst()
+      const spent = user === undefined ? undefined : await oneTimeCodes.spendCode('email_sign_in', user.id, code)
+      if (user === undefined || spent === undefined) {
+        audit.record({ event: 'login', outcome: 'failure', userId: user?.id ?? null, identifier: email, detail: { method: 'email_code' } }, caller)
+        throw new SignInCodeInvalidError()
+      }
+      await sessions.changingUser(user.id, (trx) => trx.updateTable('users')
+        .set({ email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
+        .where('id', '=', user.id).where('email', '=', user.email)
+        .execute())
+      return await next({ user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true }, caller, 'email_code')
     }
   }
 }

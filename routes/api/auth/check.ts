@@ -48,6 +48,7 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
         'x-auth-email': headerValue(user.email),
         'x-auth-session-id': user.sessionId,
         'x-auth-roles': user.roles.join(','),
+        'x-auth-email-verified': String(user.email_verified_at !== null),
         'x-auth-client-id': headerValue(verified.claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
       }).send(null)
     }

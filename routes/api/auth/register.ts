@@ -26,6 +26,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const user = await fastify.accounts.register(request.body, callerOf(request))
+    await fastify.emailVerification.registered(user.id)
     return reply.code(201).send({ message: 'User registered successfully', user })
   })
 }

@@ -2,10 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/lib/client.ts'
 import { perIp } from '#src/lib/limits.ts'
-import { EmailSchema, PasswordSchema, problems } from '#src/schemas.ts'
-
-export const ResetTokenSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the token of the mail\'s link, from its fragment (#token=…)' })
-export const ResetCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 'the 6-digit code of the mail' })
+import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -16,9 +13,9 @@ const reset: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['account'],
       summary: 'Set a new password with the reset mail\'s token, or its address and code: every session ends, nobody is signed in',
       body: Type.Object({
-        token: Type.Optional(ResetTokenSchema),
+        token: Type.Optional(MailTokenSchema),
         email: Type.Optional(EmailSchema),
-        code: Type.Optional(ResetCodeSchema),
+        code: Type.Optional(MailCodeSchema),
         new_password: PasswordSchema
       }, { additionalProperties: false }),
       response: { 204: Type.Null(), ...problems(400, 413, 415, 429, 503) }

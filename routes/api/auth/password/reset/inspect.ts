@@ -1,7 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { perIp } from '#src/lib/limits.ts'
-import { problems } from '#src/schemas.ts'
-import { ResetTokenSchema } from '../reset.ts'
+import { MailTokenSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset/inspect: whether a reset link's token is still good; spends nothing. */
 const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -11,7 +10,7 @@ const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'Whether a reset link\'s token is still good, without spending it (a POST: nothing a link scanner sends reaches it)',
-      body: Type.Object({ token: ResetTokenSchema }, { additionalProperties: false }),
+      body: Type.Object({ token: MailTokenSchema }, { additionalProperties: false }),
       response: {
         200: Type.Object({ valid: Type.Boolean(), expires_at: Type.Optional(Type.String({ format: 'date-time' })) }, { additionalProperties: false }),
         ...problems(400, 413, 415, 429, 503)

@@ -1,0 +1,23 @@
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { callerOf } from '#src/lib/client.ts'
+import { perIp, perKey } from '#src/lib/limits.ts'
+import { EmailSchema, problems } from '#src/schemas.ts'
+
+/** POST /api/auth/email/sign-in (docs/email.md): a sign-in code by mail; the same 202 for every address. */
+const signIn: FastifyPluginAsyncTypebox = async (fastify) => {
+  if (!fastify.config.EMAIL_SIGN_IN) return
+  fastify.post('/sign-in', {
+    config: { limits: [perIp('mail', fastify.config.RATE_LIMIT_MAIL_MAX), perKey('mail-everyone', fastify.config.RATE_LIMIT_MAIL_GLOBAL_MAX, async () => 'everyone')] },
+    schema: {
+      tags: ['auth'],
+      summary: 'Ask for a sign-in code by mail: 202 whether the address has an account or not',
+      body: Type.Object({ email: EmailSchema }, { additionalProperties: false }),
+      response: { 202: Type.Object({}, { additionalProperties: false }), ...problems(400, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    await fastify.signIn.requestCode(request.body.email, callerOf(request))
+    return reply.code(202).send({})
+  })
+}
+
+export default signIn
