@@ -1,21 +1,12 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, claimsOf, login, postJson, register, TestClock, uniqueUser } from './helper.ts'
+import { ALL_ADMIN_SCOPES as ALL_SCOPES, basic, build, claimsOf, login, operator, postJson, register, TestClock, uniqueUser } from './helper.ts'
 
 // The admin API (issue 17): service clients holding admin scopes, for the admin audience, manage
 // users, their sessions and roles, and read the audit trail; every call audited. Both engines.
 
-const ALL_SCOPES = ['admin:users:read', 'admin:users:write', 'admin:sessions', 'admin:audit:read']
 const INTROSPECTOR = { id: 'gateway', secret: 'introspection-secret-0123456789' }
-const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
-
-/** A client of the admin API's audience with `scopes`, and a token of it. */
-async function operator (app: FastifyInstance, scopes = ALL_SCOPES, audience = app.config.adminAudience, tokenTtlS = 600) {
-  const { client, secret } = await app.clients.create({ name: 'ops', scopes, audiences: [audience], tokenTtlS })
-  const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: 'grant_type=client_credentials', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic(client.id, secret) } })
-  return { id: client.id, token: res.json().access_token as string }
-}
 
 function api (app: FastifyInstance, token: string) {
   const call = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown) => app.inject({

@@ -7,11 +7,13 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import t, { type Test } from 'tap'
 import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
 import { freePort, startServer } from './server-process.ts'
+import { startInbox } from './smtp.ts'
 
 // What the pages below define, as page.evaluate sees it (the project's types hold no DOM).
 declare const window: {
   api: (method: string, path: string, body?: unknown) => Promise<{ status: number, body: any }>
   attempts: Promise<Array<{ path: string, read?: string, refused?: string }>>
+  reset: (password: string) => Promise<{ status: number, body: any }>
 }
 declare const document: { cookie: string }
 
@@ -19,9 +21,10 @@ declare const document: { cookie: string }
 const CHROMIUM = '/usr/lib/chromium/chromium'
 const SCREENSHOTS = join(import.meta.dirname, '..', '.tap', 'screenshots')
 
-/** A page server on 127.0.0.1: the HTML of `pages` by path. */
-async function servePages (t: Test, pages: Record<string, string>): Promise<number> {
+/** A page server on 127.0.0.1: the HTML of `pages` by path; each request's URL goes to `seen`. */
+async function servePages (t: Test, pages: Record<string, string>, seen: string[] = []): Promise<number> {
   const server: Server = createServer((request, response) => {
+    seen.push(request.url ?? '')
     const page = pages[new URL(request.url ?? '/', 'http://x').pathname]
     response.writeHead(page === undefined ? 404 : 200, { 'content-type': 'text/html; charset=utf-8' }).end(page ?? 'not found')
   })
@@ -60,6 +63,23 @@ const attackerReads = (auth: string): string => `<!doctype html><meta charset="u
   }))
 </script>`
 
+// The front end's reset page: it reads the token from the fragment (which no request carries),
+// takes it out of the address bar and the history, and POSTs it with the new password.
+const resetPage = (auth: string): string => `<!doctype html><meta charset="utf-8"><title>reset</title>
+<script>
+  const token = new URLSearchParams(location.hash.slice(1)).get('token')
+  history.replaceState(null, '', location.pathname)
+  window.reset = async (password) => {
+    const res = await fetch(${JSON.stringify(auth)} + '/api/auth/password/reset', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token, new_password: password })
+    })
+    const text = await res.text()
+    return { status: res.status, body: text === '' ? null : JSON.parse(text) }
+  }
+</script>`
+
 const attackerForm = (action: string, enctype: string, fields: Record<string, string>): string => `<!doctype html>
 <meta charset="utf-8"><title>evil form</title>
 <form method="POST" action="${action}" enctype="${enctype}">
@@ -70,7 +90,8 @@ ${Object.entries(fields).map(([name, value]) => `<input name="${name}" value='${
 t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM} (Debian's chromium package)` }, async (t) => {
   // The front end is served first: authgate's CORS_ORIGINS names its origin.
   const pages: Record<string, string> = {}
-  const appPort = await servePages(t, pages)
+  const appSeen: string[] = []
+  const appPort = await servePages(t, pages, appSeen)
   const appOrigin = `http://localhost:${appPort}`
   /** authgate in production mode (cookies Secure), its front end at `path` of the app origin: its base URL. */
   async function startAuthgate (path: string, env: Record<string, string> = {}): Promise<string> {
@@ -175,6 +196,32 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     t.equal(sessions.body.sessions.length, 1, 'the session stands')
     const again = await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), user)
     t.equal(again.status, 200, 'the password is unchanged')
+  })
+
+  t.test('a reset link from the mail, followed in Chromium to a page that POSTs its fragment', async (t) => {
+    const inbox = await startInbox(t)
+    const resetUrl = `${appOrigin}/reset-password`
+    const mailing = await startAuthgate('/mail', { SMTP_URL: inbox.url, APP_RESET_URL: resetUrl })
+    pages['/reset-password'] = resetPage(mailing)
+    const { context, page, user } = await signedIn(t, '/mail')
+    t.equal((await page.evaluate((email) => window.api('POST', '/api/auth/password/forgot', { email }), user.email)).status, 202)
+    const link = /(http:\/\/\S+#token=[A-Za-z0-9_-]{43})/.exec((await inbox.next()).text ?? '')![1]!
+    t.ok(link.startsWith(`${resetUrl}#token=`), 'the mail links to APP_RESET_URL, the token in the fragment')
+
+    appSeen.length = 0
+    const tab = await context.newPage()
+    await tab.goto(link)
+    t.equal(tab.url(), resetUrl, 'the page took the token out of the address bar')
+    const newPassword = 'a passphrase chosen in the browser'
+    t.same(await tab.evaluate((password) => window.reset(password), newPassword), { status: 204, body: null }, 'the POST of the fragment\'s token set the password')
+    t.same(appSeen, ['/reset-password'], 'the front end\'s server never saw the token')
+    t.equal((await tab.evaluate((password) => window.reset(password), newPassword)).status, 400, 'the token is spent')
+
+    t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 401, 'the session the browser had is over')
+    const old = await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), user)
+    t.equal(old.status, 401, 'the old password no longer signs in')
+    const fresh = await page.evaluate((u) => window.api('POST', '/api/auth/login', { identifier: u.username, password: u.password }), { ...user, password: newPassword })
+    t.equal(fresh.status, 200, 'the new one does')
   })
 
   t.test('COOKIE_SAMESITE=strict is what the browser enforces', async (t) => {

@@ -178,3 +178,15 @@ export function refreshCookie (refresh: string): string {
 export function claimsOf (token: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString())
 }
+
+export const ALL_ADMIN_SCOPES = ['admin:users:read', 'admin:users:write', 'admin:sessions', 'admin:audit:read']
+
+/** The Authorization header of HTTP Basic client authentication. */
+export const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`
+
+/** A service client of `audience` (the admin API's by default) with `scopes`, and a token of it. */
+export async function operator (app: FastifyInstance, scopes = ALL_ADMIN_SCOPES, audience = app.config.adminAudience, tokenTtlS = 600): Promise<{ id: string, token: string }> {
+  const { client, secret } = await app.clients.create({ name: 'ops', scopes, audiences: [audience], tokenTtlS })
+  const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: 'grant_type=client_credentials', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic(client.id, secret) } })
+  return { id: client.id, token: res.json().access_token as string }
+}

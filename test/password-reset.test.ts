@@ -4,7 +4,7 @@ import type { ParsedMail } from 'mailparser'
 import { createServer, type IncomingMessage } from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
-import { build, login, postJson, register, TestClock, uniqueUser } from './helper.ts'
+import { build, login, operator, postJson, register, TestClock, uniqueUser } from './helper.ts'
 import { startInbox } from './smtp.ts'
 
 // A forgotten password (issue 18): the mail through a real SMTP server (smtp-server, read with
@@ -29,6 +29,7 @@ const tokenOf = (mail: ParsedMail): string => /#token=([A-Za-z0-9_-]{43})/.exec(
 const codeOf = (mail: ParsedMail): string => /code[^0-9]*([0-9]{6})/.exec(mail.text ?? '')![1]!
 const forgot = (app: FastifyInstance, email: string) => postJson(app, '/api/auth/password/forgot', { email })
 const reset = (app: FastifyInstance, body: Record<string, string>) => postJson(app, '/api/auth/password/reset', { new_password: NEW_PASSWORD, ...body })
+const adminReset = (app: FastifyInstance, token: string, id: number, body: unknown = { reason: 'ticket 4711: locked out' }) => postJson(app, `/api/admin/users/${id}/password-reset`, body, { authorization: `Bearer ${token}` })
 const inspect = async (app: FastifyInstance, token: string) => (await postJson(app, '/api/auth/password/reset/inspect', { token })).json()
 
 t.test('a forgotten password', async (t) => {
@@ -116,6 +117,40 @@ t.test('a forgotten password', async (t) => {
     t.match((await reset(app, { email: user.email, code: codeOf(fresh), token: tokenOf(fresh) })).json(), { status: 400, errors: [{ field: 'token' }] }, 'a link or a code, not both')
   })
 
+  t.test('an operator sends the reset mail (the admin API): the link and code reach only the user\'s inbox; each refusal a 4xx', async (t) => {
+    const ops = await operator(app)
+    const user = await register(app)
+    const res = await adminReset(app, ops.token, user.id)
+    t.equal(res.statusCode, 202)
+    t.same(res.json(), {}, 'nothing of the mail in the answer')
+    const mail = await inbox.next()
+    t.match(mail.to, { text: user.email })
+    const token = tokenOf(mail)
+    t.match((await adminReset(app, ops.token, user.id)).json(), { status: 409, code: 'mail_limit_reached' }, 'the per-account limit holds for operators too, and tells them')
+
+    await app.audit.flush()
+    const trail = await app.db.selectFrom('audit_events').select(['event', 'detail']).where('user_id', '=', user.id).where('event', '=', 'user_password_reset_mailed').execute()
+    t.same(trail, [{ event: 'user_password_reset_mailed', detail: { client_id: ops.id, reason: 'ticket 4711: locked out' } }], 'audited once, with the operator and the reason')
+    const everything = JSON.stringify(await app.db.selectFrom('audit_events').selectAll().execute()) + JSON.stringify(await app.db.selectFrom('mail_outbox').selectAll().execute()) + logLines.join('\n')
+    t.notOk(everything.includes(token), 'the token is in no audit event, outbox row or log line')
+    t.equal((await reset(app, { token })).statusCode, 204, 'the link works as a forgot mail\'s does')
+    await inbox.next() // the notice
+
+    const disabled = await register(app)
+    t.equal((await postJson(app, `/api/admin/users/${disabled.id}/disable`, { reason: 'x' }, { authorization: `Bearer ${ops.token}` })).statusCode, 200)
+    t.match((await adminReset(app, ops.token, disabled.id)).json(), { status: 409, code: 'user_disabled' })
+    const deleted = await register(app)
+    t.equal((await app.inject({ method: 'DELETE', url: `/api/admin/users/${deleted.id}?reason=x`, headers: { authorization: `Bearer ${ops.token}` } })).statusCode, 204)
+    t.match((await adminReset(app, ops.token, deleted.id)).json(), { status: 409, code: 'user_deleted' })
+    t.match((await adminReset(app, ops.token, 2_000_000_000)).json(), { status: 404, code: 'not_found' })
+    t.match((await adminReset(app, ops.token, disabled.id, {})).json(), { status: 400, code: 'validation_failed', errors: [{ field: 'reason' }] })
+    const reader = await operator(app, ['admin:users:read'])
+    t.match((await adminReset(app, reader.token, disabled.id)).json(), { status: 403, code: 'insufficient_scope' })
+    await app.outbox.work()
+    t.equal(await app.outbox.waiting(), 0)
+    t.equal(inbox.mails.length, inbox.mails.indexOf(mail) + 2, 'no mail for any refused one')
+  })
+
   t.test('at most five mails an hour to one account, whatever is asked; the answer stays 202', async (t) => {
     const user = await register(app)
     const start = inbox.mails.length
@@ -188,10 +223,13 @@ t.test('the OpenAPI document lists the reset with every status it answers', asyn
   t.same(Object.keys(paths['/api/auth/password/forgot'].post.responses).sort(), ['202', '400', '413', '415', '429', '500', '503'])
   t.same(Object.keys(paths['/api/auth/password/reset'].post.responses).sort(), ['204', '400', '413', '415', '429', '500', '503'])
   t.same(Object.keys(paths['/api/auth/password/reset/inspect'].post.responses).sort(), ['200', '400', '413', '415', '429', '500', '503'])
+  t.same(Object.keys(paths['/api/admin/users/{id}/password-reset'].post.responses).sort(), ['202', '400', '401', '403', '404', '409', '413', '415', '500', '503'])
 })
 
 t.test('without APP_RESET_URL there is no password reset', async (t) => {
   const app = await build(t)
   t.equal((await forgot(app, 'someone@example.com')).statusCode, 404)
   t.equal((await reset(app, { token: 'x'.repeat(43) })).statusCode, 404)
+  const user = await register(app)
+  t.equal((await adminReset(app, (await operator(app)).token, user.id)).statusCode, 404, 'nor an operator\'s reset mail')
 })

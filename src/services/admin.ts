@@ -2,9 +2,10 @@ import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
-import { InvalidCursorError, UserDeletedError, UserNotFoundError, ValidationFailedError, NotFoundError } from '../errors.ts'
+import { InvalidCursorError, MailLimitReachedError, NotFoundError, UserDeletedError, UserDisabledError, UserNotFoundError, ValidationFailedError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
+import type { PasswordReset } from './password-reset.ts'
 import type { SessionInfo, Sessions } from './sessions.ts'
 
 /** Who calls the admin API: the service client its token is of, and the request. */
@@ -37,6 +38,7 @@ export interface AdminDeps {
   clock: Clock
   sessions: Sessions
   audit: AuditTrail
+  passwordReset: PasswordReset
   config: Pick<Config, 'roles'>
 }
 
@@ -75,7 +77,7 @@ const scrubbed = (id: number) => ({ username: `deleted:${id}`, email: `deleted:$
  * and sessions triggers notify every replica on commit; this one forgets after the commit). Every
  * call, reads too, is in the audit trail with the calling client and the reason given.
  */
-export function createAdmin ({ db, clock, sessions, audit, config }: AdminDeps) {
+export function createAdmin ({ db, clock, sessions, audit, passwordReset, config }: AdminDeps) {
   const record = (event: AuditEventName, operator: Operator, userId: number | null, detail: Record<string, unknown> = {}): void => {
     audit.record({ event, userId, detail: { client_id: operator.clientId, ...detail } }, operator.caller)
   }
@@ -216,6 +218,17 @@ export function createAdmin ({ db, clock, sessions, audit, config }: AdminDeps) 
       await sessions.changingUser(id, (trx) => trx.updateTable('users').set({ roles }).where('id', '=', id).where('deleted_at', 'is', null).execute())
       record('user_roles_changed', operator, id, { reason: change.reason, before: before.roles, after: roles })
       return await find(id)
+    },
+
+    /**
+     * Sends the user a password reset mail, the one `forgot` sends (APP_RESET_URL): the operator
+     * starts the recovery and never sees its link or code. The per-account mail limit holds.
+     */
+    async sendPasswordReset (id: number, change: { reason: string }, operator: Operator): Promise<void> {
+      const user = await existing(id)
+      if (user.status === 'disabled') throw new UserDisabledError()
+      if (!await passwordReset.mailTo(id)) throw new MailLimitReachedError()
+      record('user_password_reset_mailed', operator, id, { reason: change.reason })
     },
 
     /** The audit trail, newest first, for one user or event if asked. */

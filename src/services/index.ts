@@ -103,7 +103,6 @@ export async function createServices (deps: ServicesDeps) {
 
   const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
-  const admin = createAdmin({ db, clock, sessions, audit, config })
   const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const oneTimeCodes = createOneTimeCodes({ db, clock, config })
@@ -113,6 +112,7 @@ export async function createServices (deps: ServicesDeps) {
   const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
   const emailVerification = createEmailVerification({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
   const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
+  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, config })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {

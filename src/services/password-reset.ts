@@ -38,8 +38,9 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
     .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
     .executeTakeFirst()
 
+  // The payload names the user by the address asked for (forgot) or by id (an operator's mail).
   outbox.define('password_reset', async (payload, trx) => {
-    const user = await activeUser('email', String(payload.email), trx)
+    const user = payload.userId === undefined ? await activeUser('email', String(payload.email), trx) : await activeUser('id', Number(payload.userId), trx)
     if (user === undefined) return undefined
     if (!await oneTimeCodes.mayMail(user.id, 'password_reset', trx)) return undefined
     const issued = await oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: config.passwordResetTtlS, with: { token: true, code: true } }, trx)
@@ -68,6 +69,17 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
     async forgot (email: string, caller: Caller): Promise<void> {
       await outbox.enqueue('password_reset', { email })
       audit.record({ event: 'password_reset_requested', identifier: email }, caller)
+    },
+
+    /**
+     * Queues the reset mail of the user `userId` for an operator (the admin API), sent at once;
+     * false when the per-account limit holds it back. Nobody but the user sees its link or code.
+     */
+    async mailTo (userId: number): Promise<boolean> {
+      if (!await oneTimeCodes.mayMail(userId, 'password_reset')) return false
+      await outbox.enqueue('password_reset', { userId })
+      outbox.kick()
+      return true
     },
 
     /** Whether a link's token is still good, without spending it. */
