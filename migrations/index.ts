@@ -10,6 +10,7 @@ import * as oauthClients from './0008-oauth-clients.ts'
 import * as admin from './0009-admin.ts'
 import * as mailOutbox from './0010-mail-outbox.ts'
 import * as emailVerification from './0011-email-verification.ts'
+import * as secondFactors from './0012-second-factors.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -23,5 +24,6 @@ export const migrations: Record<string, Migration> = {
   '0008-oauth-clients': oauthClients,
   '0009-admin': admin,
   '0010-mail-outbox': mailOutbox,
-  '0011-email-verification': emailVerification
+  '0011-email-verification': emailVerification,
+  '0012-second-factors': secondFactors
 }

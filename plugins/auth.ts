@@ -13,6 +13,7 @@ import type { TokenPair } from '../src/schemas.ts'
 import type { JoseHeader } from '../src/services/keyring.ts'
 import type { ServiceClient } from '../src/services/clients.ts'
 import type { SessionUser, UserWithRoles } from '../src/services/sessions.ts'
+import type { SignInStep } from '../src/services/sign-in.ts'
 import { parseAnyClaims, parseClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims } from '../src/services/claims.ts'
 
 /** Who a live token speaks for: a user of an active session, or an enabled service client with the scopes it still holds. */
@@ -69,6 +70,8 @@ declare module 'fastify' {
   interface FastifyReply {
     setAuthCookies: (pair: TokenPair) => FastifyReply
     clearAuthCookies: () => FastifyReply
+    /** A sign-in step's answer: the pair (and the cookies, with `cookies`), or the second step it needs (no pair, no cookie). */
+    sendSignIn: (step: SignInStep, options: { cookies: boolean }) => FastifyReply
   }
 }
 
@@ -140,6 +143,10 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       .setCookie(cookieNames.access, pair.access, { ...base, path: '/', maxAge: secondsLeft(pair.access) })
       .setCookie(cookieNames.refresh, pair.refresh, { ...base, path: REFRESH_COOKIE_PATH, maxAge: refreshLeft })
       .setCookie(cookieNames.binding, bindingOf(claimsOfText(pair.refresh).sid), { ...hostOnly, maxAge: refreshLeft })
+  })
+  fastify.decorateReply('sendSignIn', function (this: FastifyReply, step: SignInStep, { cookies }: { cookies: boolean }) {
+    if (step.kind === 'mfa') return this.send({ mfa_required: true, mfa_token: step.challenge.mfaToken, methods: step.challenge.methods })
+    return (cookies ? this.setAuthCookies(step.pair) : this).send(step.pair)
   })
   fastify.decorateReply('clearAuthCookies', function (this: FastifyReply) {
     return this

@@ -80,6 +80,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
       tags: [
         { name: 'auth', description: 'Register, sign in and out, forward-auth' },
         { name: 'account', description: 'The signed-in user and their sessions' },
+        { name: 'mfa', description: 'Second factors: TOTP, recovery codes, the second step of a sign-in, step-up' },
         { name: 'token', description: 'simplejwt-compatible token endpoints, introspection and keys' },
         { name: 'oauth', description: 'OAuth 2.0: the token endpoint (client credentials, refresh), revocation, metadata' },
         { name: 'admin', description: 'Operators: users, their sessions and roles, the audit trail (service clients with admin scopes)' },

@@ -138,6 +138,8 @@ export const ConfigSchema = Type.Object({
   // Mail requests (password reset, verification, email sign-in): per client IP, and from everyone together, a window.
   RATE_LIMIT_MAIL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 5 }),
   RATE_LIMIT_MAIL_GLOBAL_MAX: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
+  // The name authenticator apps show beside a TOTP factor (the otpauth URI's issuer).
+  TOTP_ISSUER: Type.String({ minLength: 1, maxLength: 64, pattern: '^[^:]+$', default: 'authgate' }),
 
   ...durationSchemas
 })

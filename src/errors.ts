@@ -39,6 +39,8 @@ export const InvalidValueError = define('bad_request', 'A value in the request i
 export const ResetTokenInvalidError = define('reset_token_invalid', 'The reset link or code is wrong, used or expired: ask for a new one.', 400)
 export const VerificationTokenInvalidError = define('verification_token_invalid', 'The verification link or code is wrong, used or expired: ask for a new one.', 400)
 export const SignInCodeInvalidError = define('sign_in_code_invalid', 'The sign-in code is wrong, used or expired: ask for a new one.', 400)
+export const MfaCodeInvalidError = define('mfa_code_invalid', 'The code is wrong, or was used already.', 400)
+export const MfaRequiredError = define('mfa_required', 'The account has a second factor: give mfa_method and mfa_code too.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 
 // 401: who is asking is not proven.
@@ -47,11 +49,15 @@ export const NotAuthenticatedError = define('not_authenticated', 'Authentication
 export const TokenNotValidError = define('token_not_valid', 'Token is invalid or expired', 401)
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
 export const InvalidClientError = define('invalid_client', 'Client authentication failed.', 401)
+export const MfaTokenInvalidError = define('mfa_token_invalid', 'The mfa_token is wrong, used, expired or out of tries: sign in again.', 401)
 export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)
 export const AudienceRequiredError = define('token_not_valid', 'A service token is accepted only for an audience the gateway names (?audience=).', 401)
 
 // 403: who is asking is proven, and may not.
 export const EmailNotVerifiedError = define('email_not_verified', 'Verify your email address first: POST /api/auth/email/verification sends a new mail.', 403)
+export const Aal2RequiredError = define('aal2_required', 'This needs a session signed in with a second factor (aal2): POST /api/auth/mfa/verify steps the session up.', 403)
+export const RecentSignInRequiredError = define('reauthentication_required', 'This needs a second factor proven within the last 10 minutes: POST /api/auth/mfa/verify again.', 403)
+export const MfaLockedError = define('mfa_locked', 'Ten wrong codes in a row: the second step is locked for 15 minutes.', 403)
 export const InsufficientScopeError = define('insufficient_scope', 'The token lacks the scope %s.', 403)
 
 export const NotFoundError = define('not_found', 'Not found.', 404)

@@ -130,7 +130,10 @@ t.test('for gateways and other services', async (t) => {
       aud: 'authgate',
       jti: claims.jti,
       token_type: 'access',
-      sid: claims.sid
+      sid: claims.sid,
+      aal: 'aal1',
+      amr: ['pwd'],
+      auth_time: claims.auth_time
     })
     // A resource server asks whether a Bearer token may pass: a refresh token may not.
     t.same(await introspect(refresh, 'json'), { active: false }, 'a live refresh token is not active for a resource server')

@@ -57,7 +57,7 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
       await app.db.updateTable('users').set({ password_hash: changed }).where('id', '=', older.id).execute()
     }
     const proof = await accounts.authenticate(older.username, older.password)
-    await t.rejects(app.sessions.start(proof.credential, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' })
+    await t.rejects(app.sessions.start(proof.credential, { userAgent: null, ip: null }, { aal: 'aal1', amr: ['pwd'], auth_time: 0 }), { code: 'INVALID_CREDENTIALS' })
     const row = await app.db.selectFrom('users').select('password_hash').where('id', '=', older.id).executeTakeFirstOrThrow()
     t.equal(row.password_hash, changed, 'the reset stands')
   })

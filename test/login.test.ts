@@ -115,7 +115,7 @@ t.test('a sign-in whose password check overlaps a password change gets no sessio
   const changer = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
   const change = await postJson(app, '/api/auth/password', { current_password: user.password, new_password: 'an entirely new passphrase' }, { authorization: `Bearer ${changer.access}` })
   t.equal(change.statusCode, 204)
-  await t.rejects(app.sessions.start({ userId: user.id, passwordHash: checked, roles: [] }, { userAgent: null, ip: null }), { code: 'INVALID_CREDENTIALS' }, 'the session does not start')
+  await t.rejects(app.sessions.start({ userId: user.id, passwordHash: checked, roles: [] }, { userAgent: null, ip: null }, { aal: 'aal1', amr: ['pwd'], auth_time: 0 }), { code: 'INVALID_CREDENTIALS' }, 'the session does not start')
   t.equal((await app.db.selectFrom('sessions').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute()).length, 1, 'only the changer\'s session is open')
 })
 

@@ -221,7 +221,7 @@ t.test('the OpenAPI document lists the reset with every status it answers', asyn
   const app = await build(t, { env: { APP_RESET_URL: 'https://app.example.com/reset' } })
   const { paths } = (await app.inject({ url: '/docs/json' })).json()
   t.same(Object.keys(paths['/api/auth/password/forgot'].post.responses).sort(), ['202', '400', '413', '415', '429', '500', '503'])
-  t.same(Object.keys(paths['/api/auth/password/reset'].post.responses).sort(), ['204', '400', '413', '415', '429', '500', '503'])
+  t.same(Object.keys(paths['/api/auth/password/reset'].post.responses).sort(), ['204', '400', '403', '413', '415', '429', '500', '503'])
   t.same(Object.keys(paths['/api/auth/password/reset/inspect'].post.responses).sort(), ['200', '400', '413', '415', '429', '500', '503'])
   t.same(Object.keys(paths['/api/admin/users/{id}/password-reset'].post.responses).sort(), ['202', '400', '401', '403', '404', '409', '413', '415', '500', '503'])
 })

@@ -16,6 +16,9 @@ export interface UsersTable {
   disabled_until: Timestamp | null
   deleted_at: Timestamp | null
   email_verified_at: Timestamp | null
+  /** Failed second steps in a row; at 10 the second step is locked until mfa_locked_until. */
+  mfa_failures: Generated<number>
+  mfa_locked_until: Timestamp | null
 }
 
 export interface SessionsTable {
@@ -77,6 +80,25 @@ export interface OneTimeCodesTable {
   detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
 }
 
+export interface MfaFactorsTable {
+  id: string
+  user_id: number
+  kind: 'totp'
+  secret_sealed: string
+  created_at: Timestamp
+  verified_at: Timestamp | null
+  /** The last TOTP time step accepted: a code of it or of an earlier one is refused. */
+  last_step: ColumnType<string | null, number | null, number | null>
+}
+
+export interface RecoveryCodesTable {
+  id: string
+  user_id: number
+  code_hash: string
+  created_at: Timestamp
+  used_at: Timestamp | null
+}
+
 export interface MailOutboxTable {
   id: string
   kind: string
@@ -125,6 +147,8 @@ export interface Database {
   oauth_client_secrets: OAuthClientSecretsTable
   oauth_client_assertions: OAuthClientAssertionsTable
   mail_outbox: MailOutboxTable
+  mfa_factors: MfaFactorsTable
+  recovery_codes: RecoveryCodesTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

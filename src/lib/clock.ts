@@ -23,6 +23,9 @@ export function seconds (value: number): RawBuilder<unknown> {
   return sql`(cast(${value} as double precision) * interval '1 second')`
 }
 
+/** A time as a JWT's NumericDate: whole seconds since the epoch. */
+export const epochSeconds = (date: Date): number => Math.floor(date.getTime() / 1000)
+
 export const systemClock: Clock = {
   now: () => new Date(),
   offsetS: () => 0,

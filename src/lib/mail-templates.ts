@@ -11,7 +11,8 @@ export const MAIL_TEMPLATES = {
   'password-reset': ['username', 'link', 'code', 'minutes'],
   'password-changed': ['username', 'at'],
   'email-verification': ['username', 'link', 'code', 'hours'],
-  'email-sign-in': ['username', 'code', 'minutes']
+  'email-sign-in': ['username', 'code', 'minutes'],
+  'second-factor-changed': ['username', 'change', 'at']
 } as const satisfies Record<string, readonly string[]>
 export type MailTemplate = keyof typeof MAIL_TEMPLATES
 

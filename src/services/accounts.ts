@@ -1,6 +1,8 @@
 import bcrypt from 'bcrypt'
+import type { ExpressionBuilder } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
+import type { Database } from '../db/types.ts'
 import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, ValidationFailedError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import { isDjangoHash, verifyDjangoPassword } from '../lib/django-hashers.ts'
@@ -20,9 +22,12 @@ export interface AccountsDeps {
   audit: AuditTrail
 }
 
-/** A password that proved who the user is: the user, and the credential a session starts from. */
-/** A first factor passed: the user, the credential a session starts from, whether their address is verified. */
-export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean }
+/** A first factor passed: the user, the credential a session starts from, whether their address is verified, whether a second factor must follow. */
+export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean, secondFactor: boolean }
+
+/** A selection of `users`: whether the user has a verified second factor (read with the user, no round trip of its own). */
+export const hasSecondFactor = (eb: ExpressionBuilder<Database, 'users'>) => eb.exists(eb.selectFrom('mfa_factors').select('mfa_factors.id')
+  .whereRef('mfa_factors.user_id', '=', 'users.id').where('mfa_factors.verified_at', 'is not', null)).$castTo<boolean>().as('second_factor')
 
 function isUniqueViolation (error: unknown): error is { code: string, constraint?: string } {
   return (error as { code?: unknown } | null)?.code === '23505'
@@ -90,7 +95,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
   async function authenticate (identifier: string, password: string): Promise<PasswordProof> {
-    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles', 'email_verified_at']).executeTakeFirst()
+    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles', 'email_verified_at'])
+      .select(hasSecondFactor).executeTakeFirst()
 
     const hash = row?.password_hash ?? undefined
     const matches = await passwordMatches(password, hash)
@@ -113,7 +119,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
       .$if(resumes, (q) => q.where('disabled_until', '=', row.disabled_until!))
       .executeTakeFirst()
     const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : hash
-    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null }
+    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null, secondFactor: row.second_factor }
   }
 
   return {

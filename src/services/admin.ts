@@ -6,6 +6,7 @@ import { InvalidCursorError, MailLimitReachedError, NotFoundError, UserDeletedEr
 import type { Clock } from '../lib/clock.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import type { PasswordReset } from './password-reset.ts'
+import type { SecondFactors } from './second-factors.ts'
 import type { SessionInfo, Sessions } from './sessions.ts'
 
 /** Who calls the admin API: the service client its token is of, and the request. */
@@ -39,6 +40,7 @@ export interface AdminDeps {
   sessions: Sessions
   audit: AuditTrail
   passwordReset: PasswordReset
+  secondFactors: SecondFactors
   config: Pick<Config, 'roles'>
 }
 
@@ -77,7 +79,7 @@ const scrubbed = (id: number) => ({ username: `deleted:${id}`, email: `deleted:$
  * and sessions triggers notify every replica on commit; this one forgets after the commit). Every
  * call, reads too, is in the audit trail with the calling client and the reason given.
  */
-export function createAdmin ({ db, clock, sessions, audit, passwordReset, config }: AdminDeps) {
+export function createAdmin ({ db, clock, sessions, audit, passwordReset, secondFactors, config }: AdminDeps) {
   const record = (event: AuditEventName, operator: Operator, userId: number | null, detail: Record<string, unknown> = {}): void => {
     audit.record({ event, userId, detail: { client_id: operator.clientId, ...detail } }, operator.caller)
   }
@@ -166,7 +168,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, config
 
     /**
      * Soft: the account disabled for good, its name, address, password hash and roles removed,
-     * its sessions (with their addresses and user agents) and one-time codes deleted; the row
+     * its sessions (with their addresses and user agents), one-time codes and second factors deleted; the row
      * stays, so the audit trail's references still name a user. Hard: the row and all that
      * hangs on it deleted; the audit trail keeps the id.
      */
@@ -178,7 +180,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, config
           return
         }
         await trx.deleteFrom('sessions').where('user_id', '=', id).execute()
-        await trx.deleteFrom('one_time_codes').where('user_id', '=', id).execute()
+        for (const table of ['one_time_codes', 'mfa_factors', 'recovery_codes'] as const) await trx.deleteFrom(table).where('user_id', '=', id).execute()
         await trx.updateTable('users').set({
           ...scrubbed(id),
           password_hash: null,
@@ -229,6 +231,17 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, config
       if (user.status === 'disabled') throw new UserDisabledError()
       if (!await passwordReset.mailTo(id)) throw new MailLimitReachedError()
       record('user_password_reset_mailed', operator, id, { reason: change.reason })
+    },
+
+    /**
+     * Removes every second factor and recovery code of the user (a lost phone), the lock of the
+     * second step lifted; the user is mailed a notice. Their sessions stand. How many factors went.
+     */
+    async resetSecondFactors (id: number, change: { reason: string }, operator: Operator): Promise<number> {
+      await existing(id)
+      const removed = await secondFactors.resetAll(id)
+      record('user_mfa_reset', operator, id, { reason: change.reason, factors_removed: removed })
+      return removed
     },
 
     /** The audit trail, newest first, for one user or event if asked. */

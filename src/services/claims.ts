@@ -25,6 +25,11 @@ export const TokenClaimsSchema = Type.Object({
   // The user's roles (ROLES) when the token was signed (RFC 9068 §7.2.1.1). Tokens issued
   // before roles existed lack it.
   roles: Type.Optional(Type.Array(Type.String({ maxLength: 64 }), { maxItems: 64 })),
+  // How the session was signed in (NIST 800-63B's assurance level, RFC 8176's methods, OIDC's
+  // auth_time), in both tokens; a refresh keeps them. Tokens issued before second factors lack them: aal1.
+  aal: Type.Optional(Type.Union([Type.Literal('aal1'), Type.Literal('aal2')])),
+  amr: Type.Optional(Type.Array(Type.String({ maxLength: 16 }), { maxItems: 8 })),
+  auth_time: Type.Optional(Seconds),
   // authgate's own, in refresh tokens only (never published: HS256 under a key of ours): the
   // end of the session, so a refresh signs the next pair before it reaches the database.
   // Tokens issued before it existed lack it.
@@ -32,6 +37,13 @@ export const TokenClaimsSchema = Type.Object({
 })
 export type TokenClaims = Static<typeof TokenClaimsSchema>
 export type TokenType = TokenClaims['token_type']
+
+/** How a session was signed in: its assurance level, the methods (RFC 8176), when. */
+export interface AuthContext { aal: 'aal1' | 'aal2', amr: string[], auth_time: number }
+
+/** The sign-in a token's session had; aal1 by a password for a token issued before these claims. */
+export const authContextOf = (claims: TokenClaims): AuthContext =>
+  ({ aal: claims.aal ?? 'aal1', amr: claims.amr ?? ['pwd'], auth_time: claims.auth_time ?? claims.iat })
 
 const checkClaims = TypeCompiler.Compile(TokenClaimsSchema)
 

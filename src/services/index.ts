@@ -17,6 +17,7 @@ import { createOneTimeCodes } from './one-time-codes.ts'
 import { createEmailVerification } from './email-verification.ts'
 import { createOutbox } from './outbox.ts'
 import { createPasswordReset } from './password-reset.ts'
+import { createSecondFactors } from './second-factors.ts'
 import { SESSIONS_CHANNEL, SessionCache } from './session-cache.ts'
 import { createSessions } from './sessions.ts'
 import { createSignIn } from './sign-in.ts'
@@ -109,10 +110,11 @@ export async function createServices (deps: ServicesDeps) {
   const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
   const outbox = createOutbox({ db, clock, config, mailer, log })
   const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
-  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
+  const secondFactors = createSecondFactors({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
+  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors })
   const emailVerification = createEmailVerification({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
-  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit })
-  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, config })
+  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors })
+  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, secondFactors, config })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {
@@ -134,6 +136,7 @@ export async function createServices (deps: ServicesDeps) {
     sessions,
     accounts,
     signIn,
+    secondFactors,
     admin,
     clients,
     cleanup,

@@ -7,7 +7,7 @@ import { subkey } from '../lib/subkeys.ts'
 import type { Executor } from './sessions.ts'
 
 /** What a single-use secret is for: each purpose's secrets are spent only by its own flow. */
-export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in'
+export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge'
 
 export interface IssueOptions {
   purpose: CodePurpose
@@ -18,6 +18,8 @@ export interface IssueOptions {
   with: { token?: boolean, code?: boolean }
   /** Wrong codes it takes before it is dead. */
   maxAttempts?: number
+  /** The older open ones of the purpose stay open (a second step of each device's sign-in); cancelled by default. */
+  keepOthers?: boolean
   detail?: Record<string, unknown>
 }
 
@@ -51,23 +53,25 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
   const tokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
   const codeHash = (userId: number, purpose: CodePurpose, code: string): string => createHmac('sha256', pepper).update(`${userId}:${purpose}:${code}`).digest('base64url')
   // Open: not spent, not dead, not expired, of that purpose.
-  const open = (purpose: CodePurpose) => db.updateTable('one_time_codes')
+  const open = (purpose: CodePurpose, executor: Executor = db) => executor.updateTable('one_time_codes')
     .where('purpose', '=', purpose)
     .where('consumed_at', 'is', null)
     .where('expires_at', '>', clock.db())
     .where((eb) => eb('attempts', '<', eb.ref('max_attempts')))
 
   return {
-    /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction. */
+    /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction (unless `keepOthers`). */
     async issue (options: IssueOptions, executor: Executor = db): Promise<Issued> {
       const id = randomUUID()
       const token = options.with.token === true ? randomBytes(32).toString('base64url') : undefined
       const code = options.with.code === true ? String(randomInt(10 ** CODE_DIGITS)).padStart(CODE_DIGITS, '0') : undefined
       const expiresAt = new Date(clock.now().getTime() + options.ttlS * 1000)
       const write = async (trx: Executor): Promise<void> => {
-        await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
-          .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
-          .execute()
+        if (options.keepOthers !== true) {
+          await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
+            .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
+            .execute()
+        }
         await trx.insertInto('one_time_codes').values({
           id,
           purpose: options.purpose,
@@ -97,20 +101,21 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
     /**
      * Spends the user's open code of `purpose`, once, if `code` is it; a wrong code counts
      * against it: one statement either way, so parallel guesses are each counted and two right
-     * ones spend it once. Undefined when it is not the code, or there is no open one.
+     * ones spend it once. Undefined when it is not the code, or there is no open one. With
+     * `spend: false`, a right code is only found right (a flow that checks more before it spends).
      */
-    async spendCode (purpose: CodePurpose, userId: number, code: string): Promise<Spent | undefined> {
+    async spendCode (purpose: CodePurpose, userId: number, code: string, { spend = true } = {}): Promise<Spent | undefined> {
       const hash = codeHash(userId, purpose, code)
       const row = await open(purpose)
         .where('user_id', '=', userId)
         .where('code_hash', 'is not', null)
         .set({
-          consumed_at: sql<Date>`case when code_hash = ${hash} then ${clock.db()} end`,
+          consumed_at: spend ? sql<Date>`case when code_hash = ${hash} then ${clock.db()} end` : sql<Date | null>`null`,
           attempts: sql<number>`attempts + case when code_hash = ${hash} then 0 else 1 end`
         })
-        .returning(['id', 'user_id', 'detail', sql<boolean>`consumed_at is not null`.as('spent')])
+        .returning(['id', 'user_id', 'detail', sql<boolean>`code_hash = ${hash}`.as('right')])
         .executeTakeFirst()
-      return row?.spent === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
+      return row?.right === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
     },
 
     /**
@@ -130,16 +135,27 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
       return Number(minute) < MAILS_PER_MINUTE && Number(hour) < MAILS_PER_HOUR
     },
 
-    /** Whether a link's token may still be spent, without spending it. */
-    async inspect (purpose: CodePurpose, token: string): Promise<{ userId: number, expiresAt: Date } | undefined> {
-      const row = await db.selectFrom('one_time_codes').select(['user_id', 'expires_at'])
+    /** Whether a link's token may still be spent, without spending it: the secret's id, user, end and detail. */
+    async inspect (purpose: CodePurpose, token: string): Promise<{ id: string, userId: number, expiresAt: Date, detail: Record<string, unknown> | null } | undefined> {
+      const row = await db.selectFrom('one_time_codes').select(['id', 'user_id', 'expires_at', 'detail'])
         .where('purpose', '=', purpose)
         .where('token_hash', '=', tokenHash(token))
         .where('consumed_at', 'is', null)
         .where('expires_at', '>', clock.db())
         .where((eb) => eb('attempts', '<', eb.ref('max_attempts')))
         .executeTakeFirst()
-      return row === undefined ? undefined : { userId: row.user_id, expiresAt: row.expires_at }
+      return row === undefined ? undefined : { id: row.id, userId: row.user_id, expiresAt: row.expires_at, detail: row.detail }
+    },
+
+    /** A wrong try at the open secret `id` (checked by its flow, as a second step's code): counted; `maxAttempts` of them kill it. */
+    async fail (purpose: CodePurpose, id: string): Promise<void> {
+      await open(purpose).set({ attempts: sql<number>`attempts + 1` }).where('id', '=', id).execute()
+    },
+
+    /** Spends the open secret `id` once: whether this call spent it (of two at once, one does). */
+    async spend (purpose: CodePurpose, id: string, executor: Executor = db): Promise<boolean> {
+      const result = await open(purpose, executor).set({ consumed_at: clock.db() }).where('id', '=', id).executeTakeFirst()
+      return result.numUpdatedRows === 1n
     }
   }
 }

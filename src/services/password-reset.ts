@@ -1,17 +1,21 @@
 import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
-import { ResetTokenInvalidError } from '../errors.ts'
+import { MfaRequiredError, ResetTokenInvalidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
 import type { Accounts } from './accounts.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
+import type { SecondFactorMethod, SecondFactors } from './second-factors.ts'
 import type { Executor, Sessions } from './sessions.ts'
 
 /** What proves a reset: the token of the mail's link, or the address and the mail's code. */
 export type ResetProof = { token: string } | { email: string, code: string }
+
+/** The second factor a reset of an account that has one also takes (NIST 800-63B §6.1.2.3: two methods). */
+export interface SecondProof { method: SecondFactorMethod, code: string }
 
 export interface PasswordResetDeps {
   db: Db
@@ -23,6 +27,7 @@ export interface PasswordResetDeps {
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
+  secondFactors: SecondFactors
 }
 
 /**
@@ -32,7 +37,7 @@ export interface PasswordResetDeps {
  * and a 6-digit code. A reset spends either once, ends every session of the user, counts the
  * address as verified, and mails the user a notice; it signs nobody in.
  */
-export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit }: PasswordResetDeps) {
+export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors }: PasswordResetDeps) {
   const activeUser = (column: 'id' | 'email', value: number | string, executor: Executor = db) => executor.selectFrom('users')
     .select(['id', 'username', 'email'])
     .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
@@ -82,28 +87,36 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
       return true
     },
 
-    /** Whether a link's token is still good, without spending it. */
-    async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date }> {
+    /** Whether a link's token is still good, without spending it; and whether the reset will take a second factor. */
+    async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date, mfaRequired?: boolean }> {
       const open = await oneTimeCodes.inspect('password_reset', token)
       if (open === undefined || await activeUser('id', open.userId) === undefined) return { valid: false }
-      return { valid: true, expiresAt: open.expiresAt }
+      return { valid: true, expiresAt: open.expiresAt, mfaRequired: await secondFactors.hasFactor(open.userId) }
     },
 
     /**
      * Sets the new password: the policy first (a refused password spends nothing), then the
      * proof is spent once (a wrong code counts against it, 5 kill it), then, in one transaction,
      * the hash set, the address counted as verified, every session ended, the notice queued.
+     * An account with a second factor also takes a code of it, checked once the mail's proof is
+     * found good and before it is spent: a mistyped second code spends nothing of the mail.
      */
-    async reset (proof: ResetProof, newPassword: string, caller: Caller): Promise<void> {
+    async reset (proof: ResetProof, newPassword: string, caller: Caller, second?: SecondProof): Promise<void> {
       const user = await userOf(proof)
       accounts.checkNewPassword(newPassword, user ?? ('email' in proof ? { email: proof.email } : {}))
-      const spent = user === undefined
-        ? undefined
-        : 'token' in proof ? await oneTimeCodes.spendToken('password_reset', proof.token) : await oneTimeCodes.spendCode('password_reset', user.id, proof.code)
-      if (user === undefined || spent === undefined || spent.userId !== user.id) {
+      function failed (): never {
         audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new ResetTokenInvalidError()
       }
+      if (user !== undefined && await secondFactors.hasFactor(user.id)) {
+        if ('code' in proof && await oneTimeCodes.spendCode('password_reset', user.id, proof.code, { spend: false }) === undefined) failed()
+        if (second === undefined) throw new MfaRequiredError()
+        await secondFactors.prove(user.id, second.method, second.code, caller)
+      }
+      const spent = user === undefined
+        ? undefined
+        : 'token' in proof ? await oneTimeCodes.spendToken('password_reset', proof.token) : await oneTimeCodes.spendCode('password_reset', user.id, proof.code)
+      if (user === undefined || spent === undefined || spent.userId !== user.id) failed()
       const hash = await accounts.hashPassword(newPassword)
       const ended = await sessions.changingUser(user.id, async (trx) => {
         const changed = await trx.updateTable('users')

@@ -4,11 +4,11 @@ import type { Database } from '../db/types.ts'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../errors.ts'
-import type { Clock } from '../lib/clock.ts'
+import { epochSeconds as seconds, type Clock } from '../lib/clock.ts'
 import { SecretBox } from '../lib/secret-box.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import type { AuditTrail, Caller, Client } from './audit.ts'
-import type { TokenClaims } from './claims.ts'
+import { authContextOf, type AuthContext, type TokenClaims } from './claims.ts'
 import type { Keyring } from './keyring.ts'
 import type { SessionCache } from './session-cache.ts'
 
@@ -67,8 +67,6 @@ export interface SessionsDeps {
   onIssue?: () => void
 }
 
-const seconds = (date: Date): number => Math.floor(date.getTime() / 1000)
-
 /**
  * Sessions and their tokens. A session row holds the absolute end of the session; each
  * refresh token is a row of it, used once. Event times (created, seen, used, revoked) and the
@@ -84,9 +82,11 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
   // Both carry the user's roles, if any: the access token for its verifiers, the refresh token
   // so that the next refresh can tell whether they changed. None, no claim: a token stays short
   // (mod_auth_openidc's cache takes keys of up to 511 bytes: docs/tokens.md).
-  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: number, roles: string[]): TokenPair {
+  // The sign-in's context (aal, amr, auth_time) goes into both, so a refresh keeps it; a token
+  // issued before it existed passes on none.
+  function signPair (userId: number, sessionId: string, refreshJti: string, refreshExp: number, sessionEnd: number, roles: string[], auth: AuthContext | undefined): TokenPair {
     const iat = seconds(clock.now())
-    const common = { user_id: userId, sub: String(userId), sid: sessionId, iat, ...(roles.length === 0 ? {} : { roles }) }
+    const common = { user_id: userId, sub: String(userId), sid: sessionId, iat, ...(roles.length === 0 ? {} : { roles }), ...auth }
     return {
       refresh: keyring.sign({ ...common, token_type: 'refresh', jti: refreshJti, exp: refreshExp, sxp: sessionEnd }),
       access: keyring.sign({ ...common, token_type: 'access', jti: randomUUID(), exp: Math.min(iat + config.accessTtlS, sessionEnd) })
@@ -105,7 +105,8 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
     if (sessionEnd !== undefined) {
       const jti = randomUUID()
       const exp = refreshExpiry(sessionEnd)
-      const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd, roles)
+      const auth = claims.aal === undefined ? undefined : authContextOf(claims)
+      const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd, roles, auth)
       next = { jti, exp, pair, sealed: box.seal(JSON.stringify(pair), claims.jti) }
     }
     // The clock's offset from the database's own clock (0 for the system clock), added to the
@@ -182,8 +183,9 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * sign-in, the hash checked is still the stored one, holding the user row meanwhile. A
      * password change that lands while a sign-in with the old password checks it thus ends the
      * new session (it commits first and revokes the others after) or refuses it (InvalidCredentialsError).
+     * `auth` says how the user signed in: its tokens carry it.
      */
-    async start (credential: Credential, client: Client): Promise<{ sessionId: string, pair: TokenPair }> {
+    async start (credential: Credential, client: Client, auth: AuthContext): Promise<{ sessionId: string, pair: TokenPair }> {
       const { userId } = credential
       const sessionId = randomUUID()
       const jti = randomUUID()
@@ -213,7 +215,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
         ]))
         .executeTakeFirst()
       if (Number(result.numInsertedOrUpdatedRows ?? 0) !== 1) throw new InvalidCredentialsError()
-      const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd, credential.roles)
+      const pair = signPair(userId, sessionId, jti, refreshExp, sessionEnd, credential.roles, auth)
       onIssue?.()
       return { sessionId, pair }
     },

@@ -2,20 +2,24 @@ import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
-import type { Clock } from '../lib/clock.ts'
+import { epochSeconds, type Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import type { Accounts, PasswordProof } from './accounts.ts'
+import { hasSecondFactor, type Accounts, type PasswordProof } from './accounts.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
+import type { MfaChallenge, SecondFactors } from './second-factors.ts'
 import type { Sessions } from './sessions.ts'
 
 /**
- * Where a sign-in stands after a step: a session with its first pair. The steps that come with
- * second factors and email verification answer here what the client must do next.
+ * Where a sign-in stands after a step: a session with its first pair, or a second factor to
+ * prove (POST /api/auth/mfa/verify with the mfa_token) before there is one.
  */
-export type SignInStep = { kind: 'session', user: User, sessionId: string, pair: TokenPair }
+export type SignInStep = { kind: 'session', user: User, sessionId: string, pair: TokenPair } | { kind: 'mfa', challenge: MfaChallenge }
+
+/** How a first step is answered: with cookies (login, the email code) or in the body alone (simplejwt's /api/token). */
+export interface StepOptions { cookies: boolean }
 
 export interface SignInDeps {
   db: Db
@@ -27,6 +31,7 @@ export interface SignInDeps {
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
+  secondFactors: SecondFactors
 }
 
 /**
@@ -34,8 +39,8 @@ export interface SignInDeps {
  * account still needs comes next, and only then does a session start. Every outcome is in the
  * audit trail, as `login`.
  */
-export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit }: SignInDeps) {
-  const activeUser = (email: string) => db.selectFrom('users').select(['id', 'username', 'email', 'roles'])
+export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors }: SignInDeps) {
+  const activeUser = (email: string) => db.selectFrom('users').select(['id', 'username', 'email', 'roles']).select(hasSecondFactor)
     .where('email', '=', email).where('is_active', '=', true).where('deleted_at', 'is', null)
 
   outbox.define('email_sign_in', async (payload, trx) => {
@@ -49,15 +54,19 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
   })
 
   // A first factor passed: what comes next. With EMAIL_VERIFICATION=required, an address not
-  // yet verified stops here (said only to whoever proved the password); else the session.
-  async function next ({ user, credential, emailVerified }: PasswordProof, caller: Caller, method: 'password' | 'email_code'): Promise<SignInStep> {
+  // yet verified stops here (said only to whoever proved the password); a user with a second
+  // factor gets an mfa_token and no pair; else the session, aal1.
+  async function next ({ user, credential, emailVerified, secondFactor }: PasswordProof, caller: Caller, method: 'password' | 'email_code', { cookies }: StepOptions): Promise<SignInStep> {
     if (config.EMAIL_VERIFICATION === 'required' && !emailVerified) {
       audit.record({ event: 'login', outcome: 'failure', userId: user.id, detail: { method, reason: 'email_not_verified' } }, caller)
       throw new EmailNotVerifiedError()
     }
+    // RFC 8176: a password is pwd; a code mailed once is otp.
+    const amr = [method === 'password' ? 'pwd' : 'otp']
+    if (secondFactor) return { kind: 'mfa', challenge: await secondFactors.challenge({ credential, amr, cookies }) }
     let started
     try {
-      started = await sessions.start(credential, caller.client)
+      started = await sessions.start(credential, caller.client, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })
     } catch (error) {
       // The credential changed while it was checked (a password change, the account disabled).
       if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', userId: user.id }, caller)
@@ -69,7 +78,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
 
   return {
     /** A sign-in with a username (or an email: it holds an @) and a password. */
-    async password (identifier: string, password: string, caller: Caller): Promise<SignInStep> {
+    async password (identifier: string, password: string, caller: Caller, options: StepOptions): Promise<SignInStep> {
       let proof
       try {
         proof = await accounts.authenticate(identifier, password)
@@ -77,7 +86,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', identifier }, caller)
         throw error
       }
-      return await next(proof, caller, 'password')
+      return await next(proof, caller, 'password', options)
     },
 
     /** Queues a sign-in code for `email`'s account, if it has one; always the same quick answer. */
@@ -101,7 +110,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         .set({ email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
         .where('id', '=', user.id).where('email', '=', user.email)
         .execute())
-      return await next({ user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true }, caller, 'email_code')
+      return await next({ user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, secondFactor: user.second_factor }, caller, 'email_code', { cookies: true })
     }
   }
 }

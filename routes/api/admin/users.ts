@@ -116,6 +116,18 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => shown(await admin.setRoles(Number(request.params.id), request.body, operatorOf(request))))
 
+  fastify.post('/users/:id/mfa/reset', {
+    onRequest: write.onRequest,
+    schema: {
+      tags: ['admin'],
+      summary: 'Remove every second factor and recovery code of a user (a lost phone), the lock lifted; the user is mailed a notice',
+      security: write.security,
+      params: UserIdParamsSchema,
+      body: Type.Object({ reason: ReasonSchema }, { additionalProperties: false }),
+      response: { 200: Type.Object({ factors_removed: Type.Integer() }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
+    }
+  }, async (request) => ({ factors_removed: await admin.resetSecondFactors(Number(request.params.id), request.body, operatorOf(request)) }))
+
   // With the password reset (APP_RESET_URL): an operator starts a user's recovery by mail.
   if (fastify.config.APP_RESET_URL === undefined) return
   fastify.post('/users/:id/password-reset', {

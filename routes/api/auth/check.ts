@@ -1,6 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { AudienceRequiredError, InsufficientScopeError, TokenNotValidError, WrongAudienceError } from '#src/errors.ts'
+import { Aal2RequiredError, AudienceRequiredError, InsufficientScopeError, TokenNotValidError, WrongAudienceError } from '#src/errors.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
+import { authContextOf } from '#src/services/claims.ts'
 import { scopesOf } from '#src/services/clients.ts'
 
 // Every value is percent-encoded the same way, so one decodeURIComponent downstream gives it back
@@ -9,10 +10,12 @@ import { scopesOf } from '#src/services/clients.ts'
 const headerValue = (value: string): string => value.replace(/[^\x21-\x24\x26-\x7e]/gu, encodeURIComponent)
 
 // What the gateway requires of the token, besides being live: RFC 6749 §3.3 scopes, all of
-// them (space-separated), and its audience, which a service token must name.
+// them (space-separated), its audience, which a service token must name, and for a user's the
+// assurance of its sign-in (aal2: a second factor).
 export const CheckQuerySchema = Type.Object({
   scope: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
-  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 512 }))
+  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
+  aal: Type.Optional(Type.Union([Type.Literal('aal1'), Type.Literal('aal2')]))
 }, { additionalProperties: false })
 
 /**
@@ -42,6 +45,8 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
       if (user === undefined) throw new TokenNotValidError()
       // Users hold no scopes (yet): a path that requires one is for services.
       if (required.length > 0) throw new InsufficientScopeError(required[0])
+      const auth = authContextOf(verified.claims)
+      if (request.query.aal === 'aal2' && auth.aal !== 'aal2') throw new Aal2RequiredError()
       return reply.code(204).headers({
         'x-auth-user-id': String(user.id),
         'x-auth-username': headerValue(user.username),
@@ -49,12 +54,16 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
         'x-auth-session-id': user.sessionId,
         'x-auth-roles': user.roles.join(','),
         'x-auth-email-verified': String(user.email_verified_at !== null),
+        'x-auth-aal': auth.aal,
+        'x-auth-amr': auth.amr.join(','),
         'x-auth-client-id': headerValue(verified.claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
       }).send(null)
     }
     // One audience per token: a gateway that names none would let a token meant for one
     // service through to every other.
     if (audience === undefined) throw new AudienceRequiredError()
+    // A service signs in with no person behind it: no assurance level of a user's sign-in applies.
+    if (request.query.aal === 'aal2') throw new Aal2RequiredError()
     if (audience !== verified.claims.aud) throw new WrongAudienceError()
     const live = await clients.liveClient(verified.claims)
     if (live === undefined) throw new TokenNotValidError()

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
-import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { IdentifierSchema, PasswordSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
 import { perIp, perKey } from '#src/lib/limits.ts'
 
 export const LoginBodySchema = Type.Object({
@@ -22,11 +22,11 @@ const login: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['auth'],
       summary: 'Sign in with username or email; sets the access and refresh cookies',
       body: LoginBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
+      response: { 200: SignInAnswerSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
-    const { pair } = await fastify.signIn.password(request.body.identifier, request.body.password, callerOf(request))
-    return reply.setAuthCookies(pair).send(pair)
+    const step = await fastify.signIn.password(request.body.identifier, request.body.password, callerOf(request), { cookies: true })
+    return reply.sendSignIn(step, { cookies: true })
   })
 }
 

@@ -4,6 +4,7 @@ import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
 import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
 import { perIp } from '#src/lib/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
+import { authContextOf } from '#src/services/claims.ts'
 import { INTROSPECT_SCOPE } from '#src/services/clients.ts'
 
 const IntrospectBodySchema = Type.Object({
@@ -28,7 +29,10 @@ const IntrospectionSchema = Type.Object({
   aud: Type.Optional(Type.String()),
   jti: Type.Optional(Type.String()),
   token_type: Type.Optional(Type.String()),
-  sid: Type.Optional(Type.String())
+  sid: Type.Optional(Type.String()),
+  aal: Type.Optional(Type.String()),
+  amr: Type.Optional(Type.Array(Type.String())),
+  auth_time: Type.Optional(Type.Integer())
 })
 
 /**
@@ -71,7 +75,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: tokenType }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
     const { user_id: userId, sid, client_id: clientId } = identity.claims
-    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid }
+    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid, ...authContextOf(identity.claims) }
   })
 }
 

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { normalizeFields } from '#src/lib/usernames.ts'
-import { IdentifierSchema, PasswordSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { IdentifierSchema, PasswordSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
 import { perIp, perKey } from '#src/lib/limits.ts'
 
 export const ObtainBodySchema = Type.Object({
@@ -24,9 +24,9 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Obtain an access and refresh token pair',
       body: ObtainBodySchema,
-      response: { 200: TokenPairSchema, ...problems(400, 401, 413, 415, 429, 503) }
+      response: { 200: SignInAnswerSchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request) => (await fastify.signIn.password(request.body.username, request.body.password, callerOf(request))).pair)
+  }, async (request, reply) => reply.sendSignIn(await fastify.signIn.password(request.body.username, request.body.password, callerOf(request), { cookies: false }), { cookies: false }))
 }
 
 export default obtain

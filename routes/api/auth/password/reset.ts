@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/lib/client.ts'
 import { perIp } from '#src/lib/limits.ts'
-import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
+import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -16,16 +16,21 @@ const reset: FastifyPluginAsyncTypebox = async (fastify) => {
         token: Type.Optional(MailTokenSchema),
         email: Type.Optional(EmailSchema),
         code: Type.Optional(MailCodeSchema),
-        new_password: PasswordSchema
+        new_password: PasswordSchema,
+        // An account with a second factor: a code of it too (inspect says whether one is needed).
+        mfa_method: Type.Optional(SecondFactorMethodSchema),
+        mfa_code: Type.Optional(SecondFactorCodeSchema)
       }, { additionalProperties: false }),
-      response: { 204: Type.Null(), ...problems(400, 413, 415, 429, 503) }
+      response: { 204: Type.Null(), ...problems(400, 403, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
-    const { token, email, code, new_password: password } = request.body
+    const { token, email, code, new_password: password, mfa_method: method, mfa_code: mfaCode } = request.body
     const byLink = token !== undefined && email === undefined && code === undefined
     const byCode = token === undefined && email !== undefined && code !== undefined
     if (!byLink && !byCode) throw new ValidationFailedError([{ field: 'token', message: 'Give the token of the link, or the email and the code, not both.' }])
-    await fastify.passwordReset.reset(byLink ? { token } : { email: email!, code: code! }, password, callerOf(request))
+    if ((method === undefined) !== (mfaCode === undefined)) throw new ValidationFailedError([{ field: 'mfa_code', message: 'Give mfa_method and mfa_code together.' }])
+    const second = method === undefined ? undefined : { method, code: mfaCode! }
+    await fastify.passwordReset.reset(byLink ? { token } : { email: email!, code: code! }, password, callerOf(request), second)
     return reply.code(204).send(null)
   })
 }

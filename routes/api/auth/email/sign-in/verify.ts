@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/lib/client.ts'
 import { perIp } from '#src/lib/limits.ts'
-import { EmailSchema, MailCodeSchema, problems, TokenPairSchema } from '#src/schemas.ts'
+import { EmailSchema, MailCodeSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/email/sign-in/verify (docs/email.md): the mailed code for a token pair and the cookies, as login gives them. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -12,11 +12,10 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['auth'],
       summary: 'Sign in with the code mailed to the address; sets the access and refresh cookies',
       body: Type.Object({ email: EmailSchema, code: MailCodeSchema }, { additionalProperties: false }),
-      response: { 200: TokenPairSchema, ...problems(400, 403, 413, 415, 429, 503) }
+      response: { 200: SignInAnswerSchema, ...problems(400, 403, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
-    const { pair } = await fastify.signIn.emailCode(request.body.email, request.body.code, callerOf(request))
-    return reply.setAuthCookies(pair).send(pair)
+    return reply.sendSignIn(await fastify.signIn.emailCode(request.body.email, request.body.code, callerOf(request)), { cookies: true })
   })
 }
 

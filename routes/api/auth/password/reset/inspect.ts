@@ -12,13 +12,17 @@ const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Whether a reset link\'s token is still good, without spending it (a POST: nothing a link scanner sends reaches it)',
       body: Type.Object({ token: MailTokenSchema }, { additionalProperties: false }),
       response: {
-        200: Type.Object({ valid: Type.Boolean(), expires_at: Type.Optional(Type.String({ format: 'date-time' })) }, { additionalProperties: false }),
+        200: Type.Object({
+          valid: Type.Boolean(),
+          expires_at: Type.Optional(Type.String({ format: 'date-time' })),
+          mfa_required: Type.Optional(Type.Boolean({ description: 'the reset takes a code of the account\'s second factor too' }))
+        }, { additionalProperties: false }),
         ...problems(400, 413, 415, 429, 503)
       }
     }
   }, async (request) => {
     const found = await fastify.passwordReset.inspect(request.body.token)
-    return found.valid ? { valid: true, expires_at: found.expiresAt!.toISOString() } : { valid: false }
+    return found.valid ? { valid: true, expires_at: found.expiresAt!.toISOString(), mfa_required: found.mfaRequired! } : { valid: false }
   })
 }
 
