@@ -53,7 +53,7 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
   const tokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
   const codeHash = (userId: number, purpose: CodePurpose, code: string): string => createHmac('sha256', pepper).update(`${userId}:${purpose}:${code}`).digest('base64url')
   // Open: not spent, not dead, not expired, of that purpose.
-  const open = (purpose: CodePurpose, executor: Executor = db) => executor.updateTable('one_time_codes')
+  const open = (purpose: CodePurpose) => db.updateTable('one_time_codes')
     .where('purpose', '=', purpose)
     .where('consumed_at', 'is', null)
     .where('expires_at', '>', clock.db())
@@ -153,8 +153,8 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
     },
 
     /** Spends the open secret `id` once: whether this call spent it (of two at once, one does). */
-    async spend (purpose: CodePurpose, id: string, executor: Executor = db): Promise<boolean> {
-      const result = await open(purpose, executor).set({ consumed_at: clock.db() }).where('id', '=', id).executeTakeFirst()
+    async spend (purpose: CodePurpose, id: string): Promise<boolean> {
+      const result = await open(purpose).set({ consumed_at: clock.db() }).where('id', '=', id).executeTakeFirst()
       return result.numUpdatedRows === 1n
     }
   }

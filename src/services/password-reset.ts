@@ -4,7 +4,7 @@ import type { Db } from '../db/index.ts'
 import { MfaRequiredError, ResetTokenInvalidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
-import type { Accounts } from './accounts.ts'
+import { hasSecondFactor, type Accounts } from './accounts.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
@@ -39,7 +39,7 @@ export interface PasswordResetDeps {
  */
 export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors }: PasswordResetDeps) {
   const activeUser = (column: 'id' | 'email', value: number | string, executor: Executor = db) => executor.selectFrom('users')
-    .select(['id', 'username', 'email'])
+    .select(['id', 'username', 'email']).select(hasSecondFactor)
     .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
     .executeTakeFirst()
 
@@ -61,7 +61,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
   })
 
   // The user a proof names, before anything is spent; undefined: no such open secret or account.
-  async function userOf (proof: ResetProof): Promise<{ id: number, username: string, email: string } | undefined> {
+  async function userOf (proof: ResetProof): Promise<{ id: number, username: string, email: string, second_factor: boolean } | undefined> {
     if ('token' in proof) {
       const open = await oneTimeCodes.inspect('password_reset', proof.token)
       return open === undefined ? undefined : await activeUser('id', open.userId)
@@ -90,8 +90,9 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
     /** Whether a link's token is still good, without spending it; and whether the reset will take a second factor. */
     async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date, mfaRequired?: boolean }> {
       const open = await oneTimeCodes.inspect('password_reset', token)
-      if (open === undefined || await activeUser('id', open.userId) === undefined) return { valid: false }
-      return { valid: true, expiresAt: open.expiresAt, mfaRequired: await secondFactors.hasFactor(open.userId) }
+      const user = open === undefined ? undefined : await activeUser('id', open.userId)
+      if (open === undefined || user === undefined) return { valid: false }
+      return { valid: true, expiresAt: open.expiresAt, mfaRequired: user.second_factor }
     },
 
     /**
@@ -108,7 +109,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
         audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new ResetTokenInvalidError()
       }
-      if (user !== undefined && await secondFactors.hasFactor(user.id)) {
+      if (user?.second_factor === true) {
         if ('code' in proof && await oneTimeCodes.spendCode('password_reset', user.id, proof.code, { spend: false }) === undefined) failed()
         if (second === undefined) throw new MfaRequiredError()
         await secondFactors.prove(user.id, second.method, second.code, caller)

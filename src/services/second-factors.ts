@@ -11,6 +11,7 @@ import type { MailTemplates } from '../lib/mail-templates.ts'
 import { SecretBox } from '../lib/secret-box.ts'
 import { subkey } from '../lib/subkeys.ts'
 import type { TokenPair } from '../schemas.ts'
+import { hasSecondFactor } from './accounts.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import { authContextOf, type AuthContext, type TokenClaims } from './claims.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
@@ -91,11 +92,11 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
   const notify = (userId: number, change: string, executor: Executor = db): Promise<void> =>
     outbox.enqueue('second_factor_changed', { userId, change, at: clock.now().toISOString() }, executor)
 
-  const verifiedFactors = (userId: number, executor: Executor = db) => executor.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
+  const verifiedFactors = (userId: number) => db.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
     .where('user_id', '=', userId).where('verified_at', 'is not', null)
 
   async function hasFactor (userId: number, executor: Executor = db): Promise<boolean> {
-    return await verifiedFactors(userId, executor).executeTakeFirst() !== undefined
+    return (await executor.selectFrom('users').select(hasSecondFactor).where('id', '=', userId).executeTakeFirst())?.second_factor === true
   }
 
   // Takes a TOTP code of one of `factors` once: the time step it matched is stored by a guarded
@@ -294,7 +295,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
      * counts against the token (5 kill it) and towards the lock; a right one spends the token
      * once and starts the session, aal2. Whether its answer sets cookies, as the first step's would.
      */
-    async completeSignIn (mfaToken: string, method: SecondFactorMethod, code: string, caller: Caller): Promise<{ sessionId: string, pair: TokenPair, cookies: boolean, userId: number }> {
+    async completeSignIn (mfaToken: string, method: SecondFactorMethod, code: string, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
       const open = await oneTimeCodes.inspect('mfa_challenge', mfaToken)
       if (open === undefined) throw new MfaTokenInvalidError()
       const { userId } = open
@@ -307,7 +308,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
       const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }
       const started = await sessions.start(credential, caller.client, { aal: 'aal2', amr: methods(...detail.amr, 'otp', 'mfa'), auth_time: nowS() })
       audit.record({ event: 'login', userId, sessionId: started.sessionId, detail: { method: detail.amr.join('+'), second: method } }, caller)
-      return { ...started, cookies: detail.cookies, userId }
+      return { pair: started.pair, cookies: detail.cookies }
     },
 
     /** A step-up of the current session by a code of the user's factor: a new aal2 session in its place. */
