@@ -10,7 +10,7 @@ import { ValidationFailedError } from './errors.ts'
 const USAGE = `usage: node src/cli.ts <command>
   migrate         apply the pending migrations
   migrate:down    undo the latest migration
-  tokens:flush    delete ended sessions and expired refresh tokens
+  tokens:flush    delete ended sessions, expired refresh tokens and spent one-time secrets
   keys:rotate     sign with a new key (or the one published with --next); the old one keeps verifying
   keys:rotate --next   publish the next key in the JWKS before it signs
   import:django --from <postgres://… | dump.json>
@@ -173,8 +173,8 @@ const commands: Record<string, Command> = {
       : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`
   }),
   'tokens:flush': (config, _args, log) => withServices(config, log, async ({ cleanup }) => {
-    const { sessions, refreshTokens, assertions } = await cleanup.flush()
-    return `deleted ${sessions} sessions, ${refreshTokens} refresh tokens and ${assertions} spent client assertions`
+    const { sessions, refreshTokens, assertions, oneTimeCodes } = await cleanup.flush()
+    return `deleted ${sessions} sessions, ${refreshTokens} refresh tokens, ${assertions} spent client assertions and ${oneTimeCodes} spent or expired one-time secrets`
   }),
   clients: clientsCommand,
   'import:django': async (config, args, log) => {

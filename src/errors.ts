@@ -39,7 +39,8 @@ export const InvalidValueError = define('bad_request', 'A value in the request i
 export const ResetTokenInvalidError = define('reset_token_invalid', 'The reset link or code is wrong, used or expired: ask for a new one.', 400)
 export const VerificationTokenInvalidError = define('verification_token_invalid', 'The verification link or code is wrong, used or expired: ask for a new one.', 400)
 export const SignInCodeInvalidError = define('sign_in_code_invalid', 'The sign-in code is wrong, used or expired: ask for a new one.', 400)
-export const MfaCodeInvalidError = define('mfa_code_invalid', 'The code is wrong, or was used already.', 400)
+export const MfaCodeInvalidError = define('mfa_code_invalid', 'The code is wrong.', 400)
+export const MfaCodeUsedError = define('mfa_code_used', 'The code was used already: wait for the next one of the app, or use another recovery code.', 400)
 export const MfaRequiredError = define('mfa_required', 'The account has a second factor: give mfa_method and mfa_code too.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 
@@ -56,7 +57,7 @@ export const AudienceRequiredError = define('token_not_valid', 'A service token 
 // 403: who is asking is proven, and may not.
 export const EmailNotVerifiedError = define('email_not_verified', 'Verify your email address first: POST /api/auth/email/verification sends a new mail.', 403)
 export const Aal2RequiredError = define('aal2_required', 'This needs a session signed in with a second factor (aal2): POST /api/auth/mfa/verify steps the session up.', 403)
-export const RecentSignInRequiredError = define('reauthentication_required', 'This needs a second factor proven within the last 10 minutes: POST /api/auth/mfa/verify again.', 403)
+export const RecentSignInRequiredError = define('reauthentication_required', 'This needs a sign-in within the last 10 minutes: sign in again, or step up with POST /api/auth/mfa/verify.', 403)
 export const MfaLockedError = define('mfa_locked', 'Ten wrong codes in a row: the second step is locked for 15 minutes.', 403)
 export const InsufficientScopeError = define('insufficient_scope', 'The token lacks the scope %s.', 403)
 

@@ -1,9 +1,8 @@
 import t, { type Test } from 'tap'
-import type { ParsedMail } from 'mailparser'
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose'
 import { generateSync } from 'otplib'
 import { basic, build, claimsOf, login, operator, postJson, register, TestClock } from './helper.ts'
-import { startInbox, type Inbox } from './smtp.ts'
+import { startInbox } from './smtp.ts'
 
 // Second factors (issue 19): TOTP that no code is taken twice of, recovery codes, the two-step
 // sign-in on every first-factor path, aal/amr/auth_time in tokens, check and introspection. Both engines.
@@ -25,9 +24,13 @@ t.test('second factors', async (t) => {
   /** The next time step: a code of it was never used. */
   const nextStep = (): void => clock.advance(30)
 
-  /** A user with a verified TOTP factor: its secret, the aal2 pair enrolment gave, the recovery codes. */
+  /**
+   * A user with a verified TOTP factor, whose address was proven before (its first proof would
+   * remove the factor: test/address-proof.test.ts): its secret, the aal2 pair enrolment gave, the recovery codes.
+   */
   async function enrolled (): Promise<{ user: User, secret: string, factorId: string, access: string, refresh: string, recoveryCodes: string[] }> {
     const { access, user } = await login(app)
+    await app.db.updateTable('users').set({ email_verified_at: new Date() }).where('id', '=', user.id).execute()
     const added = (await postJson(app, '/api/auth/mfa/totp', {}, bearer(access))).json()
     const verified = await postJson(app, `/api/auth/mfa/totp/${added.factor_id}/verify`, { code: codeOf(added.secret) }, bearer(access))
     if (verified.statusCode !== 200) throw new Error(`enrolment failed: ${verified.body}`)
@@ -40,17 +43,6 @@ t.test('second factors', async (t) => {
   const mfaTokenOf = async (user: User): Promise<string> => (await firstStep(user)).json().mfa_token
   const secondStep = (mfaToken: string, code: string, method = 'totp') => postJson(app, '/api/auth/mfa/verify', { mfa_token: mfaToken, method, code })
   const detail = (access: string) => app.inject({ url: '/api/detail', headers: bearer(access) })
-  /** The first mail to `email` whose text matches `text`, once it has arrived. */
-  async function mailTo (mails: Inbox, email: string, text: RegExp): Promise<ParsedMail> {
-    const deadline = Date.now() + 10_000
-    for (;;) {
-      const found = mails.mails.find((mail) => mail.to !== undefined && !Array.isArray(mail.to) && mail.to.text === email && text.test(mail.text ?? ''))
-      if (found !== undefined) return found
-      if (Date.now() > deadline) throw new Error(`no mail to ${email} matching ${text}`)
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-  }
-
   t.test('enrolment: a secret, its first code verifies it, the session becomes aal2 and gets ten recovery codes', async (t) => {
     const { access, user } = await login(app)
     const other = await login(app, user)
@@ -81,7 +73,7 @@ t.test('second factors', async (t) => {
     const stored = JSON.stringify([await app.db.selectFrom('mfa_factors').selectAll().where('user_id', '=', user.id).execute(), await app.db.selectFrom('recovery_codes').selectAll().where('user_id', '=', user.id).execute()])
     t.notOk(stored.includes(added.secret), 'the secret is sealed')
     for (const code of body.recovery_codes) t.notOk(stored.includes(code) || stored.includes(code.replaceAll('-', '')), 'a recovery code is a hash')
-    t.match((await mailTo(inbox, user.email, /authenticator app was added/)).subject, 'The second factor of your account changed')
+    t.match((await inbox.find(user.email, /authenticator app was added/)).subject, 'The second factor of your account changed')
 
     // Another device's session is still aal1: it adds no factor, and steps up with a code.
     t.match((await postJson(app, '/api/auth/mfa/totp', {}, bearer(other.access))).json(), { status: 403, code: 'aal2_required' })
@@ -113,7 +105,7 @@ t.test('second factors', async (t) => {
       '/api/token': await firstStep(user, '/api/token')
     }
     t.equal((await postJson(app, '/api/auth/email/sign-in', { email: user.email })).statusCode, 202)
-    const mailed = /([0-9]{6})/.exec((await mailTo(inbox, user.email, /sign-in code|sign in/i)).text ?? '')![1]!
+    const mailed = /([0-9]{6})/.exec((await inbox.find(user.email, /sign-in code|sign in/i)).text ?? '')![1]!
     answers['/api/auth/email/sign-in/verify'] = await postJson(app, '/api/auth/email/sign-in/verify', { email: user.email, code: mailed })
     for (const [path, res] of Object.entries(answers)) {
       t.equal(res.statusCode, 200, path)
@@ -150,9 +142,9 @@ t.test('second factors', async (t) => {
       clock.advance(((edge === 'first' ? 30_000 : 59_999) - intoStep) / 1000)
       for (const steps of [-2, 2]) t.match((await secondStep(await mfaTokenOf(user), codeOf(secret, steps))).json(), { code: 'mfa_code_invalid' }, `${edge} ms: ${steps} steps away, refused`)
       t.equal((await secondStep(await mfaTokenOf(user), codeOf(secret, -1))).statusCode, 200, `${edge} ms: the step before`)
-      t.match((await secondStep(await mfaTokenOf(user), codeOf(secret, -1))).json(), { code: 'mfa_code_invalid' }, `${edge} ms: the same code again (a replay), refused`)
+      t.match((await secondStep(await mfaTokenOf(user), codeOf(secret, -1))).json(), { status: 400, code: 'mfa_code_used' }, `${edge} ms: the same code again (a replay), refused as used`)
       t.equal((await secondStep(await mfaTokenOf(user), codeOf(secret, 1))).statusCode, 200, `${edge} ms: the step after`)
-      t.match((await secondStep(await mfaTokenOf(user), codeOf(secret))).json(), { code: 'mfa_code_invalid' }, `${edge} ms: the current step, older than the one taken, refused`)
+      t.match((await secondStep(await mfaTokenOf(user), codeOf(secret))).json(), { code: 'mfa_code_used' }, `${edge} ms: the current step, older than the one taken, refused as used`)
       nextStep()
       nextStep()
     }
@@ -188,9 +180,10 @@ t.test('second factors', async (t) => {
     const [firstCode, ...rest] = recoveryCodes
     const res = await secondStep(await mfaTokenOf(user), firstCode!.toUpperCase().replaceAll('-', ''), 'recovery_code')
     t.equal(res.statusCode, 200)
-    t.match(claimsOf(res.json().access), { aal: 'aal2', amr: ['pwd', 'otp', 'mfa'] })
-    t.match((await secondStep(await mfaTokenOf(user), firstCode!, 'recovery_code')).json(), { code: 'mfa_code_invalid' }, 'once only')
-    t.match((await mailTo(inbox, user.email, /recovery code was used \(9 left\)/)).subject, 'The second factor of your account changed')
+    t.equal(claimsOf(res.json().access).aal, 'aal2')
+    t.same(claimsOf(res.json().access).amr, ['pwd', 'recovery_code', 'mfa'], 'a recovery code is told apart from a TOTP')
+    t.match((await secondStep(await mfaTokenOf(user), firstCode!, 'recovery_code')).json(), { status: 400, code: 'mfa_code_used' }, 'once only')
+    t.match((await inbox.find(user.email, /recovery code was used \(9 left\)/)).subject, 'The second factor of your account changed')
 
     // The rest spent by step-ups of one session, each renewing it.
     let access = res.json().access
@@ -206,7 +199,7 @@ t.test('second factors', async (t) => {
     t.equal(fresh.statusCode, 200)
     t.equal(fresh.json().recovery_codes.length, 10)
     t.match((await secondStep(await mfaTokenOf(user), fresh.json().recovery_codes[0], 'recovery_code')).json(), { access: String })
-    await mailTo(inbox, user.email, /new recovery codes were made/)
+    await inbox.find(user.email, /new recovery codes were made/)
 
     // An aal1 session of a user without a factor makes none.
     const plain = await login(app)
@@ -235,7 +228,7 @@ t.test('second factors', async (t) => {
   t.test('a password reset of an account with a second factor takes a code of it too', async (t) => {
     const { user, secret, recoveryCodes } = await enrolled()
     t.equal((await postJson(app, '/api/auth/password/forgot', { email: user.email })).statusCode, 202)
-    const mail = await mailTo(inbox, user.email, /#token=/)
+    const mail = await inbox.find(user.email, /#token=/)
     const token = /#token=([A-Za-z0-9_-]{43})/.exec(mail.text ?? '')![1]!
     const resetCode = /code[^0-9]*([0-9]{6})/.exec(mail.text ?? '')![1]!
     const inspect = async () => (await postJson(app, '/api/auth/password/reset/inspect', { token })).json()
@@ -273,22 +266,46 @@ t.test('second factors', async (t) => {
     t.equal((await app.inject({ method: 'DELETE', url: `/api/auth/mfa/factors/${factorId}`, headers: bearer(up.access) })).statusCode, 204)
     t.same((await app.inject({ url: '/api/auth/mfa/recovery-codes', headers: bearer(up.access) })).json(), { remaining: 0 })
     t.same(Object.keys((await firstStep(user)).json()).sort(), ['access', 'refresh'], 'a sign-in is one step again')
-    await mailTo(inbox, user.email, /a second factor was removed/)
+    await inbox.find(user.email, /a second factor was removed/)
   })
 
-  t.test('an operator resets a user\'s factors with a reason; the user is told', async (t) => {
-    const { user } = await enrolled()
+  t.test('an operator resets a user\'s factors with a reason: their sessions end unless told not to; the user is told', async (t) => {
+    const { user, access } = await enrolled()
     const ops = await operator(app)
     const reset = (body: unknown) => postJson(app, `/api/admin/users/${user.id}/mfa/reset`, body, bearer(ops.token))
     t.match((await reset({})).json(), { status: 400, code: 'validation_failed' })
     const res = await reset({ reason: 'lost phone, ticket 77' })
     t.equal(res.statusCode, 200)
-    t.same(res.json(), { factors_removed: 1 })
+    t.same(res.json(), { factors_removed: 1, sessions_ended: 1 })
+    t.equal((await detail(access)).statusCode, 401, 'whoever holds the phone holds no session either')
     t.same(Object.keys((await firstStep(user)).json()).sort(), ['access', 'refresh'])
-    await mailTo(inbox, user.email, /an operator removed every second factor/)
+    await inbox.find(user.email, /an operator removed every second factor of the account and ended its sessions/)
     await app.audit.flush()
-    t.match(await app.db.selectFrom('audit_events').select('detail').where('user_id', '=', user.id).where('event', '=', 'user_mfa_reset').executeTakeFirst(), { detail: { reason: 'lost phone, ticket 77', client_id: ops.id } })
+    t.match(await app.db.selectFrom('audit_events').select('detail').where('user_id', '=', user.id).where('event', '=', 'user_mfa_reset').executeTakeFirst(), { detail: { reason: 'lost phone, ticket 77', client_id: ops.id, sessions_ended: 1 } })
     t.equal((await postJson(app, '/api/admin/users/2147483647/mfa/reset', { reason: 'x' }, bearer(ops.token))).statusCode, 404)
+
+    const kept = await enrolled()
+    t.same((await postJson(app, `/api/admin/users/${kept.user.id}/mfa/reset`, { reason: 'phone replaced', keep_sessions: true }, bearer(ops.token))).json(), { factors_removed: 1, sessions_ended: 0 })
+    t.equal((await detail(kept.access)).statusCode, 200, 'keep_sessions: the sessions stand')
+  })
+
+  t.test('adding a factor, and new recovery codes, take a recent sign-in: a stolen token of an older one adds nothing', async (t) => {
+    const { refresh, user } = await login(app)
+    clock.advance(11 * 60)
+    // The refresh keeps the sign-in's auth_time: its fresh token is as old a proof as the first.
+    const refreshed = (await postJson(app, '/api/token/refresh', { refresh })).json()
+    t.match((await postJson(app, '/api/auth/mfa/totp', {}, bearer(refreshed.access))).json(), { status: 403, code: 'reauthentication_required' }, 'no first factor added')
+    t.equal((await app.db.selectFrom('mfa_factors').select('id').where('user_id', '=', user.id).execute()).length, 0)
+    const again = await login(app, user)
+    t.equal((await postJson(app, '/api/auth/mfa/totp', {}, bearer(again.access))).statusCode, 201, 'a sign-in again is the recent proof')
+
+    const protectedUser = await enrolled()
+    clock.advance(11 * 60)
+    const stale = (await postJson(app, '/api/token/refresh', { refresh: protectedUser.refresh })).json()
+    t.match((await postJson(app, '/api/auth/mfa/recovery-codes', {}, bearer(stale.access))).json(), { status: 403, code: 'reauthentication_required' }, 'no new recovery codes from an old aal2 sign-in')
+    t.match((await postJson(app, '/api/auth/mfa/totp', {}, bearer(stale.access))).json(), { status: 403, code: 'reauthentication_required' }, 'nor another factor')
+    const up = (await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: codeOf(protectedUser.secret) }, bearer(stale.access))).json()
+    t.equal((await postJson(app, '/api/auth/mfa/recovery-codes', {}, bearer(up.access))).statusCode, 200, 'a step-up is the recent proof')
   })
 
   t.test('aal, amr and auth_time as jose, introspection and forward auth read them', async (t) => {

@@ -257,7 +257,7 @@ t.test('tokens:flush deletes ended sessions and expired refresh tokens, and keep
   clock.advance(86400 + 60)
   const fresh = (await postJson(app, '/api/token/refresh', { refresh: live.refresh }))
   t.equal(fresh.statusCode, 401, 'expired')
-  t.same(await cleanupOf(app).flush(), { refreshTokens: 4, sessions: 1, assertions: 0 })
+  t.same(await cleanupOf(app).flush(), { refreshTokens: 4, sessions: 1, assertions: 0, oneTimeCodes: 0 })
   t.equal(await count('sessions'), 2, 'the revoked session is gone; the others, within their 30 days, stay')
   t.equal(claimsOf(child.refresh).sid, claimsOf(rotated.refresh).sid)
 })
@@ -266,7 +266,7 @@ t.test('npm run tokens:flush prints what it deleted', async (t) => {
   // Its own database: on PGlite the command and a running service cannot share a data folder.
   const env = { ...await freshDatabase(t), SECRET_KEY }
   t.match(await runCli(['migrate'], env), { code: 0 })
-  t.match(await runCli(['tokens:flush'], env), { code: 0, stdout: 'deleted 0 sessions, 0 refresh tokens and 0 spent client assertions' })
+  t.match(await runCli(['tokens:flush'], env), { code: 0, stdout: 'deleted 0 sessions, 0 refresh tokens, 0 spent client assertions and 0 spent or expired one-time secrets' })
 })
 
 t.test('a used refresh token survives the flush until it expires: reuse is still detected', async (t) => {
@@ -275,7 +275,7 @@ t.test('a used refresh token survives the flush until it expires: reuse is still
   const { refresh, access } = await login(app)
   await postJson(app, '/api/token/refresh', { refresh })
   clock.advance(60)
-  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0, assertions: 0 })
+  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0, assertions: 0, oneTimeCodes: 0 })
   t.equal((await postJson(app, '/api/token/refresh', { refresh })).statusCode, 401, 'theft detected')
   t.equal((await app.inject({ url: '/api/detail', headers: bearer(access) })).statusCode, 401, 'the session is revoked')
 })
@@ -294,7 +294,7 @@ t.test('one pruner at a time: a replica finding another at work skips the round'
   await other.query(`select pg_advisory_xact_lock(${LOCK_KEYS.flush})`)
   t.equal(await cleanupOf(app).prune(), undefined, 'skipped while another holds the lock')
   await other.query('commit')
-  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0, assertions: 0 })
+  t.same(await cleanupOf(app).prune(), { refreshTokens: 0, sessions: 0, assertions: 0, oneTimeCodes: 0 })
 })
 
 t.test('the service prunes on its own timer', async (t) => {
@@ -307,7 +307,7 @@ t.test('the service prunes on its own timer', async (t) => {
   for (let i = 0; i < 50 && !logLines.some((l) => l.includes('pruned ended sessions')); i++) {
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
-  const pruned: unknown = logLines.map((l) => JSON.parse(l)).find((e) => e.msg === 'pruned ended sessions and spent client assertions')
+  const pruned: unknown = logLines.map((l) => JSON.parse(l)).find((e) => e.msg === 'pruned ended sessions, spent client assertions and one-time secrets')
   t.match(pruned, { flushed: { refreshTokens: 1 } })
 })
 

@@ -11,6 +11,8 @@ export interface Inbox {
   mails: ParsedMail[]
   /** The next mail to arrive (or the first not yet taken), within `timeoutMs`. */
   next: (timeoutMs?: number) => Promise<ParsedMail>
+  /** The first mail to `to` whose text matches `text`, once it has arrived (within 10 s), taken or not. */
+  find: (to: string, text: RegExp) => Promise<ParsedMail>
   /** Stops taking connections: SMTP is down. */
   stop: () => Promise<void>
   /** Takes them again on the same port. */
@@ -64,6 +66,15 @@ export async function startInbox (t: Test): Promise<Inbox> {
         })
       }
       return mails[taken++]!
+    },
+    async find (to, text) {
+      const deadline = Date.now() + 10_000
+      for (;;) {
+        const found = mails.find((mail) => mail.to !== undefined && !Array.isArray(mail.to) && mail.to.text === to && text.test(mail.text ?? ''))
+        if (found !== undefined) return found
+        if (Date.now() > deadline) throw new Error(`no mail to ${to} matching ${text}`)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
     },
     stop,
     start

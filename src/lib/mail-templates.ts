@@ -12,7 +12,8 @@ export const MAIL_TEMPLATES = {
   'password-changed': ['username', 'at'],
   'email-verification': ['username', 'link', 'code', 'hours'],
   'email-sign-in': ['username', 'code', 'minutes'],
-  'second-factor-changed': ['username', 'change', 'at']
+  'second-factor-changed': ['username', 'change', 'at'],
+  'address-proven': ['username', 'removed', 'at']
 } as const satisfies Record<string, readonly string[]>
 export type MailTemplate = keyof typeof MAIL_TEMPLATES
 

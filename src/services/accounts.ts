@@ -135,6 +135,13 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
 
     authenticate,
     checkNewPassword,
+
+    /** Whether `password` is the user's: a comparison at the configured cost either way, as every password check. */
+    async passwordIs (userId: number, password: string): Promise<boolean> {
+      const row = await db.selectFrom('users').select('password_hash').where('id', '=', userId).executeTakeFirst()
+      return await passwordMatches(password, row?.password_hash ?? undefined)
+    },
+
     hashPassword,
 
     /** Checks the policy, hashes, inserts; the database decides whether the name or email is taken. */

@@ -235,12 +235,13 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, second
 
     /**
      * Removes every second factor and recovery code of the user (a lost phone), the lock of the
-     * second step lifted; the user is mailed a notice. Their sessions stand. How many factors went.
+     * second step lifted, and ends their sessions unless `keep_sessions` (whoever took the phone
+     * may hold one); the user is mailed a notice. How many factors and sessions went.
      */
-    async resetSecondFactors (id: number, change: { reason: string }, operator: Operator): Promise<number> {
+    async resetSecondFactors (id: number, change: { reason: string, keep_sessions?: boolean }, operator: Operator): Promise<{ factors: number, sessions: number }> {
       await existing(id)
-      const removed = await secondFactors.resetAll(id)
-      record('user_mfa_reset', operator, id, { reason: change.reason, factors_removed: removed })
+      const removed = await secondFactors.resetAll(id, { keepSessions: change.keep_sessions === true })
+      record('user_mfa_reset', operator, id, { reason: change.reason, factors_removed: removed.factors, sessions_ended: removed.sessions })
       return removed
     },
 

@@ -5,8 +5,9 @@ import { lockKey } from '../db/locks.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
 import type { AuditTrail } from './audit.ts'
+import { MAIL_LIMIT_WINDOW_S } from './one-time-codes.ts'
 
-export interface Flushed { sessions: number, refreshTokens: number, assertions: number }
+export interface Flushed { sessions: number, refreshTokens: number, assertions: number, oneTimeCodes: number }
 
 const BATCH = 1000
 
@@ -21,7 +22,8 @@ export interface CleanupDeps {
 /**
  * Deleting what is over: the refresh tokens past their expiry and the sessions that ended (past
  * their absolute end, or revoked longer ago than any of their tokens could live), in batches of
- * 1,000; the jti of client assertions past their expiry; and audit events past AUDIT_RETENTION. Nothing reuse detection needs goes: a used
+ * 1,000; the jti of client assertions past their expiry; the one-time secrets spent or expired
+ * once the per-account mail limit no longer counts them; and audit events past AUDIT_RETENTION. Nothing reuse detection needs goes: a used
  * refresh token stays until it expires, since a thief may present it until then. One flush at a
  * time across replicas (an advisory lock).
  */
@@ -30,7 +32,7 @@ export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
 
   // One batch after another; undefined when another replica holds the lock and `wait` is false.
   async function flush (wait: boolean): Promise<Flushed | undefined> {
-    const flushed: Flushed = { sessions: 0, refreshTokens: 0, assertions: 0 }
+    const flushed: Flushed = { sessions: 0, refreshTokens: 0, assertions: 0, oneTimeCodes: 0 }
     for (;;) {
       const batch = await db.transaction().execute(async (trx) => {
         const lock = wait
@@ -51,13 +53,21 @@ export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
         // A client assertion's jti is kept only while the assertion could be presented: a few
         // minutes of them, no batches needed.
         const assertions = await trx.deleteFrom('oauth_client_assertions').where('expires_at', '<', clock.db()).executeTakeFirst()
-        return { refreshTokens: Number(tokens.numDeletedRows), sessions: Number(sessions.numDeletedRows), assertions: Number(assertions.numDeletedRows) }
+        // A secret spent, cancelled or expired is kept while the per-account mail limit counts it.
+        const codes = await trx.deleteFrom('one_time_codes')
+          .where('id', 'in', (eb) => eb.selectFrom('one_time_codes').select('id')
+            .where('created_at', '<', sql<Date>`${clock.db()} - ${seconds(MAIL_LIMIT_WINDOW_S)}`)
+            .where((w) => w.or([w('expires_at', '<', clock.db()), w('consumed_at', 'is not', null)]))
+            .limit(BATCH))
+          .executeTakeFirst()
+        return { refreshTokens: Number(tokens.numDeletedRows), sessions: Number(sessions.numDeletedRows), assertions: Number(assertions.numDeletedRows), oneTimeCodes: Number(codes.numDeletedRows) }
       })
       if (batch === undefined) return undefined
       flushed.refreshTokens += batch.refreshTokens
       flushed.sessions += batch.sessions
       flushed.assertions += batch.assertions
-      if (batch.refreshTokens < BATCH && batch.sessions < BATCH) return flushed
+      flushed.oneTimeCodes += batch.oneTimeCodes
+      if (batch.refreshTokens < BATCH && batch.sessions < BATCH && batch.oneTimeCodes < BATCH) return flushed
     }
   }
 
@@ -71,7 +81,7 @@ export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
     async prune (): Promise<Flushed | undefined> {
       try {
         const flushed = await flush(false)
-        if (flushed !== undefined && flushed.sessions + flushed.refreshTokens + flushed.assertions > 0) log.info({ flushed }, 'pruned ended sessions and spent client assertions')
+        if (flushed !== undefined && flushed.sessions + flushed.refreshTokens + flushed.assertions + flushed.oneTimeCodes > 0) log.info({ flushed }, 'pruned ended sessions, spent client assertions and one-time secrets')
         const events = await audit.prune(config.auditRetentionS)
         if (events > 0) log.info({ events }, 'pruned old audit events')
         return flushed

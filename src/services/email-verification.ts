@@ -1,26 +1,28 @@
-import { sql } from 'kysely'
 import type { Config } from '../config.ts'
-import type { Db } from '../db/index.ts'
-import { VerificationTokenInvalidError } from '../errors.ts'
-import type { Clock } from '../lib/clock.ts'
+import { InvalidCredentialsError, VerificationTokenInvalidError } from '../errors.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
+import type { Accounts } from './accounts.ts'
+import type { Addresses } from './addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import type { OneTimeCodes } from './one-time-codes.ts'
+import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
 import type { Sessions } from './sessions.ts'
 
 /** What proves an address: the token of the mail's link, or the address and the mail's code. */
 export type VerificationProof = { token: string } | { email: string, code: string }
 
+/** What may show that whoever verifies also holds the account: the user of the request's live session, or the password they gave. */
+export interface Holder { userId?: number, password?: string }
+
 export interface EmailVerificationDeps {
-  db: Db
-  clock: Clock
   config: Pick<Config, 'EMAIL_VERIFICATION' | 'APP_VERIFY_URL' | 'emailVerificationTtlS'>
   sessions: Sessions
   oneTimeCodes: OneTimeCodes
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
+  accounts: Accounts
+  addresses: Addresses
 }
 
 /**
@@ -29,14 +31,15 @@ export interface EmailVerificationDeps {
  * sent (a secret of an address changed since verifies nothing). Requests answer the same for
  * every address; the worker sends nothing to an unknown or already verified one.
  */
-export function createEmailVerification ({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit }: EmailVerificationDeps) {
+export function createEmailVerification ({ config, sessions, oneTimeCodes, outbox, templates, audit, accounts, addresses }: EmailVerificationDeps) {
   outbox.define('email_verification', async (payload, trx) => {
     const user = await trx.selectFrom('users').select(['id', 'username', 'email'])
       .$if(payload.userId !== undefined, (q) => q.where('id', '=', Number(payload.userId)))
       .$if(payload.userId === undefined, (q) => q.where('email', '=', String(payload.email)))
       .where('is_active', '=', true).where('deleted_at', 'is', null).where('email_verified_at', 'is', null)
       .executeTakeFirst()
-    if (user === undefined || !await oneTimeCodes.mayMail(user.id, 'email_verification', trx)) return undefined
+    if (user === undefined) return undefined
+    if (!await oneTimeCodes.mayMail(user.id, 'email_verification', trx)) return { heldBack: HELD_BACK, userId: user.id }
     const issued = await oneTimeCodes.issue({ purpose: 'email_verification', userId: user.id, ttlS: config.emailVerificationTtlS, with: { token: true, code: true }, detail: { email: user.email } }, trx)
     const link = `${config.APP_VERIFY_URL!}#token=${issued.token!}`
     const mail = templates.render('email-verification', user.email, { username: user.username, link, code: issued.code!, hours: String(Math.round(config.emailVerificationTtlS / 3600)) })
@@ -57,27 +60,37 @@ export function createEmailVerification ({ db, clock, config, sessions, oneTimeC
       audit.record({ event: 'email_verification_requested', identifier: email }, caller)
     },
 
-    /** Spends the proof once and marks the address it was sent to verified (while it is still the user's). */
-    async verify (proof: VerificationProof, caller: Caller): Promise<void> {
-      let spent
-      if ('token' in proof) {
-        spent = await oneTimeCodes.spendToken('email_verification', proof.token)
-      } else {
-        const user = await db.selectFrom('users').select('id').where('email', '=', proof.email).executeTakeFirst()
-        spent = user === undefined ? undefined : await oneTimeCodes.spendCode('email_verification', user.id, proof.code)
-      }
-      const address = spent?.detail?.email
-      const verified = spent === undefined || typeof address !== 'string'
-        ? 0n
-        : await sessions.changingUser(spent.userId, async (trx) => (await trx.updateTable('users')
-          .set({ email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
-          .where('id', '=', spent.userId).where('email', '=', address).where('deleted_at', 'is', null)
-          .executeTakeFirst()).numUpdatedRows)
-      if (verified !== 1n) {
-        audit.record({ event: 'email_verified', outcome: 'failure', userId: spent?.userId ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
+    /**
+     * Spends the proof once and marks the address it was sent to proven (while it is still the
+     * user's). Whoever verifies holds the mailbox; when they also show they hold the account (a
+     * live session of it, or its password: `holder`), nothing else changes. Without that, the
+     * account's first proof removes what may have been put there by someone who registered the
+     * address without owning it (addresses.prove): its password, sessions and second factors.
+     * A wrong password spends nothing. Whether the password was removed.
+     */
+    async verify (proof: VerificationProof, caller: Caller, holder: Holder = {}): Promise<{ passwordRemoved: boolean }> {
+      const found = 'token' in proof ? await oneTimeCodes.inspect('email_verification', proof.token) : await oneTimeCodes.tryCode('email_verification', proof.email, proof.code)
+      const address = found?.detail?.email
+      const failed = (): never => {
+        audit.record({ event: 'email_verified', outcome: 'failure', userId: found?.userId ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new VerificationTokenInvalidError()
       }
-      audit.record({ event: 'email_verified', userId: spent!.userId, detail: { by: 'token' in proof ? 'link' : 'code' } }, caller)
+      if (found === undefined || typeof address !== 'string') return failed()
+      const { userId } = found
+      let holds = holder.userId === userId
+      if (!holds && holder.password !== undefined) {
+        if (!await accounts.passwordIs(userId, holder.password)) {
+          audit.record({ event: 'email_verified', outcome: 'failure', userId, detail: { reason: 'wrong password' } }, caller)
+          throw new InvalidCredentialsError()
+        }
+        holds = true
+      }
+      const proven = await sessions.changingUser(userId, async (trx) =>
+        await oneTimeCodes.spend('email_verification', found.id, trx) ? await addresses.prove(trx, userId, address, { holder: holds }) : undefined)
+      if (proven === undefined) return failed()
+      addresses.committed(userId, proven, 'email_verification', caller)
+      audit.record({ event: 'email_verified', userId, detail: { by: 'token' in proof ? 'link' : 'code', holder: holds } }, caller)
+      return { passwordRemoved: proven.removed.password }
     }
   }
 }

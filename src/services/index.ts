@@ -6,6 +6,7 @@ import type { Logger } from '../lib/logger.ts'
 import { loadMailTemplates } from '../lib/mail-templates.ts'
 import { NotifiedCache } from '../lib/notified-cache.ts'
 import { createAccounts } from './accounts.ts'
+import { createAddresses } from './addresses.ts'
 import { createAdmin } from './admin.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createCleanup } from './cleanup.ts'
@@ -111,9 +112,10 @@ export async function createServices (deps: ServicesDeps) {
   const outbox = createOutbox({ db, clock, config, mailer, log })
   const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
   const secondFactors = createSecondFactors({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
-  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors })
-  const emailVerification = createEmailVerification({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
-  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors })
+  const addresses = createAddresses({ clock, sessions, secondFactors, outbox, templates, audit })
+  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses })
+  const emailVerification = createEmailVerification({ config, sessions, oneTimeCodes, outbox, templates, audit, accounts, addresses })
+  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses })
   const admin = createAdmin({ db, clock, sessions, audit, passwordReset, secondFactors, config })
   const djangoImport = createDjangoImport({ db })
 

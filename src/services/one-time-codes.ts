@@ -1,7 +1,8 @@
 import { createHash, createHmac, randomBytes, randomInt, randomUUID } from 'node:crypto'
-import { sql } from 'kysely'
+import { sql, type ExpressionBuilder } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
+import type { Database } from '../db/types.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
 import { subkey } from '../lib/subkeys.ts'
 import type { Executor } from './sessions.ts'
@@ -16,7 +17,7 @@ export interface IssueOptions {
   ttlS: number
   /** A link token (256 bits, for the URL fragment), a short code (6 digits, to type), or both. */
   with: { token?: boolean, code?: boolean }
-  /** Wrong codes it takes before it is dead. */
+  /** Wrong codes it takes before its code is dead (a secret with no code: tries before it is dead). */
   maxAttempts?: number
   /** The older open ones of the purpose stay open (a second step of each device's sign-in); cancelled by default. */
   keepOthers?: boolean
@@ -26,8 +27,8 @@ export interface IssueOptions {
 /** A secret as its mail carries it: shown once, never stored. */
 export interface Issued { id: string, token?: string, code?: string, expiresAt: Date }
 
-/** A secret spent: its user, and what it was issued with. */
-export interface Spent { id: string, userId: number, detail: Record<string, unknown> | null }
+/** An open secret found: its id, its user, and what it was issued with. */
+export interface Found { id: string, userId: number, detail: Record<string, unknown> | null }
 
 export interface OneTimeCodesDeps {
   db: Db
@@ -39,25 +40,37 @@ const CODE_DIGITS = 6
 // Mails of one purpose a user may be sent: one a minute, five an hour (mayMail).
 const MAILS_PER_MINUTE = 1
 const MAILS_PER_HOUR = 5
+/** Why a mail mayMail refused is dropped, as the log says it. */
+export const HELD_BACK = 'the per-account mail limit (one a minute, five an hour of a kind) holds it back'
+/** How far back mayMail counts: a secret older than this and over (spent, expired) may be deleted. */
+export const MAIL_LIMIT_WINDOW_S = 3600
+// No account has this id (identities start at 1): an address of no account is tried against it.
+const NO_USER = 0
 
 /**
  * The one table and service of every single-use secret (`one_time_codes`): a link token, stored
  * as its SHA-256, and a short code, stored as an HMAC under a key derived from SECRET_KEY (a
  * pepper the database never holds: six digits are otherwise found from their hash at once).
  * Issuing one cancels the purpose's open ones of that user; each is spent by one guarded UPDATE,
- * so two concurrent attempts never both succeed; a wrong code counts, and `maxAttempts` of them
- * kill it. Nothing here is spent by reading: `inspect` says whether a token is still good.
+ * so two concurrent attempts never both succeed; a try is counted before it is judged, and
+ * `maxAttempts` wrong codes kill the code, never the link beside it. Nothing here is spent by
+ * reading: `inspect` says whether a token is still good.
  */
 export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
   const pepper = subkey(config.SECRET_KEY, 'one-time-codes')
   const tokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
   const codeHash = (userId: number, purpose: CodePurpose, code: string): string => createHmac('sha256', pepper).update(`${userId}:${purpose}:${code}`).digest('base64url')
-  // Open: not spent, not dead, not expired, of that purpose.
-  const open = (purpose: CodePurpose) => db.updateTable('one_time_codes')
+  // Open: not spent, not expired, of that purpose.
+  const open = (purpose: CodePurpose, executor: Executor = db) => executor.updateTable('one_time_codes')
     .where('purpose', '=', purpose)
     .where('consumed_at', 'is', null)
     .where('expires_at', '>', clock.db())
-    .where((eb) => eb('attempts', '<', eb.ref('max_attempts')))
+  // Wrong codes kill the code: `max_attempts` of them. A link's token is never killed by them (a
+  // wrong code typed with someone's address must not spend the link in their mail, and nobody
+  // guesses 256 bits); a secret with no code of its own (an mfa_token, whose tries are the second
+  // factor's codes) ends with its tries.
+  const codeLive = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb('attempts', '<', eb.ref('max_attempts'))
+  const tokenLive = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb.or([eb('code_hash', 'is not', null), codeLive(eb)])
 
   return {
     /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction (unless `keepOthers`). */
@@ -89,39 +102,48 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
       return { id, token, code, expiresAt }
     },
 
-    /** Spends the token of a link, once: its user, or undefined (unknown, spent, dead, expired). */
-    async spendToken (purpose: CodePurpose, token: string): Promise<Spent | undefined> {
-      const row = await open(purpose).set({ consumed_at: clock.db() })
+    /** Spends the token of a link, once: its secret, or undefined (unknown, spent, expired, cancelled). */
+    async spendToken (purpose: CodePurpose, token: string, executor: Executor = db): Promise<Found | undefined> {
+      const row = await open(purpose, executor).set({ consumed_at: clock.db() })
         .where('token_hash', '=', tokenHash(token))
+        .where(tokenLive)
         .returning(['id', 'user_id', 'detail'])
         .executeTakeFirst()
       return row === undefined ? undefined : { id: row.id, userId: row.user_id, detail: row.detail }
     },
 
     /**
-     * Spends the user's open code of `purpose`, once, if `code` is it; a wrong code counts
-     * against it: one statement either way, so parallel guesses are each counted and two right
-     * ones spend it once. Undefined when it is not the code, or there is no open one. With
-     * `spend: false`, a right code is only found right (a flow that checks more before it spends).
+     * Tries `code` against the open code of `purpose` mailed to the account of `email`: the
+     * secret if it is the code (not spent: `spend` it once the flow has checked the rest), else
+     * undefined, a wrong one counted against the code (the fifth kills it). One statement either
+     * way, so parallel guesses are each counted. An address of no account, or of one with no open
+     * code, does the same work: the same two statements in one transaction, none of which waits
+     * for the disk (a wrong try's count is committed without waiting for its flush: every request
+     * sees it at once, and a crash can forget only the last moment's wrong tries, never a spend).
+     * The time of the answer tells nothing about the address.
      */
-    async spendCode (purpose: CodePurpose, userId: number, code: string, { spend = true } = {}): Promise<Spent | undefined> {
-      const hash = codeHash(userId, purpose, code)
-      const row = await open(purpose)
-        .where('user_id', '=', userId)
-        .where('code_hash', 'is not', null)
-        .set({
-          consumed_at: spend ? sql<Date>`case when code_hash = ${hash} then ${clock.db()} end` : sql<Date | null>`null`,
-          attempts: sql<number>`attempts + case when code_hash = ${hash} then 0 else 1 end`
-        })
-        .returning(['id', 'user_id', 'detail', sql<boolean>`code_hash = ${hash}`.as('right')])
-        .executeTakeFirst()
-      return row?.right === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
+    async tryCode (purpose: CodePurpose, email: string, code: string): Promise<Found | undefined> {
+      return await db.transaction().execute(async (trx) => {
+        await sql`set local synchronous_commit = off`.execute(trx)
+        const user = await trx.selectFrom('users').select('id').where('email', '=', email).executeTakeFirst()
+        const userId = user?.id ?? NO_USER
+        const hash = codeHash(userId, purpose, code)
+        const row = await open(purpose, trx)
+          .where('user_id', '=', userId)
+          .where('code_hash', 'is not', null)
+          .where(codeLive)
+          .set({ attempts: sql<number>`attempts + case when code_hash = ${hash} then 0 else 1 end` })
+          .returning(['id', 'user_id', 'detail', sql<boolean>`code_hash = ${hash}`.as('right')])
+          .executeTakeFirst()
+        return row?.right === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
+      })
     },
 
     /**
      * Whether another secret of `purpose` may be mailed to the user: at most one a minute and
      * five an hour, counting the cancelled and spent ones. Past that, a flow drops the request
-     * silently (its answer stays the same: a limit that answered would tell who has an account).
+     * (its answer stays the same: a limit that answered would tell who has an account) and says
+     * so in the log (HELD_BACK).
      */
     async mayMail (userId: number, purpose: CodePurpose, executor: Executor = db): Promise<boolean> {
       const { minute, hour } = await executor.selectFrom('one_time_codes')
@@ -130,31 +152,44 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
           sql<string>`count(*)`.as('hour')
         ])
         .where('user_id', '=', userId).where('purpose', '=', purpose)
-        .where('created_at', '>', sql<Date>`${clock.db()} - interval '1 hour'`)
+        .where('created_at', '>', sql<Date>`${clock.db()} - ${seconds(MAIL_LIMIT_WINDOW_S)}`)
         .executeTakeFirstOrThrow()
       return Number(minute) < MAILS_PER_MINUTE && Number(hour) < MAILS_PER_HOUR
     },
 
-    /** Whether a link's token may still be spent, without spending it: the secret's id, user, end and detail. */
-    async inspect (purpose: CodePurpose, token: string): Promise<{ id: string, userId: number, expiresAt: Date, detail: Record<string, unknown> | null } | undefined> {
+    /** Whether a link's token may still be spent, without spending it: the secret, and when it ends. */
+    async inspect (purpose: CodePurpose, token: string): Promise<(Found & { expiresAt: Date }) | undefined> {
       const row = await db.selectFrom('one_time_codes').select(['id', 'user_id', 'expires_at', 'detail'])
         .where('purpose', '=', purpose)
         .where('token_hash', '=', tokenHash(token))
         .where('consumed_at', 'is', null)
         .where('expires_at', '>', clock.db())
-        .where((eb) => eb('attempts', '<', eb.ref('max_attempts')))
+        .where(tokenLive)
         .executeTakeFirst()
       return row === undefined ? undefined : { id: row.id, userId: row.user_id, expiresAt: row.expires_at, detail: row.detail }
     },
 
-    /** A wrong try at the open secret `id` (checked by its flow, as a second step's code): counted; `maxAttempts` of them kill it. */
-    async fail (purpose: CodePurpose, id: string): Promise<void> {
-      await open(purpose).set({ attempts: sql<number>`attempts + 1` }).where('id', '=', id).execute()
+    /**
+     * Counts a try at the open secret `id` before the try is judged (a second step's code is
+     * judged by its flow): whether it was open, with tries left. Of parallel tries, no more than
+     * it has left are let through, whatever their codes.
+     */
+    async attempt (purpose: CodePurpose, id: string): Promise<boolean> {
+      const counted = await open(purpose).set({ attempts: sql<number>`attempts + 1` }).where('id', '=', id).where(codeLive).executeTakeFirst()
+      return counted.numUpdatedRows === 1n
     },
 
-    /** Spends the open secret `id` once: whether this call spent it (of two at once, one does). */
-    async spend (purpose: CodePurpose, id: string): Promise<boolean> {
-      const result = await open(purpose).set({ consumed_at: clock.db() }).where('id', '=', id).executeTakeFirst()
+    /** Takes back a try `attempt` counted that turned out not to be a guess (a code used already). */
+    async takeBack (purpose: CodePurpose, id: string): Promise<void> {
+      await open(purpose).set({ attempts: sql<number>`attempts - 1` }).where('id', '=', id).where('attempts', '>', 0).execute()
+    },
+
+    /**
+     * Spends the secret `id`, found or tried already, once (within `executor`): whether this call
+     * spent it (of two at once, one does; the other waits for the first's transaction to end).
+     */
+    async spend (purpose: CodePurpose, id: string, executor: Executor = db): Promise<boolean> {
+      const result = await open(purpose, executor).set({ consumed_at: clock.db() }).where('id', '=', id).executeTakeFirst()
       return result.numUpdatedRows === 1n
     }
   }

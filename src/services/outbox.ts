@@ -12,13 +12,16 @@ import type { Executor } from './sessions.ts'
 /** What a job becomes when its turn comes: its mail, and when the secret it carries expires. */
 export interface Prepared { mail: Mail, expiresAt?: Date }
 
+/** A job of an account that may not be sent its mail now (the per-account mail limit): dropped, and said so in the log. */
+export interface HeldBack { heldBack: string, userId: number }
+
 /**
  * Makes a job's mail, in the transaction that marks the job prepared (a one-time secret issued
  * there is committed with the sealed mail that carries it; every query goes through `trx`: PGlite
- * has one connection, which the transaction holds); undefined when there is nothing to
- * send (an address of no account, a per-account limit reached): the job is then dropped.
+ * has one connection, which the transaction holds). Undefined when there is nothing to send (an
+ * address of no account), HeldBack when a limit holds it back: either way the job is dropped.
  */
-export type Prepare = (payload: Record<string, unknown>, trx: Transaction<Database>) => Promise<Prepared | undefined>
+export type Prepare = (payload: Record<string, unknown>, trx: Transaction<Database>) => Promise<Prepared | HeldBack | undefined>
 
 export interface OutboxDeps {
   db: Db
@@ -70,7 +73,9 @@ export function createOutbox ({ db, clock, config, mailer, log }: OutboxDeps) {
     if (prepare === undefined) throw new Error(`no mail of kind ${job.kind} is known`)
     return await db.transaction().execute(async (trx) => {
       const prepared = await prepare(opened, trx)
-      if (prepared === undefined) {
+      if (prepared === undefined || 'heldBack' in prepared) {
+        // Said in the log only: an answer that told would tell who has an account.
+        if (prepared !== undefined) log.info({ job: job.id, kind: job.kind, userId: prepared.userId }, `mail dropped: ${prepared.heldBack}`)
         await trx.deleteFrom('mail_outbox').where('id', '=', job.id).execute()
         return undefined
       }

@@ -1,12 +1,12 @@
-import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { MfaRequiredError, ResetTokenInvalidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
 import { hasSecondFactor, type Accounts } from './accounts.ts'
+import type { Addresses } from './addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import type { OneTimeCodes } from './one-time-codes.ts'
+import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
 import type { SecondFactorMethod, SecondFactors } from './second-factors.ts'
 import type { Executor, Sessions } from './sessions.ts'
@@ -28,6 +28,7 @@ export interface PasswordResetDeps {
   templates: MailTemplates
   audit: AuditTrail
   secondFactors: SecondFactors
+  addresses: Addresses
 }
 
 /**
@@ -37,9 +38,13 @@ export interface PasswordResetDeps {
  * and a 6-digit code. A reset spends either once, ends every session of the user, counts the
  * address as verified, and mails the user a notice; it signs nobody in.
  */
-export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors }: PasswordResetDeps) {
+export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses }: PasswordResetDeps) {
+  // A reset of an account with a second factor takes a code of it too, once the address was
+  // ever proven: before that, the factors are not the address owner's to be asked for.
+  const secondFactorAsked = (user: { second_factor: boolean, email_verified_at: Date | null }): boolean => user.second_factor && user.email_verified_at !== null
+
   const activeUser = (column: 'id' | 'email', value: number | string, executor: Executor = db) => executor.selectFrom('users')
-    .select(['id', 'username', 'email']).select(hasSecondFactor)
+    .select(['id', 'username', 'email', 'email_verified_at']).select(hasSecondFactor)
     .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
     .executeTakeFirst()
 
@@ -47,7 +52,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
   outbox.define('password_reset', async (payload, trx) => {
     const user = payload.userId === undefined ? await activeUser('email', String(payload.email), trx) : await activeUser('id', Number(payload.userId), trx)
     if (user === undefined) return undefined
-    if (!await oneTimeCodes.mayMail(user.id, 'password_reset', trx)) return undefined
+    if (!await oneTimeCodes.mayMail(user.id, 'password_reset', trx)) return { heldBack: HELD_BACK, userId: user.id }
     const issued = await oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: config.passwordResetTtlS, with: { token: true, code: true } }, trx)
     const link = `${config.APP_RESET_URL!}#token=${issued.token!}`
     const mail = templates.render('password-reset', user.email, { username: user.username, link, code: issued.code!, minutes: String(Math.round(config.passwordResetTtlS / 60)) })
@@ -59,15 +64,6 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
     if (user === undefined) return undefined
     return { mail: templates.render('password-changed', user.email, { username: user.username, at: String(payload.at) }) }
   })
-
-  // The user a proof names, before anything is spent; undefined: no such open secret or account.
-  async function userOf (proof: ResetProof): Promise<{ id: number, username: string, email: string, second_factor: boolean } | undefined> {
-    if ('token' in proof) {
-      const open = await oneTimeCodes.inspect('password_reset', proof.token)
-      return open === undefined ? undefined : await activeUser('id', open.userId)
-    }
-    return await activeUser('email', proof.email)
-  }
 
   return {
     /** Queues the reset mail of `email`'s account, if it has one; always the same quick answer. */
@@ -87,49 +83,60 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
       return true
     },
 
-    /** Whether a link's token is still good, without spending it; and whether the reset will take a second factor. */
+    /**
+     * Whether a link's token is still good, without spending it; and whether the reset will take
+     * a second factor (not for an address never proven: see reset).
+     */
     async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date, mfaRequired?: boolean }> {
       const open = await oneTimeCodes.inspect('password_reset', token)
       const user = open === undefined ? undefined : await activeUser('id', open.userId)
       if (open === undefined || user === undefined) return { valid: false }
-      return { valid: true, expiresAt: open.expiresAt, mfaRequired: user.second_factor }
+      return { valid: true, expiresAt: open.expiresAt, mfaRequired: secondFactorAsked(user) }
     },
 
     /**
-     * Sets the new password: the policy first (a refused password spends nothing), then the
-     * proof is spent once (a wrong code counts against it, 5 kill it), then, in one transaction,
-     * the hash set, the address counted as verified, every session ended, the notice queued.
-     * An account with a second factor also takes a code of it, checked once the mail's proof is
-     * found good and before it is spent: a mistyped second code spends nothing of the mail.
+     * Sets the new password. The proof is looked at first (a code tried: a wrong one counts, the
+     * fifth kills it; an address of no account takes the same work), so that nobody without it
+     * learns anything of the account, not even whether the new password would fit it; then the
+     * policy (a refused password spends nothing); then, for an account with a second factor, a
+     * code of it, judged in the transaction that spends the mail's proof first (a mistyped
+     * second code spends nothing of the mail, and of two parallel resets one spends a code).
+     * Then, in one transaction, the hash set, the address proven, every session ended, the
+     * notice queued. An address proven for the first time is not asked for its factors: they go
+     * (addresses.prove), as whoever added them never proved the address.
      */
     async reset (proof: ResetProof, newPassword: string, caller: Caller, second?: SecondProof): Promise<void> {
-      const user = await userOf(proof)
-      accounts.checkNewPassword(newPassword, user ?? ('email' in proof ? { email: proof.email } : {}))
-      function failed (): never {
+      const found = 'token' in proof ? await oneTimeCodes.inspect('password_reset', proof.token) : await oneTimeCodes.tryCode('password_reset', proof.email, proof.code)
+      const user = found === undefined ? undefined : await activeUser('id', found.userId)
+      const failed = (): never => {
         audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new ResetTokenInvalidError()
       }
-      if (user?.second_factor === true) {
-        if ('code' in proof && await oneTimeCodes.spendCode('password_reset', user.id, proof.code, { spend: false }) === undefined) failed()
-        if (second === undefined) throw new MfaRequiredError()
-        await secondFactors.prove(user.id, second.method, second.code, caller)
+      if (found === undefined || user === undefined) return failed()
+      accounts.checkNewPassword(newPassword, user)
+      const asked = secondFactorAsked(user)
+      if (asked && second === undefined) throw new MfaRequiredError()
+      const spend = async (trx: Executor): Promise<void> => {
+        if (!await oneTimeCodes.spend('password_reset', found.id, trx)) failed()
       }
-      const spent = user === undefined
-        ? undefined
-        : 'token' in proof ? await oneTimeCodes.spendToken('password_reset', proof.token) : await oneTimeCodes.spendCode('password_reset', user.id, proof.code)
-      if (user === undefined || spent === undefined || spent.userId !== user.id) failed()
+      if (asked) await secondFactors.prove(user.id, second!.method, second!.code, caller, spend)
       const hash = await accounts.hashPassword(newPassword)
-      const ended = await sessions.changingUser(user.id, async (trx) => {
-        const changed = await trx.updateTable('users')
-          .set({ password_hash: hash, email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
+      const { ended, proven } = await sessions.changingUser(user.id, async (trx) => {
+        if (!asked) await spend(trx)
+        const proven = await addresses.prove(trx, user.id, user.email, { itself: { password: true, sessions: true } })
+        if (proven === undefined) throw new ResetTokenInvalidError()
+        // Proven meanwhile by someone holding the account, whose factors stay: they are asked for.
+        if (!asked && !proven.first && await secondFactors.hasFactor(user.id, trx)) throw new MfaRequiredError()
+        const changed = await trx.updateTable('users').set({ password_hash: hash })
           .where('id', '=', user.id).where('is_active', '=', true).where('deleted_at', 'is', null)
           .executeTakeFirst()
         if (changed.numUpdatedRows !== 1n) throw new ResetTokenInvalidError()
-        const count = await sessions.endAll(user.id, trx)
+        const ended = await sessions.endAll(user.id, trx)
         await outbox.enqueue('password_changed', { userId: user.id, at: clock.now().toISOString() }, trx)
-        return count
+        return { ended, proven }
       })
       outbox.kick()
+      addresses.committed(user.id, proven, 'password_reset', caller)
       audit.record({ event: 'password_reset', userId: user.id, detail: { sessions_ended: ended, by: 'token' in proof ? 'link' : 'code' } }, caller)
     }
   }

@@ -1,10 +1,11 @@
 import { createHash, createHmac, randomBytes, randomUUID } from 'node:crypto'
-import { sql } from 'kysely'
+import { sql, type Transaction } from 'kysely'
 import { generateSecret, generateURI, verifySync } from 'otplib'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
+import type { Database } from '../db/types.ts'
 import {
-  Aal2RequiredError, InvalidCredentialsError, MfaCodeInvalidError, MfaLockedError, MfaTokenInvalidError, NotFoundError, RecentSignInRequiredError
+  Aal2RequiredError, InvalidCredentialsError, MfaCodeInvalidError, MfaCodeUsedError, MfaLockedError, MfaTokenInvalidError, NotFoundError, RecentSignInRequiredError
 } from '../errors.ts'
 import { epochSeconds, seconds, type Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
@@ -51,7 +52,7 @@ const CHALLENGE_TRIES = 5
 const LOCK_AFTER = 10
 const LOCK_S = 15 * 60
 const RECOVERY_CODES = 10
-// Removing a factor takes a second factor proven within this long.
+// A change of factors takes a sign-in (or a step-up) within this long.
 const RECENT_S = 10 * 60
 
 // A recovery code: 80 random bits as 20 hex digits in groups of five; typed back in any case,
@@ -59,8 +60,21 @@ const RECENT_S = 10 * 60
 const newRecoveryCode = (): string => randomBytes(10).toString('hex').match(/.{5}/g)!.join('-')
 const normalizeRecoveryCode = (code: string): string => code.toLowerCase().replace(/[\s-]/g, '')
 
-// The methods of a sign-in, each once, in order (RFC 8176 §2).
+// The methods of a sign-in, each once, in order (RFC 8176 §2). A TOTP is RFC 8176's `otp`; a
+// recovery code has no registered value and is named apart, so that a gateway can tell them.
 const methods = (...amr: string[]): string[] => [...new Set(amr)]
+const secondAmr = (method: SecondFactorMethod): string[] => [method === 'totp' ? 'otp' : 'recovery_code', 'mfa']
+
+/** What a code was, once judged: the one taken, a wrong one, or a right one used already (not a guess). */
+type Judged = 'right' | 'wrong' | 'used'
+// Thrown out of the transaction that judged a code that is not right, so that nothing of it stays.
+class Judgement extends Error {
+  readonly judged: Exclude<Judged, 'right'>
+  constructor (judged: Exclude<Judged, 'right'>) {
+    super(judged)
+    this.judged = judged
+  }
+}
 
 /**
  * Second factors: TOTP (RFC 6238) with the last accepted time step stored, so a code is taken
@@ -92,35 +106,51 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
   const notify = (userId: number, change: string, executor: Executor = db): Promise<void> =>
     outbox.enqueue('second_factor_changed', { userId, change, at: clock.now().toISOString() }, executor)
 
-  const verifiedFactors = (userId: number) => db.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
+  const verifiedFactors = (userId: number, executor: Executor = db) => executor.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
     .where('user_id', '=', userId).where('verified_at', 'is not', null)
 
   async function hasFactor (userId: number, executor: Executor = db): Promise<boolean> {
     return (await executor.selectFrom('users').select(hasSecondFactor).where('id', '=', userId).executeTakeFirst())?.second_factor === true
   }
 
+  // Adding or removing a factor, and new recovery codes, take a recent proof: a sign-in (or a
+  // step-up) within RECENT_S, and an aal2 session when `aal2`. A stolen token of an older sign-in,
+  // a refreshed one included (a refresh keeps auth_time), cannot add an authenticator of the
+  // thief's and lock its owner out.
+  function requireRecent (claims: TokenClaims, { aal2 }: { aal2: boolean }): void {
+    if (aal2 && authContextOf(claims).aal !== 'aal2') throw new Aal2RequiredError()
+    if ((claims.auth_time ?? 0) < nowS() - RECENT_S) throw new RecentSignInRequiredError()
+  }
+
   // Takes a TOTP code of one of `factors` once: the time step it matched is stored by a guarded
-  // UPDATE, which a second use of the code (or of an older one) finds already past.
-  async function acceptTotp (factors: Array<{ id: string, secret_sealed: string }>, code: string): Promise<string | undefined> {
+  // UPDATE, which a second use of the code (or of an older one) finds already past: `used`.
+  async function takeTotp (factors: Array<{ id: string, secret_sealed: string }>, code: string, executor: Executor = db): Promise<Judged> {
+    if (!/^[0-9]{6}$/.test(code)) return 'wrong'
     const now = nowS()
+    let used = false
     for (const factor of factors) {
       const result = verifySync({ secret: box.open(factor.secret_sealed, factor.id), token: code, epoch: now, epochTolerance: STEP_S })
       if (!result.valid) continue
       const step = Math.floor(now / STEP_S) + result.delta
-      const taken = await db.updateTable('mfa_factors').set({ last_step: step })
+      const taken = await executor.updateTable('mfa_factors').set({ last_step: step })
         .where('id', '=', factor.id)
         .where((eb) => eb.or([eb('last_step', 'is', null), eb('last_step', '<', String(step))]))
         .executeTakeFirst()
-      if (taken.numUpdatedRows === 1n) return factor.id
+      if (taken.numUpdatedRows === 1n) return 'right'
+      used = true
     }
-    return undefined
+    return used ? 'used' : 'wrong'
   }
 
-  async function spendRecoveryCode (userId: number, code: string): Promise<boolean> {
-    const spent = await db.updateTable('recovery_codes').set({ used_at: clock.db() })
-      .where('user_id', '=', userId).where('code_hash', '=', recoveryHash(userId, code)).where('used_at', 'is', null)
+  // Spends one of the user's recovery codes: `used` when it is one of theirs spent already.
+  async function takeRecoveryCode (userId: number, code: string, executor: Executor): Promise<Judged> {
+    const hash = recoveryHash(userId, code)
+    const spent = await executor.updateTable('recovery_codes').set({ used_at: clock.db() })
+      .where('user_id', '=', userId).where('code_hash', '=', hash).where('used_at', 'is', null)
       .executeTakeFirst()
-    return spent.numUpdatedRows === 1n
+    if (spent.numUpdatedRows === 1n) return 'right'
+    const known = await executor.selectFrom('recovery_codes').select('id').where('user_id', '=', userId).where('code_hash', '=', hash).executeTakeFirst()
+    return known === undefined ? 'wrong' : 'used'
   }
 
   async function recoveryCodesLeft (userId: number): Promise<number> {
@@ -140,34 +170,76 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
   }
 
   /**
-   * A second step of the user: refused while locked; a wrong code counts towards the lock (and
-   * `onWrong`, a challenge's own tries), a right one clears the count. A recovery code used is
-   * mailed about.
+   * Counts a second step of the user before its code is judged, in one guarded statement: none
+   * while the second step is locked (undefined); the try that makes LOCK_AFTER in a row sets the
+   * lock. Of parallel tries, no more than the lock allows are ever judged. A lock that has run
+   * out starts the count again.
    */
-  async function prove (userId: number, method: SecondFactorMethod, code: string, caller: Caller, onWrong?: () => Promise<void>): Promise<void> {
-    const state = await db.selectFrom('users').select(sql<boolean>`coalesce(mfa_locked_until > ${clock.db()}, false)`.as('locked'))
-      .where('id', '=', userId).executeTakeFirst()
-    if (state?.locked !== false) {
-      if (state !== undefined) record('mfa_verify', userId, caller, { method, reason: 'locked' }, 'failure')
+  async function countTry (userId: number): Promise<number | undefined> {
+    const counted = await db.updateTable('users')
+      .set((eb) => {
+        const tries = sql<number>`(case when ${eb.ref('mfa_locked_until')} is null then ${eb.ref('mfa_failures')} + 1 else 1 end)`
+        return { mfa_failures: tries, mfa_locked_until: sql<Date | null>`case when ${tries} >= cast(${LOCK_AFTER} as integer) then ${clock.db()} + ${seconds(LOCK_S)} end` }
+      })
+      .where('id', '=', userId)
+      .where((eb) => eb.or([eb('mfa_locked_until', 'is', null), eb('mfa_locked_until', '<=', clock.db())]))
+      .returning('mfa_failures')
+      .executeTakeFirst()
+    return counted?.mfa_failures
+  }
+
+  // Takes back a try that was not a guess (its code was used already, or it was never judged):
+  // with the lock it set, if it was the one that set it; never a lock another try set.
+  async function takeBackTry (userId: number, tries: number): Promise<void> {
+    await db.updateTable('users').set({ mfa_failures: sql<number>`mfa_failures - 1`, mfa_locked_until: null })
+      .where('id', '=', userId).where('mfa_failures', '>', 0)
+      .where((eb) => tries >= LOCK_AFTER
+        ? eb.and([eb('mfa_failures', '=', tries), eb('mfa_locked_until', 'is not', null)])
+        : eb('mfa_locked_until', 'is', null))
+      .execute()
+  }
+
+  /**
+   * A second step of the user: counted first (refused while locked), then judged in one
+   * transaction that runs `first` before it (what the step spends besides the code: an mfa_token,
+   * a reset mail's secret), so that of parallel steps sharing what `first` spends one takes a
+   * code, and a code is never spent for a step that then fails. A right code clears the count; a
+   * wrong one stays counted (the tenth in a row locks); a code used already is answered as such
+   * and not counted. A recovery code used is mailed about.
+   */
+  async function prove (userId: number, method: SecondFactorMethod, code: string, caller: Caller, first?: (trx: Transaction<Database>) => Promise<void>): Promise<void> {
+    const tries = await countTry(userId)
+    if (tries === undefined) {
+      record('mfa_verify', userId, caller, { method, reason: 'locked' }, 'failure')
       throw new MfaLockedError()
     }
-    const right = method === 'totp'
-      ? /^[0-9]{6}$/.test(code) && await acceptTotp(await verifiedFactors(userId).execute(), code) !== undefined
-      : await spendRecoveryCode(userId, code)
-    if (!right) {
-      await onWrong?.()
-      const after = await db.updateTable('users')
-        .set((eb) => ({
-          mfa_failures: sql<number>`case when ${eb.ref('mfa_failures')} + 1 >= ${LOCK_AFTER} then 0 else ${eb.ref('mfa_failures')} + 1 end`,
-          mfa_locked_until: sql<Date>`case when ${eb.ref('mfa_failures')} + 1 >= ${LOCK_AFTER} then ${clock.db()} + ${seconds(LOCK_S)} else null end`
-        }))
-        .where('id', '=', userId)
-        .returning(sql<boolean>`mfa_locked_until is not null`.as('locked'))
-        .executeTakeFirst()
-      record('mfa_verify', userId, caller, { method, ...(after?.locked === true ? { locked_for_s: LOCK_S } : {}) }, 'failure')
-      throw after?.locked === true ? new MfaLockedError() : new MfaCodeInvalidError()
+    let judged: Judged
+    try {
+      judged = await db.transaction().execute(async (trx) => {
+        await first?.(trx)
+        const taken = method === 'totp' ? await takeTotp(await verifiedFactors(userId, trx).execute(), code, trx) : await takeRecoveryCode(userId, code, trx)
+        // Not right: nothing `first` spent stays spent.
+        if (taken !== 'right') throw new Judgement(taken)
+        return taken
+      })
+    } catch (error) {
+      if (!(error instanceof Judgement)) {
+        await takeBackTry(userId, tries)
+        throw error
+      }
+      judged = error.judged
     }
-    await db.updateTable('users').set({ mfa_failures: 0 }).where('id', '=', userId).where('mfa_failures', '<>', 0).execute()
+    if (judged === 'used') {
+      await takeBackTry(userId, tries)
+      record('mfa_verify', userId, caller, { method, reason: 'used' }, 'failure')
+      throw new MfaCodeUsedError()
+    }
+    if (judged === 'wrong') {
+      const locked = tries >= LOCK_AFTER
+      record('mfa_verify', userId, caller, { method, ...(locked ? { locked_for_s: LOCK_S } : {}) }, 'failure')
+      throw locked ? new MfaLockedError() : new MfaCodeInvalidError()
+    }
+    await db.updateTable('users').set({ mfa_failures: 0, mfa_locked_until: null }).where('id', '=', userId).execute()
     record('mfa_verify', userId, caller, { method })
     if (method === 'recovery_code') {
       const left = await recoveryCodesLeft(userId)
@@ -177,10 +249,21 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
     }
   }
 
+  /**
+   * Every factor and recovery code of the user gone and the lock lifted, within `executor`
+   * (an operator's reset, an address proven for the first time); how many factors went.
+   */
+  async function removeAll (userId: number, executor: Executor): Promise<number> {
+    const deleted = await executor.deleteFrom('mfa_factors').where('user_id', '=', userId).executeTakeFirst()
+    await executor.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
+    await executor.updateTable('users').set({ mfa_failures: 0, mfa_locked_until: null }).where('id', '=', userId).execute()
+    return Number(deleted.numDeletedRows)
+  }
+
   // The session of a step-up or an enrolment: a new one at aal2, the old one ended.
-  async function renew (claims: TokenClaims, roles: string[], caller: Caller): Promise<TokenPair> {
+  async function renew (claims: TokenClaims, roles: string[], method: SecondFactorMethod, caller: Caller): Promise<TokenPair> {
     const before = authContextOf(claims)
-    const auth: AuthContext = { aal: 'aal2', amr: methods(...before.amr, 'otp', 'mfa'), auth_time: nowS() }
+    const auth: AuthContext = { aal: 'aal2', amr: methods(...before.amr, ...secondAmr(method)), auth_time: nowS() }
     const { pair, sessionId } = await sessions.start({ userId: claims.user_id, roles }, caller.client, auth)
     await sessions.revoke(claims.user_id, claims.sid, 'current')
     audit.record({ event: 'login', userId: claims.user_id, sessionId, detail: { method: 'step_up', replaced: claims.sid } }, caller)
@@ -194,11 +277,11 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
 
     /**
      * A new TOTP factor for the signed-in user, unverified until its first code: its secret
-     * (base32) and the otpauth URI an authenticator app reads from a QR code. A user who has a
-     * verified factor adds another only from an aal2 session. An earlier unverified one is dropped.
+     * (base32) and the otpauth URI an authenticator app reads from a QR code. It takes a recent
+     * sign-in, and from a user who has a verified factor an aal2 session. An earlier unverified one is dropped.
      */
     async enroll (user: { id: number, username: string }, claims: TokenClaims, caller: Caller): Promise<{ factorId: string, secret: string, uri: string }> {
-      if (authContextOf(claims).aal !== 'aal2' && await hasFactor(user.id)) throw new Aal2RequiredError()
+      requireRecent(claims, { aal2: await hasFactor(user.id) })
       const factorId = randomUUID()
       const secret = generateSecret()
       await db.transaction().execute(async (trx) => {
@@ -218,7 +301,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
         .where('id', '=', factorId).where('user_id', '=', user.id).where('verified_at', 'is', null)
         .executeTakeFirst()
       if (factor === undefined) throw new NotFoundError()
-      if (!/^[0-9]{6}$/.test(code) || await acceptTotp([factor], code) === undefined) {
+      if (await takeTotp([factor], code) !== 'right') {
         record('mfa_factor_verified', user.id, caller, { factor_id: factorId }, 'failure')
         throw new MfaCodeInvalidError()
       }
@@ -230,7 +313,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
       })
       outbox.kick()
       record('mfa_factor_verified', user.id, caller, { factor_id: factorId, recovery_codes: recoveryCodes !== undefined })
-      return { pair: await renew(claims, user.roles, caller), ...(recoveryCodes === undefined ? {} : { recoveryCodes }) }
+      return { pair: await renew(claims, user.roles, 'totp', caller), ...(recoveryCodes === undefined ? {} : { recoveryCodes }) }
     },
 
     async list (userId: number): Promise<FactorInfo[]> {
@@ -240,18 +323,13 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
     },
 
     /**
-     * Removes a factor of the signed-in user: a verified one only from an aal2 session whose
-     * second factor was proven within the last 10 minutes. The last verified one takes the
-     * recovery codes with it.
+     * Removes a factor of the signed-in user: a verified one only from an aal2 session signed in
+     * (or stepped up) within the last 10 minutes. The last verified one takes the recovery codes with it.
      */
     async remove (userId: number, claims: TokenClaims, factorId: string, caller: Caller): Promise<void> {
       const factor = await db.selectFrom('mfa_factors').select('verified_at').where('id', '=', factorId).where('user_id', '=', userId).executeTakeFirst()
       if (factor === undefined) throw new NotFoundError()
-      if (factor.verified_at !== null) {
-        const auth = authContextOf(claims)
-        if (auth.aal !== 'aal2') throw new Aal2RequiredError()
-        if (auth.auth_time < nowS() - RECENT_S) throw new RecentSignInRequiredError()
-      }
+      if (factor.verified_at !== null) requireRecent(claims, { aal2: true })
       await db.transaction().execute(async (trx) => {
         await trx.deleteFrom('mfa_factors').where('id', '=', factorId).execute()
         if (!await hasFactor(userId, trx)) await trx.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
@@ -261,9 +339,10 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
       record('mfa_factor_removed', userId, caller, { factor_id: factorId })
     },
 
-    /** Ten new recovery codes, the old ones dead: from an aal2 session of a user with a verified factor. */
+    /** Ten new recovery codes, the old ones dead: from a recent aal2 session of a user with a verified factor. */
     async regenerateRecoveryCodes (userId: number, claims: TokenClaims, caller: Caller): Promise<string[]> {
-      if (authContextOf(claims).aal !== 'aal2' || !await hasFactor(userId)) throw new Aal2RequiredError()
+      if (!await hasFactor(userId)) throw new Aal2RequiredError()
+      requireRecent(claims, { aal2: true })
       const codes = await db.transaction().execute(async (trx) => {
         await notify(userId, 'new recovery codes were made, and the old ones no longer work', trx)
         return await newRecoveryCodes(userId, trx)
@@ -290,23 +369,37 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
       return { mfaToken: issued.token!, methods: left > 0 ? ['totp', 'recovery_code'] : ['totp'] }
     },
 
+    /** The user of an open mfa_token, if it is one (the per-account rate limit of the second step counts by it). */
+    async challengedUser (mfaToken: string): Promise<number | undefined> {
+      return (await oneTimeCodes.inspect('mfa_challenge', mfaToken))?.userId
+    },
+
     /**
-     * The second step of a sign-in: the mfa_token and a code of the user's factor. A wrong code
-     * counts against the token (5 kill it) and towards the lock; a right one spends the token
-     * once and starts the session, aal2. Whether its answer sets cookies, as the first step's would.
+     * The second step of a sign-in: the mfa_token and a code of the user's factor. The token's
+     * try is counted before the code is judged (5 tries), and the token is spent in the
+     * transaction that takes the code, before it: of parallel steps on one token, one signs in
+     * and no other code (a recovery code) is spent. A right code starts the session, aal2; the
+     * answer sets cookies where the first step's would.
      */
     async completeSignIn (mfaToken: string, method: SecondFactorMethod, code: string, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
       const open = await oneTimeCodes.inspect('mfa_challenge', mfaToken)
-      if (open === undefined) throw new MfaTokenInvalidError()
+      if (open === undefined || !await oneTimeCodes.attempt('mfa_challenge', open.id)) throw new MfaTokenInvalidError()
       const { userId } = open
-      await prove(userId, method, code, caller, () => oneTimeCodes.fail('mfa_challenge', open.id))
-      if (!await oneTimeCodes.spend('mfa_challenge', open.id)) throw new MfaTokenInvalidError()
+      try {
+        await prove(userId, method, code, caller, async (trx) => {
+          if (!await oneTimeCodes.spend('mfa_challenge', open.id, trx)) throw new MfaTokenInvalidError()
+        })
+      } catch (error) {
+        // A code used already is not a guess: the token's try is given back too.
+        if (error instanceof MfaCodeUsedError) await oneTimeCodes.takeBack('mfa_challenge', open.id)
+        throw error
+      }
       const detail = open.detail as { amr: string[], cookies: boolean, password?: string }
       const user = await db.selectFrom('users').select(['roles', 'password_hash']).where('id', '=', userId).where('is_active', '=', true).executeTakeFirst()
       // The password of the first step changed since (or the account was disabled): start again.
       if (user === undefined || (detail.password !== undefined && (user.password_hash === null || passwordDigest(user.password_hash) !== detail.password))) throw new InvalidCredentialsError()
       const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }
-      const started = await sessions.start(credential, caller.client, { aal: 'aal2', amr: methods(...detail.amr, 'otp', 'mfa'), auth_time: nowS() })
+      const started = await sessions.start(credential, caller.client, { aal: 'aal2', amr: methods(...detail.amr, ...secondAmr(method)), auth_time: nowS() })
       audit.record({ event: 'login', userId, sessionId: started.sessionId, detail: { method: detail.amr.join('+'), second: method } }, caller)
       return { pair: started.pair, cookies: detail.cookies }
     },
@@ -315,17 +408,22 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
     async stepUp (user: { id: number, roles: string[] }, claims: TokenClaims, method: SecondFactorMethod, code: string, caller: Caller): Promise<TokenPair> {
       if (!await hasFactor(user.id)) throw new MfaCodeInvalidError()
       await prove(user.id, method, code, caller)
-      return await renew(claims, user.roles, caller)
+      return await renew(claims, user.roles, method, caller)
     },
 
-    /** An operator's reset (the admin API): every factor and recovery code gone, the lock lifted, the user told. */
-    async resetAll (userId: number): Promise<number> {
-      const removed = await db.transaction().execute(async (trx) => {
-        const deleted = await trx.deleteFrom('mfa_factors').where('user_id', '=', userId).executeTakeFirst()
-        await trx.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
-        await trx.updateTable('users').set({ mfa_failures: 0, mfa_locked_until: null }).where('id', '=', userId).execute()
-        await notify(userId, 'an operator removed every second factor of the account', trx)
-        return Number(deleted.numDeletedRows)
+    removeAll,
+
+    /**
+     * An operator's reset (the admin API): every factor and recovery code gone, the lock lifted,
+     * the user told; and their sessions ended, unless `keepSessions` (a lost phone of someone
+     * whose sessions are theirs). How many factors and sessions went.
+     */
+    async resetAll (userId: number, { keepSessions = false } = {}): Promise<{ factors: number, sessions: number }> {
+      const removed = await sessions.changingUser(userId, async (trx) => {
+        const factors = await removeAll(userId, trx)
+        const ended = keepSessions ? 0 : await sessions.endAll(userId, trx)
+        await notify(userId, `an operator removed every second factor of the account${keepSessions ? '' : ' and ended its sessions'}`, trx)
+        return { factors, sessions: ended }
       })
       outbox.kick()
       return removed

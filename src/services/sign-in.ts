@@ -1,4 +1,3 @@
-import { sql } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
@@ -6,8 +5,9 @@ import { epochSeconds, type Clock } from '../lib/clock.ts'
 import type { MailTemplates } from '../lib/mail-templates.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import { hasSecondFactor, type Accounts, type PasswordProof } from './accounts.ts'
+import type { Addresses } from './addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import type { OneTimeCodes } from './one-time-codes.ts'
+import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './outbox.ts'
 import type { MfaChallenge, SecondFactors } from './second-factors.ts'
 import type { Sessions } from './sessions.ts'
@@ -32,6 +32,7 @@ export interface SignInDeps {
   templates: MailTemplates
   audit: AuditTrail
   secondFactors: SecondFactors
+  addresses: Addresses
 }
 
 /**
@@ -39,15 +40,16 @@ export interface SignInDeps {
  * account still needs comes next, and only then does a session start. Every outcome is in the
  * audit trail, as `login`.
  */
-export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors }: SignInDeps) {
-  const activeUser = (email: string) => db.selectFrom('users').select(['id', 'username', 'email', 'roles']).select(hasSecondFactor)
-    .where('email', '=', email).where('is_active', '=', true).where('deleted_at', 'is', null)
+export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses }: SignInDeps) {
+  const activeUser = (id: number) => db.selectFrom('users').select(['id', 'username', 'email', 'roles']).select(hasSecondFactor)
+    .where('id', '=', id).where('is_active', '=', true).where('deleted_at', 'is', null)
 
   outbox.define('email_sign_in', async (payload, trx) => {
     const user = await trx.selectFrom('users').select(['id', 'username', 'email'])
       .where('email', '=', String(payload.email)).where('is_active', '=', true).where('deleted_at', 'is', null)
       .executeTakeFirst()
-    if (user === undefined || !await oneTimeCodes.mayMail(user.id, 'email_sign_in', trx)) return undefined
+    if (user === undefined) return undefined
+    if (!await oneTimeCodes.mayMail(user.id, 'email_sign_in', trx)) return { heldBack: HELD_BACK, userId: user.id }
     const issued = await oneTimeCodes.issue({ purpose: 'email_sign_in', userId: user.id, ttlS: config.emailSignInTtlS, with: { code: true } }, trx)
     const mail = templates.render('email-sign-in', user.email, { username: user.username, code: issued.code!, minutes: String(Math.round(config.emailSignInTtlS / 60)) })
     return { mail, expiresAt: issued.expiresAt }
@@ -96,21 +98,25 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
     },
 
     /**
-     * A sign-in with the code mailed to `email`: spent once (a wrong one counts, 5 kill it); it
-     * proves the address, which counts as verified from then on.
+     * A sign-in with the code mailed to `email`: tried (a wrong one counts, 5 kill it; an address
+     * of no account takes the same work), then spent once; it proves the address, which counts
+     * as verified from then on. The first proof of the account's address signs out everyone and
+     * removes the password and second factors someone may have put there before (addresses.prove):
+     * the session it starts is then the account's only one.
      */
     async emailCode (email: string, code: string, caller: Caller): Promise<SignInStep> {
-      const user = await activeUser(email).executeTakeFirst()
-      const spent = user === undefined ? undefined : await oneTimeCodes.spendCode('email_sign_in', user.id, code)
-      if (user === undefined || spent === undefined) {
+      const found = await oneTimeCodes.tryCode('email_sign_in', email, code)
+      const user = found === undefined ? undefined : await activeUser(found.userId).executeTakeFirst()
+      const proven = user === undefined
+        ? undefined
+        : await sessions.changingUser(user.id, async (trx) => await oneTimeCodes.spend('email_sign_in', found!.id, trx) ? await addresses.prove(trx, user.id, user.email) : undefined)
+      if (user === undefined || proven === undefined) {
         audit.record({ event: 'login', outcome: 'failure', userId: user?.id ?? null, identifier: email, detail: { method: 'email_code' } }, caller)
         throw new SignInCodeInvalidError()
       }
-      await sessions.changingUser(user.id, (trx) => trx.updateTable('users')
-        .set({ email_verified_at: sql<Date>`coalesce(email_verified_at, ${clock.db()})` })
-        .where('id', '=', user.id).where('email', '=', user.email)
-        .execute())
-      return await next({ user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, secondFactor: user.second_factor }, caller, 'email_code', { cookies: true })
+      addresses.committed(user.id, proven, 'email_code', caller)
+      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, secondFactor: user.second_factor && !proven.first }
+      return await next(proof, caller, 'email_code', { cookies: true })
     }
   }
 }

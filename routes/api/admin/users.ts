@@ -120,13 +120,19 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     onRequest: write.onRequest,
     schema: {
       tags: ['admin'],
-      summary: 'Remove every second factor and recovery code of a user (a lost phone), the lock lifted; the user is mailed a notice',
+      summary: 'Remove every second factor and recovery code of a user (a lost phone), the lock lifted, their sessions ended (unless keep_sessions); the user is mailed a notice',
       security: write.security,
       params: UserIdParamsSchema,
-      body: Type.Object({ reason: ReasonSchema }, { additionalProperties: false }),
-      response: { 200: Type.Object({ factors_removed: Type.Integer() }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
+      body: Type.Object({
+        reason: ReasonSchema,
+        keep_sessions: Type.Optional(Type.Boolean({ description: 'leave the user\'s sessions open (default false: whoever has the phone may hold one)' }))
+      }, { additionalProperties: false }),
+      response: { 200: Type.Object({ factors_removed: Type.Integer(), sessions_ended: Type.Integer() }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
     }
-  }, async (request) => ({ factors_removed: await admin.resetSecondFactors(Number(request.params.id), request.body, operatorOf(request)) }))
+  }, async (request) => {
+    const removed = await admin.resetSecondFactors(Number(request.params.id), request.body, operatorOf(request))
+    return { factors_removed: removed.factors, sessions_ended: removed.sessions }
+  })
 
   // With the password reset (APP_RESET_URL): an operator starts a user's recovery by mail.
   if (fastify.config.APP_RESET_URL === undefined) return

@@ -20,15 +20,22 @@ const byCookie = (request: FastifyRequest): boolean => request.headers.authoriza
 /** Second factors (docs/second-factors.md): TOTP, recovery codes, the second step of a sign-in and the step-up of a session. */
 const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
   const { secondFactors, config } = fastify
-  // Every code guessed counts per address, and per account once one is known.
-  const codeLimits = { limits: [perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX)] }
-  const accountCodeLimits = { limits: [...codeLimits.limits, perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `user:${request.user.id}`)] }
+  // Every code guessed counts per address, and per account (with the account's sign-ins): by the
+  // signed-in user, or the user an mfa_token is for (an unknown token counts apart).
+  const perIpLimit = perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX)
+  const accountCodeLimits = { limits: [perIpLimit, perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `user:${request.user.id}`)] }
+  const secondStepLimits = {
+    limits: [perIpLimit, perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => {
+      const { mfa_token: mfaToken } = request.body as { mfa_token?: string }
+      return `user:${mfaToken === undefined ? request.user.id : await secondFactors.challengedUser(mfaToken) ?? 'none'}`
+    })]
+  }
 
   fastify.post('/mfa/totp', {
     onRequest: [fastify.authenticate],
     schema: {
       tags: ['mfa'],
-      summary: 'Start adding an authenticator app: its secret and otpauth URI; verified by its first code',
+      summary: 'Start adding an authenticator app (a sign-in within 10 minutes; aal2 once the user has a factor): its secret and otpauth URI; verified by its first code',
       security: AccessTokenSecurity,
       response: {
         201: Type.Object({ factor_id: Type.String({ format: 'uuid' }), secret: Type.String({ description: 'base32, for typing in' }), otpauth_uri: Type.String({ description: 'for a QR code' }) }),
@@ -76,7 +83,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
     onRequest: [fastify.authenticate],
     schema: {
       tags: ['mfa'],
-      summary: 'Remove a second factor: a verified one from an aal2 session whose second factor was proven within 10 minutes',
+      summary: 'Remove a second factor: a verified one from an aal2 session signed in or stepped up within 10 minutes',
       security: AccessTokenSecurity,
       params: SessionParamsSchema,
       response: { 204: Type.Null(), ...problems(400, 401, 403, 404, 413, 415, 503) }
@@ -100,14 +107,18 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
     onRequest: [fastify.authenticate],
     schema: {
       tags: ['mfa'],
-      summary: 'Ten new recovery codes, the old ones dead (an aal2 session)',
+      summary: 'Ten new recovery codes, the old ones dead (an aal2 session signed in or stepped up within 10 minutes)',
       security: AccessTokenSecurity,
       response: { 200: Type.Object({ recovery_codes: RecoveryCodesSchema }), ...problems(400, 401, 403, 413, 415, 503) }
     }
   }, async (request) => ({ recovery_codes: await secondFactors.regenerateRecoveryCodes(request.user.id, request.claims!, callerOf(request)) }))
 
   fastify.post('/mfa/verify', {
-    config: codeLimits,
+    // A step-up is of a signed-in session: authenticated before the per-account limit counts it.
+    preHandler: async (request, reply) => {
+      if (request.body.mfa_token === undefined) await fastify.authenticate(request, reply)
+    },
+    config: secondStepLimits,
     schema: {
       tags: ['mfa'],
       summary: 'The second step: with the mfa_token of a sign-in, its pair (and cookies where it sets them); with an access token instead, a step-up of the session to aal2',
@@ -125,7 +136,6 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       const done = await secondFactors.completeSignIn(mfaToken, method, code, callerOf(request))
       return (done.cookies ? reply.setAuthCookies(done.pair) : reply).send(done.pair)
     }
-    await fastify.authenticate(request, reply)
     const pair = await secondFactors.stepUp(request.user, request.claims!, method, code, callerOf(request))
     return (byCookie(request) ? reply.setAuthCookies(pair) : reply).send(pair)
   })

@@ -1,28 +1,56 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ValidationFailedError } from '#src/errors.ts'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { DatabaseUnavailableError, ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/lib/client.ts'
 import { perIp } from '#src/lib/limits.ts'
-import { EmailSchema, MailCodeSchema, MailTokenSchema, problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verify (docs/email.md): the verification mail's link token, or its address and code. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   if (fastify.config.EMAIL_VERIFICATION === 'off') return
+
+  // The user of the request's live session, if it has one (the browser that registered sends its
+  // cookies): shown to hold the account. Any other token, or none, shows nothing, and is no error.
+  async function sessionUserOf (request: FastifyRequest, reply: FastifyReply): Promise<number | undefined> {
+    if (request.headers.authorization === undefined && request.cookies[fastify.config.cookieNames.access] === undefined) return undefined
+    try {
+      return (await fastify.sessions.userOf(await fastify.verifyAccessToken(request, reply)))?.id
+    } catch (error) {
+      if (error instanceof DatabaseUnavailableError) throw error
+      return undefined
+    }
+  }
+
   fastify.post('/verify', {
     config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
     schema: {
       tags: ['account'],
-      summary: 'Verify an address with the verification mail\'s token, or its address and code',
-      body: Type.Object({ token: Type.Optional(MailTokenSchema), email: Type.Optional(EmailSchema), code: Type.Optional(MailCodeSchema) }, { additionalProperties: false }),
-      response: { 200: Type.Object({ email_verified: Type.Literal(true) }, { additionalProperties: false }), ...problems(400, 413, 415, 429, 503) }
+      summary: 'Verify an address with the verification mail\'s token, or its address and code; a session of the account, or its password, shows that whoever verifies holds it too',
+      description: 'The first proof of an account\'s address by someone who does not show they hold the account (no session of it, no password) removes its password, sessions and second factors: they may be a squatter\'s (docs/email.md).',
+      security: [...AccessTokenSecurity, {}],
+      body: Type.Object({
+        token: Type.Optional(MailTokenSchema),
+        email: Type.Optional(EmailSchema),
+        code: Type.Optional(MailCodeSchema),
+        password: Type.Optional({ ...PasswordSchema, description: 'the account\'s password: whoever verifies holds the account, and it stays as it is' })
+      }, { additionalProperties: false }),
+      response: {
+        200: Type.Object({
+          email_verified: Type.Literal(true),
+          password_removed: Type.Optional(Type.Literal(true, { description: 'the account\'s password no longer works (set one with the password reset), and its sessions ended' }))
+        }, { additionalProperties: false }),
+        ...problems(400, 401, 413, 415, 429, 503)
+      }
     }
-  }, async (request) => {
-    const { token, email, code } = request.body
+  }, async (request, reply) => {
+    const { token, email, code, password } = request.body
     const byLink = token !== undefined && email === undefined && code === undefined
     if (!byLink && (token !== undefined || email === undefined || code === undefined)) {
       throw new ValidationFailedError([{ field: 'token', message: 'Give the token of the link, or the email and the code, not both.' }])
     }
-    await fastify.emailVerification.verify(byLink ? { token } : { email: email!, code: code! }, callerOf(request))
-    return { email_verified: true as const }
+    const holder = { userId: await sessionUserOf(request, reply), password }
+    const { passwordRemoved } = await fastify.emailVerification.verify(byLink ? { token } : { email: email!, code: code! }, callerOf(request), holder)
+    return { email_verified: true as const, ...(passwordRemoved ? { password_removed: true as const } : {}) }
   })
 }
 
