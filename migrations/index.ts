@@ -11,6 +11,7 @@ import * as admin from './0009-admin.ts'
 import * as mailOutbox from './0010-mail-outbox.ts'
 import * as emailVerification from './0011-email-verification.ts'
 import * as secondFactors from './0012-second-factors.ts'
+import * as clientAuthMethod from './0014-client-auth-method.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -25,5 +26,6 @@ export const migrations: Record<string, Migration> = {
   '0009-admin': admin,
   '0010-mail-outbox': mailOutbox,
   '0011-email-verification': emailVerification,
-  '0012-second-factors': secondFactors
+  '0012-second-factors': secondFactors,
+  '0014-client-auth-method': clientAuthMethod
 }

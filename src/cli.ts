@@ -20,7 +20,8 @@ const USAGE = `usage: node src/cli.ts <command>
 
 const CLIENTS_USAGE = `usage: npm run clients -- <command>
   create --name <name> --audience <uri> [--audience <uri>…] [--scope <scope>…] [--ttl 10m] [--jwks <file>] [--json]
-                  a client and its first secret, shown once (--json: {"client_id","client_secret"})
+                  a client and its first secret, shown once; with --jwks a private_key_jwt client, which has none
+                  (--json: {"client_id","token_endpoint_auth_method","client_secret"?})
   list [--json]   every client
   show <id> [--json]
                   a client and when its secrets were made and stop working
@@ -45,7 +46,8 @@ function describeClient (client: ServiceClient): string {
     `${client.id}  ${JSON.stringify(client.name)}${client.disabled ? '  DISABLED' : ''}`,
     `  scopes: ${client.scopes.join(' ') || '(none)'}`,
     `  audiences: ${client.audiences.join(' ')}`,
-    `  token lifetime: ${client.tokenTtlS} s${client.jwks === null ? '' : `; private_key_jwt with ${client.jwks.keys.length} key(s)`}`
+    `  token lifetime: ${client.tokenTtlS} s`,
+    `  authentication: ${client.jwks === null ? `${client.authMethod} (client_secret_post too)` : `${client.authMethod} with ${client.jwks.keys.length} key(s), no secret`}`
   ].join('\n')
 }
 
@@ -55,6 +57,7 @@ const clientJson = (client: ServiceClient) => ({
   scopes: client.scopes,
   audiences: client.audiences,
   token_ttl_s: client.tokenTtlS,
+  token_endpoint_auth_method: client.authMethod,
   private_key_jwt: client.jwks !== null,
   disabled: client.disabled,
   created_at: client.createdAt
@@ -100,8 +103,9 @@ async function clientsCommand (config: Config, args: string[], log: Logger): Pro
           tokenTtlS: options.ttl === undefined ? CLIENT_TOKEN_TTL_S.default : secondsOf('ttl', options.ttl),
           ...(jwks === undefined ? {} : { jwks })
         }, CLI_CALLER)
-        // --json prints exactly what a script stores: nothing to parse around.
-        if (json) return JSON.stringify({ client_id: client.id, client_secret: secret })
+        // --json prints exactly what a script stores: nothing to parse around (RFC 7591's names).
+        if (json) return JSON.stringify({ client_id: client.id, token_endpoint_auth_method: client.authMethod, ...(secret === null ? {} : { client_secret: secret }) })
+        if (secret === null) return `created\n${describeClient(client)}\nclient_id: ${client.id}\n(no secret: it signs client_assertions with a key of its JWKS)`
         return `created\n${describeClient(client)}\nclient_id: ${client.id}\nclient_secret: ${secret}\n(the secret is shown this once: store it now)`
       }
       case 'list': {

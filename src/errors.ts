@@ -49,7 +49,8 @@ export const InvalidCredentialsError = define('invalid_credentials', 'No active 
 export const NotAuthenticatedError = define('not_authenticated', 'Authentication credentials were not provided.', 401)
 export const TokenNotValidError = define('token_not_valid', 'Token is invalid or expired', 401)
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
-export const InvalidClientError = define('invalid_client', 'Client authentication failed.', 401)
+// Says why (RFC 6749 §5.2's error_description), never whether a client id exists to who has not proven it.
+export const InvalidClientError = define('invalid_client', 'Client authentication failed: %s', 401)
 export const MfaTokenInvalidError = define('mfa_token_invalid', 'The mfa_token is wrong, used, expired or out of tries: sign in again.', 401)
 export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)
 export const AudienceRequiredError = define('token_not_valid', 'A service token is accepted only for an audience the gateway names (?audience=).', 401)

@@ -78,7 +78,7 @@ ProxyPass / ${urls.app}/
 
 <Location />
   AuthType oauth20
-  Require claim token_type:access
+  Require claim token_type:Bearer
 </Location>
 <Location /api/>
   # authgate's own routes: signing in needs no token.
@@ -334,7 +334,7 @@ t.test('Apache httpd with mod_auth_openidc in front of an app', { skip: apacheMi
       t.equal(saw.oidc_claim_sub, String(user.id))
       t.equal(saw.oidc_claim_username, user.username)
       t.equal(saw.oidc_claim_sid, claimsOf(access).sid)
-      t.equal(saw.oidc_claim_token_type, 'access')
+      t.equal(saw.oidc_claim_token_type, 'Bearer', 'the OAuth token type (RFC 7662 §2.2)')
     })
 
     t.test('logout: the same token is refused at the very next request', async (t) => {
@@ -349,7 +349,7 @@ t.test('Apache httpd with mod_auth_openidc in front of an app', { skip: apacheMi
       const { refresh } = await login(app)
       const res = await refused(t, apache, upstream, refresh, 'the refresh token is refused')
       // Refused by the introspection ({"active":false}: a challenge), not only by Require claim
-      // token_type:access (a 401 without one).
+      // token_type:Bearer (a 401 without one).
       t.match(res.headers.get('www-authenticate'), /invalid_token.*Reference token could not be introspected/, 'introspection answers {"active":false} for a refresh token')
     })
 

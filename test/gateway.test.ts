@@ -88,16 +88,18 @@ t.test('for gateways and other services', async (t) => {
     const { access } = await login(app)
     const form = (headers: Record<string, string>, payload = `token=${access}`) =>
       app.inject({ method: 'POST', url: '/api/token/introspect', payload, headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
-    for (const [why, headers] of [
-      ['no credentials', {}],
-      ['a wrong secret', basic(CLIENT.id, 'not-the-secret-at-all')],
-      ['an unknown client', basic('stranger', CLIENT.secret)],
-      ['a Bearer token', bearer(access)]
-    ] as Array<[string, Record<string, string>]>) {
+    for (const [why, headers, description] of [
+      ['no credentials', {}, /no client credentials/],
+      // The same words for both: nobody learns whether a client id exists without its secret.
+      ['a wrong secret', basic(CLIENT.id, 'not-the-secret-at-all'), /^Client authentication failed: unknown client, or a wrong or expired secret\.$/],
+      ['an unknown client', basic('stranger', CLIENT.secret), /^Client authentication failed: unknown client, or a wrong or expired secret\.$/],
+      ['a Bearer token', bearer(access), /not HTTP Basic/]
+    ] as Array<[string, Record<string, string>, RegExp]>) {
       const res = await form(headers)
       t.equal(res.statusCode, 401, why)
-      // RFC 7662 §2.3 and RFC 6749 §5.2: what OAuth clients read.
-      t.same(res.json(), { error: 'invalid_client', error_description: 'Client authentication failed.' }, why)
+      // RFC 7662 §2.3 and RFC 6749 §5.2: what OAuth clients read, saying why (issue 26).
+      t.same(Object.keys(res.json()).sort(), ['error', 'error_description'], why)
+      t.match(res.json(), { error: 'invalid_client', error_description: description }, why)
       t.match(res.headers['content-type'], /^application\/json/)
       t.equal(res.headers['www-authenticate'], 'Basic realm="authgate"', why)
     }
@@ -129,7 +131,8 @@ t.test('for gateways and other services', async (t) => {
       iss: app.config.JWT_ISSUER,
       aud: 'authgate',
       jti: claims.jti,
-      token_type: 'access',
+      // RFC 7662 §2.2: the OAuth token type.
+      token_type: 'Bearer',
       sid: claims.sid,
       aal: 'aal1',
       amr: ['pwd'],

@@ -1,8 +1,9 @@
 import fastifyJwt, { type JwtHeader, type TokenOrHeader } from '@fastify/jwt'
 import Fastify, { type FastifyRequest } from 'fastify'
 import buildGetJwks from 'get-jwks'
-import { exportJWK, generateKeyPair } from 'jose'
-import { spawn } from 'node:child_process'
+import { exportJWK, exportPKCS8, generateKeyPair } from 'jose'
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import type { IncomingHttpHeaders } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -13,12 +14,13 @@ import * as oauth from 'oauth4webapi'
 import * as client from 'openid-client'
 import t, { type Test } from 'tap'
 import { echoUpstream, HOST, nginxBinary, nginxConfig, stop, WAIT_MS } from './gateway-proof.ts'
-import { build, login } from './helper.ts'
+import { build, login, TestClock } from './helper.ts'
 import { freePort } from './server-process.ts'
 
 // Service identities proven with clients nobody here wrote (issue 16): openid-client's
 // client credentials grant from discovery, oauth4webapi's RFC 9068 validator, a Fastify service
 // with @fastify/jwt + get-jwks, and nginx auth_request requiring a scope; all on 127.0.0.1.
+// Issue 26: private_key_jwt as Authlib (Python) and oauth4webapi sign it, for an hour.
 
 const ORDERS = 'https://orders.example.test'
 const BILLING = 'https://billing.example.test'
@@ -27,7 +29,8 @@ const BILLING = 'https://billing.example.test'
 async function authgate (t: Test) {
   const port = await freePort()
   const base = `http://${HOST}:${port}`
-  const app = await build(t, { env: { PUBLIC_URL: base } })
+  // Real time for the assertions these clients sign with their own clocks.
+  const app = await build(t, { env: { PUBLIC_URL: base }, clock: Object.assign(new TestClock(), { now: () => new Date() }) })
   await app.listen({ host: HOST, port })
   const orders = await app.clients.create({ name: 'orders-reader', scopes: ['orders:read', 'orders:write'], audiences: [ORDERS] })
   const billing = await app.clients.create({ name: 'billing', scopes: ['billing:read'], audiences: [BILLING] })
@@ -59,6 +62,37 @@ t.test('service tokens in the hands of third-party clients and verifiers', async
     const jwt = await client.discovery(new URL(base), signer.id, undefined, client.PrivateKeyJwt({ key: privateKey, kid: 'signer-1' }), { execute: [client.allowInsecureRequests] })
     t.match(await client.clientCredentialsGrant(jwt), { scope: 'orders:read' }, 'private_key_jwt')
     t.match(await client.clientCredentialsGrant(jwt), { scope: 'orders:read' }, 'each assertion with its own jti: a second grant works too')
+  })
+
+  t.test('private_key_jwt with an assertion of an hour, as Authlib signs it: oauth4webapi made to sign one', async (t) => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256')
+    const { client: signer } = await app.clients.create({ name: 'hour-signer', scopes: ['orders:read'], audiences: [ORDERS], jwks: { keys: [{ ...await exportJWK(publicKey), kid: 'hour-1' }] } })
+    const issuer = new URL(base)
+    const as = await oauth.processDiscoveryResponse(issuer, await oauth.discoveryRequest(issuer, { [oauth.allowInsecureRequests]: true }))
+    let exp = 0
+    const auth = oauth.PrivateKeyJwt({ key: privateKey, kid: 'hour-1' }, {
+      [oauth.modifyAssertion]: (_header, payload) => {
+        payload.exp = (payload.iat as number) + 3600
+        exp = payload.exp
+      }
+    })
+    const res = await oauth.clientCredentialsGrantRequest(as, { client_id: signer.id }, auth, new URLSearchParams(), { [oauth.allowInsecureRequests]: true })
+    const tokens = await oauth.processClientCredentialsResponse(as, { client_id: signer.id }, res)
+    t.match(tokens, { token_type: 'bearer', scope: 'orders:read' })
+    t.ok(exp > 0, 'the assertion was signed for an hour')
+  })
+
+  t.test('Authlib\'s PrivateKeyJWT (Python, exp = iat + 3600): a token; a wrong key: invalid_client saying why', { skip: authlibMissing }, async (t) => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
+    const { client: signer } = await app.clients.create({ name: 'authlib', scopes: ['orders:read'], audiences: [ORDERS], jwks: { keys: [{ ...await exportJWK(publicKey), alg: 'ES256' }] } })
+    const pem = await exportPKCS8(privateKey)
+    const got = await authlibToken(`${base}/oauth/token`, signer.id, pem)
+    t.match(got, { token: { token_type: 'Bearer', scope: 'orders:read', access_token: String } }, JSON.stringify(got))
+    const assertion = got.assertion as { iat: number, exp: number }
+    t.equal(assertion.exp - assertion.iat, 3600, 'Authlib signed it for an hour')
+    const other = await generateKeyPair('ES256', { extractable: true })
+    const refused = await authlibToken(`${base}/oauth/token`, signer.id, await exportPKCS8(other.privateKey))
+    t.same(refused.error, { error: 'invalid_client', description: 'Client authentication failed: unknown client, or the client_assertion is not signed by a key of its JWKS.' })
   })
 
   t.test('oauth4webapi validateJwtAccessToken (RFC 9068) takes service tokens and users\' tokens, each for its audience', async (t) => {
@@ -117,6 +151,47 @@ t.test('service tokens in the hands of third-party clients and verifiers', async
     t.equal(gateway.upstreamSaw.length, 1, 'only the allowed request reached the service')
   })
 })
+
+const PYTHON = '/usr/bin/python3'
+const authlibMissing = spawnSync(PYTHON, ['-c', 'import authlib, requests, cryptography'], { timeout: 20_000 }).status !== 0
+  ? `${PYTHON} cannot import authlib, requests and cryptography: apt-get install python3-authlib python3-requests`
+  : false
+
+// Authlib's own example of private_key_jwt (authlib.oauth2.rfc7523.PrivateKeyJWT), with ES256.
+const AUTHLIB_CLIENT = `
+import base64, json, sys
+from authlib.integrations.requests_client import OAuth2Session, OAuthError
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+
+token_endpoint, client_id, key = sys.argv[1], sys.argv[2], sys.stdin.read()
+auth = PrivateKeyJWT(token_endpoint, alg='ES256')
+signed = []
+sign = auth.sign
+auth.sign = lambda *args: signed.append(sign(*args)) or signed[-1]
+session = OAuth2Session(client_id, key, token_endpoint_auth_method='private_key_jwt')
+session.trust_env = False
+session.register_client_auth_method(auth)
+try:
+    token = session.fetch_token(token_endpoint, grant_type='client_credentials')
+    claims = signed[0].split(b'.')[1] if isinstance(signed[0], bytes) else signed[0].split('.')[1]
+    claims = claims if isinstance(claims, str) else claims.decode()
+    print(json.dumps({'token': dict(token), 'assertion': json.loads(base64.urlsafe_b64decode(claims + '=' * (-len(claims) % 4)))}))
+except OAuthError as error:
+    print(json.dumps({'error': {'error': error.error, 'description': error.description}}))
+`
+
+/** What Authlib's client gets at `tokenEndpoint` for the client `id` signing with `pem` (a process of its own: authgate answers in this one). */
+async function authlibToken (tokenEndpoint: string, id: string, pem: string): Promise<Record<string, unknown>> {
+  const python = spawn(PYTHON, ['-c', AUTHLIB_CLIENT, tokenEndpoint, id], { stdio: 'pipe', timeout: 60_000 })
+  let stdout = ''
+  let stderr = ''
+  python.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  python.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  python.stdin.end(pem)
+  const [code, signal] = await once(python, 'close') as [number | null, string | null]
+  if (code !== 0) throw new Error(`Authlib's client failed (${code ?? signal}): ${stderr}`)
+  return JSON.parse(stdout)
+}
 
 /** POST /oauth/token with client_secret_basic, as curl in docs/service-to-service.md does. */
 async function postToken (base: string, id: string, secret: string): Promise<{ access_token: string }> {

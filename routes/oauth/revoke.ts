@@ -2,7 +2,7 @@ import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DatabaseUnavailableError, InvalidClientError, UnauthorizedClientError, UnsupportedTokenTypeError } from '#src/errors.ts'
 import { callerOf } from '#src/lib/client.ts'
-import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
+import { clientCredentialsOf, logClientRefusal } from '#src/lib/client-credentials.ts'
 import { perIp } from '#src/lib/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 
@@ -27,6 +27,7 @@ const revoke: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/revoke', {
     config: { acceptsForm: true, oauth: true, limits: [perIp('token', config.RATE_LIMIT_TOKEN_MAX)] },
+    onError: logClientRefusal,
     schema: {
       tags: ['oauth'],
       summary: 'Token revocation (RFC 7009): a user\'s refresh or access token ends its session',
@@ -40,7 +41,7 @@ const revoke: FastifyPluginAsyncTypebox = async (fastify) => {
     const claimed = clientCredentialsOf(request, request.body)
     let serviceClient = null
     if (claimed?.method === 'none') {
-      if (claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID) throw new InvalidClientError()
+      if (claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID) throw new InvalidClientError(`the only public client is ${config.OAUTH_FIRST_PARTY_CLIENT_ID}; any other authenticates.`)
     } else if (claimed !== undefined) {
       serviceClient = await clients.authenticate(claimed)
     }

@@ -6,7 +6,7 @@ import {
   InvalidClientError, InvalidGrantError, InvalidRequestError, InvalidScopeError, InvalidTargetError, UnsupportedGrantTypeError
 } from '#src/errors.ts'
 import { callerOf } from '#src/lib/client.ts'
-import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
+import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/lib/client-credentials.ts'
 import { perIp, perKey } from '#src/lib/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 import type { ServiceClient } from '#src/services/clients.ts'
@@ -67,7 +67,8 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
     const claimed = clientCredentialsOf(request, body)
     if (claimed === undefined || claimed.method === 'none') {
       // Services authenticate; users' refreshes come from the first-party (public) client.
-      if (body.grant_type === 'client_credentials' || (claimed !== undefined && claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID)) throw new InvalidClientError()
+      if (body.grant_type === 'client_credentials') throw new InvalidClientError(NO_CLIENT_CREDENTIALS)
+      if (claimed !== undefined && claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID) throw new InvalidClientError(`the only public client is ${config.OAUTH_FIRST_PARTY_CLIENT_ID}; any other authenticates.`)
       return
     }
     request.oauthClient = await clients.authenticate(claimed)
@@ -75,6 +76,7 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/token', {
     preHandler: authenticateClient,
+    onError: logClientRefusal,
     config: {
       acceptsForm: true,
       oauth: true,

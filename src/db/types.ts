@@ -118,6 +118,8 @@ export interface OAuthClientsTable {
   audiences: string[]
   token_ttl_s: number
   jwks: ColumnType<{ keys: Array<Record<string, unknown>> } | null, string | null, string | null>
+  /** RFC 7591's token_endpoint_auth_method: a secret, or a key (and then no secret). */
+  token_endpoint_auth_method: 'client_secret_basic' | 'private_key_jwt'
   created_at: Timestamp
   disabled_at: Timestamp | null
 }

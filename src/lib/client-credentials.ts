@@ -1,4 +1,4 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidClientError, InvalidRequestError } from '../errors.ts'
 import { JWT_BEARER_ASSERTION, type ClientCredentials } from '../services/clients.ts'
 
@@ -13,12 +13,15 @@ export interface ClientParameters {
 /** What a request says of its client: credentials, a public client's bare id, or nothing. */
 export type ClientClaim = ClientCredentials | { method: 'none', id: string } | undefined
 
+/** Why a request that had to authenticate a client did not: no credentials, or a bare client_id. */
+export const NO_CLIENT_CREDENTIALS = 'no client credentials: HTTP Basic, client_id and client_secret in the body, or a client_assertion.'
+
 // RFC 6749 §2.3.1: the id and secret are form-encoded before base64.
 function formDecoded (part: string): string {
   try {
     return decodeURIComponent(part.replaceAll('+', ' '))
   } catch {
-    throw new InvalidClientError()
+    throw new InvalidClientError('the Authorization header\'s id or secret is not form-encoded (RFC 6749 §2.3.1).')
   }
 }
 
@@ -33,11 +36,11 @@ export function clientCredentialsOf (request: FastifyRequest, body: ClientParame
   const { client_id: id, client_secret: secret, client_assertion: assertion, client_assertion_type: assertionType } = body
   if (authorization !== undefined) {
     const [scheme, encoded, ...rest] = authorization.split(' ')
-    if (scheme?.toLowerCase() !== 'basic' || encoded === undefined || rest.length > 0) throw new InvalidClientError()
+    if (scheme?.toLowerCase() !== 'basic' || encoded === undefined || rest.length > 0) throw new InvalidClientError('the Authorization header is not HTTP Basic: a client authenticates with Basic, or in the body.')
     if (secret !== undefined || assertion !== undefined) throw new InvalidRequestError('Authenticate the client one way only: HTTP Basic, client_secret in the body, or client_assertion.')
     const decoded = Buffer.from(encoded, 'base64').toString('utf8')
     const colon = decoded.indexOf(':')
-    if (colon < 0) throw new InvalidClientError()
+    if (colon < 0) throw new InvalidClientError('the Authorization header is not Basic base64(client_id:client_secret).')
     const basicId = formDecoded(decoded.slice(0, colon))
     if (id !== undefined && id !== basicId) throw new InvalidRequestError('client_id differs from the client of the Authorization header.')
     return { method: 'client_secret_basic', id: basicId, secret: formDecoded(decoded.slice(colon + 1)) }
@@ -52,4 +55,18 @@ export function clientCredentialsOf (request: FastifyRequest, body: ClientParame
     return { method: 'client_secret_post', id, secret }
   }
   return id === undefined ? undefined : { method: 'none', id }
+}
+
+/**
+ * onError hook of the routes that authenticate clients: a refused client is logged, with the
+ * client_id it named and the same reason its answer gives, so the operator sees why a client
+ * nobody here wrote cannot get in.
+ */
+export async function logClientRefusal (request: FastifyRequest, _reply: FastifyReply, error: FastifyError): Promise<void> {
+  if (!(error instanceof InvalidClientError)) return
+  let named: string | undefined
+  try {
+    named = clientCredentialsOf(request, (request.body ?? {}) as ClientParameters)?.id
+  } catch {}
+  request.log.info({ client_id: named, reason: error.message }, 'client authentication failed')
 }

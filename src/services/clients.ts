@@ -17,6 +17,13 @@ import type { Keyring } from './keyring.ts'
 /** A public JWKS a client signs its assertions with (private_key_jwt). */
 export interface ClientJwks { keys: JsonWebKey[] }
 
+/**
+ * How a client authenticates (RFC 7591's token_endpoint_auth_method), one way each: with its
+ * secret, which it may send by HTTP Basic or in the body (client_secret_post: the same secret in
+ * another place, RFC 6749 §2.3.1), or with a signed assertion (RFC 7523), and then it has no secret.
+ */
+export type TokenEndpointAuthMethod = 'client_secret_basic' | 'private_key_jwt'
+
 /** A service identity (OAuth 2.0 client credentials). */
 export interface ServiceClient {
   id: string
@@ -26,6 +33,8 @@ export interface ServiceClient {
   /** What its tokens may be for: each token names one. */
   audiences: string[]
   tokenTtlS: number
+  /** How it proves itself: a secret, or a key of `jwks`. */
+  authMethod: TokenEndpointAuthMethod
   /** For private_key_jwt (RFC 7523). */
   jwks: ClientJwks | null
   disabled: boolean
@@ -36,12 +45,15 @@ export interface ServiceClient {
 
 /** A client and its secrets' hashes, as authentication needs it; each secret works until `expiresAt` (ms) if set. */
 export interface ClientRecord { client: ServiceClient, secrets: Array<{ hash: string, expiresAt: number | null }> }
+/** What a replica keeps of a client id: its record, or null for an id no client has. */
+export type CachedClient = ClientRecord | null
 
 export interface NewClient {
   name: string
   scopes: string[]
   audiences: string[]
   tokenTtlS?: number
+  /** A key client (private_key_jwt): no secret is made. */
   jwks?: ClientJwks
 }
 
@@ -59,16 +71,19 @@ export interface ClientsDeps {
   keyring: Keyring
   config: Pick<Config, 'JWT_AUDIENCE' | 'JWT_ISSUER' | 'introspectionClients'>
   audit: AuditTrail
-  /** Clients as they were read, kept true by notifications (PostgreSQL); none: each lookup reads them. */
-  cache?: NotifiedCache<ClientRecord>
+  /** Clients as they were read, and ids found unknown (null), kept true by notifications (PostgreSQL); none: each lookup reads them. */
+  cache?: NotifiedCache<CachedClient>
   /** Hears of each token issued (metrics). */
   onIssue?: () => void
 }
 
 /** The default lifetime of a client's tokens, and the longest: never unlimited. */
 export const CLIENT_TOKEN_TTL_S = { default: 600, max: 86_400 } as const
-/** authgate's own scopes: introspection (RFC 7662) for the clients holding it. */
+/** authgate's own scopes: introspection (RFC 7662) for the clients holding it, of the tokens addressed to them. */
 export const INTROSPECT_SCOPE = 'introspect'
+/** What widens introspection: users' tokens (JWT_AUDIENCE) too, or every token. */
+export const INTROSPECT_USERS_SCOPE = 'introspect:users'
+export const INTROSPECT_ALL_SCOPE = 'introspect:all'
 /** The admin API's (tokens for `<PUBLIC_URL>/api/admin`): reading users, changing them, their sessions, the audit trail. */
 export const ADMIN_SCOPES = {
   usersRead: 'admin:users:read',
@@ -82,10 +97,29 @@ export const MAX_SECRET_GRACE_S = 30 * 86_400
 export const JWT_BEARER_ASSERTION = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
 /** What a client assertion may be signed with: asymmetric algorithms only (the JWKS is public). */
 export const ASSERTION_ALGORITHMS: Algorithm[] = ['ES256', 'ES384', 'ES512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'EdDSA']
-// An assertion lives a few minutes at most: its jti is kept (single use) until it expires.
-const ASSERTION_MAX_LIFETIME_S = 300
+/**
+ * How far ahead an assertion's exp may be (RFC 7523 §3 lets the server refuse one "unreasonably
+ * far in the future"): an hour, what Authlib's PrivateKeyJWT and others sign by default and Okta
+ * takes. Its jti is kept (single use, every replica) until the exp and the skew have passed.
+ */
+export const ASSERTION_MAX_LIFETIME_S = 3600
 // A client's clock may run this far from ours (fast-jwt counts it in milliseconds).
 const ASSERTION_SKEW_MS = 30_000
+
+/**
+ * Why client authentication failed, as error_description says it (RFC 6749 §5.2). An unknown
+ * client and a wrong secret (or key) read the same: nobody learns from it whether an id exists
+ * without proving to be its client. What is said only after the proof, or of the request
+ * itself, may be said.
+ */
+export const CLIENT_REFUSALS = {
+  secret: 'unknown client, or a wrong or expired secret.',
+  assertionKey: 'unknown client, or the client_assertion is not signed by a key of its JWKS.',
+  disabled: 'the client is disabled.',
+  secretOfKeyClient: 'the client is registered for private_key_jwt: send a client_assertion signed with its key (RFC 7523), it has no secret.',
+  assertionOfSecretClient: 'the client is registered for client_secret_basic: send its secret (HTTP Basic, or client_id and client_secret in the body), not a client_assertion.',
+  replayed: 'the client_assertion was used already: sign a new one, with a new jti, for each request (RFC 7523 §3).'
+} as const
 // RFC 6749 §3.3: a scope token is visible ASCII but " and \.
 const SCOPE = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/
 // Client ids of the database: 128 random bits, hex.
@@ -131,14 +165,15 @@ function problems (client: NewClient, userAudience: string): FieldError[] {
   return found
 }
 
-type ClientRow = { id: string, name: string, scopes: string[], audiences: string[], token_ttl_s: number, jwks: ClientJwks | null, disabled_at: Date | null, created_at: Date }
-const COLUMNS = ['id', 'name', 'scopes', 'audiences', 'token_ttl_s', 'jwks', 'disabled_at', 'created_at'] as const
+type ClientRow = { id: string, name: string, scopes: string[], audiences: string[], token_ttl_s: number, token_endpoint_auth_method: TokenEndpointAuthMethod, jwks: ClientJwks | null, disabled_at: Date | null, created_at: Date }
+const COLUMNS = ['id', 'name', 'scopes', 'audiences', 'token_ttl_s', 'token_endpoint_auth_method', 'jwks', 'disabled_at', 'created_at'] as const
 const toClient = (row: ClientRow): ServiceClient => ({
   id: row.id,
   name: row.name,
   scopes: row.scopes,
   audiences: row.audiences,
   tokenTtlS: row.token_ttl_s,
+  authMethod: row.token_endpoint_auth_method,
   jwks: row.jwks,
   disabled: row.disabled_at !== null,
   createdAt: row.created_at
@@ -147,25 +182,27 @@ const toClient = (row: ClientRow): ServiceClient => ({
 /**
  * Service identities: OAuth 2.0 clients with the scopes and audiences they may ask for, up to
  * two working secrets (SHA-256 of 256 random bits, compared in constant time: nothing to
- * stretch, so nothing to collapse under load) or a JWKS for private_key_jwt; and their tokens
+ * stretch, so nothing to collapse under load) or else a JWKS for private_key_jwt; and their tokens
  * (RFC 9068), one signature each, no row written. Every change of a client is audited; every
  * replica hears of it (migration 0008's trigger) and forgets what it kept.
  */
 export function createClients ({ db, clock, keyring, config, audit, cache, onIssue }: ClientsDeps) {
-  // INTROSPECTION_CLIENTS: clients of the configuration, holding the introspection scope only.
+  // INTROSPECTION_CLIENTS: clients of the configuration, for introspection of users' tokens only:
+  // the gateways in front of services that take users (docs/tokens.md).
   const configured = new Map([...config.introspectionClients].map(([id, secret]): [string, ClientRecord] => [id, {
-    client: { id, name: 'INTROSPECTION_CLIENTS', scopes: [INTROSPECT_SCOPE], audiences: [], tokenTtlS: CLIENT_TOKEN_TTL_S.default, jwks: null, disabled: false, createdAt: new Date(0), configured: true },
+    client: { id, name: 'INTROSPECTION_CLIENTS', scopes: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE], audiences: [], tokenTtlS: CLIENT_TOKEN_TTL_S.default, authMethod: 'client_secret_basic', jwks: null, disabled: false, createdAt: new Date(0), configured: true },
     secrets: [{ hash: hashOf(secret), expiresAt: null }]
   }]))
   // RFC 7523 §3: the assertion's audience is the token endpoint, or (RFC 7523bis) the issuer.
   const assertionAudiences = [config.JWT_ISSUER, `${config.JWT_ISSUER.replace(/\/$/, '')}/oauth/token`]
 
-  // One statement: the client and its secrets that still work.
+  // One statement: the client and its secrets that still work. The functions are pg_catalog's by
+  // name and the product's operands both numeric: nothing another role plants in a schema of the
+  // search path matches better (CVE-2018-1058; test/search-path.test.ts plants them).
   async function read (id: string): Promise<ClientRecord | undefined> {
-    if (!CLIENT_ID.test(id)) return undefined
     const row = await db.selectFrom('oauth_clients as c').select(COLUMNS.map((c) => `c.${c}` as const))
       .select((eb) => eb.selectFrom('oauth_client_secrets as s')
-        .select(sql<Array<{ hash: string, expiresAt: number | null }>>`coalesce(json_agg(json_build_object('hash', s.secret_hash, 'expiresAt', cast(extract(epoch from s.expires_at) * 1000 as bigint))), '[]')`.as('secrets'))
+        .select(sql<Array<{ hash: string, expiresAt: number | null }>>`coalesce(pg_catalog.json_agg(pg_catalog.json_build_object('hash', s.secret_hash, 'expiresAt', cast(extract(epoch from s.expires_at) * cast(1000 as numeric) as bigint))), '[]')`.as('secrets'))
         .whereRef('s.client_id', '=', 'c.id')
         .where((w) => w.or([w('s.expires_at', 'is', null), w('s.expires_at', '>', clock.db())]))
         .as('secrets'))
@@ -175,22 +212,41 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     return { client: toClient(row), secrets: (row.secrets ?? []).map((s) => ({ hash: s.hash, expiresAt: s.expiresAt === null ? null : Number(s.expiresAt) })) }
   }
 
-  /** A client and its working secrets: configured, else from the cache while it may be trusted, else read. */
+  // The reads under way, by client id: lookups of one id at once share one (a burst of requests
+  // naming an unknown id is one read), unless something changed since it began.
+  const reading = new Map<string, { generation: number, record: Promise<ClientRecord | undefined> }>()
+
+  /**
+   * A client and its working secrets: configured, else from the cache while it may be trusted,
+   * else read. An id no client has is kept as unknown as briefly as a client (the cache's bound),
+   * and forgotten on every replica as soon as a client of that id is made (the notification of
+   * its insert), so nobody costs a read per request by naming one.
+   */
   async function lookup (id: string): Promise<ClientRecord | undefined> {
     const fixed = configured.get(id)
     if (fixed !== undefined) return fixed
+    if (!CLIENT_ID.test(id)) return undefined
     if (cache === undefined) return await read(id)
     const cached = cache.get(id)
-    if (cached !== undefined) return cached
+    if (cached !== undefined) return cached ?? undefined
     const generation = cache.generation
-    const record = await read(id)
-    if (record !== undefined) cache.set(id, record, generation)
-    return record
+    const pending = reading.get(id)
+    if (pending !== undefined && pending.generation === generation) return await pending.record
+    const record: Promise<ClientRecord | undefined> = read(id)
+      .then((found) => {
+        cache.set(id, found ?? null, generation)
+        return found
+      })
+      .finally(() => {
+        if (reading.get(id)?.record === record) reading.delete(id)
+      })
+    reading.set(id, { generation, record })
+    return await record
   }
 
   /** A client of the database by id, for a command to change; NotFoundError when there is none. */
   async function stored (id: string): Promise<ServiceClient> {
-    const record = configured.has(id) ? undefined : await read(id)
+    const record = configured.has(id) || !CLIENT_ID.test(id) ? undefined : await read(id)
     if (record === undefined) throw new ClientNotFoundError(id)
     return record.client
   }
@@ -218,21 +274,42 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     return toClient(row)
   }
 
+  const refuse = (why: string): Error => new InvalidClientError(why)
+
+  // What RFC 7523 §3 asks of an assertion, judged before its client is looked up: each answer
+  // says what is wrong with the assertion, and nothing of whether its client exists.
+  function assertionProblem (header: Record<string, unknown>, payload: Record<string, unknown>, named: string | undefined, now: number): string | undefined {
+    const { iss, sub, jti, exp, nbf, aud } = payload
+    if (!ASSERTION_ALGORITHMS.includes(header.alg as Algorithm)) return `the client_assertion is signed with ${JSON.stringify(header.alg)}: one of ${ASSERTION_ALGORITHMS.join(', ')} is taken.`
+    if (typeof sub !== 'string' || iss !== sub) return 'the client_assertion needs iss and sub, both the client id (RFC 7523 §3).'
+    if (named !== undefined && named !== sub) return 'client_id differs from the sub of the client_assertion.'
+    if (typeof jti !== 'string' || jti === '' || jti.length > 256) return 'the client_assertion needs a jti of at most 256 characters: each is used once.'
+    const audiences = Array.isArray(aud) ? aud : [aud]
+    if (!audiences.some((one) => assertionAudiences.includes(one as string))) return `the aud of the client_assertion must be the token endpoint (${assertionAudiences[1]}) or the issuer (${assertionAudiences[0]}).`
+    if (typeof exp !== 'number') return 'the client_assertion needs an exp.'
+    if (exp * 1000 + ASSERTION_SKEW_MS <= now) return `the client_assertion expired at ${new Date(exp * 1000).toISOString()}.`
+    if (exp * 1000 - now > ASSERTION_MAX_LIFETIME_S * 1000 + ASSERTION_SKEW_MS) return `the client_assertion expires more than ${ASSERTION_MAX_LIFETIME_S} s ahead (exp ${new Date(exp * 1000).toISOString()}): authgate takes assertions of at most an hour.`
+    if (nbf !== undefined && (typeof nbf !== 'number' || nbf * 1000 - ASSERTION_SKEW_MS > now)) return 'the client_assertion is not valid yet (nbf).'
+    return undefined
+  }
+
   async function verifyAssertion (assertion: string, named: string | undefined): Promise<ServiceClient> {
     let header: Record<string, unknown>, payload: Record<string, unknown>
     try {
       ({ header, payload } = decode(assertion) as { header: Record<string, unknown>, payload: Record<string, unknown> })
     } catch {
-      throw new InvalidClientError()
+      throw refuse('the client_assertion is not a JWT.')
     }
-    const id = payload.sub
-    if (typeof id !== 'string' || (named !== undefined && named !== id) || typeof payload.jti !== 'string' || payload.jti.length > 256 || typeof payload.exp !== 'number') throw new InvalidClientError()
-    const record = await lookup(id)
-    const jwks = record?.client.jwks
-    if (record === undefined || record.client.disabled || jwks == null) throw new InvalidClientError()
     const now = clock.now().getTime()
-    if (payload.exp * 1000 - now > ASSERTION_MAX_LIFETIME_S * 1000) throw new InvalidClientError()
-    // The key the header names, else each in turn; never one the header carries.
+    const problem = assertionProblem(header, payload, named, now)
+    if (problem !== undefined) throw refuse(problem)
+    const id = payload.sub as string
+    const record = await lookup(id)
+    if (record === undefined) throw refuse(CLIENT_REFUSALS.assertionKey)
+    const jwks = record.client.jwks
+    if (record.client.authMethod !== 'private_key_jwt' || jwks === null) throw refuse(CLIENT_REFUSALS.assertionOfSecretClient)
+    // The key the header names, else each in turn; never one the header carries. The claims were
+    // judged above; the verifier checks them again with the signature.
     const keys = jwks.keys.filter((key) => header.kid === undefined || (key as { kid?: unknown }).kid === header.kid)
     const verified = keys.some((key) => {
       if (key.alg !== undefined && key.alg !== header.alg) return false
@@ -244,39 +321,53 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
         return false
       }
     })
-    if (!verified) throw new InvalidClientError()
-    // Used once across replicas: the primary key decides which of two presentations is first.
+    if (!verified) throw refuse(CLIENT_REFUSALS.assertionKey)
+    if (record.client.disabled) throw refuse(CLIENT_REFUSALS.disabled)
+    // Used once across replicas, for as long as it could be presented: the primary key decides
+    // which of two presentations is first; pruning deletes the row once it has expired.
     const spent = await db.insertInto('oauth_client_assertions')
-      .values({ client_id: id, jti: payload.jti, expires_at: new Date(payload.exp * 1000 + ASSERTION_SKEW_MS) })
+      .values({ client_id: id, jti: payload.jti as string, expires_at: new Date((payload.exp as number) * 1000 + ASSERTION_SKEW_MS) })
       .onConflict((oc) => oc.doNothing())
       .executeTakeFirst()
-    if (Number(spent.numInsertedOrUpdatedRows ?? 0n) !== 1) throw new InvalidClientError()
+    if (Number(spent.numInsertedOrUpdatedRows ?? 0n) !== 1) throw refuse(CLIENT_REFUSALS.replayed)
     return record.client
   }
 
+  /** A new client, and its first secret, shown this once; a key client (private_key_jwt) has none. */
+  async function create (input: NewClient & { jwks: ClientJwks }, caller?: Caller): Promise<{ client: ServiceClient, secret: null }>
+  async function create (input: NewClient & { jwks?: undefined }, caller?: Caller): Promise<{ client: ServiceClient, secret: string }>
+  async function create (input: NewClient, caller?: Caller): Promise<{ client: ServiceClient, secret: string | null }>
+  async function create (input: NewClient, caller?: Caller): Promise<{ client: ServiceClient, secret: string | null }> {
+    const found = problems(input, config.JWT_AUDIENCE)
+    if (found.length > 0) throw new ValidationFailedError(found)
+    const id = randomBytes(16).toString('hex')
+    const authMethod: TokenEndpointAuthMethod = input.jwks === undefined ? 'client_secret_basic' : 'private_key_jwt'
+    const secret = authMethod === 'client_secret_basic' ? newSecret() : null
+    // Forgotten here too: an id asked for before it existed is not kept unknown (every other
+    // replica hears of the insert).
+    const row = await changing(id, () => db.transaction().execute(async (trx) => {
+      const created = await trx.insertInto('oauth_clients').values({
+        id,
+        name: input.name.trim(),
+        scopes: sql<string[]>`cast(${[...new Set(input.scopes)]} as text[])`,
+        audiences: sql<string[]>`cast(${[...new Set(input.audiences)]} as text[])`,
+        token_ttl_s: input.tokenTtlS ?? CLIENT_TOKEN_TTL_S.default,
+        token_endpoint_auth_method: authMethod,
+        jwks: input.jwks === undefined ? null : JSON.stringify({ keys: input.jwks.keys }),
+        created_at: clock.db()
+      }).returning(COLUMNS).executeTakeFirstOrThrow()
+      if (secret !== null) await trx.insertInto('oauth_client_secrets').values({ id: randomUUID(), client_id: id, secret_hash: hashOf(secret), created_at: clock.db() }).execute()
+      return created
+    }))
+    audit.record({
+      event: 'client_created',
+      detail: { client_id: id, name: row.name, scopes: row.scopes, audiences: row.audiences, token_ttl_s: row.token_ttl_s, token_endpoint_auth_method: authMethod, private_key_jwt: row.jwks !== null }
+    }, caller)
+    return { client: toClient(row), secret }
+  }
+
   return {
-    /** A new client and its first secret, shown this once. */
-    async create (input: NewClient, caller?: Caller): Promise<{ client: ServiceClient, secret: string }> {
-      const found = problems(input, config.JWT_AUDIENCE)
-      if (found.length > 0) throw new ValidationFailedError(found)
-      const id = randomBytes(16).toString('hex')
-      const secret = newSecret()
-      const row = await db.transaction().execute(async (trx) => {
-        const created = await trx.insertInto('oauth_clients').values({
-          id,
-          name: input.name.trim(),
-          scopes: sql<string[]>`cast(${[...new Set(input.scopes)]} as text[])`,
-          audiences: sql<string[]>`cast(${[...new Set(input.audiences)]} as text[])`,
-          token_ttl_s: input.tokenTtlS ?? CLIENT_TOKEN_TTL_S.default,
-          jwks: input.jwks === undefined ? null : JSON.stringify({ keys: input.jwks.keys }),
-          created_at: clock.db()
-        }).returning(COLUMNS).executeTakeFirstOrThrow()
-        await trx.insertInto('oauth_client_secrets').values({ id: randomUUID(), client_id: id, secret_hash: hashOf(secret), created_at: clock.db() }).execute()
-        return created
-      })
-      audit.record({ event: 'client_created', detail: { client_id: id, name: row.name, scopes: row.scopes, audiences: row.audiences, token_ttl_s: row.token_ttl_s, private_key_jwt: row.jwks !== null } }, caller)
-      return { client: toClient(row), secret }
-    },
+    create,
 
     async list (): Promise<ServiceClient[]> {
       return (await db.selectFrom('oauth_clients').select(COLUMNS).orderBy('created_at').orderBy('id').execute()).map(toClient)
@@ -299,7 +390,8 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
      */
     async rotateSecret (id: string, graceS: number, caller?: Caller): Promise<{ secret: string, previousExpiresAt: Date | null }> {
       if (!Number.isInteger(graceS) || graceS < 0 || graceS > MAX_SECRET_GRACE_S) throw new ValidationFailedError([{ field: 'grace', message: `0 to ${MAX_SECRET_GRACE_S} seconds` }])
-      await stored(id)
+      const client = await stored(id)
+      if (client.authMethod !== 'client_secret_basic') throw new ValidationFailedError([{ field: 'client', message: `${id} authenticates with private_key_jwt: it has no secret, and is given none` }])
       const secret = newSecret()
       const previousExpiresAt = await changing(id, () => db.transaction().execute(async (trx) => {
         // Two rotations at once: one after the other.
@@ -321,22 +413,39 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     enable: (id: string, caller?: Caller) => setDisabled(id, false, caller),
 
     /**
-     * The enabled client the credentials prove; InvalidClientError otherwise, for every cause
-     * alike. A secret is compared with every working one (an unknown client's with a stand-in),
-     * so the time tells nothing; an assertion is verified with the client's own keys, for the
-     * token endpoint or the issuer, and its jti spent once across replicas.
+     * The enabled client the credentials prove, by the method it is registered for;
+     * InvalidClientError otherwise, saying why (CLIENT_REFUSALS): an unknown client and a wrong
+     * secret alike. A secret is compared with every working one (an unknown client's with a
+     * stand-in), so the time tells nothing either; an assertion is verified with the client's own
+     * keys, for the token endpoint or the issuer, and its jti spent once across replicas.
      */
     async authenticate (credentials: ClientCredentials): Promise<ServiceClient> {
       if (credentials.method === 'private_key_jwt') return await verifyAssertion(credentials.assertion, credentials.id)
       const record = await lookup(credentials.id)
+      // A key client has no secret (migration 0014 deleted any it had): which way it takes is no secret.
+      if (record?.client.authMethod === 'private_key_jwt') throw refuse(CLIENT_REFUSALS.secretOfKeyClient)
       const given = hashOf(credentials.secret)
       const now = clock.now().getTime()
       let matches = false
       for (const { hash, expiresAt } of record?.secrets ?? NO_SECRET) {
         if (safeEqual(given, hash) && (expiresAt === null || expiresAt > now)) matches = true
       }
-      if (record === undefined || record.client.disabled || !matches) throw new InvalidClientError()
+      if (record === undefined || !matches) throw refuse(CLIENT_REFUSALS.secret)
+      if (record.client.disabled) throw refuse(CLIENT_REFUSALS.disabled)
       return record.client
+    },
+
+    /**
+     * Whether introspection may answer `active` to this client for a token of `audience` (issue
+     * 26, docs/service-to-service.md): a token addressed to it (one of its audiences, or its own
+     * id); users' tokens (JWT_AUDIENCE) to a client holding introspect:users (INTROSPECTION_CLIENTS
+     * do); any token to one holding introspect:all. Many resource servers (Authlib's among them)
+     * take `active` without checking `aud` themselves.
+     */
+    mayIntrospect (client: ServiceClient, audience: string): boolean {
+      if (client.scopes.includes(INTROSPECT_ALL_SCOPE)) return true
+      if (client.audiences.includes(audience) || audience === client.id) return true
+      return audience === config.JWT_AUDIENCE && client.scopes.includes(INTROSPECT_USERS_SCOPE)
     },
 
     /** A 403 unless the client holds `scope`. */

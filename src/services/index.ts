@@ -10,7 +10,7 @@ import { createAddresses } from './addresses.ts'
 import { createAdmin } from './admin.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createCleanup } from './cleanup.ts'
-import { createClients, type ClientRecord } from './clients.ts'
+import { createClients, type CachedClient } from './clients.ts'
 import { createDjangoImport } from './django-import.ts'
 import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
 import { createMailer, type Mailer } from './mailer.ts'
@@ -73,9 +73,9 @@ export async function createServices (deps: ServicesDeps) {
   // replica, kept true by LISTEN/NOTIFY, which also tells every replica of a key change at once;
   // PGlite answers in the process, one process only, with nothing to save.
   let cache: SessionCache | undefined
-  let clientCache: NotifiedCache<ClientRecord> | undefined
+  let clientCache: NotifiedCache<CachedClient> | undefined
   if (background && config.DB_ENGINE === 'postgres') {
-    const caches = { sessions: new SessionCache(), clients: new NotifiedCache<ClientRecord>() }
+    const caches = { sessions: new SessionCache(), clients: new NotifiedCache<CachedClient>() }
     cache = caches.sessions
     clientCache = caches.clients
     const notified = (payload: string): void => {

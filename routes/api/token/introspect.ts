@@ -1,7 +1,7 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
-import { clientCredentialsOf } from '#src/lib/client-credentials.ts'
+import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/lib/client-credentials.ts'
 import { perIp } from '#src/lib/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 import { authContextOf } from '#src/services/claims.ts'
@@ -14,7 +14,8 @@ const IntrospectBodySchema = Type.Object({
 }, { additionalProperties: false })
 
 // RFC 7662 §2.2: inactive says nothing more; active carries the token's claims: a user's with
-// the username, a service's with its client and the scopes the client still holds.
+// the username, a service's with its client and the scopes the client still holds. token_type
+// is the OAuth token type (Bearer), not authgate's claim of that name.
 const IntrospectionSchema = Type.Object({
   active: Type.Boolean(),
   sub: Type.Optional(Type.String()),
@@ -28,7 +29,7 @@ const IntrospectionSchema = Type.Object({
   iss: Type.Optional(Type.String()),
   aud: Type.Optional(Type.String()),
   jti: Type.Optional(Type.String()),
-  token_type: Type.Optional(Type.String()),
+  token_type: Type.Optional(Type.Literal('Bearer')),
   sid: Type.Optional(Type.String()),
   aal: Type.Optional(Type.String()),
   amr: Type.Optional(Type.Array(Type.String())),
@@ -38,7 +39,10 @@ const IntrospectionSchema = Type.Object({
 /**
  * Token introspection (RFC 7662) for services that need revocation-aware answers: a client
  * holding the `introspect` scope (INTROSPECTION_CLIENTS, or a client of the database),
- * authenticated as at the token endpoint; the token in a form body (JSON is taken too).
+ * authenticated as at the token endpoint; the token in a form body (JSON is taken too). A token
+ * is active only for a client it is addressed to (clients.mayIntrospect): RFC 7662 §4 lets the
+ * server answer inactive to a client that should not learn of a token, and many resource
+ * servers take `active` without checking `aud`.
  */
 const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   // Forms only here: this route answers services, never a browser's cookies.
@@ -47,6 +51,7 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/introspect', {
     config: { acceptsForm: true, oauth: true, limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
+    onError: logClientRefusal,
     schema: {
       tags: ['token'],
       summary: 'Token introspection (RFC 7662) for services: revocation-aware',
@@ -57,8 +62,9 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const credentials = clientCredentialsOf(request, request.body)
-    if (credentials === undefined || credentials.method === 'none') throw new InvalidClientError()
-    clients.requireScope(await clients.authenticate(credentials), INTROSPECT_SCOPE)
+    if (credentials === undefined || credentials.method === 'none') throw new InvalidClientError(NO_CLIENT_CREDENTIALS)
+    const introspector = await clients.authenticate(credentials)
+    clients.requireScope(introspector, INTROSPECT_SCOPE)
     let identity
     try {
       identity = await fastify.liveIdentity(await fastify.verifyBodyToken(request))
@@ -71,8 +77,9 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     // A resource server asks whether a Bearer token may pass: only an access token may. A refresh
     // token is active for authgate alone (RFC 7662 §2.2 lets the server decide what it reports).
     if (identity === undefined || identity.claims.token_type !== 'access') return { active: false }
-    const { sub, exp, iat, iss, aud, jti, token_type: tokenType } = identity.claims
-    const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: tokenType }
+    const { sub, exp, iat, iss, aud, jti } = identity.claims
+    if (!clients.mayIntrospect(introspector, aud)) return { active: false }
+    const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: 'Bearer' as const }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
     const { user_id: userId, sid, client_id: clientId } = identity.claims
     return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid, ...authContextOf(identity.claims) }
