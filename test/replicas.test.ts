@@ -78,7 +78,8 @@ t.test('two replicas on one PostgreSQL and one Redis', {
     }
     const ORDERS = 'https://orders.example.test'
     const orders = JSON.parse(await cli('create', '--name', 'orders', '--scope', 'orders:read', '--audience', ORDERS, '--json')) as { client_id: string, client_secret: string }
-    const gateway = JSON.parse(await cli('create', '--name', 'gateway', '--scope', 'introspect', '--audience', 'https://gateway.example.test', '--json')) as { client_id: string, client_secret: string }
+    // Introspection answers a client for the tokens addressed to it: this gateway sees all (issue 26).
+    const gateway = JSON.parse(await cli('create', '--name', 'gateway', '--scope', 'introspect', '--scope', 'introspect:all', '--audience', 'https://gateway.example.test', '--json')) as { client_id: string, client_secret: string }
     const basicOf = (c: { client_id: string, client_secret: string }) => `Basic ${Buffer.from(`${c.client_id}:${c.client_secret}`).toString('base64')}`
     const form = (base: string, path: string, body: string, authorization: string) =>
       fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization }, body })
@@ -112,7 +113,7 @@ t.test('two replicas on one PostgreSQL and one Redis', {
   t.test('a user disabled through the admin API on one replica is refused on the other within a second: check, detail, introspection, refresh', async (t) => {
     const cli = async (...args: string[]) => JSON.parse((await runCli(['clients', 'create', ...args, '--json'], { ...database, SECRET_KEY })).stdout) as { client_id: string, client_secret: string }
     const ops = await cli('--name', 'ops', '--scope', 'admin:users:write', '--audience', 'http://localhost/api/admin')
-    const gateway = await cli('--name', 'gateway', '--scope', 'introspect', '--audience', 'https://gateway.example.test')
+    const gateway = await cli('--name', 'gateway', '--scope', 'introspect', '--scope', 'introspect:users', '--audience', 'https://gateway.example.test')
     const basicOf = (c: { client_id: string, client_secret: string }) => `Basic ${Buffer.from(`${c.client_id}:${c.client_secret}`).toString('base64')}`
     const form = (base: string, path: string, body: string, authorization: string) =>
       fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization }, body })
