@@ -2,6 +2,7 @@ import cors from '@fastify/cors'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import { resolve } from 'node:path'
 import { BadRequestError, FORM_OR_JSON, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import type { Limit } from '../src/lib/limits.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
@@ -102,7 +103,9 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
       log.info('Redis answers again: rate limits are shared')
     })
     fastify.addHook('onClose', async () => { redis.disconnect() })
-    store = fallbackStore(redis, lost)
+    // Accounts are counted by their id, which is the database's: the keys of deployments (or
+    // test databases) sharing one Redis never meet. Every replica of one database shares them.
+    store = fallbackStore(redis, config.DB_ENGINE === 'postgres' ? new URL(config.DATABASE_URL!).pathname.slice(1) : resolve(config.DB_NAME), lost)
   }
   await fastify.register(rateLimit, { global: false, store })
 

@@ -1,7 +1,7 @@
 import type { LightMyRequestResponse } from 'fastify'
 import { randomInt } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { build, login, postJson, register, uniqueUser } from './helper.ts'
+import { build, freshDatabase, login, postJson, register, uniqueUser } from './helper.ts'
 import { startProxy } from './tcp-proxy.ts'
 
 const REDIS_URL = 'redis://127.0.0.1:6379'
@@ -109,16 +109,32 @@ t.test('RATE_LIMIT_ENABLED=false turns every limit off', async (t) => {
   }
 })
 
-t.test('with REDIS_URL, replicas share their counts', async (t) => {
+t.test('with REDIS_URL, replicas share their counts', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'replicas share a PostgreSQL (a PGlite folder has one process)'
+}, async (t) => {
   const env = { ...limits, REDIS_URL, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '100', RATE_LIMIT_IDENTIFIER_MAX: '3' }
-  const one = await build(t, { env })
-  const two = await build(t, { env })
+  const database = await freshDatabase(t)
+  const one = await build(t, { env, database })
+  const two = await build(t, { env, database })
   const account = uniqueUser().username
   const attempt = (app: typeof one) => postJson(app, '/api/auth/login', { identifier: account, password: 'some password here' }, { 'x-forwarded-for': someIp() })
   t.equal((await attempt(one)).statusCode, 401)
   t.equal((await attempt(two)).statusCode, 401)
   t.equal((await attempt(one)).statusCode, 401)
   assertLimited(t, await attempt(two))
+})
+
+t.test('with REDIS_URL, two databases sharing a Redis never count each other\'s accounts (their ids are alike)', async (t) => {
+  const env = { ...limits, REDIS_URL, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '100', RATE_LIMIT_IDENTIFIER_MAX: '3' }
+  const one = await build(t, { env })
+  const two = await build(t, { env })
+  const ours = await register(one)
+  const theirs = await register(two)
+  t.equal(ours.id, theirs.id, 'the first account of each database has the same id')
+  const attempt = (app: typeof one, username: string) => postJson(app, '/api/auth/login', { identifier: username, password: 'not the password at all' }, { 'x-forwarded-for': someIp() })
+  for (let i = 0; i < 3; i++) t.equal((await attempt(one, ours.username)).statusCode, 401)
+  assertLimited(t, await attempt(one, ours.username))
+  t.equal((await attempt(two, theirs.username)).statusCode, 401, 'the other database\'s account of the same id is not limited')
 })
 
 t.test('when Redis goes away, requests are still served, limited per replica, with a warning; it comes back', async (t) => {

@@ -6,10 +6,11 @@ import type { Redis } from 'ioredis'
 /**
  * @fastify/rate-limit's Redis store, shared by every replica, with its local store behind it:
  * while Redis cannot answer, each replica counts on its own (limits stay, per replica) and
- * `onFallback` hears why. Keys carry their own namespace, so a child is the store itself.
+ * `onFallback` hears why. Keys carry their own namespace (`authgate:rl:<namespace>:`), so a
+ * child is the store itself.
  */
-export function fallbackStore (redis: Redis, onFallback: (error: Error) => void): FastifyRateLimitStoreCtor {
-  const shared = new RedisStore(false, false, redis, 'authgate:rl:')
+export function fallbackStore (redis: Redis, namespace: string, onFallback: (error: Error) => void): FastifyRateLimitStoreCtor {
+  const shared = new RedisStore(false, false, redis, `authgate:rl:${namespace}:`)
   const local = new LocalStore(false, false, 10_000)
   return class FallbackStore implements FastifyRateLimitStore {
     incr (...[key, done, timeWindow, max]: Parameters<FastifyRateLimitStore['incr']>): void {
