@@ -1,7 +1,11 @@
 import { readFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
+import { migrations } from '../migrations/index.ts'
 import { durationToSeconds, loadConfig, processEnv, type Config } from './config.ts'
 import { createDb, migrateDown, migrateToLatest, type Db } from './db/index.ts'
+import { COMMAND_SOCKET, listenForCommands, sendCommand, type CommandRequest, type CommandResult, type CommandServer } from './lib/command-socket.ts'
+import { FolderLockedError, holderName } from './lib/folder-lock.ts'
 import type { Logger } from './lib/logger.ts'
 import { createServices, type Services } from './services/index.ts'
 import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient } from './services/clients.ts'
@@ -63,8 +67,27 @@ const clientJson = (client: ServiceClient) => ({
   created_at: client.createdAt
 })
 
+/**
+ * Where a command runs: on a database connection of its own, or inside the service running on
+ * the same PGlite data folder, which took it over its control socket, on the service's connection.
+ */
+interface Scope {
+  config: Config
+  log: Logger
+  /** The folder the command line's relative paths (--jwks, --from) mean: the caller's. */
+  cwd: string
+  /** `work` with the database: a connection of the command's own, closed after it; or the service's. */
+  withDb: <T>(work: (db: Db) => Promise<T>) => Promise<T>
+  /**
+   * Makes a change of the signing keys visible at once to the service the command runs in.
+   * Nothing for a command on its own connection: a start loads the keys, and on PostgreSQL the
+   * database notifies every replica.
+   */
+  keysChanged: () => Promise<void>
+}
+
 /** npm run clients -- …: the service clients' commands, each change audited. */
-async function clientsCommand (config: Config, args: string[], log: Logger): Promise<string> {
+async function clientsCommand (scope: Scope, args: string[]): Promise<string> {
   const [verb, ...rest] = args
   let parsed
   try {
@@ -91,11 +114,11 @@ async function clientsCommand (config: Config, args: string[], log: Logger): Pro
     if (positionals.length !== 1) throw new Error(`${verb} takes one client id\n${CLIENTS_USAGE}`)
     return positionals[0]!
   }
-  return await withServices(config, log, async ({ clients }) => {
+  return await withServices(scope, async ({ clients }) => {
     switch (verb) {
       case 'create': {
         if (options.name === undefined || positionals.length > 0) throw new Error(`create takes --name and --audience\n${CLIENTS_USAGE}`)
-        const jwks = options.jwks === undefined ? undefined : JSON.parse(await readFile(options.jwks, 'utf8')) as ClientJwks
+        const jwks = options.jwks === undefined ? undefined : JSON.parse(await readFile(resolve(scope.cwd, options.jwks), 'utf8')) as ClientJwks
         const { client, secret } = await clients.create({
           name: options.name,
           scopes: (options.scope ?? []).flatMap((scope) => scope.split(' ').filter(Boolean)),
@@ -135,7 +158,8 @@ async function clientsCommand (config: Config, args: string[], log: Logger): Pro
   })
 }
 
-async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise<T> {
+/** A database connection of the command's own, closed after `work`. */
+async function withOwnDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise<T> {
   const db = createDb(config)
   try {
     return await work(db)
@@ -145,9 +169,9 @@ async function withDb<T> (config: Config, work: (db: Db) => Promise<T>): Promise
 }
 
 /** The services, as the server builds them but without its timers and listener, closed after `work`. */
-async function withServices<T> (config: Config, log: Logger, work: (services: Services) => Promise<T>): Promise<T> {
-  return await withDb(config, async (db) => {
-    const services = await createServices({ config, db, log, background: false })
+async function withServices<T> (scope: Scope, work: (services: Services) => Promise<T>): Promise<T> {
+  return await scope.withDb(async (db) => {
+    const services = await createServices({ config: scope.config, db, log: scope.log, background: false })
     try {
       return await work(services)
     } finally {
@@ -156,38 +180,44 @@ async function withServices<T> (config: Config, log: Logger, work: (services: Se
   })
 }
 
-/** A command: its output, from the configuration, the words after its name, and where to say what went wrong. */
-type Command = (config: Config, args: string[], log: Logger) => Promise<string>
+/** A command: its output, from where it runs and the words after its name. */
+type Command = (scope: Scope, args: string[]) => Promise<string>
 
 const commands: Record<string, Command> = {
-  migrate: (config) => withDb(config, async (db) => {
+  // Beside a service of the same version there is nothing to apply: it migrated at its start.
+  migrate: ({ config, withDb }) => withDb(async (db) => {
     const applied = await migrateToLatest(config, db)
     return applied.length === 0 ? 'database is up to date' : `applied: ${applied.join(', ')}`
   }),
-  'migrate:down': (config) => withDb(config, async (db) => {
+  'migrate:down': ({ config, withDb }) => withDb(async (db) => {
     const undone = await migrateDown(config, db)
     return undone.length === 0 ? 'nothing to undo' : `undone: ${undone.join(', ')}`
   }),
-  'keys:rotate': (config, args, log) => withServices(config, log, async ({ signingKeys }) => {
+  'keys:rotate': (scope, args) => withServices(scope, async ({ signingKeys }) => {
+    const { config } = scope
     const next = args.includes('--next')
     if (args.some((arg) => arg !== '--next')) throw new Error(`usage: npm run keys:rotate [-- --next], not ${args.join(' ')}`)
     const { kid, promoted } = await signingKeys.rotate({ next })
+    await scope.keysChanged()
     return next
       ? `published ${kid} (${config.JWT_ALGORITHM}) in the JWKS; it signs after the next keys:rotate`
       : `signing with ${kid} (${config.JWT_ALGORITHM})${promoted ? ', the key published before' : ''}; the previous keys verify until their tokens expire`
   }),
-  'tokens:flush': (config, _args, log) => withServices(config, log, async ({ cleanup }) => {
+  'tokens:flush': (scope) => withServices(scope, async ({ cleanup }) => {
     const { sessions, refreshTokens, assertions, oneTimeCodes } = await cleanup.flush()
     return `deleted ${sessions} sessions, ${refreshTokens} refresh tokens, ${assertions} spent client assertions and ${oneTimeCodes} spent or expired one-time secrets`
   }),
   clients: clientsCommand,
-  'import:django': async (config, args, log) => {
+  // Beside the service, its requests wait for the import's one transaction.
+  'import:django': async (scope, args) => {
     const [flag, from, ...rest] = args
     if (flag !== '--from' || from === undefined || rest.length > 0) {
       throw new Error('usage: npm run import:django -- --from <postgres://… of the Django database | file of manage.py dumpdata auth.user>')
     }
-    return await withServices(config, log, async ({ djangoImport }) => {
-      const { imported, unchanged, skipped } = await djangoImport.run(from)
+    // A URL as it is; a file where the caller meant it.
+    const source = /^[a-z][a-z0-9+.-]*:\/\//i.test(from) ? from : resolve(scope.cwd, from)
+    return await withServices(scope, async ({ djangoImport }) => {
+      const { imported, unchanged, skipped } = await djangoImport.run(source)
       return [
         ...skipped.map(({ id, username, why }) => `skipped ${id ?? '(no id)'} ${JSON.stringify(username)}: ${why}`),
         `imported ${imported}, unchanged ${unchanged}, skipped ${skipped.length}`
@@ -196,26 +226,114 @@ const commands: Record<string, Command> = {
   }
 }
 
-export interface CliResult { code: number, stdout: string, stderr: string }
+/** The command of that name; none for a name the table does not hold itself (`constructor` is not a command). */
+const commandOf = (name: string | undefined): Command | undefined => name !== undefined && Object.hasOwn(commands, name) ? commands[name] : undefined
 
-/** Runs one command with the configuration of `env`; what it prints, and the exit code. */
-export async function runCli (args: string[], env: Record<string, string | undefined>): Promise<CliResult> {
-  const command = commands[args[0] ?? '']
+/** The commands that cannot run inside a service running on the same PGlite data folder, and why; it runs every other one. */
+const NOT_BESIDE_A_SERVICE: Record<string, string> = {
+  'migrate:down': 'it would take away the schema that service\'s code works on'
+}
+
+export type CliResult = CommandResult
+
+// What this version's migrations are: a service of another version runs its own code, so it refuses.
+const MIGRATIONS = Object.keys(migrations)
+
+/** The line a failed command prints. */
+function problemOf (error: unknown): string {
+  // A refused definition names each field, as the API would.
+  const fields = error instanceof ValidationFailedError ? error.errors.map((e) => `\n  --${e.field}: ${e.message}`).join('') : ''
+  // The folder's holder did not take the command over its socket: it starts or stops, or it is another command.
+  const message = error instanceof FolderLockedError && error.holder !== undefined
+    ? `the data folder ${error.folder} is in use by ${holderName(error.holder)}, which does not take commands now (a service starting or stopping, or another command): try again in a moment, or stop it first`
+    : (error as Error).message
+  return `authgate: ${message}${fields}`
+}
+
+/** Runs the command line `args` in `scope`: what it prints, with the warnings its services logged, and the exit code. */
+async function runCommand (args: string[], scope: Omit<Scope, 'log'>, warnings: string[] = []): Promise<CliResult> {
+  const command = commandOf(args[0])
   if (command === undefined) return { code: 2, stdout: '', stderr: USAGE }
-  const warnings: string[] = []
   // What a command's services would log goes to stderr as warnings, one line each; no request, no id.
   const warn = (details: object, message: string): void => {
     const err = (details as { err?: { message?: string } }).err
     warnings.push(`authgate: ${message}${err?.message === undefined ? '' : `: ${err.message}`}`)
   }
-  const log: Logger = { info: () => {}, warn, error: warn }
   try {
-    const stdout = await command(await loadConfig(env, (message) => warnings.push(`authgate: ${message}`)), args.slice(1), log)
+    const stdout = await command({ ...scope, log: { info: () => {}, warn, error: warn } }, args.slice(1))
     return { code: 0, stdout, stderr: warnings.join('\n') }
   } catch (error) {
-    // A refused definition names each field, as the API would.
-    const fields = error instanceof ValidationFailedError ? error.errors.map((e) => `\n  --${e.field}: ${e.message}`).join('') : ''
-    return { code: 1, stdout: '', stderr: [...warnings, `authgate: ${(error as Error).message}${fields}`].join('\n') }
+    return { code: 1, stdout: '', stderr: [...warnings, problemOf(error)].join('\n') }
+  }
+}
+
+/** The PGlite data folder whose service takes commands; none on PostgreSQL or in memory. */
+function commandFolder (config: Config): string | undefined {
+  return config.DB_ENGINE === 'pglite' && !config.DB_NAME.startsWith('memory://') ? config.DB_NAME : undefined
+}
+
+/**
+ * Runs one command with the configuration of `env`; what it prints, and the exit code. On a
+ * PGlite folder that a service is running on, that service runs it (see serveCommands), and
+ * this prints what it answers: the same as the command would have printed here.
+ */
+export async function runCli (args: string[], env: Record<string, string | undefined>): Promise<CliResult> {
+  if (commandOf(args[0]) === undefined) return { code: 2, stdout: '', stderr: USAGE }
+  const warnings: string[] = []
+  try {
+    const config = await loadConfig(env, (message) => warnings.push(`authgate: ${message}`))
+    const folder = commandFolder(config)
+    const answer = folder === undefined ? undefined : await sendCommand(join(folder, COMMAND_SOCKET), { args, cwd: process.cwd(), migrations: MIGRATIONS })
+    if (answer !== undefined) return { ...answer, stderr: [...warnings, answer.stderr].filter((line) => line !== '').join('\n') }
+    return await runCommand(args, { config, cwd: process.cwd(), withDb: (work) => withOwnDb(config, work), keysChanged: async () => {} }, warnings)
+  } catch (error) {
+    return { code: 1, stdout: '', stderr: [...warnings, problemOf(error)].join('\n') }
+  }
+}
+
+/** What a running service lends the commands it takes. */
+export interface CommandHost {
+  config: Config
+  /** The service's own database: PGlite's one connection. */
+  db: Db
+  /** Where the service logs each command it ran (its name and exit code: arguments may hold a URL's password). */
+  log: Logger
+  /** The service's keyring: reloaded after a key rotation, so the JWKS and the signer change at once. */
+  keyring: { reload: () => Promise<void> }
+}
+
+/**
+ * The running service's side, on a PGlite data folder: the folder is one connection in one
+ * process, so a CLI command cannot open it beside the service; the service takes the command
+ * over its control socket instead and runs it on its own connection, with services of its own
+ * composition root, and answers what the command prints and its exit code. A command that
+ * cannot run beside the service (migrate:down) is refused, saying why. Undefined on PostgreSQL
+ * (every command has a connection of its own there) and in memory; also when the socket cannot
+ * be opened (said in the log): the CLI then needs the service stopped, as the lock tells it.
+ */
+export async function serveCommands ({ config, db, log, keyring }: CommandHost): Promise<CommandServer | undefined> {
+  const folder = commandFolder(config)
+  if (folder === undefined) return undefined
+  const here = `the service running on this data folder (process ${process.pid})`
+  const run = async ({ args, cwd, migrations: theirs }: CommandRequest): Promise<CliResult> => {
+    const name = args[0] ?? ''
+    const why = Object.hasOwn(NOT_BESIDE_A_SERVICE, name) ? NOT_BESIDE_A_SERVICE[name] : undefined
+    let result: CliResult
+    if (theirs.join('\n') !== MIGRATIONS.join('\n')) {
+      result = { code: 1, stdout: '', stderr: `authgate: ${here} is another version of authgate than this command (their migrations differ): run the command of the service's version, or restart the service on this one` }
+    } else if (why !== undefined) {
+      result = { code: 1, stdout: '', stderr: `authgate: ${name} does not run beside ${here}: ${why}; stop the service first` }
+    } else {
+      result = await runCommand(args, { config, cwd, withDb: (work) => work(db), keysChanged: () => keyring.reload() })
+    }
+    log.info({ command: name, code: result.code }, 'ran a command of the CLI')
+    return result
+  }
+  try {
+    return await listenForCommands(join(folder, COMMAND_SOCKET), run)
+  } catch (error) {
+    log.warn({ err: error }, 'the CLI\'s commands cannot be handed to this service: they need it stopped')
+    return undefined
   }
 }
 

@@ -45,6 +45,7 @@ const { default: app, serverOptions } = await import('./app.ts')
 const { loadConfig, processEnv } = await import('./config.ts')
 const { lowerWorkerPriority } = await import('./lib/worker-priority.ts')
 const { DatabaseUnavailableError } = await import('./errors.ts')
+const { serveCommands } = await import('./cli.ts')
 
 // A failed start is one line on stderr, naming what to fix; the stack goes to the debug log.
 // A database that cannot answer says why: its driver's error is the cause.
@@ -76,6 +77,9 @@ try {
 }
 // Requests before bcrypt: a login flood uses what the requests leave of the cores.
 await lowerWorkerPriority()
+// On a PGlite folder, the CLI's commands run here (the folder is this process's alone): taken
+// before the port opens, so a command sent once the service listens finds the socket.
+const commands = await serveCommands({ config, db: fastify.db, log: fastify.log, keyring: fastify.keyring })
 
 // SIGTERM (an orchestrator): drain first, /health/ready answering 503 for SHUTDOWN_DRAIN_DELAY
 // while requests are still served, so the gateway stops routing here; then close: stop
@@ -92,6 +96,8 @@ closeWithGrace({ delay: drainMs + closeMs }, async ({ signal, err }) => {
     await sleep(drainMs)
   }
   fastify.log.info({ signal }, 'closing: no new connections, finishing the requests in flight')
+  // The commands running finish on the database before it closes; new ones find no socket.
+  await commands?.close()
   await fastify.close()
   fastify.log.info('closed')
 })

@@ -4,9 +4,16 @@ import { link, open, readFile, rename, stat, unlink, utimes, type FileHandle } f
 import { hostname } from 'node:os'
 import { basename, join } from 'node:path'
 
-/** The folder is held by a live process of authgate's: the message names it. */
+/** The folder is held by a live process of authgate's: the message names it, `holder` says who when its file could be read. */
 export class FolderLockedError extends Error {
   override name = 'FolderLockedError'
+  readonly folder: string
+  readonly holder: Pick<Holder, 'pid' | 'host' | 'command' | 'since'> | undefined
+  constructor (message: string, folder: string, holder?: Holder) {
+    super(message)
+    this.folder = folder
+    this.holder = holder
+  }
 }
 
 /** Who holds a lock, as its file says. */
@@ -69,9 +76,14 @@ function alive (holder: Holder, touchedAt: number, us: Holder): boolean {
   return holder.started === '' || startOf(holder.pid) === holder.started
 }
 
-function describe (holder: Holder, folder: string): string {
+/** Who holds a folder, as a message says it: `process 4242 (server.ts, since …)`, with its host when it is another. */
+export function holderName (holder: Pick<Holder, 'pid' | 'host' | 'command' | 'since'>): string {
   const where = holder.host === hostname() ? '' : ` on ${holder.host}`
-  return `the data folder ${folder} is in use by process ${holder.pid}${where} (${holder.command}, since ${holder.since}): stop it first, or give this one another DB_NAME`
+  return `process ${holder.pid}${where} (${holder.command}, since ${holder.since})`
+}
+
+function describe (holder: Holder, folder: string): string {
+  return `the data folder ${folder} is in use by ${holderName(holder)}: stop it first, or give this one another DB_NAME`
 }
 
 /**
@@ -99,7 +111,7 @@ export async function lockFolder (folder: string): Promise<FolderLock> {
     } catch {}
     // A file being written, or half written by a process that died: stale once it is old.
     if (holder === undefined ? Date.now() - touched.mtimeMs < STALE_MS : alive(holder, touched.mtimeMs, us)) {
-      throw new FolderLockedError(holder === undefined ? `the data folder ${folder} is being locked by another process (${file})` : describe(holder, folder))
+      throw new FolderLockedError(holder === undefined ? `the data folder ${folder} is being locked by another process (${file})` : describe(holder, folder), folder, holder)
     }
     // Taken over: moved aside, and put back if what was moved is not what was judged stale
     // (another process took it over first).
@@ -109,7 +121,7 @@ export async function lockFolder (folder: string): Promise<FolderLock> {
     if (moved !== undefined && moved !== text) await link(aside, file).catch(() => {})
     await unlink(aside).catch(() => {})
   }
-  throw new FolderLockedError(`the data folder ${folder} could not be locked: other processes are taking its lock (${file})`)
+  throw new FolderLockedError(`the data folder ${folder} could not be locked: other processes are taking its lock (${file})`, folder)
 }
 
 async function hold (handle: FileHandle, file: string, us: Holder): Promise<FolderLock> {
