@@ -51,7 +51,7 @@ t.test('the first admin client\'s commands, as the docs write them, give an oper
   const { stdout } = await run('bash', ['-c', script], { cwd, env: { ...env, PATH: `${dirname(process.execPath)}:${process.env.PATH}` } })
 
   const ops = join(cwd, 'ops.json')
-  t.same(Object.keys(JSON.parse(await readFile(ops, 'utf8'))), ['client_id', 'client_secret'], 'ops.json holds the command\'s JSON alone')
+  t.same(Object.keys(JSON.parse(await readFile(ops, 'utf8'))).sort(), ['client_id', 'client_secret', 'token_endpoint_auth_method'], 'ops.json holds the command\'s JSON alone')
   t.equal((await stat(ops)).mode & 0o777, 0o600, 'and is its owner\'s alone')
   const token = /^TOKEN=(.*)\n/.exec(stdout)?.[1]
   t.match(token, /^eyJ[\w-]+\.[\w-]+\.[\w-]+$/, 'a token came')
