@@ -1,4 +1,5 @@
 import { exportJWK, generateKeyPair, SignJWT } from 'jose'
+import { generateSync } from 'otplib'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { createConnection, createServer, type Socket } from 'node:net'
@@ -152,7 +153,15 @@ t.test('authgate beside a role that may create in its schema', {
   const logLines: string[] = []
   const clock = new TestClock()
   const introspector = { id: 'gateway', secret: randomBytes(24).toString('base64url') }
-  const app = await build(t, { database: { DB_ENGINE: 'postgres', DATABASE_URL: wire.url(as(owner)) }, logLines, clock, env: { INTROSPECTION_CLIENTS: `${introspector.id}:${introspector.secret}` } })
+  const app = await build(t, {
+    database: { DB_ENGINE: 'postgres', DATABASE_URL: wire.url(as(owner)) },
+    logLines,
+    clock,
+    env: {
+      INTROSPECTION_CLIENTS: `${introspector.id}:${introspector.secret}`,
+      EMAIL_SIGN_IN: 'true', EMAIL_VERIFICATION: 'optional', APP_VERIFY_URL: 'http://127.0.0.1:9/verify', APP_RESET_URL: 'http://127.0.0.1:9/reset'
+    }
+  })
   const form = (url: string, fields: Record<string, string>, headers: Record<string, string> = {}) =>
     app.inject({ method: 'POST', url, payload: new URLSearchParams(fields).toString(), headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
 
@@ -208,6 +217,41 @@ t.test('authgate beside a role that may create in its schema', {
     clock.advance(7200)
     const services = await createServices({ config: app.config, db: app.db, clock, log: silentLogger, background: false })
     t.match(await services.cleanup.flush(), { assertions: 1 }, 'the spent assertion pruned once expired')
+    await services.close()
+    t.same((await query(as(undefined), 'select planted from public.loot')).rows, [], 'nothing was copied')
+  })
+
+  t.test('second factors, mailed codes and the first proof of an address run none of them either', async (t) => {
+    const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
+    const totp = (secret: string): string => generateSync({ secret, epoch: Math.floor(clock.now().getTime() / 1000) })
+    // The first proof of an address, by a code: what it removes is removed by these statements.
+    const { access, user } = await login(app)
+    const added = (await postJson(app, '/api/auth/mfa/totp', {}, bearer(access))).json()
+    const enrolled = (await postJson(app, `/api/auth/mfa/totp/${added.factor_id}/verify`, { code: totp(added.secret) }, bearer(access))).json()
+    t.equal(enrolled.recovery_codes.length, 10)
+    t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: totp(added.secret) }, bearer(enrolled.access))).statusCode, 400, 'a code used already')
+    t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: '000000' === totp(added.secret) ? '111111' : '000000' }, bearer(enrolled.access))).statusCode, 400, 'a wrong one, counted')
+    const first = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
+    t.equal((await postJson(app, '/api/auth/mfa/verify', { mfa_token: first.mfa_token, method: 'recovery_code', code: enrolled.recovery_codes[0] })).statusCode, 200)
+    clock.advance(30)
+    t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: totp(added.secret) }, bearer(enrolled.access))).statusCode, 200, 'a step-up')
+    for (const purpose of ['email_sign_in', 'password_reset', 'email_verification'] as const) {
+      await app.oneTimeCodes.issue({ purpose, userId: user.id, ttlS: 600, with: { code: true }, detail: { email: user.email } })
+    }
+    const issued = await app.oneTimeCodes.issue({ purpose: 'email_sign_in', userId: user.id, ttlS: 600, with: { code: true } })
+    t.equal((await postJson(app, '/api/auth/email/sign-in/verify', { email: user.email, code: issued.code === '000000' ? '111111' : '000000' })).statusCode, 400)
+    t.equal((await postJson(app, '/api/auth/email/sign-in/verify', { email: user.email, code: issued.code })).statusCode, 200, 'the first proof: password, sessions and the factor removed')
+    const reset = await app.oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: 600, with: { token: true, code: true } })
+    t.equal((await postJson(app, '/api/auth/password/reset', { email: 'nobody@example.test', code: '123456', new_password: 'a new passphrase here' })).statusCode, 400, 'an address of no account')
+    t.equal((await postJson(app, '/api/auth/password/reset', { token: reset.token, new_password: 'a new passphrase here' })).statusCode, 204)
+    const other = await login(app)
+    const verification = await app.oneTimeCodes.issue({ purpose: 'email_verification', userId: other.user.id, ttlS: 600, with: { token: true }, detail: { email: other.user.email } })
+    t.same((await postJson(app, '/api/auth/email/verify', { token: verification.token, password: other.user.password })).json(), { email_verified: true })
+    t.equal((await postJson(app, '/api/auth/password/forgot', { email: other.user.email })).statusCode, 202)
+    await app.outbox.work()
+    clock.advance(7200)
+    const services = await createServices({ config: app.config, db: app.db, clock, log: silentLogger, background: false })
+    t.ok((await services.cleanup.flush()).oneTimeCodes > 0, 'spent and expired secrets pruned')
     await services.close()
     t.same((await query(as(undefined), 'select planted from public.loot')).rows, [], 'nothing was copied')
   })
