@@ -159,7 +159,10 @@ t.test('authgate beside a role that may create in its schema', {
     clock,
     env: {
       INTROSPECTION_CLIENTS: `${introspector.id}:${introspector.secret}`,
-      EMAIL_SIGN_IN: 'true', EMAIL_VERIFICATION: 'optional', APP_VERIFY_URL: 'http://127.0.0.1:9/verify', APP_RESET_URL: 'http://127.0.0.1:9/reset'
+      EMAIL_SIGN_IN: 'true',
+      EMAIL_VERIFICATION: 'optional',
+      APP_VERIFY_URL: 'http://127.0.0.1:9/verify',
+      APP_RESET_URL: 'http://127.0.0.1:9/reset'
     }
   })
   const form = (url: string, fields: Record<string, string>, headers: Record<string, string> = {}) =>
@@ -230,7 +233,7 @@ t.test('authgate beside a role that may create in its schema', {
     const enrolled = (await postJson(app, `/api/auth/mfa/totp/${added.factor_id}/verify`, { code: totp(added.secret) }, bearer(access))).json()
     t.equal(enrolled.recovery_codes.length, 10)
     t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: totp(added.secret) }, bearer(enrolled.access))).statusCode, 400, 'a code used already')
-    t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: '000000' === totp(added.secret) ? '111111' : '000000' }, bearer(enrolled.access))).statusCode, 400, 'a wrong one, counted')
+    t.equal((await postJson(app, '/api/auth/mfa/verify', { method: 'totp', code: totp(added.secret) === '000000' ? '111111' : '000000' }, bearer(enrolled.access))).statusCode, 400, 'a wrong one, counted')
     const first = (await postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })).json()
     t.equal((await postJson(app, '/api/auth/mfa/verify', { mfa_token: first.mfa_token, method: 'recovery_code', code: enrolled.recovery_codes[0] })).statusCode, 200)
     clock.advance(30)
