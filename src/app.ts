@@ -103,6 +103,14 @@ export function serverOptions (config: Pick<Config, 'trustProxy' | 'logLevel' | 
 
 /** The application: external and app plugins, then routes. The load order is the architecture. */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
+  // RFC 9112 §9.6: a connection half-closed by the client "does not delimit a request message,
+  // nor does it imply that the client is no longer interested in a response". Node's server ends
+  // its side at the client's FIN and drops the answer of a request still in flight (a login
+  // sent by `nc -N` or any client that shuts down its write side after the request); with this
+  // flag it answers every request it has read, then closes. It is Node's own switch
+  // (lib/_http_server.js socketOnEnd), kept for userland servers (nodejs/node#36819); an idle
+  // half-closed connection is still closed at once, and an incomplete request still gets its 400.
+  (fastify.server as typeof fastify.server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true
   // Node drops a CONNECT without a word unless someone listens: this service tunnels nothing,
   // so it says so (RFC 9110 §15.5.6: a 405 names the methods it serves in Allow).
   fastify.server.on('connect', (_request: IncomingMessage, socket: Duplex) => {

@@ -9,26 +9,28 @@ import { startServer } from './server-process.ts'
 // A seeded fuzz test of the running server: malformed bodies, headers, tokens, content types,
 // paths and raw HTTP, on keep-alive connections in parallel. Every answer is below 500, every
 // error answer with a body is problem+json, and the server is healthy after. The same seed
-// always sends the same requests: FUZZ_SEED, FUZZ_COUNT and FUZZ_TIME_LIMIT (seconds) change
-// the run; FUZZ_ONLY=http:<index> or raw:<index> sends only that one request of the seed's sequence.
+// always sends the same requests: FUZZ_SEED and FUZZ_COUNT change the run;
+// FUZZ_ONLY=http:<index> or raw:<index> sends only that one request of the seed's sequence.
+// Nothing here is timed: a slow machine takes longer and passes; only a hang fails.
 
 const SEED = Number(process.env.FUZZ_SEED ?? 1)
 const COUNT = Number(process.env.FUZZ_COUNT ?? 10_000)
-// Within tap's 120 s for a file; 10,000 take about 20 s.
-const TIME_LIMIT_MS = Number(process.env.FUZZ_TIME_LIMIT ?? 75) * 1000
 const ONLY = process.env.FUZZ_ONLY
 /** Requests in flight on keep-alive connections. */
 const CONCURRENCY = 16
-/** Raw connections open at once: most of their time is spent waiting for quiet. */
+/** Raw connections open at once. */
 const RAW_CONCURRENCY = 48
 /** The share of raw requests. */
 const RAW_SHARE = 0.3
-const QUIET_AFTER_ANSWER_MS = 100
-const QUIET_BEFORE_ANSWER_MS = 1000
 /** A new user and live tokens after this many requests on keep-alive connections. */
 const RESIGN_EVERY = 250
-/** A request the server has not answered in this long has hung. */
-const ANSWER_TIMEOUT_MS = 15_000
+/**
+ * A request the server has not answered in this long has hung: twice the server's own longest
+ * deadline (requestTimeout, 30 s, src/app.ts), past which it answers 408 or closes whatever the load.
+ */
+const ANSWER_TIMEOUT_MS = 60_000
+/** The file's limit in tap, a hang detector only: 10,000 requests take 15 s on an idle 2-core machine. */
+t.setTimeout(15 * 60_000)
 const INTROSPECTION = { id: 'fuzz-service', secret: 'fuzz-service-secret-0123456789' }
 
 interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: Buffer, bodiless: boolean }
@@ -169,26 +171,18 @@ async function untilSent (send: () => Promise<Outcome>, onResend: () => void = (
 }
 
 /**
- * Writes `bytes` on a new connection and reads until the server closes it. The client half-closes
- * once the connection is quiet: at once after an answer, or after a second without one (an
- * incomplete request is then answered 400, its end having come too soon). Node takes a
- * half-close as the client going away and drops a request still in flight, so the client waits
- * that long before it.
+ * Writes `bytes` on a new connection, half-closes it at once, and reads until the server closes
+ * it. The server answers every request it has read, then closes (RFC 9112 §9.6: a half-close
+ * neither ends a request nor says the client lost interest); bytes that make no whole request
+ * are answered 400 at the half-close, their end having come too soon. No timer decides when a
+ * request has been answered: a slow machine only makes it wait longer.
  */
 function sendRaw (port: number, bytes: Buffer): Promise<Outcome> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port, localAddress: sourceAddress() })
     const chunks: Buffer[] = []
     let error: string | undefined
-    let quiet: NodeJS.Timeout | undefined
-    const halfCloseAfter = (ms: number): void => {
-      clearTimeout(quiet)
-      quiet = setTimeout(() => socket.end(), ms)
-    }
-    socket.on('data', (chunk: Buffer) => {
-      chunks.push(chunk)
-      if (socket.writable) halfCloseAfter(QUIET_AFTER_ANSWER_MS)
-    })
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
     // A reset after the answers (the server closing with bytes of ours unread) leaves them to check.
     let connected = false
     socket.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message })
@@ -196,14 +190,10 @@ function sendRaw (port: number, bytes: Buffer): Promise<Outcome> {
       error = `the connection was still open after ${ANSWER_TIMEOUT_MS} ms`
       socket.destroy()
     })
-    socket.on('close', () => {
-      clearTimeout(quiet)
-      resolve({ answers: parseAnswers(Buffer.concat(chunks)), error, notSent: !connected })
-    })
+    socket.on('close', () => resolve({ answers: parseAnswers(Buffer.concat(chunks)), error, notSent: !connected }))
     socket.on('connect', () => {
       connected = true
-      socket.write(bytes)
-      halfCloseAfter(QUIET_BEFORE_ANSWER_MS)
+      socket.end(bytes)
     })
   })
 }
@@ -282,14 +272,13 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
   let sent = 0
   let resent = 0
   const started = Date.now()
-  const deadline = started + TIME_LIMIT_MS
 
   /** Sends `count` requests of one kind, `concurrency` at a time, each made in index order from its own stream of the seed. */
   async function run (kind: 'http' | 'raw', count: number, concurrency: number): Promise<void> {
     const random = new Random(kind === 'http' ? SEED : SEED ^ 0x9e3779b9)
     let next = 0
     async function worker (): Promise<void> {
-      while (next < count && Date.now() < deadline) {
+      while (next < count) {
         const index = next++
         const id = `${kind}:${index}`
         // Made before any await: the seed alone decides every request, whatever the timing.
@@ -326,12 +315,12 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
   }
 
   const rawCount = Math.round(COUNT * RAW_SHARE)
-  t.comment(`fuzz seed ${SEED}: ${COUNT - rawCount} requests on ${CONCURRENCY} keep-alive connections, ${rawCount} raw on ${RAW_CONCURRENCY} at a time, at most ${TIME_LIMIT_MS / 1000} s`)
+  t.comment(`fuzz seed ${SEED}: ${COUNT - rawCount} requests on ${CONCURRENCY} keep-alive connections, ${rawCount} raw on ${RAW_CONCURRENCY} at a time`)
   await Promise.all([run('http', COUNT - rawCount, CONCURRENCY), run('raw', rawCount, RAW_CONCURRENCY)])
   const seconds = (Date.now() - started) / 1000
   t.comment(`sent ${sent} requests (${resent} sent again, not having reached the server) in ${seconds.toFixed(1)} s; statuses ${JSON.stringify(Object.fromEntries([...statuses].sort()))}`)
 
-  if (ONLY === undefined) t.ok(sent >= COUNT, `all ${COUNT} requests sent within the time limit (${sent} sent)`)
+  if (ONLY === undefined) t.equal(sent, COUNT, `all ${COUNT} requests sent`)
   for (const failure of failures.slice(0, 25)) t.comment(failure)
   t.equal(failures.length, 0, 'every answer below 500, every error problem+json, every request answered')
 
@@ -363,6 +352,32 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
     const client = await untilSent(() => sendHttp(port, new Agent({ localAddress: sourceAddress() }), head))
     t.equal(client.error, undefined, 'no client error')
     t.equal(client.answers[0]?.status, 400)
+  })
+
+  await t.test('requests whose client half-closes at once are answered, then the connection closes (RFC 9112 §9.6)', async (t) => {
+    // Node's server used to end its side at the client's FIN and drop the answer of a request
+    // still in flight: every login here went unanswered, and on a loaded machine so did any the
+    // fuzz half-closed after its old second of quiet.
+    const user = uniqueUser('halfclose')
+    t.equal((await postJson('/api/auth/register', user)).status, 201)
+    const body = JSON.stringify({ identifier: user.username, password: user.password })
+    const login = `POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+    const outcomes = await Promise.all(Array.from({ length: 24 }, () => untilSent(() => sendRaw(port, Buffer.from(login)))))
+    t.same(outcomes.map((o) => o.answers.map((a) => a.status)), outcomes.map(() => [200]), '24 logins at once, each answered 200')
+    t.ok(outcomes.every((o) => typeof JSON.parse(o.answers[0]?.body.toString() ?? '{}').access === 'string'), 'each with its tokens')
+    t.ok(outcomes.every((o) => o.error === undefined), 'each closed by the server after its answer, no error')
+
+    // Two requests in one write: both answered, in order, then the close.
+    const live = 'GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'
+    const pipelined = await untilSent(() => sendRaw(port, Buffer.from(login + live)))
+    t.same(pipelined.answers.map((a) => a.status), [200, 200], 'a login and the request after it')
+
+    // A request cut short by the half-close is answered 400; a connection with nothing on it is closed.
+    const cut = await untilSent(() => sendRaw(port, Buffer.from(login.slice(0, login.length - 5))))
+    t.same(cut.answers.map((a) => a.status), [400], 'a body shorter than its Content-Length: 400')
+    t.equal(cut.answers[0] === undefined ? 'no answer' : judge(cut.answers[0], false), undefined, 'problem+json')
+    const empty = await untilSent(() => sendRaw(port, Buffer.alloc(0)))
+    t.same(empty, { answers: [], error: undefined, notSent: false }, 'an empty connection: closed, no answer')
   })
 
   t.match(await signIn(), { username: String, access: String }, 'register, login and detail work')

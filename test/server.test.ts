@@ -40,23 +40,23 @@ t.test('a start that fails later says why in one line', async (t) => {
   t.equal((await once(noSecret.child, 'exit'))[0], 1)
   t.match(noSecret.output(), /^authgate: invalid configuration: SECRET_KEY is required when NODE_ENV=production: make one with `openssl rand -base64 48`[^\n]*\n$/, 'one line, with how to make one')
 
-  // Port 1 on the loopback: nothing listens there.
+  // Port 1 on the loopback: nothing listens there. 5 s: room for three attempts (0.75 s of waits)
+  // however slowly a loaded machine makes each one.
   const noDatabase = startServer({
-    ...env, SECRET_KEY, LOG_LEVEL: 'info', DB_ENGINE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', DB_START_TIMEOUT: '2s'
+    ...env, SECRET_KEY, LOG_LEVEL: 'info', DB_ENGINE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', DB_START_TIMEOUT: '5s'
   })
   let stderr = ''
   noDatabase.child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk })
   t.equal((await once(noDatabase.child, 'exit'))[0], 1)
-  t.equal(stderr, 'authgate: could not start: the database did not answer within 2s (DB_START_TIMEOUT): connect ECONNREFUSED 127.0.0.1:1\n', 'one line, the cause once')
+  // Said only once the deadline has passed (plugins/db.ts): it tried for all of DB_START_TIMEOUT.
+  t.equal(stderr, 'authgate: could not start: the database did not answer within 5s (DB_START_TIMEOUT): connect ECONNREFUSED 127.0.0.1:1\n', 'one line, the cause once')
   const retries = noDatabase.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line))
     .filter((line) => line.msg === 'the database does not answer yet; trying again')
   t.ok(retries.length >= 3, `a warning per attempt (${retries.length})`)
   t.ok(retries.every((line) => line.level === 40), 'at warn')
   t.same(retries.slice(0, 3).map((line) => line.retryInMs), [250, 500, 1000], 'waits that double')
-  // From the first failed attempt to the last one, at the deadline.
-  const last = retries.at(-1)
-  const tried = last.time + last.retryInMs - retries[0].time
-  t.ok(tried >= 1500 && tried <= 2000, `tried for DB_START_TIMEOUT, then stopped (${tried} ms)`)
+  // No wait is longer than the backoff's (the last one is cut to what is left of the deadline).
+  t.ok(retries.every((line, i) => line.retryInMs <= Math.min(250 * 2 ** i, 5000)), 'waits no longer than the backoff\'s')
 })
 
 t.test('a start while the database does not answer yet waits for it, then serves', {
@@ -66,7 +66,8 @@ t.test('a start while the database does not answer yet waits for it, then serves
   const { proxy, url: through } = await proxyDatabase(t, database.DATABASE_URL!)
   await proxy.close()
   const server = startServer({
-    ...process.env, ...database, DATABASE_URL: through, SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', DB_START_TIMEOUT: '10s'
+    // An hour: the server waits however slowly a loaded machine lets the test reopen the database.
+    ...process.env, ...database, DATABASE_URL: through, SECRET_KEY, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', DB_START_TIMEOUT: '1h'
   })
   t.teardown(() => { server.child.kill('SIGKILL') })
   // Until the server has tried at least twice (its start takes a while on a busy machine).
@@ -97,12 +98,11 @@ t.test('a connection the database refuses is not tried again, and is not called 
     [missing, /database "authgate_test_\w+_missing" does not exist/],
     [nobody, /role "authgate_no_such_role" does not exist/]
   ] as const) {
-    const started = Date.now()
-    const server = startServer(serverEnv({ DATABASE_URL: url.toString() }, { DB_START_TIMEOUT: '10s' }))
+    // An hour to retry in: had it retried, the test would hang instead of ending.
+    const server = startServer(serverEnv({ DATABASE_URL: url.toString() }, { DB_START_TIMEOUT: '1h' }))
     t.equal((await once(server.child, 'exit'))[0], 1)
-    t.ok(Date.now() - started < 5000, 'at once: a database that answers "no" is not down')
     t.match(server.output(), new RegExp(`authgate: could not start: the database refused the connection: ${reason.source}\\n$`))
-    t.notMatch(server.output(), /trying again|migration/)
+    t.notMatch(server.output(), /trying again|migration/, 'not tried again: a database that answers "no" is not down')
   }
 })
 
@@ -116,10 +116,8 @@ t.test('a migration that fails is not tried again', {
   // A table in the way of the first migration's.
   await admin.query('create table users (id int)')
   await admin.end()
-  const started = Date.now()
-  const server = startServer(serverEnv(database, { DB_START_TIMEOUT: '10s' }))
+  const server = startServer(serverEnv(database, { DB_START_TIMEOUT: '1h' }))
   t.equal((await once(server.child, 'exit'))[0], 1)
-  t.ok(Date.now() - started < 5000, 'at once')
   t.match(server.output(), /authgate: could not start: database migration failed: 0001-initial: relation "users" already exists\n$/)
-  t.notMatch(server.output(), /trying again/)
+  t.notMatch(server.output(), /trying again/, 'not tried again')
 })
