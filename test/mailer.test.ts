@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { Mail, Mailer } from '../src/services/mailer.ts'
-import { build } from './helper.ts'
+import { build, postJson, register } from './helper.ts'
 import { startInbox } from './smtp.ts'
 
 const mail: Mail = { to: 'alice@example.com', subject: 'Your code', text: 'Your code is 123456.', html: '<p>Your code is <b>123456</b>.</p>' }
@@ -32,14 +32,46 @@ t.test('while SMTP is down a send fails, and says so', async (t) => {
   await t.rejects(app.mailer.send(mail), /ECONNREFUSED/)
 })
 
-t.test('without SMTP_URL nothing is sent: one line in the log, the address and subject only', async (t) => {
+/** The log lines of mail that was not sent. */
+const unsent = (logLines: string[]): Array<Record<string, unknown>> =>
+  logLines.map((l) => JSON.parse(l)).filter((l) => /^mail not sent: SMTP_URL is not set/.test(l.msg))
+
+t.test('without SMTP_URL outside production the whole mail is in the log: a reset and a code sign-in are finished from it', async (t) => {
   const logLines: string[] = []
-  const app = await build(t, { logLines })
+  const app = await build(t, { logLines, env: { NODE_ENV: 'development', APP_RESET_URL: 'http://localhost:5173/reset-password', EMAIL_SIGN_IN: 'true' } })
+  t.equal(app.mailer.delivers, false)
+  const warning = logLines.map((l) => JSON.parse(l)).find((l) => /^SMTP_URL is not set: mail is written to the log/.test(l.msg))
+  t.match(warning, { level: 40, msg: /links and codes included/ }, 'a warning at start says so')
+  const user = await register(app)
+
+  t.equal((await postJson(app, '/api/auth/password/forgot', { email: user.email })).statusCode, 202)
+  await app.outbox.work()
+  const [resetMail] = unsent(logLines)
+  t.match(resetMail, { level: 30, to: user.email, subject: 'Reset your password', text: /^Someone, hopefully you, asked to reset the password/ })
+  const token = /reset-password#token=([A-Za-z0-9_-]{43})/.exec(String(resetMail?.text))?.[1]
+  t.ok(token !== undefined && /code[^0-9]*[0-9]{6}/.test(String(resetMail?.text)), 'the link and the code')
+  const reset = await postJson(app, '/api/auth/password/reset', { token, new_password: 'a brand new passphrase 42' })
+  t.equal(reset.statusCode, 204, 'the reset is finished with the link from the log')
+
+  t.equal((await postJson(app, '/api/auth/email/sign-in', { email: user.email })).statusCode, 202)
+  await app.outbox.work()
+  const codeMail = unsent(logLines).find((l) => l.subject === 'Your sign-in code')
+  const code = /: ([0-9]{6})\b/.exec(String(codeMail?.text))?.[1]
+  const signedIn = await postJson(app, '/api/auth/email/sign-in/verify', { email: user.email, code })
+  t.equal(signedIn.statusCode, 200, 'the sign-in is finished with the code from the log')
+  t.type(signedIn.json().access, 'string')
+})
+
+t.test('without SMTP_URL in production a mail\'s line holds its address and subject only', async (t) => {
+  const logLines: string[] = []
+  const app = await build(t, { logLines, env: { NODE_ENV: 'production', PUBLIC_URL: 'https://auth.example.com' } })
   t.equal(app.mailer.delivers, false)
   await app.mailer.send(mail)
-  const line = logLines.map((l) => JSON.parse(l)).find((l) => l.msg === 'mail not sent: SMTP_URL is not set')
-  t.match(line, { to: 'alice@example.com', subject: 'Your code' })
+  t.same(unsent(logLines).map(({ to, subject, text, msg }) => ({ to, subject, text, msg })), [
+    { to: 'alice@example.com', subject: 'Your code', text: undefined, msg: 'mail not sent: SMTP_URL is not set' }
+  ])
   t.notMatch(logLines.join('\n'), /123456/, 'never the body, which holds the secrets')
+  t.notMatch(logLines.join('\n'), /links and codes included/, 'no warning: nothing secret is written')
 })
 
 t.test('a test puts its own mailer in place through the composition root', async (t) => {

@@ -19,22 +19,27 @@ export interface Mailer {
 }
 
 export interface MailerDeps {
-  config: Pick<Config, 'SMTP_URL' | 'MAIL_FROM'>
+  config: Pick<Config, 'SMTP_URL' | 'MAIL_FROM' | 'NODE_ENV'>
   log: Logger
 }
 
 /**
  * Mail through nodemailer (https://nodemailer.com) to the SMTP server of SMTP_URL, from
- * MAIL_FROM. Without SMTP_URL nothing is sent: each mail is one line in the log, its address
- * and subject only (a mail's body holds secrets, which are never logged); a feature that cannot
- * work without mail refuses to start in production (src/config.ts).
+ * MAIL_FROM. Without SMTP_URL nothing is sent, and each mail is one line in the log. Outside
+ * production that line holds the whole text, link and code included, so that a developer can
+ * finish a reset, a verification or a code sign-in without an SMTP catcher. In production it
+ * holds the address and subject only: a mail's body holds secrets, which production never logs
+ * (and a feature that cannot work without mail refuses to start there, src/config.ts).
  */
 export async function createMailer ({ config, log }: MailerDeps): Promise<Mailer> {
   if (config.SMTP_URL === undefined) {
+    const wholeMail = config.NODE_ENV !== 'production'
+    if (wholeMail) log.warn({}, 'SMTP_URL is not set: mail is written to the log, links and codes included (NODE_ENV is not production)')
     return {
       delivers: false,
       async send (mail) {
-        log.info({ to: mail.to, subject: mail.subject }, 'mail not sent: SMTP_URL is not set')
+        if (wholeMail) log.info({ to: mail.to, subject: mail.subject, text: mail.text }, 'mail not sent: SMTP_URL is not set; its text is here')
+        else log.info({ to: mail.to, subject: mail.subject }, 'mail not sent: SMTP_URL is not set')
       },
       async close () {}
     }
