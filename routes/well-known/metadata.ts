@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { authorizationServerMetadata, metadataBase } from '#src/lib/oauth-metadata.ts'
+import { authorizationServerMetadata, CLAIMS_SUPPORTED, metadataBase } from '#src/lib/oauth-metadata.ts'
 import { problems } from '#src/schemas.ts'
 
 export const prefixOverride = '/.well-known'
@@ -65,7 +65,7 @@ const discovery: FastifyPluginAsyncTypebox = async (fastify) => {
       subject_types_supported: ['public'],
       // What other services can verify with the JWKS: nothing under HS256, whose key is never published.
       id_token_signing_alg_values_supported: config.JWT_ALGORITHM === 'HS256' ? [] : [config.JWT_ALGORITHM],
-      claims_supported: ['sub', 'iss', 'aud', 'exp', 'iat', 'jti', 'client_id', 'scope', 'gty', 'sid', 'user_id', 'token_type']
+      claims_supported: CLAIMS_SUPPORTED
     }
   })
 }

@@ -1,4 +1,5 @@
 import type { Config } from '../config.ts'
+import { ServiceClaimsSchema, TokenClaimsSchema } from '../services/claims.ts'
 import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_SCOPE } from '../services/clients.ts'
 
 // How clients authenticate at each endpoint: `none` is the first-party public client, whose
@@ -34,3 +35,12 @@ export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>,
 export function metadataBase (config: Pick<Config, 'publicUrl'>, request: { protocol: string, host: string }): string {
   return config.publicUrl ?? `${request.protocol}://${request.host}`
 }
+
+/**
+ * OpenID Connect Discovery's `claims_supported`: every claim a verifier may meet in an access
+ * token, a user's or a service's, read from the schemas the tokens are checked against, so a
+ * claim added there (aal, amr, auth_time, roles) is named here too. `sxp` is in refresh tokens
+ * only, which no other service verifies.
+ */
+export const CLAIMS_SUPPORTED = [...new Set([...Object.keys(TokenClaimsSchema.properties), ...Object.keys(ServiceClaimsSchema.properties)])]
+  .filter((claim) => claim !== 'sxp')
