@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
-import { ExpectationFailedError, RouteNotFoundError } from '../src/errors.ts'
+import { ExpectationFailedError, FeatureOffError, RouteNotFoundError } from '../src/errors.ts'
+import { offFeatureOf } from '../src/lib/feature-routes.ts'
 import { challenge, oauthErrorBody, problemBody, problemOf, rawProblemResponse, toProblem, type Problem } from '../src/problems.ts'
 
 declare module 'fastify' {
@@ -34,8 +35,12 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
     return sendProblem(reply, problem)
   })
 
+  // A path of a feature that is off says which setting turns it on; any other, nothing more.
   fastify.setNotFoundHandler(function (request, reply) {
-    return sendProblem(reply, problemOf(new RouteNotFoundError(request.method, request.url.split('?')[0])))
+    const path = request.url.split('?')[0]
+    const off = offFeatureOf(fastify.config, request.method, request.url)
+    const error = off === undefined ? new RouteNotFoundError(request.method, path) : new FeatureOffError(request.method, path, off.name, off.setting)
+    return sendProblem(reply, problemOf(error))
   })
 
   // Node answers an Expect it does not know with an empty 417 unless someone listens.
@@ -44,4 +49,4 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   })
 }
 
-export default fp(errorsPlugin, { name: 'errors' })
+export default fp(errorsPlugin, { name: 'errors', dependencies: ['config'] })

@@ -66,6 +66,8 @@ export const NotFoundError = define('not_found', 'Not found.', 404)
 export const ClientNotFoundError = define('not_found', 'No client %s.', 404)
 export const UserNotFoundError = define('not_found', 'No user %s.', 404)
 export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
+/** A route of a feature that is off: the detail names the setting that turns it on. */
+export const FeatureOffError = define('not_found', 'No route for %s %s: %s is off; %s turns it on.', 404)
 export const MethodNotAllowedError = define('method_not_allowed', '%s', 405)
 export const RequestTimeoutError = define('request_timeout', 'The request was not received in time.', 408)
 export const UsernameTakenError = define('username_taken', 'A user with that username already exists.', 409)

@@ -7,6 +7,7 @@ import { isDeepStrictEqual } from 'node:util'
 import t, { type Test } from 'tap'
 import app, { serverOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
+import { OPTIONAL_FEATURES, serves } from '../src/lib/feature-routes.ts'
 import { ProblemSchema } from '../src/schemas.ts'
 import { build, freshDatabase, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
 
@@ -24,6 +25,17 @@ const CONFLICTS = new Set(['POST /api/auth/register'])
 /** Fastify parses a body for these methods: too large is 413, not JSON is 415. */
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 const METRICS_TOKEN = 'metrics-token-for-the-docs-test'
+/** Every optional feature on (src/lib/feature-routes.ts): every route the app can have is listed. */
+const EVERY_FEATURE = {
+  METRICS_TOKEN,
+  APP_RESET_URL: 'https://app.example.com/reset-password',
+  EMAIL_VERIFICATION: 'optional',
+  APP_VERIFY_URL: 'https://app.example.com/verify-email',
+  EMAIL_SIGN_IN: 'true',
+  DOCS_ENABLED: 'true'
+}
+/** Every optional feature off. */
+const NO_FEATURE = { DOCS_ENABLED: 'false' }
 
 const pkg = JSON.parse(await readFile(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string }
 const problemSchema = JSON.parse(JSON.stringify(ProblemSchema)) as unknown
@@ -34,15 +46,14 @@ interface Collected { app: FastifyInstance, routes: RouteOptions[], cookieNames:
  * The app as test/helper.ts's build makes it (the same server options and test defaults), with
  * an onRoute hook added first: the helper's app is ready before a test could add one.
  */
-async function buildCollectingRoutes (t: Test): Promise<Collected> {
+async function buildCollectingRoutes (t: Test, env: Record<string, string> = EVERY_FEATURE): Promise<Collected> {
   const config = await loadConfig({
     NODE_ENV: 'test',
     SECRET_KEY,
     BCRYPT_COST: '4',
     RATE_LIMIT_ENABLED: 'false',
     LOG_LEVEL: 'silent',
-    // /metrics exists only with a token: every route the app can have is listed.
-    METRICS_TOKEN,
+    ...env,
     ...await freshDatabase(t)
   })
   const fastify = Fastify(serverOptions(config))
@@ -299,4 +310,47 @@ t.test('DOCS_ENABLED=false (the default in production): no document, no UI', asy
     t.match(res.json(), { code: 'not_found' })
   }
   t.equal((await postJson(fastify, '/api/auth/register', uniqueUser())).statusCode, 201, 'the API serves on')
+})
+
+/** `METHOD url` of each route, HEAD (Fastify's twin of a GET) and trailing-slash twins left out. */
+const routeKeys = (routes: RouteOptions[]): Set<string> => new Set(routes.flatMap((route) =>
+  [route.method].flat().filter((method) => method !== 'HEAD').map((method) => `${method} ${route.url.length > 1 ? route.url.replace(/\/$/, '') : route.url}`)))
+
+t.test('the optional features\' routes are exactly those the app adds when each is on (src/lib/feature-routes.ts)', async (t) => {
+  const on = routeKeys((await buildCollectingRoutes(t, EVERY_FEATURE)).routes)
+  const off = routeKeys((await buildCollectingRoutes(t, NO_FEATURE)).routes)
+  t.same([...off].filter((key) => !on.has(key)), [], 'no route only when a feature is off')
+  // The admin API answers everyone but an operator as a path that does not exist: no hint there.
+  const added = [...on].filter((key) => !off.has(key) && !key.includes(' /api/admin/'))
+  const listed = OPTIONAL_FEATURES.flatMap((feature) => feature.routes)
+  for (const key of added) {
+    const [method = '', url = ''] = key.split(' ')
+    t.ok(listed.some((route) => serves(route, method, url)), `${key} is listed with its feature`)
+  }
+  for (const route of listed) {
+    t.ok(added.some((key) => serves(route, ...(key.split(' ') as [string, string]))), `${route} is a route of its feature`)
+  }
+})
+
+t.test('a route of a feature that is off answers 404 naming the setting that turns it on, and nothing of features that are on', async (t) => {
+  const off = await build(t, { env: NO_FEATURE })
+  for (const feature of OPTIONAL_FEATURES) {
+    for (const route of feature.routes) {
+      const [method, path = ''] = route.split(' ') as ['GET' | 'POST', string]
+      const url = path.replace(/\/\*$/, '/json')
+      const res = await off.inject({ method, url: `${url}/?x=1`, ...(method === 'POST' ? { payload: {} } : {}) })
+      t.equal(res.statusCode, 404, `${method} ${url}/?x=1`)
+      t.match(res.headers['content-type'], /^application\/problem\+json/)
+      const detail = `No route for ${method} ${url}/: ${feature.name} is off; ${feature.setting} turns it on.`
+      t.same(res.json(), { type: 'about:blank', title: 'Not Found', status: 404, detail, code: 'not_found' }, 'problem+json naming the setting')
+    }
+  }
+  t.match((await off.inject({ url: '/no/such/route' })).json(), { status: 404, code: 'not_found', detail: 'No route for GET /no/such/route.' }, 'another path: no setting named')
+
+  const on = await build(t, { env: EVERY_FEATURE })
+  for (const url of ['/api/auth/password/forgot', '/api/auth/email/sign-in', '/metrics/nothing', '/no/such/route']) {
+    const res = await on.inject({ method: 'DELETE', url })
+    t.equal(res.statusCode, 404, `DELETE ${url}`)
+    t.equal(res.json().detail, `No route for DELETE ${url}.`, 'with every feature on, a 404 names no setting')
+  }
 })
