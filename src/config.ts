@@ -321,6 +321,12 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     else secretProblem('SECRET_KEY', values.SECRET_KEY, SECRET_BITS.key)
   } else if (production) {
     problems.push(`SECRET_KEY is required when NODE_ENV=production: ${MAKE_A_SECRET}`)
+  } else if (engine === 'postgres' && values.DATABASE_URL !== undefined) {
+    // A development key is generated into the data folder, which on PGlite holds the database it
+    // seals. On PostgreSQL it would part from it: deleting ./data to start over would leave a
+    // database whose signing keys and queued mail no key opens. The database never holds its own
+    // key (a dump alone must not open the private keys), so the key is the operator's to keep.
+    problems.push(`SECRET_KEY is required on PostgreSQL (DATABASE_URL), in development too: the signing keys in the database are sealed with it, and a key generated into ./data would part from the database it seals: ${MAKE_A_SECRET}, and keep it with the database`)
   }
   // Without it, a discovery document would name whatever host a request says it came to.
   if (production && values.PUBLIC_URL === undefined) problems.push('PUBLIC_URL is required when NODE_ENV=production: the URL clients reach authgate at, like https://auth.example.com')
@@ -389,7 +395,7 @@ export function algorithmOfPem (pem: string): Algorithm | { why: string } {
   return { why: `a ${key.asymmetricKeyType ?? 'symmetric'} key${details.namedCurve === undefined ? '' : ` on ${details.namedCurve}`} is not one authgate signs with (P-256, Ed25519, RSA of 2048 bits or more)` }
 }
 
-/** The folder authgate keeps local state in: PGlite's data, the development secret. */
+/** The folder authgate keeps local state in: PGlite's data, the development secret (PostgreSQL needs SECRET_KEY: parseConfig). */
 function dataFolder (config: Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME'>): string | undefined {
   if (config.DB_ENGINE === 'pglite' && config.DB_NAME.startsWith('memory://')) return undefined
   return config.DB_ENGINE === 'pglite' ? config.DB_NAME : './data'

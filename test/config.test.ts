@@ -1,5 +1,5 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -143,7 +143,7 @@ t.test('secrets that look guessable are refused in production, saying how to mak
 })
 
 t.test('DATABASE_URL means PostgreSQL; the issuer is the public URL; docs are off in production', async (t) => {
-  t.equal(parseConfig({ DATABASE_URL: 'postgres://db/authgate' }).DB_ENGINE, 'postgres')
+  t.equal(parseConfig({ DATABASE_URL: 'postgres://db/authgate', SECRET_KEY: GOOD_SECRET }).DB_ENGINE, 'postgres')
   t.equal(parseConfig({}).DB_ENGINE, 'pglite')
   t.equal(parseConfig({ PUBLIC_URL: 'https://auth.example.com/' }).JWT_ISSUER, 'https://auth.example.com', 'PUBLIC_URL without its trailing slash')
   t.equal(parseConfig({ PUBLIC_URL: 'https://auth.example.com/' }).publicUrl, 'https://auth.example.com')
@@ -187,6 +187,21 @@ t.test('the development secret', async (t) => {
       await writeFile(join(dataFolder, 'secret_key'), content)
       await t.rejects(loadConfig({ DB_NAME: dataFolder }), /secret_key holds a secret of \d+ characters; at least 32 are needed/)
     }
+  })
+
+  t.test('on PostgreSQL none is generated: the start stops, asking for one to keep with the database', async (t) => {
+    // ./data would hold the key apart from the database it seals: deleting ./data to start over
+    // would leave a PostgreSQL database whose signing keys no key opens.
+    const cwd = process.cwd()
+    const dir = await mkdtemp(join(folder, 'postgres-'))
+    process.chdir(dir)
+    t.teardown(() => process.chdir(cwd))
+    await t.rejects(loadConfig({ DATABASE_URL: 'postgres://db/authgate' }), {
+      name: 'ConfigError',
+      message: /^SECRET_KEY is required on PostgreSQL \(DATABASE_URL\), in development too: the signing keys in the database are sealed with it, and a key generated into \.\/data would part from the database it seals: make one with `openssl rand -base64 48`.*, and keep it with the database$/
+    })
+    t.same(await readdir(dir), [], 'nothing written: no ./data, no secret_key')
+    t.equal((await loadConfig({ DATABASE_URL: 'postgres://db/authgate', SECRET_KEY: GOOD_SECRET })).SECRET_KEY, GOOD_SECRET, 'with one set, it starts')
   })
 
   t.test('an in-memory database gets a random secret, with a warning', async (t) => {
