@@ -28,7 +28,7 @@ t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', asy
 })
 
 t.test('a bad variable stops the start, naming it', async (t) => {
-  const server = startServer({ ...process.env, PORT: 'eighty' })
+  const server = startServer({ ...process.env, SECRET_KEY, PORT: 'eighty' })
   const [code] = await once(server.child, 'exit')
   t.equal(code, 1)
   t.equal(server.output(), 'authgate: invalid configuration: PORT must be a whole number, not "eighty"\n')
