@@ -61,7 +61,8 @@ t.test('a stalled database: the client gets a 503 problem before its socket is c
   t.equal(stalled.status, 503, `answered, after ${waited} ms`)
   t.equal(stalled.headers.get('content-type'), 'application/problem+json; charset=utf-8')
   t.match(await stalled.json(), { status: 503, code: 'service_unavailable' })
-  t.ok(waited < 10_000, 'before the socket\'s idle timeout (10 s)')
+  // A 503 at all is the proof it came before the socket's idle timeout (10 s), which would have
+  // cut the connection without an answer; no test asserts a wall-clock time.
 
   proxy.resume()
   let retry = await post('/api/token/refresh', { refresh })

@@ -170,11 +170,10 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
   const firstUnready = readiness.find((o) => o.status === 503)
   t.ok(firstUnready !== undefined && isShuttingDown(firstUnready), 'ready answers 503 problem+json, saying it shuts down')
   t.ok(readiness.filter((o) => o.doneAt < sigtermAt).every((o) => o.status === 200), 'ready was 200 before')
-  // Measured at the server (the client's own timings include its load): the drain starts as
-  // the signal arrives, and every probe from then on is answered 503.
-  // (Bounded by a turn of the server's event loop on a machine as loaded as this test makes it.)
-  const flippedIn = drainingAt! - sigtermAt
-  t.ok(flippedIn < 1000, `ready turned 503 ${flippedIn} ms after SIGTERM`)
+  // Read at the server (the client's own timings include its load): every probe sent once the
+  // drain had started is answered 503. How soon after the signal it starts is the event loop's
+  // turn on a loaded machine: no test asserts a wall-clock time.
+  t.comment(`ready turned 503 ${drainingAt! - sigtermAt} ms after SIGTERM`)
   t.same(readiness.filter((o) => o.sentAt > drainingAt! && o.status === 200), [], 'no probe sent during the drain was answered 200')
 
   t.match(idleReceived, /^HTTP\/1\.1 503 Service Unavailable\r\n/, 'the idle connection\'s request is answered 503')
@@ -185,15 +184,14 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
 
 t.test('SIGINT closes at once, without the drain', async (t) => {
   const database = await freshDatabase(t)
-  const server = startServer(serverEnv(database, { SHUTDOWN_DRAIN_DELAY: '30s' }))
+  // An hour's drain: had SIGINT drained, the test would hang (tap's timeout) instead of exiting.
+  const server = startServer(serverEnv(database, { SHUTDOWN_DRAIN_DELAY: '1h' }))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const url = await server.listening
   t.equal((await fetch(`${url}/health/ready`)).status, 200)
-  const started = Date.now()
   const exited = once(server.child, 'exit')
   server.child.kill('SIGINT')
-  t.equal((await exited)[0], 0)
-  t.ok(Date.now() - started < 5000, 'no drain delay')
+  t.equal((await exited)[0], 0, 'exits 0 without the hour of drain')
   t.equal(loggedAt(server, 'draining'), undefined)
   t.ok(loggedAt(server, 'closed') !== undefined)
 })
