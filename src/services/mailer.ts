@@ -34,12 +34,15 @@ export interface MailerDeps {
 export async function createMailer ({ config, log }: MailerDeps): Promise<Mailer> {
   if (config.SMTP_URL === undefined) {
     const wholeMail = config.NODE_ENV !== 'production'
-    if (wholeMail) log.warn({}, 'SMTP_URL is not set: mail is written to the log, links and codes included (NODE_ENV is not production)')
+    // Said once, with the first mail, not at every start: the CLI's commands send none.
+    let warned = false
     return {
       delivers: false,
       async send (mail) {
-        if (wholeMail) log.info({ to: mail.to, subject: mail.subject, text: mail.text }, 'mail not sent: SMTP_URL is not set; its text is here')
-        else log.info({ to: mail.to, subject: mail.subject }, 'mail not sent: SMTP_URL is not set')
+        if (!wholeMail) return log.info({ to: mail.to, subject: mail.subject }, 'mail not sent: SMTP_URL is not set')
+        if (!warned) log.warn({}, 'SMTP_URL is not set: mail is written to the log, links and codes included (NODE_ENV is not production)')
+        warned = true
+        log.info({ to: mail.to, subject: mail.subject, text: mail.text }, 'mail not sent: SMTP_URL is not set; its text is here')
       },
       async close () {}
     }
