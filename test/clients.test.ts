@@ -453,12 +453,12 @@ t.test('one authentication method per client (RFC 7591 token_endpoint_auth_metho
   t.same(refused.json(), { error: 'invalid_client', error_description: 'Client authentication failed: the client is registered for client_secret_basic: send its secret (HTTP Basic, or client_id and client_secret in the body), not a client_assertion.' })
 })
 
-t.test('migration 0014: a key client made before loses the secret it was given; a secret client keeps both ways; an introspecting client keeps users\' tokens', async (t) => {
+t.test('migration 0013: a key client made before loses the secret it was given; a secret client keeps both ways; an introspecting client keeps users\' tokens', async (t) => {
   const database = await freshDatabase(t, { migrated: false })
   const db = createDb(await loadConfig({ ...database, SECRET_KEY }, () => {}))
   const migrated = await new Migrator({ db, provider: { getMigrations: async () => migrations } }).migrateTo('0012-second-factors')
   if (migrated.error !== undefined) throw migrated.error
-  // Clients as the service made them before 0014: every one with a secret, a key client too.
+  // Clients as the service made them before 0013: every one with a secret, a key client too.
   const { publicKey, privateKey } = await generateKeyPair('ES256')
   const jwks = JSON.stringify({ keys: [{ ...await exportJWK(publicKey), kid: 'k1' }] })
   const [keyId, secretId] = [randomBytes(16).toString('hex'), randomBytes(16).toString('hex')]

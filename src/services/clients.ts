@@ -422,7 +422,7 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     async authenticate (credentials: ClientCredentials): Promise<ServiceClient> {
       if (credentials.method === 'private_key_jwt') return await verifyAssertion(credentials.assertion, credentials.id)
       const record = await lookup(credentials.id)
-      // A key client has no secret (migration 0014 deleted any it had): which way it takes is no secret.
+      // A key client has no secret (migration 0013 deleted any it had): which way it takes is no secret.
       if (record?.client.authMethod === 'private_key_jwt') throw refuse(CLIENT_REFUSALS.secretOfKeyClient)
       const given = hashOf(credentials.secret)
       const now = clock.now().getTime()
