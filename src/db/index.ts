@@ -1,6 +1,6 @@
 import {
   Kysely, PostgresDialect, sql,
-  type DatabaseConnection, type Dialect, type Driver, type QueryResult, type TransactionSettings
+  type DatabaseConnection, type Dialect, type Driver, type QueryResult, type Transaction, type TransactionSettings
 } from 'kysely'
 import { Migrator, type MigrationResultSet } from 'kysely/migration'
 import type pg from 'pg'
@@ -15,6 +15,9 @@ import type { Database } from './types.ts'
 export { DB_TIMEOUTS_MS, pgliteDataDir }
 
 export type Db = Kysely<Database>
+
+/** The database or a transaction: a query helper's executor, so one transaction can span services. */
+export type Executor = Kysely<Database> | Transaction<Database>
 
 type DbConfig = Pick<ParsedConfig, 'DB_ENGINE' | 'DB_NAME' | 'DATABASE_URL' | 'DB_POOL_MAX'>
 

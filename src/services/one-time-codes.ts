@@ -1,5 +1,5 @@
 import { createHash, createHmac, randomBytes, randomInt, randomUUID } from 'node:crypto'
-import { sql, type ExpressionBuilder } from 'kysely'
+import { sql, type ExpressionBuilder, type Transaction } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import type { Database } from '../db/types.ts'
@@ -116,15 +116,13 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
      * Tries `code` against the open code of `purpose` mailed to the account of `email`: the
      * secret if it is the code (not spent: `spend` it once the flow has checked the rest), else
      * undefined, a wrong one counted against the code (the fifth kills it). One statement either
-     * way, so parallel guesses are each counted. An address of no account, or of one with no open
-     * code, does the same work: the same two statements in one transaction, none of which waits
-     * for the disk (a wrong try's count is committed without waiting for its flush: every request
-     * sees it at once, and a crash can forget only the last moment's wrong tries, never a spend).
-     * The time of the answer tells nothing about the address.
+     * way, so parallel guesses are each counted. A wrong try's `failed` (its audit event, with the
+     * account's id if there is one) is written in the same transaction, so that every wrong try,
+     * of an address with an account and an open code or not, is one transaction that writes and
+     * commits: the time of the answer tells nothing about the address.
      */
-    async tryCode (purpose: CodePurpose, email: string, code: string): Promise<Found | undefined> {
+    async tryCode (purpose: CodePurpose, email: string, code: string, failed: (trx: Transaction<Database>, userId: number | null) => Promise<void>): Promise<Found | undefined> {
       return await db.transaction().execute(async (trx) => {
-        await sql`set local synchronous_commit = off`.execute(trx)
         const user = await trx.selectFrom('users').select('id').where('email', '=', email).executeTakeFirst()
         const userId = user?.id ?? NO_USER
         const hash = codeHash(userId, purpose, code)
@@ -135,7 +133,9 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
           .set({ attempts: sql<number>`attempts + case when code_hash = ${hash} then 0 else 1 end` })
           .returning(['id', 'user_id', 'detail', sql<boolean>`code_hash = ${hash}`.as('right')])
           .executeTakeFirst()
-        return row?.right === true ? { id: row.id, userId: row.user_id, detail: row.detail } : undefined
+        if (row?.right === true) return { id: row.id, userId: row.user_id, detail: row.detail }
+        await failed(trx, user?.id ?? null)
+        return undefined
       })
     },
 

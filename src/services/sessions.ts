@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import { sql, type Kysely, type Transaction, type UpdateResult } from 'kysely'
+import { sql, type Transaction, type UpdateResult } from 'kysely'
 import type { Database } from '../db/types.ts'
 import type { Config } from '../config.ts'
-import type { Db } from '../db/index.ts'
+import type { Db, Executor } from '../db/index.ts'
 import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../errors.ts'
 import { epochSeconds as seconds, type Clock } from '../lib/clock.ts'
 import { SecretBox } from '../lib/secret-box.ts'
@@ -12,8 +12,7 @@ import { authContextOf, type AuthContext, type TokenClaims } from './claims.ts'
 import type { Keyring } from './keyring.ts'
 import type { SessionCache } from './session-cache.ts'
 
-/** The database or a transaction: a query helper's executor, so one transaction can span services. */
-export type Executor = Kysely<Database> | Transaction<Database>
+export type { Executor }
 
 /**
  * What a session starts from: the user a credential proved, and, for a password, the hash it
