@@ -15,7 +15,7 @@ import { silentLogger } from '../src/lib/logger.ts'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import { createCleanup } from '../src/services/cleanup.ts'
 import { CLIENT_REFUSALS, createClients, type CachedClient } from '../src/services/clients.ts'
-import { build, claimsOf, freshDatabase, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
+import { build, claimsOf, eventually, freshDatabase, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 
 // Service identities (issue 16): OAuth 2.0 client credentials at /oauth/token, the tokens
 // (RFC 9068) and their checks at introspection, forward-auth and verify; the refresh grant and
@@ -616,27 +616,27 @@ t.test('an unknown client id costs one read, then none while it is remembered as
   t.match(await clients.authenticate({ method: 'client_secret_basic', id, secret }), { id }, 'heard of: found')
 })
 
-t.test('two replicas: an id asked for before its client existed is found on the other replica within a second of the insert', {
+t.test('two replicas: an id asked for before its client existed is found on the other replica once the insert is notified', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'notifications are PostgreSQL\'s: checked in the PostgreSQL run'
 }, async (t) => {
   const database = await freshDatabase(t)
-  const a = await build(t, { database })
+  // A's cache on a clock that stands still, its heartbeats good for an hour: the unknown id it
+  // remembers never ages out, so only the notification of the insert can make A find the client.
+  // (docs/operations.md: within a second; how soon is the machine's.)
+  const cache = new NotifiedCache<CachedClient>({ now: () => 0, heartbeatTimeoutMs: 3_600_000 })
+  const a = await build(t, { database, overrides: { clientCache: cache } })
   const b = await build(t, { database })
+  t.ok(await eventually(() => cache.live), 'A\'s listener beats: its cache is in use')
   const id = randomBytes(16).toString('hex')
   const secret = randomBytes(32).toString('base64url')
   const ask = () => postForm(a, '/oauth/token', { grant_type: 'client_credentials' }, { authorization: basic(id, secret) })
   const first = await Promise.all(Array.from({ length: 20 }, ask))
   t.ok(first.every((res) => res.statusCode === 401), 'unknown on A, 20 at once')
+  t.equal(cache.get(id), null, 'remembered as unknown on A')
   await b.db.transaction().execute(async (trx) => {
     await sql`insert into oauth_clients (id, name, scopes, audiences, token_ttl_s, token_endpoint_auth_method, created_at)
       values (${id}, 'restored', cast(${['orders:read']} as text[]), cast(${[ORDERS]} as text[]), 600, 'client_secret_basic', now())`.execute(trx)
     await sql`insert into oauth_client_secrets (id, client_id, secret_hash, created_at) values (${randomUUID()}, ${id}, ${createHash('sha256').update(secret).digest('base64url')}, now())`.execute(trx)
   })
-  const started = Date.now()
-  let status = (await ask()).statusCode
-  while (status !== 200 && Date.now() - started < 1000) {
-    await new Promise((resolve) => setTimeout(resolve, 5))
-    status = (await ask()).statusCode
-  }
-  t.equal(status, 200, `found on A within a second (${Date.now() - started} ms)`)
+  t.ok(await eventually(async () => (await ask()).statusCode === 200), 'found on A')
 })

@@ -5,6 +5,7 @@ import { cpSync, existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import type { Test } from 'tap'
 import app, { serverOptions, type AppOptions } from '../src/app.ts'
@@ -189,4 +190,40 @@ export async function operator (app: FastifyInstance, scopes = ALL_ADMIN_SCOPES,
   const { client, secret } = await app.clients.create({ name: 'ops', scopes, audiences: [audience], tokenTtlS })
   const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: 'grant_type=client_credentials', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic(client.id, secret) } })
   return { id: client.id, token: res.json().access_token as string }
+}
+
+/**
+ * Waits for `check` to hold, asking again every `everyMs`, and says whether it did: a wait for
+ * something to happen, never a measure of how soon. `withinMs` only ends a hang with a failure
+ * that names it, far above any slow run: no test asserts a wall-clock time (issue 26).
+ */
+export async function eventually (check: () => boolean | Promise<boolean>, { withinMs = 30_000, everyMs = 10 } = {}): Promise<boolean> {
+  const giveUpAt = Date.now() + withinMs
+  for (;;) {
+    if (await check()) return true
+    if (Date.now() > giveUpAt) return false
+    await sleep(everyMs)
+  }
+}
+
+/**
+ * Runs `statement` in a transaction with the trigger that tells the replicas of a change of
+ * `table` (migrations 0004, 0006, 0008) off: a change no replica hears of, so a replica whose
+ * cache holds the row answers as before until the entry ages out. A witness, for a test across
+ * processes, that a cache was still in use and fresh when a change it was told of was honoured.
+ */
+export async function unheard (databaseUrl: string, table: 'sessions' | 'users' | 'oauth_clients', statement: string, params: unknown[] = []): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  try {
+    const trigger = client.escapeIdentifier(`${table}_notify`)
+    await client.query('begin')
+    await client.query(`alter table ${table} disable trigger ${trigger}`)
+    await client.query(statement, params)
+    // Back as the migrations leave it: ALWAYS, so that a replication role fires it too.
+    await client.query(`alter table ${table} enable always trigger ${trigger}`)
+    await client.query('commit')
+  } finally {
+    await client.end()
+  }
 }

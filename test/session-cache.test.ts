@@ -4,7 +4,7 @@ import { SessionCache } from '../src/services/session-cache.ts'
 import { sql } from 'kysely'
 import { createSessions, SESSION_USER_COLUMNS } from '../src/services/sessions.ts'
 import { parseClaims } from '../src/services/claims.ts'
-import { build, claimsOf, freshDatabase, login, postJson } from './helper.ts'
+import { build, claimsOf, eventually, freshDatabase, login, postJson, unheard } from './helper.ts'
 
 const onPostgres = process.env.DB_ENGINE === 'postgres'
 const skip = !onPostgres && 'the session cache runs on PostgreSQL only (PGlite answers in the process)'
@@ -71,93 +71,84 @@ t.test('cached reads spare the database; revocations through the service are for
   t.equal(await sessions.userOf(claims), undefined, 'refused at once after its own revocation')
 })
 
-t.test('two replicas: a revocation anywhere is honoured everywhere within a second, and never served after a lost channel; a revocation no trigger sees, within the TTL', { skip }, async (t) => {
+t.test('two replicas: a revocation anywhere is honoured everywhere by its notification, and never served after a lost channel; a revocation no trigger sees, at the TTL', { skip }, async (t) => {
   const database = await freshDatabase(t)
+  // B's cache on a clock the test holds, its heartbeats good for an hour: no entry ages out and
+  // no lapse of the channel turns the cache off by itself, so a refusal on B has no explanation
+  // but what the database told B. (docs/operations.md: within a second; how soon is the machine's.)
+  let cacheNow = 0
+  const cache = new SessionCache({ now: () => cacheNow, heartbeatTimeoutMs: 3_600_000 })
   const a = await build(t, { database })
-  const b = await build(t, { database })
+  const b = await build(t, { database, overrides: { sessionCache: cache } })
   const admin = new pg.Client({ connectionString: database.DATABASE_URL })
   await admin.connect()
   t.teardown(() => admin.end())
-  // Wait for both listeners' first heartbeat.
-  await new Promise((resolve) => setTimeout(resolve, 400))
+  t.ok(await eventually(() => cache.live), 'B\'s listener beats: its cache is in use')
 
   const detailOn = async (app: typeof a, access: string) => (await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${access}` } })).statusCode
-  /** Milliseconds until `app` refuses `access`, polling every 5 ms; fails past 1 s. */
-  async function refusedWithin (app: typeof a, access: string): Promise<number> {
-    const started = Date.now()
-    while (await detailOn(app, access) === 200) {
-      if (Date.now() - started > 1000) return Infinity
-      await new Promise((resolve) => setTimeout(resolve, 5))
-    }
-    return Date.now() - started
+  const sidOf = (access: string) => claimsOf(access).sid as string
+  /** Signs in on A; B reads the session once, and keeps it. */
+  async function cachedOnB (): Promise<Awaited<ReturnType<typeof login>>> {
+    const signedIn = await login(a)
+    t.equal(await detailOn(b, signedIn.access), 200)
+    t.ok(cache.of(sidOf(signedIn.access), signedIn.user.id), 'kept in B\'s cache')
+    return signedIn
   }
+  /** Whether B comes to refuse `access`: only what it is told can make it. */
+  const refusedOnB = (access: string) => eventually(async () => await detailOn(b, access) === 401)
 
-  const first = await login(a)
-  t.equal(await detailOn(b, first.access), 200, 'cached on B')
-  t.equal(await detailOn(b, first.access), 200)
+  const first = await cachedOnB()
   t.equal((await postJson(a, '/api/auth/logout', {}, { authorization: `Bearer ${first.access}` })).statusCode, 204)
-  const viaLogout = await refusedWithin(b, first.access)
-  t.ok(viaLogout <= 1000, `a logout on A: refused on B after ${viaLogout} ms`)
+  t.ok(await refusedOnB(first.access), 'a logout on A: refused on B')
 
   const second = await login(b)
   t.equal(await detailOn(b, second.access), 200)
   t.equal((await postJson(b, '/api/auth/logout', {}, { authorization: `Bearer ${second.access}` })).statusCode, 204)
   t.equal(await detailOn(b, second.access), 401, 'its own logout: refused on B at once')
 
-  const third = await login(a)
-  t.equal(await detailOn(b, third.access), 200)
-  await admin.query('update sessions set revoked_at = now() where id = $1', [claimsOf(third.access).sid])
-  const viaSql = await refusedWithin(b, third.access)
-  t.ok(viaSql <= 1000, `an operator's SQL: refused on B after ${viaSql} ms`)
+  const third = await cachedOnB()
+  await admin.query('update sessions set revoked_at = now() where id = $1', [sidOf(third.access)])
+  t.ok(await refusedOnB(third.access), 'an operator\'s SQL: refused on B')
 
-  const fourth = await login(a)
-  t.equal(await detailOn(b, fourth.access), 200)
+  const fourth = await cachedOnB()
   await admin.query('update users set is_active = false where id = $1', [fourth.user.id])
-  t.ok(await refusedWithin(b, fourth.access) <= 1000, 'a deactivated user: refused on B within a second')
+  t.ok(await refusedOnB(fourth.access), 'a deactivated user: refused on B')
 
-  // The channel is cut: what it would have said is lost, so the cache is dropped, not trusted.
-  const fifth = await login(a)
-  t.equal(await detailOn(b, fifth.access), 200)
+  // The channel is cut, and a change is made that nothing will ever tell of: what the channel
+  // might have said is unknown, so the cache is dropped, not trusted.
+  const fifth = await cachedOnB()
   await admin.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'authgate-listener' and datname = current_database()")
-  await admin.query('update sessions set revoked_at = now() where id = $1', [claimsOf(fifth.access).sid])
-  const afterCut = await refusedWithin(b, fifth.access)
-  t.ok(afterCut <= 1000, `with the channel cut: refused on B after ${afterCut} ms`)
+  await unheard(database.DATABASE_URL!, 'sessions', 'update sessions set revoked_at = now() where id = $1', [sidOf(fifth.access)])
+  t.ok(await refusedOnB(fifth.access), 'with the channel cut: refused on B')
 
   // It comes back: cached again, and notified again.
-  const sixth = await login(a)
-  await new Promise((resolve) => setTimeout(resolve, 800))
-  t.equal(await detailOn(b, sixth.access), 200)
+  t.ok(await eventually(() => cache.live), 'B\'s listener beats again')
+  const sixth = await cachedOnB()
   await postJson(a, '/api/auth/logout', {}, { authorization: `Bearer ${sixth.access}` })
-  t.ok(await refusedWithin(b, sixth.access) <= 1000, 'notified again after the reconnection')
+  t.ok(await refusedOnB(sixth.access), 'notified again after the reconnection')
 
   // Changes no row trigger sees: a replication role (logical replication, some restores) fires
   // the triggers all the same (ENABLE ALWAYS); TRUNCATE fires a statement trigger.
-  const seventh = await login(a)
-  t.equal(await detailOn(b, seventh.access), 200)
+  const seventh = await cachedOnB()
   await admin.query('begin')
   await admin.query('set local session_replication_role = replica')
-  await admin.query('update sessions set revoked_at = now() where id = $1', [claimsOf(seventh.access).sid])
+  await admin.query('update sessions set revoked_at = now() where id = $1', [sidOf(seventh.access)])
   await admin.query('commit')
-  t.ok(await refusedWithin(b, seventh.access) <= 1000, 'revoked under session_replication_role = replica: refused on B within a second')
+  t.ok(await refusedOnB(seventh.access), 'revoked under session_replication_role = replica: refused on B')
 
-  const eighth = await login(a)
-  t.equal(await detailOn(b, eighth.access), 200)
+  const eighth = await cachedOnB()
   await admin.query('truncate sessions cascade')
-  t.ok(await refusedWithin(b, eighth.access) <= 1000, 'TRUNCATE: refused on B within a second')
+  t.ok(await refusedOnB(eighth.access), 'TRUNCATE: refused on B')
 
   // A trigger an operator disabled by hand: nothing is notified, and the entry's TTL bounds it.
-  const ninth = await login(a)
-  t.equal(await detailOn(b, ninth.access), 200)
-  const cachedAt = Date.now()
-  await admin.query('alter table sessions disable trigger sessions_notify')
-  t.teardown(() => admin.query('alter table sessions enable always trigger sessions_notify'))
-  await admin.query('update sessions set revoked_at = now() where id = $1', [claimsOf(ninth.access).sid])
-  t.equal(await detailOn(b, ninth.access), 200, 'still cached on B: so the cache is in use')
-  const started = Date.now()
-  while (await detailOn(b, ninth.access) === 200 && Date.now() - started < 10_000) await new Promise((resolve) => setTimeout(resolve, 20))
-  const keptFor = Date.now() - cachedAt
-  // At the TTL (the 60 s of before would fail here), give or take a loaded machine's polling.
-  t.ok(keptFor >= 4500 && keptFor <= 6500, `with the trigger disabled: refused on B ${keptFor} ms after it was cached (the 5 s TTL)`)
+  // The composition root builds its cache with SessionCache's defaults, as this one is: 5 s.
+  const ninth = await cachedOnB()
+  await unheard(database.DATABASE_URL!, 'sessions', 'update sessions set revoked_at = now() where id = $1', [sidOf(ninth.access)])
+  t.equal(await detailOn(b, ninth.access), 200, 'revoked unheard of: still served from B\'s cache')
+  cacheNow += 5000
+  t.equal(await detailOn(b, ninth.access), 200, 'kept for the TTL (5 s)')
+  cacheNow += 1
+  t.equal(await detailOn(b, ninth.access), 401, 'refused on B once older than the TTL (the 60 s of before would fail here)')
 })
 
 t.test('the trigger that tells every replica of a user\'s change fires on exactly the columns a cached session user holds', async (t) => {

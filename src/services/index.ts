@@ -41,7 +41,17 @@ export interface ServicesDeps {
    */
   background?: boolean
   /** Parts put in place of the built ones: a test's mailer or clock. */
-  overrides?: { mailer?: Mailer }
+  overrides?: {
+    mailer?: Mailer
+    /**
+     * A replica's caches (PostgreSQL): a test gives them a clock it holds, so that a refusal it
+     * sees can be explained by nothing but a notification, and it reads what they keep.
+     */
+    sessionCache?: SessionCache
+    clientCache?: NotifiedCache<CachedClient>
+    /** Seconds between the key reloads behind the notification (a minute): a test lengthens them for the same reason. */
+    keysReloadIntervalS?: number
+  }
 }
 
 /**
@@ -75,7 +85,7 @@ export async function createServices (deps: ServicesDeps) {
   let cache: SessionCache | undefined
   let clientCache: NotifiedCache<CachedClient> | undefined
   if (background && config.DB_ENGINE === 'postgres') {
-    const caches = { sessions: new SessionCache(), clients: new NotifiedCache<CachedClient>() }
+    const caches = { sessions: deps.overrides?.sessionCache ?? new SessionCache(), clients: deps.overrides?.clientCache ?? new NotifiedCache<CachedClient>() }
     cache = caches.sessions
     clientCache = caches.clients
     const notified = (payload: string): void => {
@@ -122,7 +132,7 @@ export async function createServices (deps: ServicesDeps) {
   if (background) {
     await signingKeys.ensure()
     await keyring.reload()
-    every(KEYS_RELOAD_INTERVAL_S, reloadKeys)
+    every(deps.overrides?.keysReloadIntervalS ?? KEYS_RELOAD_INTERVAL_S, reloadKeys)
     every(config.pruneIntervalS, () => cleanup.prune())
     // Mail queued by any replica (and retries while SMTP is down); this replica's own is sent at once.
     every(1, () => outbox.work())
