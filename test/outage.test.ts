@@ -1,36 +1,23 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
-import { serverOptions } from '../src/app.ts'
 import { isUnavailable } from '../src/db/index.ts'
-import { build, freshDatabase, login, postJson } from './helper.ts'
+import { DatabaseUnavailableError } from '../src/errors.ts'
+import { build, eventually, freshDatabase, login, postJson } from './helper.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
-/** The answer and how long it took. */
-async function timed (request: Promise<LightMyRequestResponse>): Promise<{ res: LightMyRequestResponse, ms: number }> {
-  const started = Date.now()
-  const res = await request
-  return { res, ms: Date.now() - started }
-}
+// The database layer's own 503: its timeouts and connection errors end a request before the
+// route's deadline (handlerTimeout), whose 503 says that the request took too long.
+const DATABASE_UNAVAILABLE = new DatabaseUnavailableError().message
 
 function assertUnavailable (t: Test, res: LightMyRequestResponse, what: string): void {
   t.equal(res.statusCode, 503, `${what}: 503`)
   t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8', `${what}: problem+json`)
-  t.match(res.json(), { status: 503, code: 'service_unavailable', detail: String }, `${what}: the error shape`)
+  t.match(res.json(), { status: 503, code: 'service_unavailable', detail: DATABASE_UNAVAILABLE }, `${what}: the error shape, from the database layer before the request deadline`)
 }
 
-/** Polls readiness until it answers 200; the time it took, or undefined after `withinMs`. */
-async function recovery (app: FastifyInstance, withinMs: number): Promise<number | undefined> {
-  const started = Date.now()
-  while (Date.now() - started < withinMs) {
-    if ((await app.inject({ url: '/health/ready' })).statusCode === 200) return Date.now() - started
-    await sleep(100)
-  }
-  return undefined
-}
-
-// handlerTimeout: the deadline past which no request may hang.
-const { handlerTimeout } = serverOptions({ trustProxy: false, logLevel: 'silent', dbStartTimeoutS: 0 })
+/** Whether readiness comes to answer 200 again: a wait for the recovery, bounded only against a hang. */
+const recovered = (app: FastifyInstance): Promise<boolean> =>
+  eventually(async () => (await app.inject({ url: '/health/ready' })).statusCode === 200, { everyMs: 100 })
 
 t.test('a database outage answers 503 at once and recovers without a restart', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs in the process: it cannot become unreachable'
@@ -49,38 +36,44 @@ t.test('a database outage answers 503 at once and recovers without a restart', {
     t.equal((await signIn()).statusCode, 200, 'login')
   }
 
-  /** During an outage: ready 503 within a second, requests 503 before their deadline, live 200. */
-  const unavailable = async (t: Test): Promise<void> => {
-    const ready = await timed(app.inject({ url: '/health/ready' }))
-    assertUnavailable(t, ready.res, 'ready')
-    t.ok(ready.ms < 1000, `ready answered in ${ready.ms} ms`)
-    const live = await timed(app.inject({ url: '/health/live' }))
-    t.equal(live.res.statusCode, 200, 'live stays 200')
-    t.ok(live.ms < 1000, `live answered in ${live.ms} ms`)
-    const [byDetail, byLogin] = await Promise.all([timed(detail()), timed(signIn())])
-    for (const [what, { res, ms }] of [['detail', byDetail], ['login', byLogin]] as const) {
-      assertUnavailable(t, res, what)
-      t.ok(ms < handlerTimeout!, `${what} answered in ${ms} ms, before the request deadline`)
+  /**
+   * During an outage: ready 503 (for the reason `readyCause`, when given); requests 503 from the
+   * database layer, before their deadline; live 200, never touching the database. What each
+   * answer says is proven, not how soon it came (docs/operations.md: ready within a second,
+   * which the probe's own 500 ms bound makes so).
+   */
+  const unavailable = async (t: Test, readyCause?: RegExp): Promise<void> => {
+    const logged = logLines.length
+    assertUnavailable(t, await app.inject({ url: '/health/ready' }), 'ready')
+    if (readyCause !== undefined) {
+      const causes = logLines.slice(logged).map((line) => JSON.parse(line)).filter((line) => line.reqId !== undefined && line.msg === 'service unavailable').map((line) => line.err.message as string)
+      t.equal(causes.length, 1, `ready's 503 logged once: ${causes.join(' | ')}`)
+      t.match(causes[0], readyCause, 'ready: for the reason expected')
     }
+    t.equal((await app.inject({ url: '/health/live' })).statusCode, 200, 'live stays 200')
+    const [byDetail, byLogin] = await Promise.all([detail(), signIn()])
+    assertUnavailable(t, byDetail, 'detail')
+    assertUnavailable(t, byLogin, 'login')
   }
 
   await works(t)
 
   t.test('connections dropped and refused', async (t) => {
     await proxy.close()
+    // Answered by the refused connection, or by the probe's bound should this machine report the
+    // refusal later than that: either is in time.
     await unavailable(t)
     await proxy.reopen()
-    const took = await recovery(app, 10_000)
-    t.ok(took !== undefined, `ready again ${took} ms after the database came back`)
+    t.ok(await recovered(app), 'ready again once the database came back')
     await works(t)
   })
 
   t.test('connections that hang', async (t) => {
     proxy.pause()
-    await unavailable(t)
+    // The probe's own bound, not the pool's connect (3 s) or query (6 s) timeout.
+    await unavailable(t, /no answer within 500 ms$/)
     proxy.resume()
-    const took = await recovery(app, 10_000)
-    t.ok(took !== undefined, `ready again ${took} ms after the network came back`)
+    t.ok(await recovered(app), 'ready again once the network came back')
     await works(t)
   })
 
@@ -88,8 +81,7 @@ t.test('a database outage answers 503 at once and recovers without a restart', {
     // Idle pooled connections cut under the pool: it replaces them on the next request.
     await proxy.close()
     await proxy.reopen()
-    const took = await recovery(app, 10_000)
-    t.ok(took !== undefined, 'ready again')
+    t.ok(await recovered(app), 'ready again')
     await works(t)
     t.ok(logLines.some((line) => JSON.parse(line).msg === 'idle database connection lost'), 'a warning for each lost connection')
   })
