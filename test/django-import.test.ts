@@ -1,3 +1,4 @@
+import { createHook, AsyncLocalStorage } from 'node:async_hooks'
 import { spawnSync } from 'node:child_process'
 import bcrypt from 'bcrypt'
 import { readFile, writeFile } from 'node:fs/promises'
@@ -5,7 +6,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { runCli } from '../src/cli.ts'
-import { importableHash, isDjangoHash, MAX_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
+import { importableHash, isDjangoHash, MAX_BCRYPT_COST, MAX_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
 import { createDjangoImport } from '../src/services/django-import.ts'
 import { build, freshDatabase, postJson, register, SECRET_KEY, uniqueUser } from './helper.ts'
 
@@ -31,6 +32,23 @@ const REFUSED = {
   noemail: /^empty email/
 }
 const HIGHEST_ID = Math.max(...dump.map((entry) => entry.pk))
+
+// The thread-pool jobs of node:crypto's pbkdf2 and of bcrypt's native binding, by async_hooks type.
+const HASHING_JOB = /^(PBKDF2REQUEST|bcrypt:\w+AsyncWorker)$/
+const jobsOfCall = new AsyncLocalStorage<string[]>()
+createHook({ init (_id, type) { if (HASHING_JOB.test(type)) jobsOfCall.getStore()?.push(type) } }).enable()
+
+/**
+ * The hashing jobs `check` starts, seen as each is made (each is asked for in the check's first
+ * synchronous stretch) and in its own async context only, so no other work of the process
+ * counts; and its answer, for the caller to wait for or not.
+ */
+async function hashingOf (check: () => Promise<boolean>): Promise<{ jobs: string[], answer: Promise<boolean> }> {
+  const jobs: string[] = []
+  const answer = jobsOfCall.run(jobs, check)
+  await new Promise((resolve) => setImmediate(resolve))
+  return { jobs, answer }
+}
 
 t.test('importing a dumpdata file keeps ids and hashes, skips what authgate refuses, and moves the sequence', async (t) => {
   const app = await build(t)
@@ -196,14 +214,23 @@ t.test('verifyDjangoPassword', async (t) => {
   t.test('refuses at once a work factor above the bound, so a stored hash cannot stall the service', async (t) => {
     const [, , salt, hash] = alice.split('$')
     const tooMany = `pbkdf2_sha256$${MAX_PBKDF2_ITERATIONS + 1}$${salt}$${hash}`
-    const tooCostly = bea.replace('$2b$12$', '$2b$31$')
-    for (const encoded of [tooMany, tooCostly]) {
-      const start = performance.now()
-      t.equal(await verifyDjangoPassword(passwords.alice!, encoded), false)
-      t.ok(performance.now() - start < 50, 'without hashing')
+    const tooCostly = bea.replace('$2b$12$', `$2b$${MAX_BCRYPT_COST + 1}$`)
+    const mostCostly = bea.replace('$2b$12$', '$2b$31$')
+    // Counted, not timed: the hashing jobs each check starts. A hash within the bounds starts
+    // one, so a job is seen when there is one.
+    for (const [username, stored, job] of [['alice', alice, 'PBKDF2REQUEST'], ['bea', bea, 'bcrypt:CompareAsyncWorker']] as const) {
+      const { jobs, answer } = await hashingOf(() => verifyDjangoPassword(passwords[username]!, stored))
+      t.same(jobs, [job], `${username}: one hashing job seen`)
+      t.equal(await answer, true)
+    }
+    for (const encoded of [tooMany, tooCostly, mostCostly]) {
+      const { jobs, answer } = await hashingOf(() => verifyDjangoPassword(passwords.alice!, encoded))
+      // A job that should not have run is not waited out: bcrypt of cost 31 runs for days.
+      if (t.same(jobs, [], 'refused without hashing')) t.equal(await answer, false)
     }
     t.same(importableHash(tooMany), { ok: false, why: `pbkdf2_sha256 hash of ${MAX_PBKDF2_ITERATIONS + 1} iterations, outside authgate's bounds (${MIN_PBKDF2_ITERATIONS} to ${MAX_PBKDF2_ITERATIONS}: Django never wrote fewer)` })
-    t.same(importableHash(tooCostly), { ok: false, why: 'bcrypt_sha256 hash of cost 31, outside authgate\'s bounds (4 to 15)' })
+    t.same(importableHash(tooCostly), { ok: false, why: `bcrypt_sha256 hash of cost ${MAX_BCRYPT_COST + 1}, outside authgate's bounds (4 to ${MAX_BCRYPT_COST})` })
+    t.same(importableHash(mostCostly), { ok: false, why: `bcrypt_sha256 hash of cost 31, outside authgate's bounds (4 to ${MAX_BCRYPT_COST})` })
   })
 
   t.test('refuses hashes of fewer iterations than Django ever wrote, and verifies none against them', async (t) => {
