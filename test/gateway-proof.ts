@@ -12,7 +12,9 @@ import { type Test } from 'tap'
 import { build, claimsOf, login } from './helper.ts'
 
 export const HOST = '127.0.0.1'
-export const WAIT_MS = 10_000
+// How long a gateway, a request through it or a line of its log may take before a test calls it
+// a hang: far above any slow run (a loaded 2-core machine), never a measure of speed.
+export const WAIT_MS = 30_000
 
 /** A gateway process, started in front of authgate and the upstream. */
 export interface Started {

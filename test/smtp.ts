@@ -11,7 +11,7 @@ export interface Inbox {
   mails: ParsedMail[]
   /** The next mail to arrive (or the first not yet taken), within `timeoutMs`. */
   next: (timeoutMs?: number) => Promise<ParsedMail>
-  /** The first mail to `to` whose text matches `text`, once it has arrived (within 10 s), taken or not. */
+  /** The first mail to `to` whose text matches `text`, once it has arrived (a hang after 30 s), taken or not. */
   find: (to: string, text: RegExp) => Promise<ParsedMail>
   /** Stops taking connections: SMTP is down. */
   stop: () => Promise<void>
@@ -56,7 +56,7 @@ export async function startInbox (t: Test): Promise<Inbox> {
   return {
     url: `smtp://127.0.0.1:${port}`,
     mails,
-    async next (timeoutMs = 10_000) {
+    async next (timeoutMs = 30_000) {
       const deadline = Date.now() + timeoutMs
       while (taken >= mails.length) {
         if (Date.now() > deadline) throw new Error(`no mail within ${timeoutMs} ms`)
@@ -68,7 +68,7 @@ export async function startInbox (t: Test): Promise<Inbox> {
       return mails[taken++]!
     },
     async find (to, text) {
-      const deadline = Date.now() + 10_000
+      const deadline = Date.now() + 30_000
       for (;;) {
         const found = mails.find((mail) => mail.to !== undefined && !Array.isArray(mail.to) && mail.to.text === to && text.test(mail.text ?? ''))
         if (found !== undefined) return found
