@@ -226,7 +226,7 @@ t.test('the admin API', async (t) => {
 
 t.test('the metadata lists the admin scopes; the OpenAPI document lists the admin routes', async (t) => {
   const app = await build(t)
-  t.match((await app.inject('/.well-known/oauth-authorization-server')).json().scopes_supported, ['introspect', 'admin:users:read', 'admin:users:write', 'admin:sessions', 'admin:audit:read'])
+  t.match((await app.inject('/.well-known/oauth-authorization-server')).json().scopes_supported, ['introspect', 'introspect:users', 'introspect:all', 'admin:users:read', 'admin:users:write', 'admin:sessions', 'admin:audit:read'])
   const doc = (await app.inject('/docs/json')).json()
   for (const path of ['/api/admin/users', '/api/admin/users/{id}', '/api/admin/users/{id}/disable', '/api/admin/users/{id}/enable', '/api/admin/users/{id}/roles', '/api/admin/users/{id}/sessions', '/api/admin/users/{id}/sessions/{sid}', '/api/admin/audit']) {
     t.ok(doc.paths[path], path)

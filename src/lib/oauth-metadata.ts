@@ -1,6 +1,6 @@
 import type { Config } from '../config.ts'
 import { ServiceClaimsSchema, TokenClaimsSchema } from '../services/claims.ts'
-import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_SCOPE } from '../services/clients.ts'
+import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_ALL_SCOPE, INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE } from '../services/clients.ts'
 
 // How clients authenticate at each endpoint: `none` is the first-party public client, whose
 // users refresh and revoke their own tokens.
@@ -27,7 +27,7 @@ export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>,
     revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
     revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
     // authgate's own scopes; a client holds whatever others the services it calls define.
-    scopes_supported: [INTROSPECT_SCOPE, ...Object.values(ADMIN_SCOPES)]
+    scopes_supported: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE, INTROSPECT_ALL_SCOPE, ...Object.values(ADMIN_SCOPES)]
   }
 }
 
