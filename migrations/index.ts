@@ -12,6 +12,7 @@ import * as mailOutbox from './0010-mail-outbox.ts'
 import * as emailVerification from './0011-email-verification.ts'
 import * as secondFactors from './0012-second-factors.ts'
 import * as clientAuthMethod from './0013-client-auth-method.ts'
+import * as mailCodeTries from './0014-mail-code-tries.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -27,5 +28,6 @@ export const migrations: Record<string, Migration> = {
   '0010-mail-outbox': mailOutbox,
   '0011-email-verification': emailVerification,
   '0012-second-factors': secondFactors,
-  '0013-client-auth-method': clientAuthMethod
+  '0013-client-auth-method': clientAuthMethod,
+  '0014-mail-code-tries': mailCodeTries
 }

@@ -80,6 +80,14 @@ export interface OneTimeCodesTable {
   detail: ColumnType<Record<string, unknown> | null, string | null, string | null>
 }
 
+/** The tries of a mailed code, per purpose and address typed (an account's or not). */
+export interface MailCodeTriesTable {
+  purpose: string
+  email: string
+  tries: number
+  created_at: Timestamp
+}
+
 export interface MfaFactorsTable {
   id: string
   user_id: number
@@ -145,6 +153,7 @@ export interface Database {
   signing_keys: SigningKeysTable
   audit_events: AuditEventsTable
   one_time_codes: OneTimeCodesTable
+  mail_code_tries: MailCodeTriesTable
   oauth_clients: OAuthClientsTable
   oauth_client_secrets: OAuthClientSecretsTable
   oauth_client_assertions: OAuthClientAssertionsTable

@@ -1,5 +1,5 @@
 import { sql, type Insertable } from 'kysely'
-import type { Db, Executor } from '../db/index.ts'
+import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
@@ -99,45 +99,27 @@ export function createAuditTrail ({ db, clock, log, onEvent }: AuditTrailDeps) {
     return writing
   }
 
-  // The row of an event, as the table keeps it.
-  const rowOf = (event: AuditEvent, caller?: Caller): Insertable<AuditEventsTable> => ({
-    at: clock.now(),
-    event: event.event,
-    outcome: event.outcome ?? 'success',
-    user_id: event.userId ?? null,
-    session_id: event.sessionId ?? null,
-    identifier: clip(event.identifier),
-    ip: clip(caller?.client.ip),
-    user_agent: clip(caller?.client.userAgent),
-    detail: event.detail === undefined ? null : JSON.stringify(event.detail)
-  })
-
-  // Counted (the metrics) and logged, one line, with the caller's logger.
-  function announce (event: AuditEvent, caller?: Caller): void {
-    const outcome = event.outcome ?? 'success'
-    onEvent?.(event, outcome)
-    const level = outcome === 'failure' || event.event === 'reuse_detected' ? 'warn' : 'info'
-    ;(caller?.log ?? log)[level]({ event: event.event, outcome, userId: event.userId, sessionId: event.sessionId, ...event.detail }, event.event)
-  }
-
   return {
     /** Queues the event of `caller` for the table, counts it, and logs it. */
     record (event: AuditEvent, caller?: Caller): void {
-      waiting.push(rowOf(event, caller))
+      const outcome = event.outcome ?? 'success'
+      waiting.push({
+        at: clock.now(),
+        event: event.event,
+        outcome,
+        user_id: event.userId ?? null,
+        session_id: event.sessionId ?? null,
+        identifier: clip(event.identifier),
+        ip: clip(caller?.client.ip),
+        user_agent: clip(caller?.client.userAgent),
+        detail: event.detail === undefined ? null : JSON.stringify(event.detail)
+      })
       if (waiting.length > MAX_WAITING) dropped(new Error('the audit queue is full'), waiting.splice(0, waiting.length - MAX_WAITING).length)
       if (waiting.length >= BATCH) flush().catch(() => {})
       else timer ??= setTimeout(() => { flush().catch(() => {}) }, FLUSH_DELAY_MS)
-      announce(event, caller)
-    },
-
-    /**
-     * Writes the event of `caller` within `executor`, a transaction of what it records: committed
-     * with it, and one row of its work (a flow whose every outcome must cost the same writes its
-     * failure here); counts it and logs it.
-     */
-    async write (event: AuditEvent, caller: Caller | undefined, executor: Executor): Promise<void> {
-      await executor.insertInto('audit_events').values(rowOf(event, caller)).execute()
-      announce(event, caller)
+      onEvent?.(event, outcome)
+      const level = outcome === 'failure' || event.event === 'reuse_detected' ? 'warn' : 'info'
+      ;(caller?.log ?? log)[level]({ event: event.event, outcome, userId: event.userId, sessionId: event.sessionId, ...event.detail }, event.event)
     },
 
     /** Writes every queued event; resolves when they are written (or reported dropped). */

@@ -13,7 +13,7 @@ const BATCH = 1000
 
 export interface CleanupDeps {
   db: Db
-  config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'auditRetentionS'>
+  config: Pick<Config, 'accessTtlS' | 'refreshTtlS' | 'auditRetentionS' | 'passwordResetTtlS' | 'emailVerificationTtlS' | 'emailSignInTtlS'>
   clock: Clock
   audit: AuditTrail
   log: Logger
@@ -29,6 +29,7 @@ export interface CleanupDeps {
  */
 export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
   const keepRevokedS = Math.max(config.accessTtlS, config.refreshTtlS)
+  const longestCodeS = Math.max(config.passwordResetTtlS, config.emailVerificationTtlS, config.emailSignInTtlS)
 
   // One batch after another; undefined when another replica holds the lock and `wait` is false.
   async function flush (wait: boolean): Promise<Flushed | undefined> {
@@ -60,6 +61,10 @@ export function createCleanup ({ db, config, clock, audit, log }: CleanupDeps) {
             .where((w) => w.or([w('expires_at', '<', clock.db()), w('consumed_at', 'is not', null)]))
             .limit(BATCH))
           .executeTakeFirst()
+        // The tries of an address outlive no code they could count for.
+        await trx.deleteFrom('mail_code_tries')
+          .where('created_at', '<', sql<Date>`${clock.db()} - ${seconds(longestCodeS)}`)
+          .execute()
         return { refreshTokens: Number(tokens.numDeletedRows), sessions: Number(sessions.numDeletedRows), assertions: Number(assertions.numDeletedRows), oneTimeCodes: Number(codes.numDeletedRows) }
       })
       if (batch === undefined) return undefined

@@ -69,17 +69,12 @@ export function createEmailVerification ({ config, sessions, oneTimeCodes, outbo
      * A wrong password spends nothing. Whether the password was removed.
      */
     async verify (proof: VerificationProof, caller: Caller, holder: Holder = {}): Promise<{ passwordRemoved: boolean }> {
-      const failure = (userId: number | null) => ({ event: 'email_verified', outcome: 'failure', userId, ...('email' in proof ? { identifier: proof.email } : {}) }) as const
-      const found = 'token' in proof
-        ? await oneTimeCodes.inspect('email_verification', proof.token)
-        : await oneTimeCodes.tryCode('email_verification', proof.email, proof.code, (trx, userId) => audit.write(failure(userId), caller, trx))
+      const found = 'token' in proof ? await oneTimeCodes.inspect('email_verification', proof.token) : await oneTimeCodes.tryCode('email_verification', proof.email, proof.code)
       const address = found?.detail?.email
       const failed = (): never => {
-        audit.record(failure(found?.userId ?? null), caller)
+        audit.record({ event: 'email_verified', outcome: 'failure', userId: found?.userId ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new VerificationTokenInvalidError()
       }
-      // A wrong code's failure was written with its try.
-      if (found === undefined && 'code' in proof) throw new VerificationTokenInvalidError()
       if (found === undefined || typeof address !== 'string') return failed()
       const { userId } = found
       let holds = holder.userId === userId

@@ -1,5 +1,5 @@
 import { createHash, createHmac, randomBytes, randomInt, randomUUID } from 'node:crypto'
-import { sql, type ExpressionBuilder, type Transaction } from 'kysely'
+import { sql, type ExpressionBuilder } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import type { Database } from '../db/types.ts'
@@ -46,15 +46,18 @@ export const HELD_BACK = 'the per-account mail limit (one a minute, five an hour
 export const MAIL_LIMIT_WINDOW_S = 3600
 // No account has this id (identities start at 1): an address of no account is tried against it.
 const NO_USER = 0
+// The tries of a mailed code, and of an address with no open code.
+const DEFAULT_TRIES = 5
 
 /**
  * The one table and service of every single-use secret (`one_time_codes`): a link token, stored
  * as its SHA-256, and a short code, stored as an HMAC under a key derived from SECRET_KEY (a
  * pepper the database never holds: six digits are otherwise found from their hash at once).
  * Issuing one cancels the purpose's open ones of that user; each is spent by one guarded UPDATE,
- * so two concurrent attempts never both succeed; a try is counted before it is judged, and
- * `maxAttempts` wrong codes kill the code, never the link beside it. Nothing here is spent by
- * reading: `inspect` says whether a token is still good.
+ * so two concurrent attempts never both succeed; a try is counted before it is judged (a mailed
+ * code's per address typed, an mfa_token's on its row), and `maxAttempts` tries kill the code,
+ * never the link beside it. Nothing here is spent by reading: `inspect` says whether a token is
+ * still good.
  */
 export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
   const pepper = subkey(config.SECRET_KEY, 'one-time-codes')
@@ -65,12 +68,11 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
     .where('purpose', '=', purpose)
     .where('consumed_at', 'is', null)
     .where('expires_at', '>', clock.db())
-  // Wrong codes kill the code: `max_attempts` of them. A link's token is never killed by them (a
-  // wrong code typed with someone's address must not spend the link in their mail, and nobody
-  // guesses 256 bits); a secret with no code of its own (an mfa_token, whose tries are the second
-  // factor's codes) ends with its tries.
-  const codeLive = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb('attempts', '<', eb.ref('max_attempts'))
-  const tokenLive = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb.or([eb('code_hash', 'is not', null), codeLive(eb)])
+  // With tries left: `attempt` counts an mfa_token's (its tries are the second factor's codes),
+  // which end it. A mailed code's tries are counted per address (tryCode), never on its row: they
+  // end the code, never the link beside it (nobody guesses 256 bits, and a wrong code typed with
+  // someone's address must not spend the link in their mail).
+  const triesLeft = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb('attempts', '<', eb.ref('max_attempts'))
 
   return {
     /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction (unless `keepOthers`). */
@@ -85,13 +87,19 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
             .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
             .execute()
         }
+        // A new mail's code starts with all its tries.
+        if (code !== undefined) {
+          await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
+            .where('email', '=', (eb) => eb.selectFrom('users').select('email').where('id', '=', options.userId))
+            .execute()
+        }
         await trx.insertInto('one_time_codes').values({
           id,
           purpose: options.purpose,
           user_id: options.userId,
           token_hash: token === undefined ? null : tokenHash(token),
           code_hash: code === undefined ? null : codeHash(options.userId, options.purpose, code),
-          max_attempts: options.maxAttempts ?? 5,
+          max_attempts: options.maxAttempts ?? DEFAULT_TRIES,
           created_at: clock.db(),
           expires_at: sql<Date>`${clock.db()} + ${seconds(options.ttlS)}`,
           detail: options.detail === undefined ? null : JSON.stringify(options.detail)
@@ -106,7 +114,7 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
     async spendToken (purpose: CodePurpose, token: string, executor: Executor = db): Promise<Found | undefined> {
       const row = await open(purpose, executor).set({ consumed_at: clock.db() })
         .where('token_hash', '=', tokenHash(token))
-        .where(tokenLive)
+        .where(triesLeft)
         .returning(['id', 'user_id', 'detail'])
         .executeTakeFirst()
       return row === undefined ? undefined : { id: row.id, userId: row.user_id, detail: row.detail }
@@ -115,27 +123,30 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
     /**
      * Tries `code` against the open code of `purpose` mailed to the account of `email`: the
      * secret if it is the code (not spent: `spend` it once the flow has checked the rest), else
-     * undefined, a wrong one counted against the code (the fifth kills it). One statement either
-     * way, so parallel guesses are each counted. A wrong try's `failed` (its audit event, with the
-     * account's id if there is one) is written in the same transaction, so that every wrong try,
-     * of an address with an account and an open code or not, is one transaction that writes and
-     * commits: the time of the answer tells nothing about the address.
+     * undefined. The try is counted for the address before the code is judged, in one guarded
+     * upsert (mail_code_tries): of parallel tries no more than the code's tries (five) are
+     * judged, a wrong code never spends the link beside it, and a new mail starts the count again.
+     * An address of no account, or of one with no open code, is counted alike: every try is the
+     * same statements and the same one-row write, whoever owns the address, so the time of the
+     * answer tells nothing about it.
      */
-    async tryCode (purpose: CodePurpose, email: string, code: string, failed: (trx: Transaction<Database>, userId: number | null) => Promise<void>): Promise<Found | undefined> {
+    async tryCode (purpose: CodePurpose, email: string, code: string): Promise<Found | undefined> {
       return await db.transaction().execute(async (trx) => {
         const user = await trx.selectFrom('users').select('id').where('email', '=', email).executeTakeFirst()
         const userId = user?.id ?? NO_USER
-        const hash = codeHash(userId, purpose, code)
-        const row = await open(purpose, trx)
-          .where('user_id', '=', userId)
-          .where('code_hash', 'is not', null)
-          .where(codeLive)
-          .set({ attempts: sql<number>`attempts + case when code_hash = ${hash} then 0 else 1 end` })
-          .returning(['id', 'user_id', 'detail', sql<boolean>`code_hash = ${hash}`.as('right')])
+        const openCode = trx.selectFrom('one_time_codes')
+          .where('user_id', '=', userId).where('purpose', '=', purpose)
+          .where('consumed_at', 'is', null).where('expires_at', '>', clock.db()).where('code_hash', 'is not', null)
+        const counted = await trx.insertInto('mail_code_tries')
+          .values({ purpose, email, tries: 1, created_at: clock.db() })
+          .onConflict((oc) => oc.columns(['purpose', 'email'])
+            .doUpdateSet({ tries: sql<number>`mail_code_tries.tries + 1` })
+            .where('mail_code_tries.tries', '<', sql<number>`coalesce((${openCode.select('max_attempts').limit(1)}), cast(${DEFAULT_TRIES} as integer))`))
+          .returning('tries')
           .executeTakeFirst()
-        if (row?.right === true) return { id: row.id, userId: row.user_id, detail: row.detail }
-        await failed(trx, user?.id ?? null)
-        return undefined
+        if (counted === undefined) return undefined
+        const row = await openCode.select(['id', 'user_id', 'detail']).where('code_hash', '=', codeHash(userId, purpose, code)).executeTakeFirst()
+        return row === undefined ? undefined : { id: row.id, userId: row.user_id, detail: row.detail }
       })
     },
 
@@ -164,7 +175,7 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
         .where('token_hash', '=', tokenHash(token))
         .where('consumed_at', 'is', null)
         .where('expires_at', '>', clock.db())
-        .where(tokenLive)
+        .where(triesLeft)
         .executeTakeFirst()
       return row === undefined ? undefined : { id: row.id, userId: row.user_id, expiresAt: row.expires_at, detail: row.detail }
     },
@@ -175,7 +186,7 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
      * it has left are let through, whatever their codes.
      */
     async attempt (purpose: CodePurpose, id: string): Promise<boolean> {
-      const counted = await open(purpose).set({ attempts: sql<number>`attempts + 1` }).where('id', '=', id).where(codeLive).executeTakeFirst()
+      const counted = await open(purpose).set({ attempts: sql<number>`attempts + 1` }).where('id', '=', id).where(triesLeft).executeTakeFirst()
       return counted.numUpdatedRows === 1n
     },
 

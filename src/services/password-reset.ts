@@ -106,17 +106,12 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
      * (addresses.prove), as whoever added them never proved the address.
      */
     async reset (proof: ResetProof, newPassword: string, caller: Caller, second?: SecondProof): Promise<void> {
-      const failure = (userId: number | null) => ({ event: 'password_reset', outcome: 'failure', userId, ...('email' in proof ? { identifier: proof.email } : {}) }) as const
-      const found = 'token' in proof
-        ? await oneTimeCodes.inspect('password_reset', proof.token)
-        : await oneTimeCodes.tryCode('password_reset', proof.email, proof.code, (trx, userId) => audit.write(failure(userId), caller, trx))
+      const found = 'token' in proof ? await oneTimeCodes.inspect('password_reset', proof.token) : await oneTimeCodes.tryCode('password_reset', proof.email, proof.code)
       const user = found === undefined ? undefined : await activeUser('id', found.userId)
       const failed = (): never => {
-        audit.record(failure(user?.id ?? null), caller)
+        audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new ResetTokenInvalidError()
       }
-      // A wrong code's failure was written with its try.
-      if (found === undefined && 'code' in proof) throw new ResetTokenInvalidError()
       if (found === undefined || user === undefined) return failed()
       accounts.checkNewPassword(newPassword, user)
       const asked = secondFactorAsked(user)

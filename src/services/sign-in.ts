@@ -105,16 +105,13 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
      * the session it starts is then the account's only one.
      */
     async emailCode (email: string, code: string, caller: Caller): Promise<SignInStep> {
-      const failure = (userId: number | null) => ({ event: 'login', outcome: 'failure', userId, identifier: email, detail: { method: 'email_code' } }) as const
-      // A wrong code's failure is written with its try.
-      const found = await oneTimeCodes.tryCode('email_sign_in', email, code, (trx, userId) => audit.write(failure(userId), caller, trx))
-      if (found === undefined) throw new SignInCodeInvalidError()
-      const user = await activeUser(found.userId).executeTakeFirst()
+      const found = await oneTimeCodes.tryCode('email_sign_in', email, code)
+      const user = found === undefined ? undefined : await activeUser(found.userId).executeTakeFirst()
       const proven = user === undefined
         ? undefined
-        : await sessions.changingUser(user.id, async (trx) => await oneTimeCodes.spend('email_sign_in', found.id, trx) ? await addresses.prove(trx, user.id, user.email) : undefined)
+        : await sessions.changingUser(user.id, async (trx) => await oneTimeCodes.spend('email_sign_in', found!.id, trx) ? await addresses.prove(trx, user.id, user.email) : undefined)
       if (user === undefined || proven === undefined) {
-        audit.record(failure(found.userId), caller)
+        audit.record({ event: 'login', outcome: 'failure', userId: user?.id ?? found?.userId ?? null, identifier: email, detail: { method: 'email_code' } }, caller)
         throw new SignInCodeInvalidError()
       }
       addresses.committed(user.id, proven, 'email_code', caller)
