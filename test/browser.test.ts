@@ -137,19 +137,23 @@ t.test('the cookie flow in a real Chromium', { skip: !existsSync(CHROMIUM) && `n
     ], 'HttpOnly, Secure, SameSite=Lax, the prefixes of COOKIE_SECURE')
     t.equal(await page.evaluate(() => document.cookie), '', 'document.cookie shows no token')
 
-    // What the browser sends: the refresh cookie to the token endpoints only.
+    // What the browser sends: the refresh cookie to the token endpoints only. By method and path:
+    // the cross-origin POST's preflight (OPTIONS, no cookies) goes to the same path. The headers
+    // of each request are read asynchronously: all of them are awaited before they are looked at.
     const sent: Record<string, string> = {}
+    const reading: Array<Promise<void>> = []
     page.on('request', (request) => {
-      request.allHeaders().then((headers) => { sent[new URL(request.url()).pathname] = headers.cookie ?? '' }, () => {})
+      reading.push(request.allHeaders().then((headers) => { sent[`${request.method()} ${new URL(request.url()).pathname}`] = headers.cookie ?? '' }))
     })
     const detail = await page.evaluate(() => window.api('GET', '/api/detail'))
     t.equal(detail.status, 200)
     t.match(detail.body, { message: 'Welcome to Page' })
     const refreshed = await page.evaluate(() => window.api('POST', '/api/token/refresh', {}))
     t.equal(refreshed.status, 200, 'refreshed through the refresh cookie')
-    t.match(sent['/api/detail'], /__Host-access_token=/)
-    t.notMatch(sent['/api/detail'], /refresh_token/, 'the refresh cookie is not sent to /api/detail')
-    t.match(sent['/api/token/refresh'], /__Secure-refresh_token=/, 'it is sent to /api/token/refresh')
+    await Promise.all(reading)
+    t.match(sent['GET /api/detail'], /__Host-access_token=/)
+    t.notMatch(sent['GET /api/detail'], /refresh_token/, 'the refresh cookie is not sent to /api/detail')
+    t.match(sent['POST /api/token/refresh'], /__Secure-refresh_token=/, 'it is sent to /api/token/refresh')
     const rotated = await authCookies(context)
     t.not(rotated[2]!.value, cookies[2]!.value, 'the refresh cookie was rotated')
     t.equal((await page.evaluate(() => window.api('GET', '/api/detail'))).status, 200, 'the new access cookie works')
