@@ -437,14 +437,13 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
 
     /**
      * Whether introspection may answer `active` to this client for a token of `audience` (issue
-     * 26, docs/service-to-service.md): a token addressed to it (one of its audiences, or its own
-     * id); users' tokens (JWT_AUDIENCE) to a client holding introspect:users (INTROSPECTION_CLIENTS
-     * do); any token to one holding introspect:all. Many resource servers (Authlib's among them)
-     * take `active` without checking `aud` themselves.
+     * 26, docs/service-to-service.md): a token addressed to it (one of its audiences: a token's
+     * aud is never a client id); users' tokens (JWT_AUDIENCE) to a client holding introspect:users
+     * (INTROSPECTION_CLIENTS do); any token to one holding introspect:all. Many resource servers
+     * (Authlib's among them) take `active` without checking `aud` themselves.
      */
     mayIntrospect (client: ServiceClient, audience: string): boolean {
-      if (client.scopes.includes(INTROSPECT_ALL_SCOPE)) return true
-      if (client.audiences.includes(audience) || audience === client.id) return true
+      if (client.scopes.includes(INTROSPECT_ALL_SCOPE) || client.audiences.includes(audience)) return true
       return audience === config.JWT_AUDIENCE && client.scopes.includes(INTROSPECT_USERS_SCOPE)
     },
 
