@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 
-// Every replica caches the users of active sessions (src/services/session-cache.ts). Whatever
+// Every replica caches the users of active sessions (src/services/sessions/cache.ts). Whatever
 // ends a session or changes a user (authgate, or an operator's SQL) notifies them all, on
 // commit: `s:<session id>` or `u:<user id>` on the channel authgate_sessions.
 export async function up (db: Kysely<any>): Promise<void> {

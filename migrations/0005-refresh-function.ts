@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 
-// POST /api/token/refresh in one round trip (src/services/sessions.ts): the caller signs and
+// POST /api/token/refresh in one round trip (src/services/sessions/sessions.ts): the caller signs and
 // seals the next pair first, for the session end its refresh token names (`sxp`), and this
 // function, one statement and so one transaction, locks the token and session rows, reads the
 // time once the locks are held, and then rotates, answers the sealed pair of a retry within

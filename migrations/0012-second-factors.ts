@@ -1,6 +1,6 @@
 import { type Kysely } from 'kysely'
 
-// Second factors (src/services/second-factors.ts): a user's TOTP factors, their secrets sealed
+// Second factors (src/services/mfa/mfa.ts): a user's TOTP factors, their secrets sealed
 // (AES-GCM under a key derived from SECRET_KEY) and the last time step each accepted, so no code
 // is taken twice; recovery codes, one hashed row each; and the run of failed second steps that
 // locks them for a while.

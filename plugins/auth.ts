@@ -10,11 +10,12 @@ import { safeEqual } from '../src/lib/constant-time.ts'
 import { subkey } from '../src/lib/subkeys.ts'
 import { TtlCache } from '../src/lib/ttl-cache.ts'
 import type { TokenPair } from '../src/schemas.ts'
-import type { JoseHeader } from '../src/services/keyring.ts'
-import type { ServiceClient } from '../src/services/clients.ts'
-import type { SessionUser, UserWithRoles } from '../src/services/sessions.ts'
+import type { JoseHeader } from '../src/services/keys/keyring.ts'
+import type { ServiceClient } from '../src/services/oauth/clients.ts'
+import type { UserWithRoles } from '../src/services/accounts/users.ts'
+import type { SessionUser } from '../src/services/sessions/cache.ts'
 import type { SignInStep } from '../src/services/sign-in.ts'
-import { parseAnyClaims, parseClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims } from '../src/services/claims.ts'
+import { parseAnyClaims, parseClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims } from '../src/services/auth/claims.ts'
 
 /** Who a live token speaks for: a user of an active session, or an enabled service client with the scopes it still holds. */
 export type Identity =

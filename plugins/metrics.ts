@@ -6,7 +6,7 @@ import { poolUsage } from '../src/db/index.ts'
 import { safeEqual } from '../src/lib/constant-time.ts'
 import { NotAuthenticatedError, RateLimitedError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
-import { perIp } from '../src/lib/limits.ts'
+import { perIp } from '../src/http/limits.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

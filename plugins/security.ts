@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import { resolve } from 'node:path'
 import { BadRequestError, FORM_OR_JSON, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
-import type { Limit } from '../src/lib/limits.ts'
+import type { Limit } from '../src/http/limits.ts'
 import { fallbackStore } from '../src/lib/rate-limit-store.ts'
 import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 
@@ -21,7 +21,7 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route takes form bodies too: one that no browser cookie authenticates (introspection). */
     acceptsForm?: boolean
-    /** The route's rate limits (src/lib/limits.ts). */
+    /** The route's rate limits (src/http/limits.ts). */
     limits?: Limit[]
   }
 }

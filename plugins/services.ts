@@ -9,7 +9,7 @@ declare module 'fastify' {
     sessions: Services['sessions']
     accounts: Services['accounts']
     signIn: Services['signIn']
-    secondFactors: Services['secondFactors']
+    mfa: Services['mfa']
     clients: Services['clients']
     admin: Services['admin']
     audit: Services['audit']
@@ -46,7 +46,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
   fastify.decorate('sessions', services.sessions)
   fastify.decorate('accounts', services.accounts)
   fastify.decorate('signIn', services.signIn)
-  fastify.decorate('secondFactors', services.secondFactors)
+  fastify.decorate('mfa', services.mfa)
   fastify.decorate('clients', services.clients)
   fastify.decorate('admin', services.admin)
   fastify.decorate('audit', services.audit)

@@ -8,7 +8,7 @@ import { COMMAND_SOCKET, listenForCommands, sendCommand, type CommandRequest, ty
 import { FolderLockedError, holderName } from './lib/folder-lock.ts'
 import type { Logger } from './lib/logger.ts'
 import { createServices, type Services } from './services/index.ts'
-import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient } from './services/clients.ts'
+import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient } from './services/oauth/clients.ts'
 import { ValidationFailedError } from './errors.ts'
 
 const USAGE = `usage: node src/cli.ts <command>

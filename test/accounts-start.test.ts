@@ -11,7 +11,7 @@ t.test('the start does not wait for the timing equaliser, and the first logins w
   const compared: string[] = []
   let made = (): void => {}
   const gate = new Promise<void>((resolve) => { made = resolve })
-  const { createAccounts } = await t.mockImport<typeof import('../src/services/accounts.ts')>('../src/services/accounts.ts', {
+  const { createAccounts } = await t.mockImport<typeof import('../src/services/accounts/accounts.ts')>('../src/services/accounts/accounts.ts', {
     bcrypt: {
       ...bcrypt,
       compare: async (password: string, hash: string) => {

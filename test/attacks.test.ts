@@ -2,7 +2,7 @@ import { createHmac, createPublicKey, generateKeyPairSync, sign as cryptoSign } 
 import { createSigner } from 'fast-jwt'
 import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { loadSigningKeys } from '../src/services/signing-keys.ts'
+import { loadSigningKeys } from '../src/services/keys/signing-keys.ts'
 import { build, claimsOf, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')

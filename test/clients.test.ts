@@ -14,7 +14,7 @@ import { createDb } from '../src/db/index.ts'
 import { silentLogger } from '../src/lib/logger.ts'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import { createCleanup } from '../src/services/cleanup.ts'
-import { CLIENT_REFUSALS, createClients, type CachedClient } from '../src/services/clients.ts'
+import { CLIENT_REFUSALS, createClients, type CachedClient } from '../src/services/oauth/clients.ts'
 import { build, claimsOf, eventually, freshDatabase, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
 
 // Service identities (issue 16): OAuth 2.0 client credentials at /oauth/token, the tokens

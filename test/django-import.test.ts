@@ -7,7 +7,7 @@ import pg from 'pg'
 import t from 'tap'
 import { runCli } from '../src/cli.ts'
 import { importableHash, isDjangoHash, MAX_BCRYPT_COST, MAX_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS, verifyDjangoPassword } from '../src/lib/django-hashers.ts'
-import { createDjangoImport } from '../src/services/django-import.ts'
+import { createDjangoImport } from '../src/services/accounts/django-import.ts'
 import { build, freshDatabase, postJson, register, SECRET_KEY, uniqueUser } from './helper.ts'
 
 // Made by Django itself: see fixtures/django/make-fixtures.py.

@@ -2,7 +2,7 @@ import { createSigner } from 'fast-jwt'
 import t from 'tap'
 import { parseConfig } from '../src/config.ts'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { loadSigningKeys } from '../src/services/signing-keys.ts'
+import { loadSigningKeys } from '../src/services/keys/signing-keys.ts'
 import { build, claimsOf, login, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })

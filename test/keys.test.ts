@@ -2,9 +2,9 @@ import { createPublicKey, randomUUID } from 'node:crypto'
 import { createSigner, createVerifier } from 'fast-jwt'
 import t from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { createKeyring } from '../src/services/keyring.ts'
-import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
-import type { TokenClaims } from '../src/services/claims.ts'
+import { createKeyring } from '../src/services/keys/keyring.ts'
+import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
+import type { TokenClaims } from '../src/services/auth/claims.ts'
 import { build, claimsOf, eventually, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
 
 t.test('JWKS and signing keys', async (t) => {

@@ -10,7 +10,7 @@ t.test('every failed login costs a bcrypt comparison of the configured cost', as
   const app = await build(t, { env: { BCRYPT_COST: '5' } })
   const compared: string[] = []
   let duringRehash = async (): Promise<void> => {}
-  const { createAccounts } = await t.mockImport<typeof import('../src/services/accounts.ts')>('../src/services/accounts.ts', {
+  const { createAccounts } = await t.mockImport<typeof import('../src/services/accounts/accounts.ts')>('../src/services/accounts/accounts.ts', {
     bcrypt: {
       ...bcrypt,
       compare: async (password: string, hash: string) => {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import type { Mail, Mailer } from '../src/services/mailer.ts'
+import type { Mail, Mailer } from '../src/services/mail/mailer.ts'
 import { build, postJson, register } from './helper.ts'
 import { startInbox } from './smtp.ts'
 

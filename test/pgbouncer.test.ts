@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import { build, claimsOf, eventually, freshDatabase, login, postJson, serverEnv } from './helper.ts'
 import { freePort, startServer } from './server-process.ts'
 import { listenForNotifications } from '../src/db/notifications.ts'
-import { SessionCache } from '../src/services/session-cache.ts'
+import { SessionCache } from '../src/services/sessions/cache.ts'
 
 // authgate behind PgBouncer in transaction mode, the most common PostgreSQL pooler (Debian's
 // pgbouncer, installed by .ci/run): it starts, migrates and serves through it, and its replicas

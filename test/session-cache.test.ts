@@ -1,9 +1,10 @@
 import pg from 'pg'
 import t from 'tap'
-import { SessionCache } from '../src/services/session-cache.ts'
+import { SessionCache } from '../src/services/sessions/cache.ts'
 import { sql } from 'kysely'
-import { createSessions, SESSION_USER_COLUMNS } from '../src/services/sessions.ts'
-import { parseClaims } from '../src/services/claims.ts'
+import { SESSION_USER_COLUMNS } from '../src/services/accounts/users.ts'
+import { createSessions } from '../src/services/sessions/sessions.ts'
+import { parseClaims } from '../src/services/auth/claims.ts'
 import { build, claimsOf, eventually, freshDatabase, login, postJson, unheard } from './helper.ts'
 
 const onPostgres = process.env.DB_ENGINE === 'postgres'

@@ -4,7 +4,7 @@ import { runCli } from '../src/cli.ts'
 import { TokenNotValidError } from '../src/errors.ts'
 import { silentLogger } from '../src/lib/logger.ts'
 import { createCleanup } from '../src/services/cleanup.ts'
-import type { TokenClaims } from '../src/services/claims.ts'
+import type { TokenClaims } from '../src/services/auth/claims.ts'
 import { build, claimsOf, eventually, freshDatabase, login, postJson, refreshCookie, register, SECRET_KEY, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { TokenNotValidError } from '../src/errors.ts'
 import type { KyselyPlugin } from 'kysely'
-import { createSessions } from '../src/services/sessions.ts'
-import type { TokenClaims } from '../src/services/claims.ts'
+import { createSessions } from '../src/services/sessions/sessions.ts'
+import type { TokenClaims } from '../src/services/auth/claims.ts'
 import { build, claimsOf, login, postJson, refreshCookie, register, TestClock } from './helper.ts'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })

@@ -16,7 +16,7 @@ import { createRemoteJWKSet, jwtVerify } from 'jose'
 import jwksRsa from 'jwks-rsa'
 import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
-import { loadSigningKeys, rotateSigningKey } from '../src/services/signing-keys.ts'
+import { loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
 import { build, claimsOf, login, SECRET_KEY } from './helper.ts'
 
 /** What a verifier made of a token: its claims, or why it refused it. */

@@ -1,9 +1,9 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DatabaseUnavailableError, InvalidClientError, UnauthorizedClientError, UnsupportedTokenTypeError } from '#src/errors.ts'
-import { callerOf } from '#src/lib/client.ts'
-import { clientCredentialsOf, logClientRefusal } from '#src/lib/client-credentials.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credentials.ts'
+import { perIp } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 
 // RFC 7009 §2.1; unknown parameters are ignored, as at the token endpoint.

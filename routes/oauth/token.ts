@@ -5,11 +5,11 @@ import { normalizeIP } from '@fastify/rate-limit'
 import {
   InvalidClientError, InvalidGrantError, InvalidRequestError, InvalidScopeError, InvalidTargetError, UnsupportedGrantTypeError
 } from '#src/errors.ts'
-import { callerOf } from '#src/lib/client.ts'
-import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/lib/client-credentials.ts'
-import { perIp, perKey } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/http/client-credentials.ts'
+import { perIp, perKey } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
-import type { ServiceClient } from '#src/services/clients.ts'
+import type { ServiceClient } from '#src/services/oauth/clients.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { authorizationServerMetadata, CLAIMS_SUPPORTED, metadataBase } from '#src/lib/oauth-metadata.ts'
+import { authorizationServerMetadata, CLAIMS_SUPPORTED, metadataBase } from '#src/services/oauth/metadata.ts'
 import { problems } from '#src/schemas.ts'
 
 export const prefixOverride = '/.well-known'

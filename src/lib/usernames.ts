@@ -1,5 +1,3 @@
-import type { FastifyRequest } from 'fastify'
-
 /** Letters, digits and . + - _ (no @: an identifier with @ is always an email): the schema's pattern and the service's. */
 export const USERNAME_PATTERN = '^[\\p{L}\\p{N}.+_-]{1,150}$'
 const USERNAME = new RegExp(USERNAME_PATTERN, 'u')
@@ -66,19 +64,4 @@ export function usernameProblem (username: string): string | undefined {
   if (INVISIBLE.test(username)) return 'Enter a valid username: it holds an invisible or filler character.'
   if (!isSingleScript(username)) return 'Enter a valid username: its letters mix scripts (such as Latin and Cyrillic) that look alike.'
   return undefined
-}
-
-/**
- * A preValidation hook that NFKC-normalises the named body fields, so that the schema judges a
- * username as it will be stored and looked up ("E\u0301mile" is "Émile" at register and login alike).
- */
-export function normalizeFields (...fields: string[]) {
-  return async function normalize (request: FastifyRequest): Promise<void> {
-    const body = request.body as Record<string, unknown> | null
-    if (typeof body !== 'object' || body === null) return
-    for (const field of fields) {
-      const value = body[field]
-      if (typeof value === 'string') body[field] = normalizeUsername(value)
-    }
-  }
 }

@@ -6,8 +6,8 @@ import { InvalidCursorError, MailLimitReachedError, NotFoundError, UserDeletedEr
 import type { Clock } from '../lib/clock.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import type { PasswordReset } from './password-reset.ts'
-import type { SecondFactors } from './second-factors.ts'
-import type { SessionInfo, Sessions } from './sessions.ts'
+import type { Mfa } from './mfa/mfa.ts'
+import type { SessionInfo, Sessions } from './sessions/sessions.ts'
 
 /** Who calls the admin API: the service client its token is of, and the request. */
 export interface Operator { clientId: string, caller: Caller }
@@ -40,7 +40,7 @@ export interface AdminDeps {
   sessions: Sessions
   audit: AuditTrail
   passwordReset: PasswordReset
-  secondFactors: SecondFactors
+  mfa: Mfa
   config: Pick<Config, 'roles'>
 }
 
@@ -79,7 +79,7 @@ const scrubbed = (id: number) => ({ username: `deleted:${id}`, email: `deleted:$
  * and sessions triggers notify every replica on commit; this one forgets after the commit). Every
  * call, reads too, is in the audit trail with the calling client and the reason given.
  */
-export function createAdmin ({ db, clock, sessions, audit, passwordReset, secondFactors, config }: AdminDeps) {
+export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, config }: AdminDeps) {
   const record = (event: AuditEventName, operator: Operator, userId: number | null, detail: Record<string, unknown> = {}): void => {
     audit.record({ event, userId, detail: { client_id: operator.clientId, ...detail } }, operator.caller)
   }
@@ -240,7 +240,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, second
      */
     async resetSecondFactors (id: number, change: { reason: string, keep_sessions?: boolean }, operator: Operator): Promise<{ factors: number, sessions: number }> {
       await existing(id)
-      const removed = await secondFactors.resetAll(id, { keepSessions: change.keep_sessions === true })
+      const removed = await mfa.resetAll(id, { keepSessions: change.keep_sessions === true })
       record('user_mfa_reset', operator, id, { reason: change.reason, factors_removed: removed.factors, sessions_ended: removed.sessions })
       return removed
     },

@@ -1,12 +1,12 @@
 import type { Config } from '../config.ts'
 import { InvalidCredentialsError, VerificationTokenInvalidError } from '../errors.ts'
-import type { MailTemplates } from '../lib/mail-templates.ts'
-import type { Accounts } from './accounts.ts'
-import type { Addresses } from './addresses.ts'
+import type { MailTemplates } from './mail/templates.ts'
+import type { Accounts } from './accounts/accounts.ts'
+import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
-import type { Outbox } from './outbox.ts'
-import type { Sessions } from './sessions.ts'
+import type { Outbox } from './mail/outbox.ts'
+import type { Sessions } from './sessions/sessions.ts'
 
 /** What proves an address: the token of the mail's link, or the address and the mail's code. */
 export type VerificationProof = { token: string } | { email: string, code: string }

@@ -3,26 +3,26 @@ import type { Db } from '../db/index.ts'
 import { listenForNotifications } from '../db/notifications.ts'
 import { systemClock, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
-import { loadMailTemplates } from '../lib/mail-templates.ts'
+import { loadMailTemplates } from './mail/templates.ts'
 import { NotifiedCache } from '../lib/notified-cache.ts'
-import { createAccounts } from './accounts.ts'
-import { createAddresses } from './addresses.ts'
+import { createAccounts } from './accounts/accounts.ts'
+import { createAddresses } from './accounts/addresses.ts'
 import { createAdmin } from './admin.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createCleanup } from './cleanup.ts'
-import { createClients, type CachedClient } from './clients.ts'
-import { createDjangoImport } from './django-import.ts'
-import { createKeyring, KEYS_CHANNEL } from './keyring.ts'
-import { createMailer, type Mailer } from './mailer.ts'
+import { createClients, type CachedClient } from './oauth/clients.ts'
+import { createDjangoImport } from './accounts/django-import.ts'
+import { createKeyring, KEYS_CHANNEL } from './keys/keyring.ts'
+import { createMailer, type Mailer } from './mail/mailer.ts'
 import { createOneTimeCodes } from './one-time-codes.ts'
 import { createEmailVerification } from './email-verification.ts'
-import { createOutbox } from './outbox.ts'
+import { createOutbox } from './mail/outbox.ts'
 import { createPasswordReset } from './password-reset.ts'
-import { createSecondFactors } from './second-factors.ts'
-import { SESSIONS_CHANNEL, SessionCache } from './session-cache.ts'
-import { createSessions } from './sessions.ts'
+import { createMfa } from './mfa/mfa.ts'
+import { SESSIONS_CHANNEL, SessionCache } from './sessions/cache.ts'
+import { createSessions } from './sessions/sessions.ts'
 import { createSignIn } from './sign-in.ts'
-import { createSigningKeys, KEYS_RELOAD_INTERVAL_S } from './signing-keys.ts'
+import { createSigningKeys, KEYS_RELOAD_INTERVAL_S } from './keys/signing-keys.ts'
 
 /** What the services are built from. */
 export interface ServicesDeps {
@@ -121,12 +121,12 @@ export async function createServices (deps: ServicesDeps) {
   const mailer = deps.overrides?.mailer ?? await createMailer({ config, log })
   const outbox = createOutbox({ db, clock, config, mailer, log })
   const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
-  const secondFactors = createSecondFactors({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
-  const addresses = createAddresses({ clock, sessions, secondFactors, outbox, templates, audit })
-  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses })
+  const mfa = createMfa({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit })
+  const addresses = createAddresses({ clock, sessions, mfa, outbox, templates, audit })
+  const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses })
   const emailVerification = createEmailVerification({ config, sessions, oneTimeCodes, outbox, templates, audit, accounts, addresses })
-  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses })
-  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, secondFactors, config })
+  const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses })
+  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, mfa, config })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {
@@ -148,7 +148,7 @@ export async function createServices (deps: ServicesDeps) {
     sessions,
     accounts,
     signIn,
-    secondFactors,
+    mfa,
     admin,
     clients,
     cleanup,

@@ -5,7 +5,7 @@ import type { Db } from '../db/index.ts'
 import type { Database } from '../db/types.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
 import { subkey } from '../lib/subkeys.ts'
-import type { Executor } from './sessions.ts'
+import type { Executor } from './sessions/sessions.ts'
 
 /** What a single-use secret is for: each purpose's secrets are spent only by its own flow. */
 export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge'

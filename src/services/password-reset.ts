@@ -2,20 +2,20 @@ import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { MfaRequiredError, ResetTokenInvalidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
-import type { MailTemplates } from '../lib/mail-templates.ts'
-import { hasSecondFactor, type Accounts } from './accounts.ts'
-import type { Addresses } from './addresses.ts'
+import type { MailTemplates } from './mail/templates.ts'
+import { hasSecondFactor, type Accounts } from './accounts/accounts.ts'
+import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
-import type { Outbox } from './outbox.ts'
-import type { SecondFactorMethod, SecondFactors } from './second-factors.ts'
-import type { Executor, Sessions } from './sessions.ts'
+import type { Outbox } from './mail/outbox.ts'
+import type { MfaMethod, Mfa } from './mfa/mfa.ts'
+import type { Executor, Sessions } from './sessions/sessions.ts'
 
 /** What proves a reset: the token of the mail's link, or the address and the mail's code. */
 export type ResetProof = { token: string } | { email: string, code: string }
 
 /** The second factor a reset of an account that has one also takes (NIST 800-63B §6.1.2.3: two methods). */
-export interface SecondProof { method: SecondFactorMethod, code: string }
+export interface SecondProof { method: MfaMethod, code: string }
 
 export interface PasswordResetDeps {
   db: Db
@@ -27,7 +27,7 @@ export interface PasswordResetDeps {
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
-  secondFactors: SecondFactors
+  mfa: Mfa
   addresses: Addresses
 }
 
@@ -38,7 +38,7 @@ export interface PasswordResetDeps {
  * and a 6-digit code. A reset spends either once, ends every session of the user, counts the
  * address as verified, and mails the user a notice; it signs nobody in.
  */
-export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses }: PasswordResetDeps) {
+export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses }: PasswordResetDeps) {
   // A reset of an account with a second factor takes a code of it too, once the address was
   // ever proven: before that, the factors are not the address owner's to be asked for.
   const secondFactorAsked = (user: { second_factor: boolean, email_verified_at: Date | null }): boolean => user.second_factor && user.email_verified_at !== null
@@ -119,14 +119,14 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
       const spend = async (trx: Executor): Promise<void> => {
         if (!await oneTimeCodes.spend('password_reset', found.id, trx)) failed()
       }
-      if (asked) await secondFactors.prove(user.id, second!.method, second!.code, caller, spend)
+      if (asked) await mfa.prove(user.id, second!.method, second!.code, caller, spend)
       const hash = await accounts.hashPassword(newPassword)
       const { ended, proven } = await sessions.changingUser(user.id, async (trx) => {
         if (!asked) await spend(trx)
         const proven = await addresses.prove(trx, user.id, user.email, { itself: { password: true, sessions: true } })
         if (proven === undefined) throw new ResetTokenInvalidError()
         // Proven meanwhile by someone holding the account, whose factors stay: they are asked for.
-        if (!asked && !proven.first && await secondFactors.hasFactor(user.id, trx)) throw new MfaRequiredError()
+        if (!asked && !proven.first && await mfa.hasFactor(user.id, trx)) throw new MfaRequiredError()
         const changed = await trx.updateTable('users').set({ password_hash: hash })
           .where('id', '=', user.id).where('is_active', '=', true).where('deleted_at', 'is', null)
           .executeTakeFirst()

@@ -2,15 +2,15 @@ import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
 import { epochSeconds, type Clock } from '../lib/clock.ts'
-import type { MailTemplates } from '../lib/mail-templates.ts'
+import type { MailTemplates } from './mail/templates.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import { hasSecondFactor, type Accounts, type PasswordProof } from './accounts.ts'
-import type { Addresses } from './addresses.ts'
+import { hasSecondFactor, type Accounts, type PasswordProof } from './accounts/accounts.ts'
+import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
-import type { Outbox } from './outbox.ts'
-import type { MfaChallenge, SecondFactors } from './second-factors.ts'
-import type { Sessions } from './sessions.ts'
+import type { Outbox } from './mail/outbox.ts'
+import type { MfaChallenge, Mfa } from './mfa/mfa.ts'
+import type { Sessions } from './sessions/sessions.ts'
 
 /**
  * Where a sign-in stands after a step: a session with its first pair, or a second factor to
@@ -31,7 +31,7 @@ export interface SignInDeps {
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
-  secondFactors: SecondFactors
+  mfa: Mfa
   addresses: Addresses
 }
 
@@ -40,7 +40,7 @@ export interface SignInDeps {
  * account still needs comes next, and only then does a session start. Every outcome is in the
  * audit trail, as `login`.
  */
-export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, secondFactors, addresses }: SignInDeps) {
+export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses }: SignInDeps) {
   const activeUser = (id: number) => db.selectFrom('users').select(['id', 'username', 'email', 'roles']).select(hasSecondFactor)
     .where('id', '=', id).where('is_active', '=', true).where('deleted_at', 'is', null)
 
@@ -65,7 +65,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
     }
     // RFC 8176: a password is pwd; a code mailed once is otp.
     const amr = [method === 'password' ? 'pwd' : 'otp']
-    if (secondFactor) return { kind: 'mfa', challenge: await secondFactors.challenge({ credential, amr, cookies }) }
+    if (secondFactor) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
     let started
     try {
       started = await sessions.start(credential, caller.client, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })

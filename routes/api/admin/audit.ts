@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { operatorOf } from '#src/lib/client.ts'
+import { operatorOf } from '#src/http/caller.ts'
 import { adminSecurity, PageQuerySchema, problems } from '#src/schemas.ts'
-import { ADMIN_SCOPES } from '#src/services/clients.ts'
+import { ADMIN_SCOPES } from '#src/services/oauth/clients.ts'
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(schema: T) => Type.Union([schema, Type.Null()])
 const AuditEventSchema = Type.Object({

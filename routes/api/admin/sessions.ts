@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { operatorOf } from '#src/lib/client.ts'
+import { operatorOf } from '#src/http/caller.ts'
 import { adminSecurity, problems, ReasonSchema, UserIdParamsSchema } from '#src/schemas.ts'
-import { ADMIN_SCOPES } from '#src/services/clients.ts'
+import { ADMIN_SCOPES } from '#src/services/oauth/clients.ts'
 
 const SessionSchema = Type.Object({
   id: Type.String({ format: 'uuid' }),

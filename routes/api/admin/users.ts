@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { operatorOf } from '#src/lib/client.ts'
+import { operatorOf } from '#src/http/caller.ts'
 import { adminSecurity, PageQuerySchema, problems, ReasonSchema, UserIdParamsSchema } from '#src/schemas.ts'
 import type { AdminUser } from '#src/services/admin.ts'
-import { ADMIN_SCOPES } from '#src/services/clients.ts'
+import { ADMIN_SCOPES } from '#src/services/oauth/clients.ts'
 
 const Timestamp = Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
 const AdminUserSchema = Type.Object({

@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Aal2RequiredError, AudienceRequiredError, InsufficientScopeError, TokenNotValidError, WrongAudienceError } from '#src/errors.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
-import { authContextOf } from '#src/services/claims.ts'
-import { scopesOf } from '#src/services/clients.ts'
+import { authContextOf } from '#src/services/auth/claims.ts'
+import { scopesOf } from '#src/services/oauth/clients.ts'
 
 // Every value is percent-encoded the same way, so one decodeURIComponent downstream gives it back
 // exactly: `%` and whatever is not visible ASCII (letters beyond it, as UTF-8). An address that

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
+import { callerOf } from '#src/http/caller.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 
 export const LogoutQuerySchema = Type.Object({

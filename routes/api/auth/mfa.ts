@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { callerOf } from '#src/lib/client.ts'
-import { perIp, perKey } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { perIp, perKey } from '#src/http/limits.ts'
 import { AccessTokenSecurity, problems, SecondFactorCodeSchema, SecondFactorMethodSchema, TokenPairSchema } from '#src/schemas.ts'
 import { SessionParamsSchema } from './sessions.ts'
 
@@ -17,9 +17,9 @@ const FactorSchema = Type.Object({
 // A session signed in with the cookies gets its new pair in the cookies too; a Bearer client in the body.
 const byCookie = (request: FastifyRequest): boolean => request.headers.authorization === undefined
 
-/** Second factors (docs/second-factors.md): TOTP, recovery codes, the second step of a sign-in and the step-up of a session. */
+/** Second factors (docs/mfa.md): TOTP, recovery codes, the second step of a sign-in and the step-up of a session. */
 const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { secondFactors, config } = fastify
+  const { mfa, config } = fastify
   // Every code guessed counts per address, and per account (with the account's sign-ins): by the
   // signed-in user, or the user an mfa_token is for (an unknown token counts apart).
   const perIpLimit = perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX)
@@ -27,7 +27,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
   const secondStepLimits = {
     limits: [perIpLimit, perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => {
       const { mfa_token: mfaToken } = request.body as { mfa_token?: string }
-      return `user:${mfaToken === undefined ? request.user.id : await secondFactors.challengedUser(mfaToken) ?? 'none'}`
+      return `user:${mfaToken === undefined ? request.user.id : await mfa.challengedUser(mfaToken) ?? 'none'}`
     })]
   }
 
@@ -43,7 +43,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const added = await secondFactors.enroll(request.user, request.claims!, callerOf(request))
+    const added = await mfa.enroll(request.user, request.claims!, callerOf(request))
     return reply.code(201).send({ factor_id: added.factorId, secret: added.secret, otpauth_uri: added.uri })
   })
 
@@ -62,7 +62,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const { pair, recoveryCodes } = await secondFactors.verifyEnrollment(request.user, request.claims!, request.params.id, request.body.code, callerOf(request))
+    const { pair, recoveryCodes } = await mfa.verifyEnrollment(request.user, request.claims!, request.params.id, request.body.code, callerOf(request))
     if (byCookie(request)) reply.setAuthCookies(pair)
     return { ...pair, ...(recoveryCodes === undefined ? {} : { recovery_codes: recoveryCodes }) }
   })
@@ -76,7 +76,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Type.Object({ factors: Type.Array(FactorSchema) }), ...problems(400, 401, 503) }
     }
   }, async (request) => ({
-    factors: (await secondFactors.list(request.user.id)).map((f) => ({ ...f, created_at: f.created_at.toISOString() }))
+    factors: (await mfa.list(request.user.id)).map((f) => ({ ...f, created_at: f.created_at.toISOString() }))
   }))
 
   fastify.delete('/mfa/factors/:id', {
@@ -89,7 +89,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 204: Type.Null(), ...problems(400, 401, 403, 404, 413, 415, 503) }
     }
   }, async (request, reply) => {
-    await secondFactors.remove(request.user.id, request.claims!, request.params.id, callerOf(request))
+    await mfa.remove(request.user.id, request.claims!, request.params.id, callerOf(request))
     return reply.code(204).send(null)
   })
 
@@ -101,7 +101,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       security: AccessTokenSecurity,
       response: { 200: Type.Object({ remaining: Type.Integer() }), ...problems(400, 401, 503) }
     }
-  }, async (request) => ({ remaining: await secondFactors.recoveryCodesLeft(request.user.id) }))
+  }, async (request) => ({ remaining: await mfa.recoveryCodesLeft(request.user.id) }))
 
   fastify.post('/mfa/recovery-codes', {
     onRequest: [fastify.authenticate],
@@ -111,7 +111,7 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
       security: AccessTokenSecurity,
       response: { 200: Type.Object({ recovery_codes: RecoveryCodesSchema }), ...problems(400, 401, 403, 413, 415, 503) }
     }
-  }, async (request) => ({ recovery_codes: await secondFactors.regenerateRecoveryCodes(request.user.id, request.claims!, callerOf(request)) }))
+  }, async (request) => ({ recovery_codes: await mfa.regenerateRecoveryCodes(request.user.id, request.claims!, callerOf(request)) }))
 
   fastify.post('/mfa/verify', {
     // A step-up is of a signed-in session: authenticated before the per-account limit counts it.
@@ -133,10 +133,10 @@ const mfa: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const { mfa_token: mfaToken, method, code } = request.body
     if (mfaToken !== undefined) {
-      const done = await secondFactors.completeSignIn(mfaToken, method, code, callerOf(request))
+      const done = await mfa.completeSignIn(mfaToken, method, code, callerOf(request))
       return (done.cookies ? reply.setAuthCookies(done.pair) : reply).send(done.pair)
     }
-    const pair = await secondFactors.stepUp(request.user, request.claims!, method, code, callerOf(request))
+    const pair = await mfa.stepUp(request.user, request.claims!, method, code, callerOf(request))
     return (byCookie(request) ? reply.setAuthCookies(pair) : reply).send(pair)
   })
 }

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
+import { callerOf } from '#src/http/caller.ts'
 import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
-import { perIp, perKey } from '#src/lib/limits.ts'
+import { perIp, perKey } from '#src/http/limits.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
   current_password: PasswordSchema,

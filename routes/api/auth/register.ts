@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
-import { normalizeFields } from '#src/lib/usernames.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { normalizeFields } from '#src/http/normalize-fields.ts'
 import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '#src/schemas.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { perIp } from '#src/http/limits.ts'
 
 export const RegisterBodySchema = Type.Object({
   username: UsernameSchema,

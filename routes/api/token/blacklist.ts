@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
+import { callerOf } from '#src/http/caller.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { perIp } from '#src/http/limits.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
 const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {

@@ -1,11 +1,11 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
-import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/lib/client-credentials.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/http/client-credentials.ts'
+import { perIp } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
-import { authContextOf } from '#src/services/claims.ts'
-import { INTROSPECT_SCOPE } from '#src/services/clients.ts'
+import { authContextOf } from '#src/services/auth/claims.ts'
+import { INTROSPECT_SCOPE } from '#src/services/oauth/clients.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),

@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
-import { normalizeFields } from '#src/lib/usernames.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { normalizeFields } from '#src/http/normalize-fields.ts'
 import { IdentifierSchema, PasswordSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
-import { perIp, perKey } from '#src/lib/limits.ts'
+import { perIp, perKey } from '#src/http/limits.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
+import { callerOf } from '#src/http/caller.ts'
 import { problems, RefreshTokenBodySchema, RefreshTokenSecurity, TokenPairSchema } from '#src/schemas.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { perIp } from '#src/http/limits.ts'
 
 const refresh: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/refresh', {

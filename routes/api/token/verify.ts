@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
 import { problems, TokenSchema } from '#src/schemas.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { perIp } from '#src/http/limits.ts'
 
 export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additionalProperties: false })
 

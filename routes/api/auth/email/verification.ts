@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
-import { perIp, perKey } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { perIp, perKey } from '#src/http/limits.ts'
 import { EmailSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verification (docs/email.md): a new verification mail; the same 202 for every address. */

@@ -1,8 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { DatabaseUnavailableError, ValidationFailedError } from '#src/errors.ts'
-import { callerOf } from '#src/lib/client.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { perIp } from '#src/http/limits.ts'
 import { AccessTokenSecurity, EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verify (docs/email.md): the verification mail's link token, or its address and code. */

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ValidationFailedError } from '#src/errors.ts'
-import { callerOf } from '#src/lib/client.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { perIp } from '#src/http/limits.ts'
 import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */

@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { callerOf } from '#src/lib/client.ts'
-import { perIp } from '#src/lib/limits.ts'
+import { callerOf } from '#src/http/caller.ts'
+import { perIp } from '#src/http/limits.ts'
 import { EmailSchema, MailCodeSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/email/sign-in/verify (docs/email.md): the mailed code for a token pair and the cookies, as login gives them. */

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { perIp } from '#src/lib/limits.ts'
+import { perIp } from '#src/http/limits.ts'
 import { MailTokenSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset/inspect: whether a reset link's token is still good; spends nothing. */

@@ -1,18 +1,18 @@
 import { createHash, createPublicKey, randomBytes, randomUUID, type JsonWebKey } from 'node:crypto'
 import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import { sql } from 'kysely'
-import type { Config } from '../config.ts'
-import type { Db } from '../db/index.ts'
+import type { Config } from '../../config.ts'
+import type { Db } from '../../db/index.ts'
 import {
   ClientNotFoundError, InsufficientScopeError, InvalidClientError, InvalidScopeError, InvalidTargetError, UnauthorizedClientError, ValidationFailedError,
   type FieldError
-} from '../errors.ts'
-import { seconds, type Clock } from '../lib/clock.ts'
-import { safeEqual } from '../lib/constant-time.ts'
-import type { NotifiedCache } from '../lib/notified-cache.ts'
-import type { AuditTrail, Caller } from './audit.ts'
-import { SERVICE_GRANT, type ServiceClaims } from './claims.ts'
-import type { Keyring } from './keyring.ts'
+} from '../../errors.ts'
+import { seconds, type Clock } from '../../lib/clock.ts'
+import { safeEqual } from '../../lib/constant-time.ts'
+import type { NotifiedCache } from '../../lib/notified-cache.ts'
+import type { AuditTrail, Caller } from '../audit.ts'
+import { SERVICE_GRANT, type ServiceClaims } from '../auth/claims.ts'
+import type { Keyring } from '../keys/keyring.ts'
 
 /** A public JWKS a client signs its assertions with (private_key_jwt). */
 export interface ClientJwks { keys: JsonWebKey[] }
@@ -57,7 +57,7 @@ export interface NewClient {
   jwks?: ClientJwks
 }
 
-/** How a client proves itself (RFC 6749 §2.3.1, RFC 7523 §2.2): src/lib/client-credentials.ts reads it from a request. */
+/** How a client proves itself (RFC 6749 §2.3.1, RFC 7523 §2.2): src/http/client-credentials.ts reads it from a request. */
 export type ClientCredentials =
   | { method: 'client_secret_basic' | 'client_secret_post', id: string, secret: string }
   | { method: 'private_key_jwt', assertion: string, /** client_id, when the request names it too. */ id?: string }

@@ -1,11 +1,11 @@
 import type { Transaction } from 'kysely'
-import type { Database } from '../db/types.ts'
-import type { Clock } from '../lib/clock.ts'
-import type { MailTemplates } from '../lib/mail-templates.ts'
-import type { AuditTrail, Caller } from './audit.ts'
-import type { Outbox } from './outbox.ts'
-import type { SecondFactors } from './second-factors.ts'
-import type { Sessions } from './sessions.ts'
+import type { Database } from '../../db/types.ts'
+import type { Clock } from '../../lib/clock.ts'
+import type { MailTemplates } from '../mail/templates.ts'
+import type { AuditTrail, Caller } from '../audit.ts'
+import type { Outbox } from '../mail/outbox.ts'
+import type { Mfa } from '../mfa/mfa.ts'
+import type { Sessions } from '../sessions/sessions.ts'
 
 /** What the first proof of an account's address took from it. */
 export interface Removed { password: boolean, sessions: number, factors: number }
@@ -16,7 +16,7 @@ export interface Proven { first: boolean, removed: Removed }
 export interface AddressesDeps {
   clock: Clock
   sessions: Sessions
-  secondFactors: SecondFactors
+  mfa: Mfa
   outbox: Outbox
   templates: MailTemplates
   audit: AuditTrail
@@ -41,7 +41,7 @@ function described ({ password, sessions, factors }: Removed): string {
  * account too, its password is made unusable, its sessions end, its second factors and recovery
  * codes go, and the address is mailed what went.
  */
-export function createAddresses ({ clock, sessions, secondFactors, outbox, templates, audit }: AddressesDeps) {
+export function createAddresses ({ clock, sessions, mfa, outbox, templates, audit }: AddressesDeps) {
   outbox.define('address_proven', async (payload, trx) => {
     const user = await trx.selectFrom('users').select(['username', 'email']).where('id', '=', Number(payload.userId)).where('deleted_at', 'is', null).executeTakeFirst()
     if (user === undefined) return undefined
@@ -70,7 +70,7 @@ export function createAddresses ({ clock, sessions, secondFactors, outbox, templ
       const removed = {
         password,
         sessions: itself.sessions === true ? 0 : await sessions.endAll(userId, trx),
-        factors: await secondFactors.removeAll(userId, trx)
+        factors: await mfa.removeAll(userId, trx)
       }
       if (described(removed) !== '') await outbox.enqueue('address_proven', { userId, removed: described(removed), at: clock.now().toISOString() }, trx)
       return { first: true, removed }

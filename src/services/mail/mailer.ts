@@ -1,5 +1,5 @@
-import type { Config } from '../config.ts'
-import type { Logger } from '../lib/logger.ts'
+import type { Config } from '../../config.ts'
+import type { Logger } from '../../lib/logger.ts'
 
 /** A mail, in both forms a client may show. */
 export interface Mail {

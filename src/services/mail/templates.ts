@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { Mail } from '../services/mailer.ts'
+import type { Mail } from './mailer.ts'
 
 /**
  * The mails authgate sends, each a `<name>.txt` (a `Subject:` line, a blank line, the text) and
@@ -17,7 +17,7 @@ export const MAIL_TEMPLATES = {
 } as const satisfies Record<string, readonly string[]>
 export type MailTemplate = keyof typeof MAIL_TEMPLATES
 
-const BUILT_IN = fileURLToPath(new URL('../templates/mail/', import.meta.url))
+const BUILT_IN = fileURLToPath(new URL('../../templates/mail/', import.meta.url))
 const PLACEHOLDER = /\{\{([a-z_]+)\}\}/g
 
 const escapeHtml = (value: string): string => value.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)

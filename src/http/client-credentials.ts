@@ -1,6 +1,6 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidClientError, InvalidRequestError } from '../errors.ts'
-import { JWT_BEARER_ASSERTION, type ClientCredentials } from '../services/clients.ts'
+import { JWT_BEARER_ASSERTION, type ClientCredentials } from '../services/oauth/clients.ts'
 
 /** The client parameters of an OAuth request body (RFC 6749 §2.3.1, RFC 7523 §2.2). */
 export interface ClientParameters {

@@ -1,6 +1,6 @@
-import type { Config } from '../config.ts'
-import { ServiceClaimsSchema, TokenClaimsSchema } from '../services/claims.ts'
-import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_ALL_SCOPE, INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE } from '../services/clients.ts'
+import type { Config } from '../../config.ts'
+import { ServiceClaimsSchema, TokenClaimsSchema } from '../auth/claims.ts'
+import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_ALL_SCOPE, INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE } from './clients.ts'
 
 // How clients authenticate at each endpoint: `none` is the first-party public client, whose
 // users refresh and revoke their own tokens.

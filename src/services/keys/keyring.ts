@@ -1,11 +1,11 @@
 import { createSigner } from 'fast-jwt'
 import { createHash } from 'node:crypto'
-import { subkey } from '../lib/subkeys.ts'
-import type { Clock } from '../lib/clock.ts'
-import { TokenNotValidError } from '../errors.ts'
-import type { Jwk } from '../schemas.ts'
+import { subkey } from '../../lib/subkeys.ts'
+import type { Clock } from '../../lib/clock.ts'
+import { TokenNotValidError } from '../../errors.ts'
+import type { Jwk } from '../../schemas.ts'
 import type { SigningKey } from './signing-keys.ts'
-import type { ServiceClaims, TokenClaims, TokenType } from './claims.ts'
+import type { ServiceClaims, TokenClaims, TokenType } from '../auth/claims.ts'
 
 export interface KeyringOptions {
   issuer: string

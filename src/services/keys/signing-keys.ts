@@ -1,12 +1,12 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto'
 import { sql, type Kysely, type Transaction } from 'kysely'
-import type { Algorithm, Config } from '../config.ts'
-import { lockKey } from '../db/locks.ts'
-import type { Database, SigningKeyRow } from '../db/types.ts'
-import type { Clock } from '../lib/clock.ts'
-import { SecretBox } from '../lib/secret-box.ts'
-import type { Jwk } from '../schemas.ts'
-import type { AuditTrail } from './audit.ts'
+import type { Algorithm, Config } from '../../config.ts'
+import { lockKey } from '../../db/locks.ts'
+import type { Database, SigningKeyRow } from '../../db/types.ts'
+import type { Clock } from '../../lib/clock.ts'
+import { SecretBox } from '../../lib/secret-box.ts'
+import type { Jwk } from '../../schemas.ts'
+import type { AuditTrail } from '../audit.ts'
 
 export interface SigningKey {
   kid: string

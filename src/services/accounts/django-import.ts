@@ -2,10 +2,10 @@ import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import { readFile } from 'node:fs/promises'
-import { workPool } from '../db/connections.ts'
-import type { Db } from '../db/index.ts'
-import { importableHash } from '../lib/django-hashers.ts'
-import { normalizeUsername, usernameProblem } from '../lib/usernames.ts'
+import { workPool } from '../../db/connections.ts'
+import type { Db } from '../../db/index.ts'
+import { importableHash } from '../../lib/django-hashers.ts'
+import { normalizeUsername, usernameProblem } from '../../lib/usernames.ts'
 
 /** The columns of Django's `auth_user` that authgate keeps. */
 interface AuthUserTable { id: number, username: string, email: string, password: string, is_active: boolean }

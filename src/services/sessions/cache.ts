@@ -1,5 +1,8 @@
-import { NotifiedCache } from '../lib/notified-cache.ts'
-import type { SessionUser } from './sessions.ts'
+import { NotifiedCache } from '../../lib/notified-cache.ts'
+import type { UserWithRoles } from '../accounts/users.ts'
+
+/** The user of an active session, and the session. */
+export interface SessionUser extends UserWithRoles { sessionId: string }
 
 /**
  * The channel the database triggers notify: `s:<session id>`, `u:<user id>` (migrations 0004

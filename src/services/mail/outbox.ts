@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import { sql, type Transaction } from 'kysely'
-import type { Config } from '../config.ts'
-import type { Db } from '../db/index.ts'
-import type { Database } from '../db/types.ts'
-import { seconds, type Clock } from '../lib/clock.ts'
-import type { Logger } from '../lib/logger.ts'
-import { SecretBox } from '../lib/secret-box.ts'
+import type { Config } from '../../config.ts'
+import type { Db } from '../../db/index.ts'
+import type { Database } from '../../db/types.ts'
+import { seconds, type Clock } from '../../lib/clock.ts'
+import type { Logger } from '../../lib/logger.ts'
+import { SecretBox } from '../../lib/secret-box.ts'
 import type { Mail, Mailer } from './mailer.ts'
-import type { Executor } from './sessions.ts'
+import type { Executor } from '../sessions/sessions.ts'
 
 /** What a job becomes when its turn comes: its mail, and when the secret it carries expires. */
 export interface Prepared { mail: Mail, expiresAt?: Date }

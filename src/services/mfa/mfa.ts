@@ -1,37 +1,37 @@
 import { createHash, createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { sql, type Transaction } from 'kysely'
 import { generateSecret, generateURI, verifySync } from 'otplib'
-import type { Config } from '../config.ts'
-import type { Db } from '../db/index.ts'
-import type { Database } from '../db/types.ts'
+import type { Config } from '../../config.ts'
+import type { Db } from '../../db/index.ts'
+import type { Database } from '../../db/types.ts'
 import {
   Aal2RequiredError, InvalidCredentialsError, MfaCodeInvalidError, MfaCodeUsedError, MfaLockedError, MfaTokenInvalidError, NotFoundError, RecentSignInRequiredError
-} from '../errors.ts'
-import { epochSeconds, seconds, type Clock } from '../lib/clock.ts'
-import type { MailTemplates } from '../lib/mail-templates.ts'
-import { SecretBox } from '../lib/secret-box.ts'
-import { subkey } from '../lib/subkeys.ts'
-import type { TokenPair } from '../schemas.ts'
-import { hasSecondFactor } from './accounts.ts'
-import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
-import { authContextOf, type AuthContext, type TokenClaims } from './claims.ts'
-import type { OneTimeCodes } from './one-time-codes.ts'
-import type { Outbox } from './outbox.ts'
-import type { Credential, Executor, Sessions } from './sessions.ts'
+} from '../../errors.ts'
+import { epochSeconds, seconds, type Clock } from '../../lib/clock.ts'
+import type { MailTemplates } from '../mail/templates.ts'
+import { SecretBox } from '../../lib/secret-box.ts'
+import { subkey } from '../../lib/subkeys.ts'
+import type { TokenPair } from '../../schemas.ts'
+import { hasSecondFactor } from '../accounts/accounts.ts'
+import type { AuditEventName, AuditTrail, Caller } from '../audit.ts'
+import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
+import type { OneTimeCodes } from '../one-time-codes.ts'
+import type { Outbox } from '../mail/outbox.ts'
+import type { Credential, Executor, Sessions } from '../sessions/sessions.ts'
 
 /** How a second step is proven: a code of the authenticator app, or one of the recovery codes. */
-export type SecondFactorMethod = 'totp' | 'recovery_code'
+export type MfaMethod = 'totp' | 'recovery_code'
 
 /** A second factor as its user sees it. */
 export interface FactorInfo { id: string, kind: 'totp', created_at: Date, verified: boolean }
 
 /** What a first factor that needs a second answers: no pair, a token for the second step. */
-export interface MfaChallenge { mfaToken: string, methods: SecondFactorMethod[] }
+export interface MfaChallenge { mfaToken: string, methods: MfaMethod[] }
 
 /** A first factor passed: its user and credential, its methods (RFC 8176), and whether its answer sets cookies. */
 export interface FirstFactor { credential: Credential, amr: string[], cookies: boolean }
 
-export interface SecondFactorsDeps {
+export interface MfaDeps {
   db: Db
   clock: Clock
   config: Pick<Config, 'SECRET_KEY' | 'TOTP_ISSUER'>
@@ -63,7 +63,7 @@ const normalizeRecoveryCode = (code: string): string => code.toLowerCase().repla
 // The methods of a sign-in, each once, in order (RFC 8176 §2). A TOTP is RFC 8176's `otp`; a
 // recovery code has no registered value and is named apart, so that a gateway can tell them.
 const methods = (...amr: string[]): string[] => [...new Set(amr)]
-const secondAmr = (method: SecondFactorMethod): string[] => [method === 'totp' ? 'otp' : 'recovery_code', 'mfa']
+const secondAmr = (method: MfaMethod): string[] => [method === 'totp' ? 'otp' : 'recovery_code', 'mfa']
 
 /** What a code was, once judged: the one taken, a wrong one, or a right one used already (not a guess). */
 type Judged = 'right' | 'wrong' | 'used'
@@ -84,7 +84,7 @@ class Judgement extends Error {
  * in a row lock them for 15 minutes. A session that becomes aal2 (step-up, enrolment) is a new
  * session, the old one ended: a session id is renewed when its privilege changes (OWASP).
  */
-export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit }: SecondFactorsDeps) {
+export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit }: MfaDeps) {
   const box = new SecretBox(config.SECRET_KEY, 'mfa-secrets')
   const recoveryKey = subkey(config.SECRET_KEY, 'recovery-codes')
   const recoveryHash = (userId: number, code: string): string => createHmac('sha256', recoveryKey).update(`${userId}:${normalizeRecoveryCode(code)}`).digest('base64url')
@@ -207,7 +207,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
    * wrong one stays counted (the tenth in a row locks); a code used already is answered as such
    * and not counted. A recovery code used is mailed about.
    */
-  async function prove (userId: number, method: SecondFactorMethod, code: string, caller: Caller, first?: (trx: Transaction<Database>) => Promise<void>): Promise<void> {
+  async function prove (userId: number, method: MfaMethod, code: string, caller: Caller, first?: (trx: Transaction<Database>) => Promise<void>): Promise<void> {
     const tries = await countTry(userId)
     if (tries === undefined) {
       record('mfa_verify', userId, caller, { method, reason: 'locked' }, 'failure')
@@ -261,7 +261,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
   }
 
   // The session of a step-up or an enrolment: a new one at aal2, the old one ended.
-  async function renew (claims: TokenClaims, roles: string[], method: SecondFactorMethod, caller: Caller): Promise<TokenPair> {
+  async function renew (claims: TokenClaims, roles: string[], method: MfaMethod, caller: Caller): Promise<TokenPair> {
     const before = authContextOf(claims)
     const auth: AuthContext = { aal: 'aal2', amr: methods(...before.amr, ...secondAmr(method)), auth_time: nowS() }
     const { pair, sessionId } = await sessions.start({ userId: claims.user_id, roles }, caller.client, auth)
@@ -381,7 +381,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
      * and no other code (a recovery code) is spent. A right code starts the session, aal2; the
      * answer sets cookies where the first step's would.
      */
-    async completeSignIn (mfaToken: string, method: SecondFactorMethod, code: string, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
+    async completeSignIn (mfaToken: string, method: MfaMethod, code: string, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
       const open = await oneTimeCodes.inspect('mfa_challenge', mfaToken)
       if (open === undefined || !await oneTimeCodes.attempt('mfa_challenge', open.id)) throw new MfaTokenInvalidError()
       const { userId } = open
@@ -405,7 +405,7 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
     },
 
     /** A step-up of the current session by a code of the user's factor: a new aal2 session in its place. */
-    async stepUp (user: { id: number, roles: string[] }, claims: TokenClaims, method: SecondFactorMethod, code: string, caller: Caller): Promise<TokenPair> {
+    async stepUp (user: { id: number, roles: string[] }, claims: TokenClaims, method: MfaMethod, code: string, caller: Caller): Promise<TokenPair> {
       if (!await hasFactor(user.id)) throw new MfaCodeInvalidError()
       await prove(user.id, method, code, caller)
       return await renew(claims, user.roles, method, caller)
@@ -431,4 +431,4 @@ export function createSecondFactors ({ db, clock, config, sessions, oneTimeCodes
   }
 }
 
-export type SecondFactors = ReturnType<typeof createSecondFactors>
+export type Mfa = ReturnType<typeof createMfa>

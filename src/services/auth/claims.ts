@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { TokenExpiredError, TokenNotValidError } from '../errors.ts'
+import { TokenExpiredError, TokenNotValidError } from '../../errors.ts'
 
 const UUID = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 const Seconds = Type.Integer({ minimum: 0, maximum: 253402300799 })

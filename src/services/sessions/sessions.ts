@@ -1,16 +1,17 @@
 import { randomUUID } from 'node:crypto'
 import { sql, type Transaction, type UpdateResult } from 'kysely'
-import type { Database } from '../db/types.ts'
-import type { Config } from '../config.ts'
-import type { Db, Executor } from '../db/index.ts'
-import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../errors.ts'
-import { epochSeconds as seconds, type Clock } from '../lib/clock.ts'
-import { SecretBox } from '../lib/secret-box.ts'
-import type { TokenPair, User } from '../schemas.ts'
-import type { AuditTrail, Caller, Client } from './audit.ts'
-import { authContextOf, type AuthContext, type TokenClaims } from './claims.ts'
-import type { Keyring } from './keyring.ts'
-import type { SessionCache } from './session-cache.ts'
+import type { Database } from '../../db/types.ts'
+import type { Config } from '../../config.ts'
+import type { Db, Executor } from '../../db/index.ts'
+import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../../errors.ts'
+import { epochSeconds as seconds, type Clock } from '../../lib/clock.ts'
+import { SecretBox } from '../../lib/secret-box.ts'
+import type { TokenPair } from '../../schemas.ts'
+import type { AuditTrail, Caller, Client } from '../audit.ts'
+import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
+import type { Keyring } from '../keys/keyring.ts'
+import type { SessionCache, SessionUser } from './cache.ts'
+import { SESSION_USER_COLUMNS, type UserWithRoles } from '../accounts/users.ts'
 
 export type { Executor }
 
@@ -19,19 +20,6 @@ export type { Executor }
  * was checked against, which must still be the stored one.
  */
 export interface Credential { userId: number, passwordHash?: string, /** The user's roles as read with the credential: the first pair's. */ roles: string[] }
-
-/**
- * The columns of `users` a session's user is read with, and cached with on each replica: the
- * trigger users_notify (migration 0004) fires on a change of exactly these and is_active, and
- * test/session-cache.test.ts holds the two lists equal.
- */
-export const SESSION_USER_COLUMNS = ['id', 'username', 'email', 'roles', 'email_verified_at'] as const
-
-/** A user as the session routes, forward auth and introspection know them: with their roles, and when their address was verified. */
-export interface UserWithRoles extends User { roles: string[], email_verified_at: Date | null }
-
-/** The user of an active session, and the session. */
-export interface SessionUser extends UserWithRoles { sessionId: string }
 
 /** An active session as its user sees it in the session list. */
 export interface SessionInfo {
