@@ -3,22 +3,15 @@ import type { FastifyInstance } from 'fastify'
 import type { AppOptions } from '../src/app.ts'
 import { createServices, type Services } from '../src/services/index.ts'
 
+// The services routes call, decorated under their own names.
+const DECORATED = [
+  'keyring', 'sessions', 'accounts', 'signIn', 'mfa', 'clients', 'admin', 'audit', 'oneTimeCodes', 'mailer', 'outbox',
+  'passwordReset', 'emailVerification'
+] as const satisfies ReadonlyArray<keyof Services>
+type Decorated = Pick<Services, typeof DECORATED[number]>
+
 declare module 'fastify' {
-  interface FastifyInstance {
-    keyring: Services['keyring']
-    sessions: Services['sessions']
-    accounts: Services['accounts']
-    signIn: Services['signIn']
-    mfa: Services['mfa']
-    clients: Services['clients']
-    admin: Services['admin']
-    audit: Services['audit']
-    oneTimeCodes: Services['oneTimeCodes']
-    mailer: Services['mailer']
-    outbox: Services['outbox']
-    passwordReset: Services['passwordReset']
-    emailVerification: Services['emailVerification']
-  }
+  interface FastifyInstance extends Decorated {}
 }
 
 /**
@@ -42,19 +35,7 @@ async function servicesPlugin (fastify: FastifyInstance, opts: AppOptions): Prom
     overrides: opts.overrides
   })
   fastify.addHook('onClose', () => services.close())
-  fastify.decorate('keyring', services.keyring)
-  fastify.decorate('sessions', services.sessions)
-  fastify.decorate('accounts', services.accounts)
-  fastify.decorate('signIn', services.signIn)
-  fastify.decorate('mfa', services.mfa)
-  fastify.decorate('clients', services.clients)
-  fastify.decorate('admin', services.admin)
-  fastify.decorate('audit', services.audit)
-  fastify.decorate('oneTimeCodes', services.oneTimeCodes)
-  fastify.decorate('mailer', services.mailer)
-  fastify.decorate('outbox', services.outbox)
-  fastify.decorate('passwordReset', services.passwordReset)
-  fastify.decorate('emailVerification', services.emailVerification)
+  for (const name of DECORATED) fastify.decorate<object>(name as string, services[name])
 }
 
 export default fp(servicesPlugin, { name: 'services', dependencies: ['config', 'db', 'metrics'] })
