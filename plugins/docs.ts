@@ -65,7 +65,7 @@ function uiContentSecurityPolicy (publicUrl: string | undefined): Record<string,
 async function docsPlugin (fastify: FastifyInstance): Promise<void> {
   const { config } = fastify
   // DOCS_ENABLED=false (the default in production): no document, no UI, no route under /docs.
-  if (!config.DOCS_ENABLED) return
+  if (!config.features.docs) return
   const pkg = JSON.parse(await readFile(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string, description: string }
 
   await fastify.register(swagger, {

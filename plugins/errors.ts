@@ -38,7 +38,7 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
   // A path of a feature that is off says which setting turns it on; any other, nothing more.
   fastify.setNotFoundHandler(function (request, reply) {
     const path = request.url.split('?')[0]
-    const off = offFeatureOf(fastify.config, request.method, request.url)
+    const off = offFeatureOf(fastify.config.features, request.method, request.url)
     const error = off === undefined ? new RouteNotFoundError(request.method, path) : new FeatureOffError(request.method, path, off.name, off.setting)
     return sendProblem(reply, problemOf(error))
   })

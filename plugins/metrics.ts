@@ -62,8 +62,8 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
     done()
   })
 
-  const token = fastify.config.METRICS_TOKEN
-  if (token === undefined) return
+  if (!fastify.config.features.metrics) return
+  const token = fastify.config.METRICS_TOKEN!
   // A CommonJS module compiled from ES: its plugin is the `default` export.
   await fastify.register(metricsModule.default, {
     promClient: client,

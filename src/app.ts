@@ -9,6 +9,7 @@ import type { Config } from './config.ts'
 import { DB_TIMEOUTS_MS } from './db/index.ts'
 import type { Clock } from './lib/clock.ts'
 import type { ServicesDeps } from './services/index.ts'
+import { routeFileOff } from './lib/feature-routes.ts'
 import { passwordPolicyKeyword } from './lib/password-policy.ts'
 import { SECURITY_HEADERS } from './lib/security-headers.ts'
 import { BadRequestError, HeadersTooLargeError, MethodNotAllowedError, RequestTimeoutError } from './errors.ts'
@@ -120,5 +121,6 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     ))
   })
   await fastify.register(AutoLoad, { dir: join(root, 'plugins'), options: opts })
-  await fastify.register(AutoLoad, { dir: join(root, 'routes'), options: opts })
+  // A feature that is off has no routes: its files are not loaded (src/lib/feature-routes.ts).
+  await fastify.register(AutoLoad, { dir: join(root, 'routes'), options: opts, ignoreFilter: (file: string) => routeFileOff(opts.config.features, file) })
 }

@@ -172,7 +172,18 @@ export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS
   adminAudience: string
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
   cookieNames: Readonly<{ access: string, refresh: string, binding: string }>
+  /** Which optional features are on (src/lib/feature-routes.ts lists their routes), decided here once. */
+  features: Readonly<Features>
 }>
+
+/** The features that exist only when a setting turns them on. */
+export interface Features {
+  passwordReset: boolean
+  emailVerification: boolean
+  emailSignIn: boolean
+  metrics: boolean
+  docs: boolean
+}
 
 /** The configuration the service runs with: `SECRET_KEY` resolved. */
 export type Config = ParsedConfig & { readonly SECRET_KEY: string }
@@ -353,12 +364,13 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   const publicUrl = values.PUBLIC_URL?.replace(/\/+$/, '')
   const secure = values.COOKIE_SECURE
   const hostOnly = secure && values.COOKIE_DOMAIN === undefined
+  const docs = values.DOCS_ENABLED ?? !production
   return Object.freeze({
     ...values,
     ...seconds,
     DB_ENGINE: engine,
     JWT_ISSUER: values.JWT_ISSUER ?? publicUrl ?? `http://localhost:${values.PORT}`,
-    DOCS_ENABLED: values.DOCS_ENABLED ?? !production,
+    DOCS_ENABLED: docs,
     MAIL_FROM: values.MAIL_FROM ?? `authgate <no-reply@${new URL(publicUrl ?? 'http://localhost').hostname}>`,
     logLevel: values.LOG_LEVEL ?? (values.DEBUG ? 'debug' : 'info'),
     trustProxy,
@@ -373,6 +385,13 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
       access: `${hostOnly ? '__Host-' : secure ? '__Secure-' : ''}access_token`,
       refresh: `${secure ? '__Secure-' : ''}refresh_token`,
       binding: `${secure ? '__Host-' : ''}refresh_binding`
+    }),
+    features: Object.freeze({
+      passwordReset: values.APP_RESET_URL !== undefined,
+      emailVerification: values.EMAIL_VERIFICATION !== 'off',
+      emailSignIn: values.EMAIL_SIGN_IN,
+      metrics: values.METRICS_TOKEN !== undefined,
+      docs
     })
   })
 }

@@ -66,6 +66,10 @@ export type Jwk = Static<typeof JwkSchema>
 export const MailTokenSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the token of the mail\'s link, from its fragment (#token=…)' })
 export const MailCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 'the 6-digit code of the mail' })
 
+/** The `:id` of a session or a second factor: a UUID, the hyphenated form only (ajv's uuid format also takes urn:uuid:…, which PostgreSQL does not). */
+export const UuidParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })
+/** Recovery codes as they are handed out, once. */
+export const RecoveryCodesSchema = Type.Array(Type.String(), { description: 'shown once: keep them somewhere safe' })
 /** The admin API's `:id` of a user: a positive integer, written as one. */
 export const UserIdParamsSchema = Type.Object({ id: Type.String({ pattern: '^[1-9][0-9]{0,9}$' }) })
 /** Why an operator makes a change: kept in the audit trail. */

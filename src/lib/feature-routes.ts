@@ -1,55 +1,68 @@
-import type { Config } from '../config.ts'
+import type { Features } from '../config.ts'
 
 /** A feature whose routes exist only when a setting turns it on. */
 interface Feature {
+  /** Its switch in `config.features`, derived once from the configuration (src/config.ts). */
+  key: keyof Features
   /** What it is, in the 404's detail. */
   name: string
   /** The setting that turns it on, as an operator writes it. */
   setting: string
-  on: (config: Pick<Config, 'APP_RESET_URL' | 'EMAIL_VERIFICATION' | 'EMAIL_SIGN_IN' | 'METRICS_TOKEN' | 'DOCS_ENABLED'>) => boolean
   /** Its routes as `METHOD /path`; a path ending in `/*` stands for everything under it. */
   routes: string[]
+  /** Its route files under routes/, which the app does not load while it is off (src/app.ts); a plugin's feature has none. */
+  files: string[]
 }
 
 /**
- * The features that are off unless configured, and their routes (the route files return early
- * without their setting). test/docs.test.ts holds this list to the routes the app registers
- * with every feature on and with every one off, so a new feature's routes cannot be missing
- * here. The admin API's password-reset route is not listed: the admin API answers everyone but
- * an operator as a path that does not exist (docs/operating-accounts.md).
+ * The features that are off unless configured, and their routes. The app loads a feature's
+ * route files only when it is on, so no route file says whether it exists; test/docs.test.ts
+ * holds this list to the routes the app registers with every feature on and with every one
+ * off, so a new feature's routes cannot be missing here. The admin API's password-reset route is
+ * not among `routes`: the admin API answers everyone but an operator as a path that does not
+ * exist (docs/operating-accounts.md), so its 404 names no setting.
  */
 export const OPTIONAL_FEATURES: readonly Feature[] = [
   {
+    key: 'passwordReset',
     name: 'the password reset',
     setting: 'APP_RESET_URL (the front end\'s reset page)',
-    on: (config) => config.APP_RESET_URL !== undefined,
-    routes: ['POST /api/auth/password/forgot', 'POST /api/auth/password/reset', 'POST /api/auth/password/reset/inspect']
+    routes: ['POST /api/auth/password/forgot', 'POST /api/auth/password/reset', 'POST /api/auth/password/reset/inspect'],
+    files: ['/api/auth/password/forgot.ts', '/api/auth/password/reset.ts', '/api/auth/password/reset/inspect.ts', '/api/admin/users/password-reset.ts']
   },
   {
+    key: 'emailVerification',
     name: 'email verification',
     setting: 'EMAIL_VERIFICATION=optional or required, with APP_VERIFY_URL',
-    on: (config) => config.EMAIL_VERIFICATION !== 'off',
-    routes: ['POST /api/auth/email/verification', 'POST /api/auth/email/verify']
+    routes: ['POST /api/auth/email/verification', 'POST /api/auth/email/verify'],
+    files: ['/api/auth/email/verification.ts', '/api/auth/email/verify.ts']
   },
   {
+    key: 'emailSignIn',
     name: 'the sign-in by a mailed code',
     setting: 'EMAIL_SIGN_IN=true',
-    on: (config) => config.EMAIL_SIGN_IN,
-    routes: ['POST /api/auth/email/sign-in', 'POST /api/auth/email/sign-in/verify']
+    routes: ['POST /api/auth/email/sign-in', 'POST /api/auth/email/sign-in/verify'],
+    files: ['/api/auth/email/sign-in.ts', '/api/auth/email/sign-in/verify.ts']
   },
   {
+    key: 'metrics',
     name: 'the metrics',
     setting: 'METRICS_TOKEN',
-    on: (config) => config.METRICS_TOKEN !== undefined,
-    routes: ['GET /metrics']
+    routes: ['GET /metrics'],
+    files: []
   },
   {
+    key: 'docs',
     name: 'the OpenAPI document and its UI',
     setting: 'DOCS_ENABLED=true (off by default in production)',
-    on: (config) => config.DOCS_ENABLED,
-    routes: ['GET /docs', 'GET /docs/*']
+    routes: ['GET /docs', 'GET /docs/*'],
+    files: []
   }
 ]
+
+/** Whether a route file (`/api/auth/email/verify.ts`, as @fastify/autoload names it) is of a feature that is off. */
+export const routeFileOff = (features: Features, file: string): boolean =>
+  OPTIONAL_FEATURES.some((feature) => !features[feature.key] && feature.files.includes(file))
 
 /** Whether `route` (`GET /docs/*`) serves `method` `path`; a GET route serves HEAD too, as Fastify does. */
 export function serves (route: string, method: string, path: string): boolean {
@@ -62,8 +75,8 @@ export function serves (route: string, method: string, path: string): boolean {
  * The feature that is off and would serve `method` `path`, for a 404 that says what turns it
  * on; undefined for a path no feature has, or whose feature is on (it says nothing of others).
  */
-export function offFeatureOf (config: Parameters<Feature['on']>[0], method: string, url: string): Feature | undefined {
+export function offFeatureOf (features: Features, method: string, url: string): Feature | undefined {
   // As the router takes it: no query, a trailing slash or none (ignoreTrailingSlash).
   const path = (url.split('?')[0] ?? '').replace(/(.)\/$/, '$1')
-  return OPTIONAL_FEATURES.find((feature) => !feature.on(config) && feature.routes.some((route) => serves(route, method, path)))
+  return OPTIONAL_FEATURES.find((feature) => !features[feature.key] && feature.routes.some((route) => serves(route, method, path)))
 }

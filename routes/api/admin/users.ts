@@ -27,7 +27,7 @@ const shown = <U extends AdminUser>(user: U) => ({
   deleted_at: iso(user.deleted_at)
 })
 
-/** The admin API's users (docs/operating-accounts.md): find, read, disable, enable, delete, give roles, send a reset mail. */
+/** The admin API's users (docs/operating-accounts.md): find, read, disable, enable, delete, give roles, reset second factors (the reset mail: users/password-reset.ts). */
 const users: FastifyPluginAsyncTypebox = async (fastify) => {
   const { admin } = fastify
   const read = { onRequest: fastify.requireAdmin(ADMIN_SCOPES.usersRead), security: adminSecurity(ADMIN_SCOPES.usersRead) }
@@ -132,23 +132,6 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const removed = await admin.resetSecondFactors(Number(request.params.id), request.body, operatorOf(request))
     return { factors_removed: removed.factors, sessions_ended: removed.sessions }
-  })
-
-  // With the password reset (APP_RESET_URL): an operator starts a user's recovery by mail.
-  if (fastify.config.APP_RESET_URL === undefined) return
-  fastify.post('/users/:id/password-reset', {
-    onRequest: write.onRequest,
-    schema: {
-      tags: ['admin'],
-      summary: 'Send a user the password reset mail: its link and code reach only their inbox; 409 while they are disabled, or when the per-account mail limit holds it back',
-      security: write.security,
-      params: UserIdParamsSchema,
-      body: Type.Object({ reason: ReasonSchema }, { additionalProperties: false }),
-      response: { 202: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
-    }
-  }, async (request, reply) => {
-    await admin.sendPasswordReset(Number(request.params.id), request.body, operatorOf(request))
-    return reply.code(202).send({})
   })
 }
 

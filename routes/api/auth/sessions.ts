@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/http/caller.ts'
-import { AccessTokenSecurity, problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems, UuidParamsSchema } from '#src/schemas.ts'
 
 const SessionSchema = Type.Object({
   id: Type.String({ format: 'uuid' }),
@@ -10,9 +10,6 @@ const SessionSchema = Type.Object({
   ip: Type.Union([Type.String(), Type.Null()]),
   current: Type.Boolean()
 })
-
-// The hyphenated form only: ajv's uuid format also takes urn:uuid:..., which PostgreSQL does not.
-export const SessionParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })
 
 // The signed-in user's devices: GET lists them, DELETE signs one out.
 const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -42,7 +39,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['account'],
       summary: 'End one of the signed-in user\'s sessions (sign out another device)',
       security: AccessTokenSecurity,
-      params: SessionParamsSchema,
+      params: UuidParamsSchema,
       response: { 204: Type.Null(), ...problems(400, 401, 404, 413, 415, 503) }
     }
   }, async (request, reply) => {

@@ -5,7 +5,6 @@ import { EmailSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/sign-in (docs/email.md): a sign-in code by mail; the same 202 for every address. */
 const signIn: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (!fastify.config.EMAIL_SIGN_IN) return
   fastify.post('/sign-in', {
     config: { limits: [perIp('mail', fastify.config.RATE_LIMIT_MAIL_MAX), perKey('mail-everyone', fastify.config.RATE_LIMIT_MAIL_GLOBAL_MAX, async () => 'everyone')] },
     schema: {

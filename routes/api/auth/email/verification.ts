@@ -5,7 +5,6 @@ import { EmailSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verification (docs/email.md): a new verification mail; the same 202 for every address. */
 const verification: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (fastify.config.EMAIL_VERIFICATION === 'off') return
   fastify.post('/verification', {
     config: { limits: [perIp('mail', fastify.config.RATE_LIMIT_MAIL_MAX), perKey('mail-everyone', fastify.config.RATE_LIMIT_MAIL_GLOBAL_MAX, async () => 'everyone')] },
     schema: {

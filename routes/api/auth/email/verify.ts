@@ -7,8 +7,6 @@ import { AccessTokenSecurity, EmailSchema, MailCodeSchema, MailTokenSchema, Pass
 
 /** POST /api/auth/email/verify (docs/email.md): the verification mail's link token, or its address and code. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (fastify.config.EMAIL_VERIFICATION === 'off') return
-
   // The user of the request's live session, if it has one (the browser that registered sends its
   // cookies): shown to hold the account. Any other token, or none, shows nothing, and is no error.
   async function sessionUserOf (request: FastifyRequest, reply: FastifyReply): Promise<number | undefined> {

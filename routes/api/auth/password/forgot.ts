@@ -5,7 +5,6 @@ import { EmailSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/forgot (docs/email.md): the reset mail, queued; the same 202 for every address. */
 const forgot: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (fastify.config.APP_RESET_URL === undefined) return
   fastify.post('/forgot', {
     // Per client IP, and one count for everyone: a 429 from either says nothing about an account.
     config: { limits: [perIp('mail', fastify.config.RATE_LIMIT_MAIL_MAX), perKey('mail-everyone', fastify.config.RATE_LIMIT_MAIL_GLOBAL_MAX, async () => 'everyone')] },

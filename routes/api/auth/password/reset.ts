@@ -6,7 +6,6 @@ import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems,
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (fastify.config.APP_RESET_URL === undefined) return
   fastify.post('/reset', {
     config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
     schema: {

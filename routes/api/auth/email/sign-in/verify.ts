@@ -5,7 +5,6 @@ import { EmailSchema, MailCodeSchema, problems, SignInAnswerSchema } from '#src/
 
 /** POST /api/auth/email/sign-in/verify (docs/email.md): the mailed code for a token pair and the cookies, as login gives them. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (!fastify.config.EMAIL_SIGN_IN) return
   fastify.post('/verify', {
     config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
     schema: {

@@ -4,7 +4,6 @@ import { MailTokenSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset/inspect: whether a reset link's token is still good; spends nothing. */
 const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
-  if (fastify.config.APP_RESET_URL === undefined) return
   fastify.post('/inspect', {
     config: { limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
     schema: {
