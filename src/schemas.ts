@@ -68,6 +68,8 @@ export const MailCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 
 
 /** The `:id` of a session or a second factor: a UUID, the hyphenated form only (ajv's uuid format also takes urn:uuid:…, which PostgreSQL does not). */
 export const UuidParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })
+/** An answer, or a body, with nothing in it. */
+export const EmptySchema = Type.Object({}, { additionalProperties: false })
 /** Recovery codes as they are handed out, once. */
 export const RecoveryCodesSchema = Type.Array(Type.String(), { description: 'shown once: keep them somewhere safe' })
 /** The admin API's `:id` of a user: a positive integer, written as one. */

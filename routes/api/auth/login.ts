@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type
 import { callerOf } from '#src/http/caller.ts'
 import { normalizeFields } from '#src/http/normalize-fields.ts'
 import { IdentifierSchema, PasswordSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
-import { perIp, perKey } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 
 export const LoginBodySchema = Type.Object({
   identifier: IdentifierSchema,
@@ -13,10 +13,7 @@ const login: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/login', {
     preValidation: normalizeFields('identifier'),
     config: {
-      limits: [
-        perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX),
-        perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, (request) => fastify.accounts.limitKey((request.body as Static<typeof LoginBodySchema>).identifier))
-      ]
+      limits: credentialLimits(fastify.config, (request) => fastify.accounts.limitKey((request.body as Static<typeof LoginBodySchema>).identifier))
     },
     schema: {
       tags: ['auth'],

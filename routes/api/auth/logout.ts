@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/http/caller.ts'
-import { AccessTokenSecurity, problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, EmptySchema, problems } from '#src/schemas.ts'
 
 export const LogoutQuerySchema = Type.Object({
   // current: this session; others: every other session of the user; global: all of them.
@@ -14,7 +14,7 @@ const logout: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Sign out: end this session (or the others, or all) and clear the cookies',
       security: AccessTokenSecurity,
       querystring: LogoutQuerySchema,
-      body: Type.Object({}, { additionalProperties: false }),
+      body: EmptySchema,
       response: { 204: Type.Null(), ...problems(400, 401, 413, 415, 503) }
     }
   }, async (request, reply) => {

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/http/caller.ts'
 import { AccessTokenSecurity, PasswordSchema, problems } from '#src/schemas.ts'
-import { perIp, perKey } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 
 export const PasswordChangeBodySchema = Type.Object({
   current_password: PasswordSchema,
@@ -12,7 +12,7 @@ const password: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/password', {
     onRequest: [fastify.authenticate],
     // Guessing the current password with a stolen token counts against the account.
-    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX), perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `user:${request.user.id}`)] },
+    config: { limits: credentialLimits(fastify.config, async (request) => `user:${request.user.id}`) },
     schema: {
       tags: ['account'],
       summary: 'Change the password; every other session of the user ends',

@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { callerOf } from '#src/http/caller.ts'
 import { normalizeFields } from '#src/http/normalize-fields.ts'
 import { EmailSchema, PasswordSchema, problems, UsernameSchema, UserSchema } from '#src/schemas.ts'
-import { perIp } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 
 export const RegisterBodySchema = Type.Object({
   username: UsernameSchema,
@@ -14,7 +14,7 @@ const register: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/register', {
     // The schema judges the username as it will be stored.
     preValidation: normalizeFields('username'),
-    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
+    config: { limits: credentialLimits(fastify.config) },
     schema: {
       tags: ['auth'],
       summary: 'Create an account',

@@ -1,6 +1,6 @@
-import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/http/caller.ts'
-import { problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
+import { EmptySchema, problems, RefreshTokenBodySchema, RefreshTokenSecurity } from '#src/schemas.ts'
 import { perIp } from '#src/http/limits.ts'
 
 // simplejwt's TokenBlacklistView: sign out with the refresh token.
@@ -12,7 +12,7 @@ const blacklist: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'End the session of a refresh token (body, else the refresh cookie)',
       security: RefreshTokenSecurity,
       body: RefreshTokenBodySchema,
-      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 429, 503) }
+      response: { 200: EmptySchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const fromCookie = request.body.refresh === undefined

@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox, type Static } from '@fastify/type
 import { callerOf } from '#src/http/caller.ts'
 import { normalizeFields } from '#src/http/normalize-fields.ts'
 import { IdentifierSchema, PasswordSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
-import { perIp, perKey } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 
 export const ObtainBodySchema = Type.Object({
   // simplejwt's field name; an email is accepted too.
@@ -15,10 +15,7 @@ const obtain: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     preValidation: normalizeFields('username'),
     config: {
-      limits: [
-        perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX),
-        perKey('account', fastify.config.RATE_LIMIT_IDENTIFIER_MAX, (request) => fastify.accounts.limitKey((request.body as Static<typeof ObtainBodySchema>).username))
-      ]
+      limits: credentialLimits(fastify.config, (request) => fastify.accounts.limitKey((request.body as Static<typeof ObtainBodySchema>).username))
     },
     schema: {
       tags: ['token'],

@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TokenNotValidError } from '#src/errors.ts'
-import { problems, TokenSchema } from '#src/schemas.ts'
+import { EmptySchema, problems, TokenSchema } from '#src/schemas.ts'
 import { perIp } from '#src/http/limits.ts'
 
 export const VerifyBodySchema = Type.Object({ token: TokenSchema }, { additionalProperties: false })
@@ -12,7 +12,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['token'],
       summary: 'Check a token: signature, claims, and that its session (or its service client) is still active',
       body: VerifyBodySchema,
-      response: { 200: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 413, 415, 429, 503) }
+      response: { 200: EmptySchema, ...problems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
     // Stricter than simplejwt: a token of a revoked session, a spent refresh token, or a service

@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { operatorOf } from '#src/http/caller.ts'
-import { adminSecurity, problems, ReasonSchema, UserIdParamsSchema } from '#src/schemas.ts'
+import { adminSecurity, EmptySchema, problems, ReasonSchema, UserIdParamsSchema } from '#src/schemas.ts'
 import { ADMIN_SCOPES } from '#src/services/oauth/clients.ts'
 
 /** An operator starts a user's recovery by mail: with the password reset (APP_RESET_URL) only. */
@@ -13,7 +13,7 @@ const passwordReset: FastifyPluginAsyncTypebox = async (fastify) => {
       security: adminSecurity(ADMIN_SCOPES.usersWrite),
       params: UserIdParamsSchema,
       body: Type.Object({ reason: ReasonSchema }, { additionalProperties: false }),
-      response: { 202: Type.Object({}, { additionalProperties: false }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
+      response: { 202: EmptySchema, ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
     }
   }, async (request, reply) => {
     await fastify.admin.sendPasswordReset(Number(request.params.id), request.body, operatorOf(request))

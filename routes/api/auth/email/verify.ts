@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { DatabaseUnavailableError, ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
-import { perIp } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 import { AccessTokenSecurity, EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verify (docs/email.md): the verification mail's link token, or its address and code. */
@@ -20,7 +20,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.post('/verify', {
-    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
+    config: { limits: credentialLimits(fastify.config) },
     schema: {
       tags: ['account'],
       summary: 'Verify an address with the verification mail\'s token, or its address and code; a session of the account, or its password, shows that whoever verifies holds it too',

@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { byCookie } from '#src/http/by-cookie.ts'
 import { callerOf } from '#src/http/caller.ts'
-import { perIp, perKey } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 import { AccessTokenSecurity, problems, SecondFactorCodeSchema, SecondFactorMethodSchema, TokenPairSchema } from '#src/schemas.ts'
 
 /** The second step of a sign-in, or the step-up of a session (docs/mfa.md). */
@@ -16,10 +16,10 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
     // Every code guessed counts per address, and per account (with the account's sign-ins): the
     // signed-in user, or the user an mfa_token is for (an unknown token counts apart).
     config: {
-      limits: [perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX), perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => {
+      limits: credentialLimits(config, async (request) => {
         const { mfa_token: mfaToken } = request.body as { mfa_token?: string }
         return `user:${mfaToken === undefined ? request.user.id : await mfa.challengedUser(mfaToken) ?? 'none'}`
-      })]
+      })
     },
     schema: {
       tags: ['mfa'],

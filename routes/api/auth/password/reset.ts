@@ -1,13 +1,13 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
-import { perIp } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/reset', {
-    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
+    config: { limits: credentialLimits(fastify.config) },
     schema: {
       tags: ['account'],
       summary: 'Set a new password with the reset mail\'s token, or its address and code: every session ends, nobody is signed in',

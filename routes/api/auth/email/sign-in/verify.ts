@@ -1,12 +1,12 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { callerOf } from '#src/http/caller.ts'
-import { perIp } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 import { EmailSchema, MailCodeSchema, problems, SignInAnswerSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/email/sign-in/verify (docs/email.md): the mailed code for a token pair and the cookies, as login gives them. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/verify', {
-    config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
+    config: { limits: credentialLimits(fastify.config) },
     schema: {
       tags: ['auth'],
       summary: 'Sign in with the code mailed to the address; sets the access and refresh cookies',

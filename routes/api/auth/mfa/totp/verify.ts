@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { byCookie } from '#src/http/by-cookie.ts'
 import { callerOf } from '#src/http/caller.ts'
-import { perIp, perKey } from '#src/http/limits.ts'
+import { credentialLimits } from '#src/http/limits.ts'
 import { AccessTokenSecurity, problems, RecoveryCodesSchema, TokenPairSchema, UuidParamsSchema } from '#src/schemas.ts'
 
 /** A new authenticator app verified by its first code (docs/mfa.md). */
@@ -10,7 +10,7 @@ const verifyTotp: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/:id/verify', {
     onRequest: [fastify.authenticate],
     // Every code guessed counts per address, and per account with the account's sign-ins.
-    config: { limits: [perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX), perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, async (request) => `user:${request.user.id}`)] },
+    config: { limits: credentialLimits(config, async (request) => `user:${request.user.id}`) },
     schema: {
       tags: ['mfa'],
       summary: 'Verify a new authenticator app by its code: the session becomes aal2 (a new pair); the first factor brings 10 recovery codes',
