@@ -1,17 +1,12 @@
 import t from 'tap'
-import type { ParsedMail } from 'mailparser'
 import { generateSync } from 'otplib'
-import { build, postJson, TestClock, uniqueUser } from './helper.ts'
-import { startInbox } from './smtp.ts'
+import { auditEvents, bearer, build, postJson, TestClock, uniqueUser } from './helper.ts'
+import { codeOf, startInbox, tokenOf } from './smtp.ts'
 
 // Pre-account hijacking (issue 26, item 3; Sudhodanan and Paverd, "Pre-hijacked accounts", 2022):
 // whoever registers an address first, without owning it, keeps nothing once the address's owner
 // proves it for the first time: by a mailed sign-in code, the verification mail, or a password
 // reset. The mails through a real SMTP server. Both engines.
-
-const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
-const tokenOf = (mail: ParsedMail): string => /#token=([A-Za-z0-9_-]{43})/.exec(mail.text ?? '')![1]!
-const codeOf = (mail: ParsedMail): string => /: ([0-9]{6})\b/.exec(mail.text ?? '')![1]!
 
 t.test('an address registered by someone else first', async (t) => {
   const inbox = await startInbox(t)
@@ -52,9 +47,8 @@ t.test('an address registered by someone else first', async (t) => {
   }
   const nothing = { password: false, sessions: 0, refresh: false, factors: 0, recoveryCodes: 0 }
   async function firstProofEvent (email: string): Promise<unknown> {
-    await app.audit.flush()
     const user = await app.db.selectFrom('users').select('id').where('email', '=', email).executeTakeFirstOrThrow()
-    return (await app.db.selectFrom('audit_events').select('detail').where('user_id', '=', user.id).where('event', '=', 'address_proven').execute()).map((e) => e.detail)
+    return (await auditEvents(app, user.id, ['detail'], { event: 'address_proven' })).map((e) => e.detail)
   }
 
   t.test('the owner signs in by a mailed code: the squatter\'s password, sessions and factor are gone, and the owner is told', async (t) => {
@@ -76,7 +70,7 @@ t.test('an address registered by someone else first', async (t) => {
     clock.advance(61)
     await postJson(app, '/api/auth/email/sign-in', { email: squatter.email })
     await app.outbox.work()
-    const again = inbox.mails.filter((m) => !Array.isArray(m.to) && m.to?.text === squatter.email && /Your code to sign in/.test(m.text ?? '')).at(-1)!
+    const again = inbox.latest(squatter.email, /Your code to sign in/)!
     t.equal((await postJson(app, '/api/auth/email/sign-in/verify', { email: squatter.email, code: codeOf(again) })).statusCode, 200)
     t.ok(await alive(owner.json().access), 'the owner\'s first session stands')
     t.equal((await firstProofEvent(squatter.email) as unknown[]).length, 1)
@@ -104,7 +98,7 @@ t.test('an address registered by someone else first', async (t) => {
     await app.outbox.work()
     const mail = await inbox.find(squatter.email, /asked to reset the password/)
     t.match((await postJson(app, '/api/auth/password/reset/inspect', { token: tokenOf(mail) })).json(), { valid: true, mfa_required: false })
-    t.equal((await postJson(app, '/api/auth/password/reset', { email: squatter.email, code: /code[^0-9]*([0-9]{6})/.exec(mail.text ?? '')![1]!, new_password: 'the owner\'s own passphrase' })).statusCode, 204)
+    t.equal((await postJson(app, '/api/auth/password/reset', { email: squatter.email, code: codeOf(mail), new_password: 'the owner\'s own passphrase' })).statusCode, 204)
     t.same(await squatterHas(squatter, sessions), nothing)
     t.match((await signIn(squatter.email, 'the owner\'s own passphrase')).json(), { access: String }, 'one step: no factor left to ask for')
     t.same(await firstProofEvent(squatter.email), [{ by: 'password_reset', removed: { password: false, sessions: 0, factors: 1 } }], 'the reset replaces the password and ends the sessions itself')

@@ -1,20 +1,16 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import type { ParsedMail } from 'mailparser'
-import { build, postJson, register, TestClock, uniqueUser } from './helper.ts'
-import { startInbox } from './smtp.ts'
+import { auditEvents, bearer, build, postJson, register, TestClock, uniqueUser } from './helper.ts'
+import { codeOf, startInbox, tokenOf } from './smtp.ts'
 
 // Email verification and sign-in by a mailed code (issue 18): the mail through a real SMTP
 // server (smtp-server, read with mailparser). Both engines.
 
 const VERIFY_URL = 'https://app.example.com/verify-email'
-const tokenOf = (mail: ParsedMail): string => /#token=([A-Za-z0-9_-]{43})/.exec(mail.text ?? '')![1]!
-const codeOf = (mail: ParsedMail): string => /: ([0-9]{6})\b/.exec(mail.text ?? '')![1]!
 const otherCode = (code: string): string => code === '000000' ? '111111' : '000000'
 const verify = (app: FastifyInstance, body: Record<string, string>, headers: Record<string, string> = {}) => postJson(app, '/api/auth/email/verify', body, headers)
 const resend = (app: FastifyInstance, email: string) => postJson(app, '/api/auth/email/verification', { email })
 const password = (app: FastifyInstance, user: { username: string, password: string }) => postJson(app, '/api/auth/login', { identifier: user.username, password: user.password })
-const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
 
 async function verifiedState (app: FastifyInstance, access: string): Promise<{ detail: unknown, check: unknown }> {
   const detail = (await app.inject({ url: '/api/detail', headers: bearer(access) })).json().user.email_verified
@@ -52,8 +48,7 @@ t.test('EMAIL_VERIFICATION=optional', async (t) => {
     t.same(await verifiedState(app, access), { detail: true, check: 'true' }, 'the same access token, at once')
     t.match((await verify(app, { token }, bearer(access))).json(), { status: 400, code: 'verification_token_invalid' }, 'once only')
 
-    await app.audit.flush()
-    const events = await app.db.selectFrom('audit_events').select(['event', 'outcome', 'detail']).where('user_id', '=', user.id).where('event', '=', 'email_verified').orderBy('id').execute()
+    const events = await auditEvents(app, user.id, ['event', 'outcome', 'detail'], { event: 'email_verified' })
     t.same(events, [{ event: 'email_verified', outcome: 'success', detail: { by: 'link', holder: true } }])
     const leaked = logLines.filter((line) => !line.includes('"url":"/api/auth/email/verify?token=') && (line.includes(token) || line.includes(codeOf(mail))))
     t.same(leaked, [], 'neither the token nor the code is ever logged (but for the URL the test itself put the token in)')
@@ -140,8 +135,7 @@ t.test('EMAIL_VERIFICATION=required: no sign-in until the address is verified, a
   t.equal((await password(app, user)).statusCode, 200, 'verified: signed in')
   t.equal((await postJson(app, '/api/token', { username: user.username, password: user.password })).statusCode, 200)
 
-  await app.audit.flush()
-  const events = await app.db.selectFrom('audit_events').select(['outcome', 'detail']).where('user_id', '=', user.id).where('event', '=', 'login').orderBy('id').execute()
+  const events = await auditEvents(app, user.id, ['outcome', 'detail'], { event: 'login' })
   t.match(events, [{ outcome: 'failure', detail: { reason: 'email_not_verified' } }, { outcome: 'failure', detail: { reason: 'email_not_verified' } }, { outcome: 'success' }, { outcome: 'success' }])
 })
 
@@ -185,8 +179,7 @@ t.test('EMAIL_SIGN_IN: a code by mail for a token pair and the cookies, as login
     t.equal((await inbox.next()).subject, 'Your address was confirmed')
     t.match((await withCode(user.email, code)).json(), { status: 400, code: 'sign_in_code_invalid' }, 'once only')
 
-    await app.audit.flush()
-    const events = await app.db.selectFrom('audit_events').select(['event', 'detail']).where('user_id', '=', user.id).where('event', '=', 'login').where('outcome', '=', 'success').orderBy('id').execute()
+    const events = await auditEvents(app, user.id, ['event', 'detail'], { event: 'login', outcome: 'success' })
     t.match(events[0], { detail: { method: 'email_code' } })
   })
 

@@ -16,7 +16,7 @@ import t, { type Test } from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
 import { echoUpstream, HOST, stop, WAIT_MS, type Upstream } from './gateway-proof.ts'
-import { build, claimsOf, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
+import { bearer, build, claimsOf, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
 import { freePort } from './server-process.ts'
 
 const APACHE = '/usr/sbin/apache2'
@@ -184,8 +184,6 @@ async function serveAuthgate (t: Test, app: FastifyInstance): Promise<Pick<Urls,
   })
   return { authgate: `http://${HOST}:${(app.server.address() as AddressInfo).port}`, authgateTls: `https://${HOST}:${(tls.address() as AddressInfo).port}` }
 }
-
-const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
 /** A request through Apache, bounded by WAIT_MS. */
 function through (apache: Apache, path: string, init: RequestInit = {}): Promise<Response> {

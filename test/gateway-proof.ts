@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { type Test } from 'tap'
-import { build, claimsOf, login } from './helper.ts'
+import { bearer, build, claimsOf, login } from './helper.ts'
 
 export const HOST = '127.0.0.1'
 // How long a gateway, a request through it or a line of its log may take before a test calls it
@@ -146,8 +146,6 @@ async function startGateway (t: Test, gateway: GatewayUnderTest): Promise<Gatewa
 
 /** The headers the upstream received, as it echoed them. */
 const echoed = async (res: Response): Promise<Record<string, string>> => await res.json() as Record<string, string>
-
-const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
 /** A request through the gateway, bounded by WAIT_MS. */
 function through (gateway: Gateway, path: string, init: RequestInit = {}): Promise<Response> {

@@ -3,9 +3,8 @@ import t from 'tap'
 import { parseConfig } from '../src/config.ts'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys } from '../src/services/keys/signing-keys.ts'
-import { build, claimsOf, login, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
+import { bearer, build, claimsOf, login, postJson, register, SECRET_KEY, TestClock, uniqueUser } from './helper.ts'
 
-const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const CLIENT = { id: 'orders-service', secret: 'a-secret-of-sufficient-length' }
 const basic = (id: string, secret: string) => ({ authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}` })
 

@@ -11,6 +11,7 @@ import type { Test } from 'tap'
 import app, { serverOptions, type AppOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { pgliteDataDir } from '../src/db/index.ts'
+import type { AuditEventsTable } from '../src/db/types.ts'
 import { databaseTime, type Clock } from '../src/lib/clock.ts'
 import { subkey } from '../src/lib/subkeys.ts'
 
@@ -185,11 +186,27 @@ export const ALL_ADMIN_SCOPES = ['admin:users:read', 'admin:users:write', 'admin
 /** The Authorization header of HTTP Basic client authentication. */
 export const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`
 
+/** The headers of a request made with `token` (RFC 6750 §2.1). */
+export const bearer = (token: string): { authorization: string } => ({ authorization: `Bearer ${token}` })
+
 /** A service client of `audience` (the admin API's by default) with `scopes`, and a token of it. */
 export async function operator (app: FastifyInstance, scopes = ALL_ADMIN_SCOPES, audience = app.config.adminAudience, tokenTtlS = 600): Promise<{ id: string, token: string }> {
   const { client, secret } = await app.clients.create({ name: 'ops', scopes, audiences: [audience], tokenTtlS })
   const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: 'grant_type=client_credentials', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic(client.id, secret) } })
   return { id: client.id, token: res.json().access_token as string }
+}
+
+/**
+ * The audit trail of user `userId` as far as the app has recorded it (its buffer written first),
+ * oldest first: `columns` of each event, of the events named `event` (a LIKE pattern where it
+ * holds `%`) and of `outcome`, where given.
+ */
+export async function auditEvents<C extends keyof AuditEventsTable> (app: FastifyInstance, userId: number, columns: readonly C[], { event, outcome }: { event?: string, outcome?: 'success' | 'failure' } = {}) {
+  await app.audit.flush()
+  let query = app.db.selectFrom('audit_events').select(columns).where('user_id', '=', userId)
+  if (event !== undefined) query = query.where('event', event.includes('%') ? 'like' : '=', event)
+  if (outcome !== undefined) query = query.where('outcome', '=', outcome)
+  return await query.orderBy('id').execute()
 }
 
 /**

@@ -2,7 +2,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { randomInt } from 'node:crypto'
 import t from 'tap'
 import { generateSync } from 'otplib'
-import { build, freshDatabase, login, postJson, TestClock } from './helper.ts'
+import { auditEvents, bearer, build, freshDatabase, login, postJson, TestClock } from './helper.ts'
 
 // Second steps sent at once (issue 26, items 1, 5 and 9): every limit of the second step counts a
 // try before its code is judged, in one guarded statement, so that no number of parallel tries
@@ -11,7 +11,6 @@ import { build, freshDatabase, login, postJson, TestClock } from './helper.ts'
 // PostgreSQL the requests alternate between two replicas (two apps, two pools) of one database.
 
 const postgres = process.env.DB_ENGINE === 'postgres'
-const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
 /** How many answers had each status and code: `400 mfa_code_invalid` and the like. */
 function tally (answers: LightMyRequestResponse[]): Record<string, number> {
   const counts: Record<string, number> = {}
@@ -51,7 +50,7 @@ t.test('second steps at once', async (t) => {
   /** The user's failed second steps in the audit trail: judged ones, and the ones refused while locked. */
   async function failures (userId: number): Promise<{ judged: number, refused: number }> {
     for (const app of apps) await app.audit.flush()
-    const rows = await first.db.selectFrom('audit_events').select('detail').where('user_id', '=', userId).where('event', '=', 'mfa_verify').where('outcome', '=', 'failure').execute()
+    const rows = await auditEvents(first, userId, ['detail'], { event: 'mfa_verify', outcome: 'failure' })
     const refused = rows.filter((row) => row.detail?.reason === 'locked').length
     return { judged: rows.length - refused, refused }
   }

@@ -1,14 +1,13 @@
 import t, { type Test } from 'tap'
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose'
 import { generateSync } from 'otplib'
-import { basic, build, claimsOf, login, operator, postJson, register, TestClock } from './helper.ts'
-import { startInbox } from './smtp.ts'
+import { auditEvents, basic, bearer, build, claimsOf, login, operator, postJson, register, TestClock } from './helper.ts'
+import { codeOf as mailedCodeOf, startInbox, tokenOf } from './smtp.ts'
 
 // Second factors (issue 19): TOTP that no code is taken twice of, recovery codes, the two-step
 // sign-in on every first-factor path, aal/amr/auth_time in tokens, check and introspection. Both engines.
 
 const INTROSPECTOR = { id: 'gateway', secret: 'introspection-secret-0123456789' }
-const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
 type User = Awaited<ReturnType<typeof register>>
 
 t.test('second factors', async (t) => {
@@ -86,8 +85,7 @@ t.test('second factors', async (t) => {
     t.equal((await detail(other.access)).statusCode, 401, 'the stepped-up session replaced the old one')
     t.equal((await postJson(app, '/api/auth/mfa/totp', {}, bearer(up.json().access))).statusCode, 201, 'aal2 adds another factor')
 
-    await app.audit.flush()
-    const events = await app.db.selectFrom('audit_events').select(['event', 'outcome']).where('user_id', '=', user.id).where('event', 'like', 'mfa_%').orderBy('id').execute()
+    const events = await auditEvents(app, user.id, ['event', 'outcome'], { event: 'mfa_%' })
     t.same(events.map((e) => `${e.event}:${e.outcome}`), [
       'mfa_factor_added:success', 'mfa_factor_verified:failure', 'mfa_factor_verified:success', 'mfa_verify:success', 'mfa_factor_added:success'
     ])
@@ -105,7 +103,7 @@ t.test('second factors', async (t) => {
       '/api/token': await firstStep(user, '/api/token')
     }
     t.equal((await postJson(app, '/api/auth/email/sign-in', { email: user.email })).statusCode, 202)
-    const mailed = /([0-9]{6})/.exec((await inbox.find(user.email, /sign-in code|sign in/i)).text ?? '')![1]!
+    const mailed = mailedCodeOf(await inbox.find(user.email, /sign-in code|sign in/i))
     answers['/api/auth/email/sign-in/verify'] = await postJson(app, '/api/auth/email/sign-in/verify', { email: user.email, code: mailed })
     for (const [path, res] of Object.entries(answers)) {
       t.equal(res.statusCode, 200, path)
@@ -219,8 +217,7 @@ t.test('second factors', async (t) => {
     t.match((await secondStep(await mfaTokenOf(user), codeOf(secret))).json(), { status: 403, code: 'mfa_locked' }, 'the right code is refused while locked')
     clock.advance(15 * 60)
     t.equal((await secondStep(await mfaTokenOf(user), codeOf(secret))).statusCode, 200, 'after 15 minutes it works')
-    await app.audit.flush()
-    const locked = await app.db.selectFrom('audit_events').select('detail').where('user_id', '=', user.id).where('event', '=', 'mfa_verify').where('outcome', '=', 'failure').execute()
+    const locked = await auditEvents(app, user.id, ['detail'], { event: 'mfa_verify', outcome: 'failure' })
     t.equal(locked.length, 11, 'every failure is in the trail, the refusal while locked too')
     t.ok(locked.some((e) => e.detail?.locked_for_s === 900))
   })
@@ -229,8 +226,8 @@ t.test('second factors', async (t) => {
     const { user, secret, recoveryCodes } = await enrolled()
     t.equal((await postJson(app, '/api/auth/password/forgot', { email: user.email })).statusCode, 202)
     const mail = await inbox.find(user.email, /#token=/)
-    const token = /#token=([A-Za-z0-9_-]{43})/.exec(mail.text ?? '')![1]!
-    const resetCode = /code[^0-9]*([0-9]{6})/.exec(mail.text ?? '')![1]!
+    const token = tokenOf(mail)
+    const resetCode = mailedCodeOf(mail)
     const inspect = async () => (await postJson(app, '/api/auth/password/reset/inspect', { token })).json()
     t.match(await inspect(), { valid: true, mfa_required: true })
     const reset = (body: Record<string, string>) => postJson(app, '/api/auth/password/reset', { new_password: 'a reset with two methods 7', ...body })
@@ -248,8 +245,7 @@ t.test('second factors', async (t) => {
     clock.advance(61)
     t.equal((await postJson(app, '/api/auth/password/forgot', { email: user.email })).statusCode, 202)
     await app.outbox.work()
-    const second = inbox.mails.filter((m) => m.subject === 'Reset your password' && !Array.isArray(m.to) && m.to?.text === user.email).at(-1)!
-    const code = /code[^0-9]*([0-9]{6})/.exec(second.text ?? '')![1]!
+    const code = mailedCodeOf(inbox.latest(user.email, /asked to reset the password/)!)
     t.not(code, resetCode)
     t.equal((await reset({ email: user.email, code, mfa_method: 'recovery_code', mfa_code: recoveryCodes[0]!, new_password: 'and once more with a recovery code' })).statusCode, 204)
   })
@@ -280,8 +276,7 @@ t.test('second factors', async (t) => {
     t.equal((await detail(access)).statusCode, 401, 'whoever holds the phone holds no session either')
     t.same(Object.keys((await firstStep(user)).json()).sort(), ['access', 'refresh'])
     await inbox.find(user.email, /an operator removed every second factor of the account and ended its sessions/)
-    await app.audit.flush()
-    t.match(await app.db.selectFrom('audit_events').select('detail').where('user_id', '=', user.id).where('event', '=', 'user_mfa_reset').executeTakeFirst(), { detail: { reason: 'lost phone, ticket 77', client_id: ops.id, sessions_ended: 1 } })
+    t.match((await auditEvents(app, user.id, ['detail'], { event: 'user_mfa_reset' }))[0], { detail: { reason: 'lost phone, ticket 77', client_id: ops.id, sessions_ended: 1 } })
     t.equal((await postJson(app, '/api/admin/users/2147483647/mfa/reset', { reason: 'x' }, bearer(ops.token))).statusCode, 404)
 
     const kept = await enrolled()

@@ -1,10 +1,9 @@
 import t from 'tap'
-import { build, claimsOf, freshDatabase, lockSession, login, postJson, serverEnv } from './helper.ts'
+import { bearer, build, claimsOf, freshDatabase, lockSession, login, postJson, serverEnv } from './helper.ts'
 import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
 const onPostgres = process.env.DB_ENGINE === 'postgres'
-const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 
 t.test('with the grace off, exactly one of concurrent refreshes of one token succeeds', async (t) => {
   const app = await build(t, { env: { AUTH_REUSE_GRACE_S: '0' } })

@@ -7,7 +7,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { createServices } from '../src/services/index.ts'
 import { silentLogger } from '../src/lib/logger.ts'
-import { basic, build, login, postJson, TestClock } from './helper.ts'
+import { basic, bearer, build, login, postJson, TestClock } from './helper.ts'
 
 // CVE-2018-1058: a role that may only create objects in a schema of authgate's search path
 // plants overloads that match authgate's calls better than pg_catalog's, each copying the
@@ -225,7 +225,6 @@ t.test('authgate beside a role that may create in its schema', {
   })
 
   t.test('second factors, mailed codes and the first proof of an address run none of them either', async (t) => {
-    const bearer = (access: string) => ({ authorization: `Bearer ${access}` })
     const totp = (secret: string): string => generateSync({ secret, epoch: Math.floor(clock.now().getTime() / 1000) })
     // The first proof of an address, by a code: what it removes is removed by these statements.
     const { access, user } = await login(app)

@@ -5,9 +5,8 @@ import { TokenNotValidError } from '../src/errors.ts'
 import { silentLogger } from '../src/lib/logger.ts'
 import { createCleanup } from '../src/services/cleanup.ts'
 import type { TokenClaims } from '../src/services/auth/claims.ts'
-import { build, claimsOf, eventually, freshDatabase, login, postJson, refreshCookie, register, SECRET_KEY, TestClock } from './helper.ts'
+import { bearer, build, claimsOf, eventually, freshDatabase, login, postJson, refreshCookie, register, SECRET_KEY, TestClock } from './helper.ts'
 
-const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const cleared = (setCookie: string | string[] | undefined): string[] =>
   ([setCookie ?? []].flat()).filter((c) => /Expires=Thu, 01 Jan 1970/.test(c)).map((c) => c.split('=')[0]!).sort()
 

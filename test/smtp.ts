@@ -13,11 +13,20 @@ export interface Inbox {
   next: (timeoutMs?: number) => Promise<ParsedMail>
   /** The first mail to `to` whose text matches `text`, once it has arrived (a hang after 30 s), taken or not. */
   find: (to: string, text: RegExp) => Promise<ParsedMail>
+  /** The last mail to `to` whose text matches `text` of those arrived so far, taken or not. */
+  latest: (to: string, text: RegExp) => ParsedMail | undefined
   /** Stops taking connections: SMTP is down. */
   stop: () => Promise<void>
   /** Takes them again on the same port. */
   start: () => Promise<void>
 }
+
+/** The token of the link in a mail, in the URL's fragment (base64url, RFC 4648 §5). */
+export const tokenOf = (mail: ParsedMail): string => /#token=([A-Za-z0-9_-]{43})/.exec(mail.text ?? '')![1]!
+/** The six-digit code in a mail: the one after a colon, never digits of a username before it. */
+export const codeOf = (mail: ParsedMail): string => /: ([0-9]{6})\b/.exec(mail.text ?? '')![1]!
+
+const isTo = (mail: ParsedMail, to: string, text: RegExp): boolean => mail.to !== undefined && !Array.isArray(mail.to) && mail.to.text === to && text.test(mail.text ?? '')
 
 /**
  * A real SMTP server (nodemailer's smtp-server) on 127.0.0.1, the mail it receives parsed with
@@ -70,12 +79,13 @@ export async function startInbox (t: Test): Promise<Inbox> {
     async find (to, text) {
       const deadline = Date.now() + 30_000
       for (;;) {
-        const found = mails.find((mail) => mail.to !== undefined && !Array.isArray(mail.to) && mail.to.text === to && text.test(mail.text ?? ''))
+        const found = mails.find((mail) => isTo(mail, to, text))
         if (found !== undefined) return found
         if (Date.now() > deadline) throw new Error(`no mail to ${to} matching ${text}`)
         await new Promise((resolve) => setTimeout(resolve, 50))
       }
     },
+    latest: (to, text) => mails.findLast((mail) => isTo(mail, to, text)),
     stop,
     start
   }

@@ -3,9 +3,7 @@ import { TokenNotValidError } from '../src/errors.ts'
 import type { KyselyPlugin } from 'kysely'
 import { createSessions } from '../src/services/sessions/sessions.ts'
 import type { TokenClaims } from '../src/services/auth/claims.ts'
-import { build, claimsOf, login, postJson, refreshCookie, register, TestClock } from './helper.ts'
-
-const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+import { bearer, build, claimsOf, login, postJson, refreshCookie, register, TestClock } from './helper.ts'
 
 t.test('token endpoints', async (t) => {
   const clock = new TestClock()
