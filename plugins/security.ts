@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import { resolve } from 'node:path'
 import { BadRequestError, FORM_OR_JSON, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import type { Limit } from '../src/http/limits.ts'
-import { fallbackStore } from '../src/lib/rate-limit-store.ts'
+import { fallbackStore } from '../src/http/rate-limit-store.ts'
 import { SECURITY_HEADERS } from '../src/lib/security-headers.ts'
 
 const JSON_TYPE = /^application\/json\s*(?:;|$)/i
