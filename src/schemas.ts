@@ -65,6 +65,13 @@ export type Jwk = Static<typeof JwkSchema>
 /** A mail's link token, as the front end reads it from the link's fragment (#token=…), and a mail's code. */
 export const MailTokenSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the token of the mail\'s link, from its fragment (#token=…)' })
 export const MailCodeSchema = Type.String({ pattern: '^[0-9]{6}$', description: 'the 6-digit code of the mail' })
+/** What proves a mailed secret (a reset, a verification): the token of the mail's link, or the address and the mail's code. */
+export const MailedLinkSchema = Type.Object({ token: MailTokenSchema }, { additionalProperties: false })
+export const MailedCodeSchema = Type.Object({ email: EmailSchema, code: MailCodeSchema }, { additionalProperties: false })
+export const MailedProofSchema = Type.Union([MailedLinkSchema, MailedCodeSchema])
+export type MailedProof = Static<typeof MailedProofSchema>
+/** The fields of a body that takes a mailed proof beside others: each optional, the route says which go together. */
+export const MailedProofFieldsSchema = Type.Partial(Type.Composite([MailedLinkSchema, MailedCodeSchema]))
 
 /** The `:id` of a session or a second factor: a UUID, the hyphenated form only (ajv's uuid format also takes urn:uuid:…, which PostgreSQL does not). */
 export const UuidParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })

@@ -4,6 +4,7 @@ import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
 import { InvalidCursorError, MailLimitReachedError, NotFoundError, UserDeletedError, UserDisabledError, UserNotFoundError, ValidationFailedError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
+import { deleteUser, disable, enable, operatorViewOf, scrub, searchForOperator, setRoles } from './accounts/users.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import type { PasswordReset } from './password-reset.ts'
 import type { Mfa } from './mfa/mfa.ts'
@@ -44,7 +45,6 @@ export interface AdminDeps {
   config: Pick<Config, 'roles'>
 }
 
-const USER_COLUMNS = ['id', 'username', 'email', 'is_active', 'roles', 'created_at', 'last_login_at', 'disabled_reason', 'disabled_until', 'deleted_at'] as const
 type UserRow = { id: number, username: string, email: string, is_active: boolean, roles: string[], created_at: Date, last_login_at: Date | null, disabled_reason: string | null, disabled_until: Date | null, deleted_at: Date | null }
 
 const toUser = ({ is_active: active, ...row }: UserRow): AdminUser => ({ ...row, status: row.deleted_at !== null ? 'deleted' : active ? 'active' : 'disabled' })
@@ -85,7 +85,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
   }
 
   async function find (id: number): Promise<AdminUser> {
-    const row = id > INT4_MAX ? undefined : await db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id).executeTakeFirst()
+    const row = id > INT4_MAX ? undefined : await operatorViewOf(db, id)
     if (row === undefined) throw new UserNotFoundError(id)
     return toUser(row)
   }
@@ -111,19 +111,13 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
       const text = query.q?.trim()
       // A prefix of the username or the address, case-insensitive; LIKE's own characters as themselves.
       const prefix = text === undefined || text === '' ? undefined : `${text.replace(/[\\%_]/g, '\\$&')}%`
-      const rows = await db.selectFrom('users').select(USER_COLUMNS)
-        .$if(after !== undefined, (q) => q.where('id', '>', Number(after)))
-        .$if(prefix !== undefined, (q) => q.where((eb) => eb.or([
-          eb(sql`cast(username as text)`, 'ilike', sql`cast(${prefix} as text)`),
-          eb(sql`cast(email as text)`, 'ilike', sql`cast(${prefix} as text)`),
-          ...(/^[0-9]{1,9}$/.test(text!) ? [eb('id', '=', Number(text))] : [])
-        ])))
-        .$if(query.status === 'active', (q) => q.where('is_active', '=', true).where('deleted_at', 'is', null))
-        .$if(query.status === 'disabled', (q) => q.where('is_active', '=', false).where('deleted_at', 'is', null))
-        .$if(query.status === 'deleted', (q) => q.where('deleted_at', 'is not', null))
-        .orderBy('id')
-        .limit(query.limit + 1)
-        .execute()
+      const rows = await searchForOperator(db, {
+        after: after === undefined ? undefined : Number(after),
+        prefix,
+        id: prefix !== undefined && /^[0-9]{1,9}$/.test(text!) ? Number(text) : undefined,
+        status: query.status,
+        limit: query.limit + 1
+      })
       record('admin_read', operator, null, { what: 'users', q: text ?? null, status: query.status ?? null })
       return page(rows.map(toUser), query.limit, (user) => user.id)
     },
@@ -146,10 +140,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
       await existing(id)
       if (change.until !== undefined && change.until <= clock.now()) throw new ValidationFailedError([{ field: 'until', message: 'must be in the future' }])
       const ended = await sessions.changingUser(id, async (trx) => {
-        await trx.updateTable('users')
-          .set({ is_active: false, disabled_reason: change.reason, disabled_until: change.until ?? null })
-          .where('id', '=', id).where('deleted_at', 'is', null)
-          .execute()
+        await disable(trx, id, change.reason, change.until ?? null)
         return await sessions.endAll(id, trx)
       })
       record('user_disabled', operator, id, { reason: change.reason, until: change.until ?? null, sessions_ended: ended })
@@ -158,10 +149,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
 
     async enable (id: number, change: { reason: string }, operator: Operator): Promise<AdminUser> {
       await existing(id)
-      await sessions.changingUser(id, (trx) => trx.updateTable('users')
-        .set({ is_active: true, disabled_reason: null, disabled_until: null })
-        .where('id', '=', id).where('deleted_at', 'is', null)
-        .execute())
+      await sessions.changingUser(id, (trx) => enable(trx, id))
       record('user_enabled', operator, id, { reason: change.reason })
       return await find(id)
     },
@@ -176,20 +164,12 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
       await find(id)
       await sessions.changingUser(id, async (trx) => {
         if (change.mode === 'hard') {
-          await trx.deleteFrom('users').where('id', '=', id).execute()
+          await deleteUser(trx, id)
           return
         }
         await trx.deleteFrom('sessions').where('user_id', '=', id).execute()
         for (const table of ['one_time_codes', 'mfa_factors', 'recovery_codes'] as const) await trx.deleteFrom(table).where('user_id', '=', id).execute()
-        await trx.updateTable('users').set({
-          ...scrubbed(id),
-          password_hash: null,
-          roles: [],
-          is_active: false,
-          disabled_reason: change.reason,
-          disabled_until: null,
-          deleted_at: sql<Date>`coalesce(deleted_at, ${clock.db()})`
-        }).where('id', '=', id).execute()
+        await scrub(trx, id, scrubbed(id), change.reason, clock.db())
       })
       record('user_deleted', operator, id, { mode: change.mode, reason: change.reason })
     },
@@ -217,7 +197,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
       checkRoles(change.roles)
       const before = await existing(id)
       const roles = [...new Set(change.roles)].sort()
-      await sessions.changingUser(id, (trx) => trx.updateTable('users').set({ roles }).where('id', '=', id).where('deleted_at', 'is', null).execute())
+      await sessions.changingUser(id, (trx) => setRoles(trx, id, roles))
       record('user_roles_changed', operator, id, { reason: change.reason, before: before.roles, after: roles })
       return await find(id)
     },

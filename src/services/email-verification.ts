@@ -1,15 +1,12 @@
 import type { Config } from '../config.ts'
 import { InvalidCredentialsError, VerificationTokenInvalidError } from '../errors.ts'
-import type { MailTemplates } from './mail/templates.ts'
+import type { MailedProof } from '../schemas.ts'
 import type { Accounts } from './accounts/accounts.ts'
 import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './mail/outbox.ts'
 import type { Sessions } from './sessions/sessions.ts'
-
-/** What proves an address: the token of the mail's link, or the address and the mail's code. */
-export type VerificationProof = { token: string } | { email: string, code: string }
 
 /** What may show that whoever verifies also holds the account: the user of the request's live session, or the password they gave. */
 export interface Holder { userId?: number, password?: string }
@@ -19,7 +16,6 @@ export interface EmailVerificationDeps {
   sessions: Sessions
   oneTimeCodes: OneTimeCodes
   outbox: Outbox
-  templates: MailTemplates
   audit: AuditTrail
   accounts: Accounts
   addresses: Addresses
@@ -31,19 +27,21 @@ export interface EmailVerificationDeps {
  * sent (a secret of an address changed since verifies nothing). Requests answer the same for
  * every address; the worker sends nothing to an unknown or already verified one.
  */
-export function createEmailVerification ({ config, sessions, oneTimeCodes, outbox, templates, audit, accounts, addresses }: EmailVerificationDeps) {
+export function createEmailVerification ({ config, sessions, oneTimeCodes, outbox, audit, accounts, addresses }: EmailVerificationDeps) {
   outbox.define('email_verification', async (payload, trx) => {
-    const user = await trx.selectFrom('users').select(['id', 'username', 'email'])
-      .$if(payload.userId !== undefined, (q) => q.where('id', '=', Number(payload.userId)))
-      .$if(payload.userId === undefined, (q) => q.where('email', '=', String(payload.email)))
-      .where('is_active', '=', true).where('deleted_at', 'is', null).where('email_verified_at', 'is', null)
-      .executeTakeFirst()
-    if (user === undefined) return undefined
-    if (!await oneTimeCodes.mayMail(user.id, 'email_verification', trx)) return { heldBack: HELD_BACK, userId: user.id }
-    const issued = await oneTimeCodes.issue({ purpose: 'email_verification', userId: user.id, ttlS: config.emailVerificationTtlS, with: { token: true, code: true }, detail: { email: user.email } }, trx)
-    const link = `${config.APP_VERIFY_URL!}#token=${issued.token!}`
-    const mail = templates.render('email-verification', user.email, { username: user.username, link, code: issued.code!, hours: String(Math.round(config.emailVerificationTtlS / 3600)) })
-    return { mail, expiresAt: issued.expiresAt }
+    return await oneTimeCodes.mail({
+      purpose: 'email_verification',
+      to: payload.userId === undefined ? { email: String(payload.email) } : { userId: Number(payload.userId) },
+      // Nothing to an address verified already; the secret names the address it was sent to,
+      // which it verifies only while it is still the user's (addresses.prove).
+      unverified: true,
+      detail: (user) => ({ email: user.email }),
+      ttlS: config.emailVerificationTtlS,
+      with: { token: true, code: true },
+      link: config.APP_VERIFY_URL!,
+      template: 'email-verification',
+      values: { hours: String(Math.round(config.emailVerificationTtlS / 3600)) }
+    }, trx)
   })
 
   return {
@@ -68,7 +66,7 @@ export function createEmailVerification ({ config, sessions, oneTimeCodes, outbo
      * address without owning it (addresses.prove): its password, sessions and second factors.
      * A wrong password spends nothing. Whether the password was removed.
      */
-    async verify (proof: VerificationProof, caller: Caller, holder: Holder = {}): Promise<{ passwordRemoved: boolean }> {
+    async verify (proof: MailedProof, caller: Caller, holder: Holder = {}): Promise<{ passwordRemoved: boolean }> {
       const found = 'token' in proof ? await oneTimeCodes.inspect('email_verification', proof.token) : await oneTimeCodes.tryCode('email_verification', proof.email, proof.code)
       const address = found?.detail?.email
       const failed = (): never => {

@@ -5,6 +5,9 @@ import type { Db } from '../db/index.ts'
 import type { Database } from '../db/types.ts'
 import { seconds, type Clock } from '../lib/clock.ts'
 import { subkey } from '../lib/subkeys.ts'
+import { emailOfUser, findActive, idOfEmail } from './accounts/users.ts'
+import type { HeldBack, Prepared } from './mail/outbox.ts'
+import type { MailTemplate, MailTemplates } from './mail/templates.ts'
 import type { Executor } from './sessions/sessions.ts'
 
 /** What a single-use secret is for: each purpose's secrets are spent only by its own flow. */
@@ -30,10 +33,28 @@ export interface Issued { id: string, token?: string, code?: string, expiresAt: 
 /** An open secret found: its id, its user, and what it was issued with. */
 export interface Found { id: string, userId: number, detail: Record<string, unknown> | null }
 
+/** A mail of a one-time secret: what differs between the flows that send one. */
+export interface SecretMail {
+  purpose: CodePurpose
+  /** The active user it goes to: by id, or by the address asked for; `unverified`: only while that address is not verified yet. */
+  to: { userId: number } | { email: string }
+  unverified?: boolean
+  ttlS: number
+  with: { token?: boolean, code?: boolean }
+  /** The page of the link, if the mail has one: the token goes in its fragment, which mail scanners never send. */
+  link?: string
+  template: MailTemplate
+  /** The template's values besides the username and the secret's (link, code). */
+  values: Record<string, string>
+  /** What the secret is issued with, for the user it goes to. */
+  detail?: (user: { email: string }) => Record<string, unknown>
+}
+
 export interface OneTimeCodesDeps {
   db: Db
   clock: Clock
   config: Pick<Config, 'SECRET_KEY'>
+  templates: MailTemplates
 }
 
 const CODE_DIGITS = 6
@@ -59,7 +80,7 @@ const DEFAULT_TRIES = 5
  * never the link beside it. Nothing here is spent by reading: `inspect` says whether a token is
  * still good.
  */
-export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
+export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCodesDeps) {
   const pepper = subkey(config.SECRET_KEY, 'one-time-codes')
   const tokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
   const codeHash = (userId: number, purpose: CodePurpose, code: string): string => createHmac('sha256', pepper).update(`${userId}:${purpose}:${code}`).digest('base64url')
@@ -74,41 +95,61 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
   // someone's address must not spend the link in their mail).
   const triesLeft = (eb: ExpressionBuilder<Database, 'one_time_codes'>) => eb('attempts', '<', eb.ref('max_attempts'))
 
-  return {
-    /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction (unless `keepOthers`). */
-    async issue (options: IssueOptions, executor: Executor = db): Promise<Issued> {
-      const id = randomUUID()
-      const token = options.with.token === true ? randomBytes(32).toString('base64url') : undefined
-      const code = options.with.code === true ? String(randomInt(10 ** CODE_DIGITS)).padStart(CODE_DIGITS, '0') : undefined
-      const expiresAt = new Date(clock.now().getTime() + options.ttlS * 1000)
-      const write = async (trx: Executor): Promise<void> => {
-        if (options.keepOthers !== true) {
-          await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
-            .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
-            .execute()
-        }
-        // A new mail's code starts with all its tries.
-        if (code !== undefined) {
-          await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
-            .where('email', '=', (eb) => eb.selectFrom('users').select('email').where('id', '=', options.userId))
-            .execute()
-        }
-        await trx.insertInto('one_time_codes').values({
-          id,
-          purpose: options.purpose,
-          user_id: options.userId,
-          token_hash: token === undefined ? null : tokenHash(token),
-          code_hash: code === undefined ? null : codeHash(options.userId, options.purpose, code),
-          max_attempts: options.maxAttempts ?? DEFAULT_TRIES,
-          created_at: clock.db(),
-          expires_at: sql<Date>`${clock.db()} + ${seconds(options.ttlS)}`,
-          detail: options.detail === undefined ? null : JSON.stringify(options.detail)
-        }).execute()
+  /** A new secret of `purpose` for the user, the older open ones of that purpose cancelled in the same transaction (unless `keepOthers`). */
+  async function issue (options: IssueOptions, executor: Executor = db): Promise<Issued> {
+    const id = randomUUID()
+    const token = options.with.token === true ? randomBytes(32).toString('base64url') : undefined
+    const code = options.with.code === true ? String(randomInt(10 ** CODE_DIGITS)).padStart(CODE_DIGITS, '0') : undefined
+    const expiresAt = new Date(clock.now().getTime() + options.ttlS * 1000)
+    const write = async (trx: Executor): Promise<void> => {
+      if (options.keepOthers !== true) {
+        await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
+          .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
+          .execute()
       }
-      if (executor === db) await db.transaction().execute(write)
-      else await write(executor)
-      return { id, token, code, expiresAt }
-    },
+      // A new mail's code starts with all its tries.
+      if (code !== undefined) {
+        await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
+          .where('email', '=', emailOfUser(trx, options.userId))
+          .execute()
+      }
+      await trx.insertInto('one_time_codes').values({
+        id,
+        purpose: options.purpose,
+        user_id: options.userId,
+        token_hash: token === undefined ? null : tokenHash(token),
+        code_hash: code === undefined ? null : codeHash(options.userId, options.purpose, code),
+        max_attempts: options.maxAttempts ?? DEFAULT_TRIES,
+        created_at: clock.db(),
+        expires_at: sql<Date>`${clock.db()} + ${seconds(options.ttlS)}`,
+        detail: options.detail === undefined ? null : JSON.stringify(options.detail)
+      }).execute()
+    }
+    if (executor === db) await db.transaction().execute(write)
+    else await write(executor)
+    return { id, token, code, expiresAt }
+  }
+
+  /**
+   * Whether another secret of `purpose` may be mailed to the user: at most one a minute and
+   * five an hour, counting the cancelled and spent ones. Past that, a flow drops the request
+   * (its answer stays the same: a limit that answered would tell who has an account) and says
+   * so in the log (HELD_BACK).
+   */
+  async function mayMail (userId: number, purpose: CodePurpose, executor: Executor = db): Promise<boolean> {
+    const { minute, hour } = await executor.selectFrom('one_time_codes')
+      .select([
+        sql<string>`count(*) filter (where created_at > ${clock.db()} - interval '1 minute')`.as('minute'),
+        sql<string>`count(*)`.as('hour')
+      ])
+      .where('user_id', '=', userId).where('purpose', '=', purpose)
+      .where('created_at', '>', sql<Date>`${clock.db()} - ${seconds(MAIL_LIMIT_WINDOW_S)}`)
+      .executeTakeFirstOrThrow()
+    return Number(minute) < MAILS_PER_MINUTE && Number(hour) < MAILS_PER_HOUR
+  }
+
+  return {
+    issue,
 
     /** Spends the token of a link, once: its secret, or undefined (unknown, spent, expired, cancelled). */
     async spendToken (purpose: CodePurpose, token: string, executor: Executor = db): Promise<Found | undefined> {
@@ -132,8 +173,7 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
      */
     async tryCode (purpose: CodePurpose, email: string, code: string): Promise<Found | undefined> {
       return await db.transaction().execute(async (trx) => {
-        const user = await trx.selectFrom('users').select('id').where('email', '=', email).executeTakeFirst()
-        const userId = user?.id ?? NO_USER
+        const userId = await idOfEmail(trx, email) ?? NO_USER
         const openCode = trx.selectFrom('one_time_codes')
           .where('user_id', '=', userId).where('purpose', '=', purpose)
           .where('consumed_at', 'is', null).where('expires_at', '>', clock.db()).where('code_hash', 'is not', null)
@@ -150,22 +190,23 @@ export function createOneTimeCodes ({ db, clock, config }: OneTimeCodesDeps) {
       })
     },
 
+    mayMail,
+
     /**
-     * Whether another secret of `purpose` may be mailed to the user: at most one a minute and
-     * five an hour, counting the cancelled and spent ones. Past that, a flow drops the request
-     * (its answer stays the same: a limit that answered would tell who has an account) and says
-     * so in the log (HELD_BACK).
+     * Prepares the mail of a one-time secret (an outbox job): the active user it goes to, or
+     * nothing for none; held back past the per-account limit (mayMail); else a new secret,
+     * its link, and the mail rendered with them, which is good until the secret expires.
      */
-    async mayMail (userId: number, purpose: CodePurpose, executor: Executor = db): Promise<boolean> {
-      const { minute, hour } = await executor.selectFrom('one_time_codes')
-        .select([
-          sql<string>`count(*) filter (where created_at > ${clock.db()} - interval '1 minute')`.as('minute'),
-          sql<string>`count(*)`.as('hour')
-        ])
-        .where('user_id', '=', userId).where('purpose', '=', purpose)
-        .where('created_at', '>', sql<Date>`${clock.db()} - ${seconds(MAIL_LIMIT_WINDOW_S)}`)
-        .executeTakeFirstOrThrow()
-      return Number(minute) < MAILS_PER_MINUTE && Number(hour) < MAILS_PER_HOUR
+    async mail (mail: SecretMail, trx: Executor): Promise<Prepared | HeldBack | undefined> {
+      const user = await findActive(trx, mail.to, { unverified: mail.unverified })
+      if (user === undefined) return undefined
+      if (!await mayMail(user.id, mail.purpose, trx)) return { heldBack: HELD_BACK, userId: user.id }
+      const issued = await issue({ purpose: mail.purpose, userId: user.id, ttlS: mail.ttlS, with: mail.with, ...(mail.detail === undefined ? {} : { detail: mail.detail(user) }) }, trx)
+      const secret = {
+        ...(mail.link === undefined ? {} : { link: `${mail.link}#token=${issued.token!}` }),
+        ...(issued.code === undefined ? {} : { code: issued.code })
+      }
+      return { mail: templates.render(mail.template, user.email, { username: user.username, ...secret, ...mail.values }), expiresAt: issued.expiresAt }
     },
 
     /** Whether a link's token may still be spent, without spending it: the secret, and when it ends. */

@@ -3,16 +3,15 @@ import type { Db } from '../db/index.ts'
 import { MfaRequiredError, ResetTokenInvalidError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import type { MailTemplates } from './mail/templates.ts'
-import { hasSecondFactor, type Accounts } from './accounts/accounts.ts'
+import type { MailedProof } from '../schemas.ts'
+import type { Accounts } from './accounts/accounts.ts'
 import type { Addresses } from './accounts/addresses.ts'
+import { activeWithMethods, needsSecondStep, recipientOf, setPasswordHash, type SignInMethods } from './accounts/users.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './mail/outbox.ts'
 import type { MfaMethod, Mfa } from './mfa/mfa.ts'
 import type { Executor, Sessions } from './sessions/sessions.ts'
-
-/** What proves a reset: the token of the mail's link, or the address and the mail's code. */
-export type ResetProof = { token: string } | { email: string, code: string }
 
 /** The second factor a reset of an account that has one also takes (NIST 800-63B §6.1.2.3: two methods). */
 export interface SecondProof { method: MfaMethod, code: string }
@@ -41,26 +40,23 @@ export interface PasswordResetDeps {
 export function createPasswordReset ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses }: PasswordResetDeps) {
   // A reset of an account with a second factor takes a code of it too, once the address was
   // ever proven: before that, the factors are not the address owner's to be asked for.
-  const secondFactorAsked = (user: { second_factor: boolean, email_verified_at: Date | null }): boolean => user.second_factor && user.email_verified_at !== null
-
-  const activeUser = (column: 'id' | 'email', value: number | string, executor: Executor = db) => executor.selectFrom('users')
-    .select(['id', 'username', 'email', 'email_verified_at']).select(hasSecondFactor)
-    .where(column, '=', value).where('is_active', '=', true).where('deleted_at', 'is', null)
-    .executeTakeFirst()
+  const secondFactorAsked = (user: { methods: SignInMethods, email_verified_at: Date | null }): boolean => needsSecondStep(user.methods) && user.email_verified_at !== null
 
   // The payload names the user by the address asked for (forgot) or by id (an operator's mail).
   outbox.define('password_reset', async (payload, trx) => {
-    const user = payload.userId === undefined ? await activeUser('email', String(payload.email), trx) : await activeUser('id', Number(payload.userId), trx)
-    if (user === undefined) return undefined
-    if (!await oneTimeCodes.mayMail(user.id, 'password_reset', trx)) return { heldBack: HELD_BACK, userId: user.id }
-    const issued = await oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: config.passwordResetTtlS, with: { token: true, code: true } }, trx)
-    const link = `${config.APP_RESET_URL!}#token=${issued.token!}`
-    const mail = templates.render('password-reset', user.email, { username: user.username, link, code: issued.code!, minutes: String(Math.round(config.passwordResetTtlS / 60)) })
-    return { mail, expiresAt: issued.expiresAt }
+    return await oneTimeCodes.mail({
+      purpose: 'password_reset',
+      to: payload.userId === undefined ? { email: String(payload.email) } : { userId: Number(payload.userId) },
+      ttlS: config.passwordResetTtlS,
+      with: { token: true, code: true },
+      link: config.APP_RESET_URL!,
+      template: 'password-reset',
+      values: { minutes: String(Math.round(config.passwordResetTtlS / 60)) }
+    }, trx)
   })
 
   outbox.define('password_changed', async (payload, trx) => {
-    const user = await trx.selectFrom('users').select(['username', 'email']).where('id', '=', Number(payload.userId)).where('deleted_at', 'is', null).executeTakeFirst()
+    const user = await recipientOf(trx, Number(payload.userId))
     if (user === undefined) return undefined
     return { mail: templates.render('password-changed', user.email, { username: user.username, at: String(payload.at) }) }
   })
@@ -89,7 +85,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
      */
     async inspect (token: string): Promise<{ valid: boolean, expiresAt?: Date, mfaRequired?: boolean }> {
       const open = await oneTimeCodes.inspect('password_reset', token)
-      const user = open === undefined ? undefined : await activeUser('id', open.userId)
+      const user = open === undefined ? undefined : await activeWithMethods(db, open.userId)
       if (open === undefined || user === undefined) return { valid: false }
       return { valid: true, expiresAt: open.expiresAt, mfaRequired: secondFactorAsked(user) }
     },
@@ -105,9 +101,9 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
      * notice queued. An address proven for the first time is not asked for its factors: they go
      * (addresses.prove), as whoever added them never proved the address.
      */
-    async reset (proof: ResetProof, newPassword: string, caller: Caller, second?: SecondProof): Promise<void> {
+    async reset (proof: MailedProof, newPassword: string, caller: Caller, second?: SecondProof): Promise<void> {
       const found = 'token' in proof ? await oneTimeCodes.inspect('password_reset', proof.token) : await oneTimeCodes.tryCode('password_reset', proof.email, proof.code)
-      const user = found === undefined ? undefined : await activeUser('id', found.userId)
+      const user = found === undefined ? undefined : await activeWithMethods(db, found.userId)
       const failed = (): never => {
         audit.record({ event: 'password_reset', outcome: 'failure', userId: user?.id ?? null, ...('email' in proof ? { identifier: proof.email } : {}) }, caller)
         throw new ResetTokenInvalidError()
@@ -127,10 +123,7 @@ export function createPasswordReset ({ db, clock, config, accounts, sessions, on
         if (proven === undefined) throw new ResetTokenInvalidError()
         // Proven meanwhile by someone holding the account, whose factors stay: they are asked for.
         if (!asked && !proven.first && await mfa.hasFactor(user.id, trx)) throw new MfaRequiredError()
-        const changed = await trx.updateTable('users').set({ password_hash: hash })
-          .where('id', '=', user.id).where('is_active', '=', true).where('deleted_at', 'is', null)
-          .executeTakeFirst()
-        if (changed.numUpdatedRows !== 1n) throw new ResetTokenInvalidError()
+        if (!await setPasswordHash(trx, user.id, hash, 'active')) throw new ResetTokenInvalidError()
         const ended = await sessions.endAll(user.id, trx)
         await outbox.enqueue('password_changed', { userId: user.id, at: clock.now().toISOString() }, trx)
         return { ended, proven }

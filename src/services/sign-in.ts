@@ -2,12 +2,12 @@ import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
 import { epochSeconds, type Clock } from '../lib/clock.ts'
-import type { MailTemplates } from './mail/templates.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import { hasSecondFactor, type Accounts, type PasswordProof } from './accounts/accounts.ts'
+import type { Accounts, PasswordProof } from './accounts/accounts.ts'
+import { activeWithMethods, needsSecondStep } from './accounts/users.ts'
 import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
-import { HELD_BACK, type OneTimeCodes } from './one-time-codes.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
 import type { Outbox } from './mail/outbox.ts'
 import type { MfaChallenge, Mfa } from './mfa/mfa.ts'
 import type { Sessions } from './sessions/sessions.ts'
@@ -29,7 +29,6 @@ export interface SignInDeps {
   sessions: Sessions
   oneTimeCodes: OneTimeCodes
   outbox: Outbox
-  templates: MailTemplates
   audit: AuditTrail
   mfa: Mfa
   addresses: Addresses
@@ -40,32 +39,29 @@ export interface SignInDeps {
  * account still needs comes next, and only then does a session start. Every outcome is in the
  * audit trail, as `login`.
  */
-export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses }: SignInDeps) {
-  const activeUser = (id: number) => db.selectFrom('users').select(['id', 'username', 'email', 'roles']).select(hasSecondFactor)
-    .where('id', '=', id).where('is_active', '=', true).where('deleted_at', 'is', null)
-
+export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, audit, mfa, addresses }: SignInDeps) {
   outbox.define('email_sign_in', async (payload, trx) => {
-    const user = await trx.selectFrom('users').select(['id', 'username', 'email'])
-      .where('email', '=', String(payload.email)).where('is_active', '=', true).where('deleted_at', 'is', null)
-      .executeTakeFirst()
-    if (user === undefined) return undefined
-    if (!await oneTimeCodes.mayMail(user.id, 'email_sign_in', trx)) return { heldBack: HELD_BACK, userId: user.id }
-    const issued = await oneTimeCodes.issue({ purpose: 'email_sign_in', userId: user.id, ttlS: config.emailSignInTtlS, with: { code: true } }, trx)
-    const mail = templates.render('email-sign-in', user.email, { username: user.username, code: issued.code!, minutes: String(Math.round(config.emailSignInTtlS / 60)) })
-    return { mail, expiresAt: issued.expiresAt }
+    return await oneTimeCodes.mail({
+      purpose: 'email_sign_in',
+      to: { email: String(payload.email) },
+      ttlS: config.emailSignInTtlS,
+      with: { code: true },
+      template: 'email-sign-in',
+      values: { minutes: String(Math.round(config.emailSignInTtlS / 60)) }
+    }, trx)
   })
 
   // A first factor passed: what comes next. With EMAIL_VERIFICATION=required, an address not
   // yet verified stops here (said only to whoever proved the password); a user with a second
   // factor gets an mfa_token and no pair; else the session, aal1.
-  async function next ({ user, credential, emailVerified, secondFactor }: PasswordProof, caller: Caller, method: 'password' | 'email_code', { cookies }: StepOptions): Promise<SignInStep> {
+  async function next ({ user, credential, emailVerified, methods }: PasswordProof, caller: Caller, method: 'password' | 'email_code', { cookies }: StepOptions): Promise<SignInStep> {
     if (config.EMAIL_VERIFICATION === 'required' && !emailVerified) {
       audit.record({ event: 'login', outcome: 'failure', userId: user.id, detail: { method, reason: 'email_not_verified' } }, caller)
       throw new EmailNotVerifiedError()
     }
     // RFC 8176: a password is pwd; a code mailed once is otp.
     const amr = [method === 'password' ? 'pwd' : 'otp']
-    if (secondFactor) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
+    if (needsSecondStep(methods)) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
     let started
     try {
       started = await sessions.start(credential, caller.client, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })
@@ -106,7 +102,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
      */
     async emailCode (email: string, code: string, caller: Caller): Promise<SignInStep> {
       const found = await oneTimeCodes.tryCode('email_sign_in', email, code)
-      const user = found === undefined ? undefined : await activeUser(found.userId).executeTakeFirst()
+      const user = found === undefined ? undefined : await activeWithMethods(db, found.userId)
       const proven = user === undefined
         ? undefined
         : await sessions.changingUser(user.id, async (trx) => await oneTimeCodes.spend('email_sign_in', found!.id, trx) ? await addresses.prove(trx, user.id, user.email) : undefined)
@@ -115,7 +111,9 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         throw new SignInCodeInvalidError()
       }
       addresses.committed(user.id, proven, 'email_code', caller)
-      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, secondFactor: user.second_factor && !proven.first }
+      // A first proof of the address removed the second factors (addresses.prove): none is asked.
+      const methods = proven.first ? { ...user.methods, totp: false, recoveryCodes: false } : user.methods
+      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, methods }
       return await next(proof, caller, 'email_code', { cookies: true })
     }
   }

@@ -1,8 +1,6 @@
 import bcrypt from 'bcrypt'
-import type { ExpressionBuilder } from 'kysely'
 import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
-import type { Database } from '../../db/types.ts'
 import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, ValidationFailedError } from '../../errors.ts'
 import type { Clock } from '../../lib/clock.ts'
 import { isDjangoHash, verifyDjangoPassword } from '../../lib/django-hashers.ts'
@@ -12,6 +10,7 @@ import type { User } from '../../schemas.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import type { SessionUser } from '../sessions/cache.ts'
 import type { Credential, Sessions } from '../sessions/sessions.ts'
+import { byIdentifier, insertUser, methodsOf, passwordHashOf, recordSignIn, setPasswordHash, signInMethods, type SignInMethods } from './users.ts'
 
 export interface Registration { username: string, email: string, password: string }
 
@@ -23,12 +22,8 @@ export interface AccountsDeps {
   audit: AuditTrail
 }
 
-/** A first factor passed: the user, the credential a session starts from, whether their address is verified, whether a second factor must follow. */
-export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean, secondFactor: boolean }
-
-/** A selection of `users`: whether the user has a verified second factor (read with the user, no round trip of its own). */
-export const hasSecondFactor = (eb: ExpressionBuilder<Database, 'users'>) => eb.exists(eb.selectFrom('mfa_factors').select('mfa_factors.id')
-  .whereRef('mfa_factors.user_id', '=', 'users.id').where('mfa_factors.verified_at', 'is not', null)).$castTo<boolean>().as('second_factor')
+/** A first factor passed: the user, the credential a session starts from, whether their address is verified, what they can sign in with (whether a second step must follow). */
+export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean, methods: SignInMethods }
 
 function isUniqueViolation (error: unknown): error is { code: string, constraint?: string } {
   return (error as { code?: unknown } | null)?.code === '23505'
@@ -75,12 +70,6 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     ? Buffer.byteLength(password, 'utf8') <= MAX_PASSWORD_BYTES
     : bcrypt.getRounds(hash) !== cost
 
-  // The user a sign-in names: by email when it holds an @, else by username (NFKC). citext
-  // compares as the unique constraints do, without regard to case.
-  const byIdentifier = (identifier: string) => identifier.includes('@')
-    ? db.selectFrom('users').where('email', '=', identifier)
-    : db.selectFrom('users').where('username', '=', normalizeUsername(identifier))
-
   /** Throws ValidationFailedError of `new_password` unless the password passes the policy for the user. */
   function checkNewPassword (password: string, user: { username?: string, email?: string }): void {
     const problems = passwordProblems(password, user)
@@ -96,8 +85,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * cost, whatever the cause, so the answer's timing tells nothing about the account.
    */
   async function authenticate (identifier: string, password: string): Promise<PasswordProof> {
-    const row = await byIdentifier(identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles', 'email_verified_at'])
-      .select(hasSecondFactor).executeTakeFirst()
+    const row = await byIdentifier(db, identifier).select(['id', 'username', 'email', 'password_hash', 'is_active', 'disabled_until', 'roles', 'email_verified_at'])
+      .select(signInMethods).executeTakeFirst()
 
     const hash = row?.password_hash ?? undefined
     const matches = await passwordMatches(password, hash)
@@ -109,18 +98,9 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
     const rehash = needsRehash(hash, password) ? await bcrypt.hash(password, cost) : undefined
-    const updated = await db.updateTable('users')
-      .set({
-        last_login_at: clock.db(),
-        ...(rehash === undefined ? {} : { password_hash: rehash }),
-        ...(resumes ? { is_active: true, disabled_reason: null, disabled_until: null } : {})
-      })
-      .where('id', '=', row.id)
-      .$if(rehash !== undefined, (q) => q.where('password_hash', '=', hash))
-      .$if(resumes, (q) => q.where('disabled_until', '=', row.disabled_until!))
-      .executeTakeFirst()
-    const passwordHash = rehash !== undefined && updated.numUpdatedRows === 1n ? rehash : hash
-    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null, secondFactor: row.second_factor }
+    const updated = await recordSignIn(db, row.id, clock.db(), { rehash, hash, ...(resumes ? { resumeFrom: row.disabled_until! } : {}) })
+    const passwordHash = rehash !== undefined && updated ? rehash : hash
+    return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null, methods: methodsOf(row) }
   }
 
   return {
@@ -130,7 +110,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
      * account, the identifier itself, case-folded.
      */
     async limitKey (identifier: string): Promise<string> {
-      const row = await byIdentifier(identifier).select('id').executeTakeFirst()
+      const row = await byIdentifier(db, identifier).select('id').executeTakeFirst()
       return row === undefined ? `name:${normalizeUsername(identifier).toLowerCase()}` : `user:${row.id}`
     },
 
@@ -139,7 +119,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
 
     /** Whether `password` is the user's: a comparison at the configured cost either way, as every password check. */
     async passwordIs (userId: number, password: string): Promise<boolean> {
-      const row = await db.selectFrom('users').select('password_hash').where('id', '=', userId).executeTakeFirst()
+      const row = await passwordHashOf(db, userId).executeTakeFirst()
       return await passwordMatches(password, row?.password_hash ?? undefined)
     },
 
@@ -158,10 +138,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
       const passwordHash = await bcrypt.hash(input.password, cost)
       let user: User
       try {
-        user = await db.insertInto('users')
-          .values({ username, email: input.email, password_hash: passwordHash })
-          .returning(['id', 'username', 'email'])
-          .executeTakeFirstOrThrow()
+        user = await insertUser(db, { username, email: input.email, password_hash: passwordHash })
       } catch (error) {
         if (isUniqueViolation(error)) throw error.constraint === 'users_email_key' ? new EmailTakenError() : new UsernameTakenError()
         throw error
@@ -176,7 +153,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
      */
     async changePassword (user: SessionUser, currentPassword: string, newPassword: string, caller: Caller): Promise<void> {
       const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
-      const { password_hash: hash } = await db.selectFrom('users').select('password_hash').where('id', '=', user.id).executeTakeFirstOrThrow()
+      const { password_hash: hash } = await passwordHashOf(db, user.id).executeTakeFirstOrThrow()
       if (hash === null || !await passwordMatches(currentPassword, hash)) {
         audit.record({ ...who, outcome: 'failure' }, caller)
         throw new InvalidCredentialsError()
@@ -185,9 +162,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
       const newHash = await hashPassword(newPassword)
       await sessions.changingUser(user.id, async (trx) => {
         // Keyed by the hash just verified: of two changes at once, the second finds it gone.
-        const changed = await trx.updateTable('users').set({ password_hash: newHash })
-          .where('id', '=', user.id).where('password_hash', '=', hash).executeTakeFirst()
-        if (changed.numUpdatedRows !== 1n) throw new InvalidCredentialsError()
+        if (!await setPasswordHash(trx, user.id, newHash, { was: hash })) throw new InvalidCredentialsError()
         await sessions.revoke(user.id, user.sessionId, 'others', trx)
       })
       audit.record(who, caller)

@@ -6,6 +6,7 @@ import type { AuditTrail, Caller } from '../audit.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Mfa } from '../mfa/mfa.ts'
 import type { Sessions } from '../sessions/sessions.ts'
+import { lockForProof, markVerified, recipientOf } from './users.ts'
 
 /** What the first proof of an account's address took from it. */
 export interface Removed { password: boolean, sessions: number, factors: number }
@@ -43,7 +44,7 @@ function described ({ password, sessions, factors }: Removed): string {
  */
 export function createAddresses ({ clock, sessions, mfa, outbox, templates, audit }: AddressesDeps) {
   outbox.define('address_proven', async (payload, trx) => {
-    const user = await trx.selectFrom('users').select(['username', 'email']).where('id', '=', Number(payload.userId)).where('deleted_at', 'is', null).executeTakeFirst()
+    const user = await recipientOf(trx, Number(payload.userId))
     if (user === undefined) return undefined
     return { mail: templates.render('address-proven', user.email, { username: user.username, removed: String(payload.removed), at: String(payload.at) }) }
   })
@@ -58,14 +59,11 @@ export function createAddresses ({ clock, sessions, mfa, outbox, templates, audi
      * sets a password and ends every session); a notice of what went is queued.
      */
     async prove (trx: Transaction<Database>, userId: number, email: string, { holder = false, itself = {} }: { holder?: boolean, itself?: { password?: true, sessions?: true } } = {}): Promise<Proven | undefined> {
-      const before = await trx.selectFrom('users').select(['email_verified_at', 'password_hash'])
-        .where('id', '=', userId).where('email', '=', email).where('deleted_at', 'is', null)
-        .forUpdate()
-        .executeTakeFirst()
+      const before = await lockForProof(trx, userId, email)
       if (before === undefined) return undefined
       if (before.email_verified_at !== null) return { first: false, removed: NOTHING }
       const password = !holder && itself.password !== true && before.password_hash !== null
-      await trx.updateTable('users').set({ email_verified_at: clock.db(), ...(password ? { password_hash: null } : {}) }).where('id', '=', userId).execute()
+      await markVerified(trx, userId, clock.db(), { dropPassword: password })
       if (holder) return { first: true, removed: NOTHING }
       const removed = {
         password,

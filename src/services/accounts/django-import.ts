@@ -1,11 +1,12 @@
 import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import { Kysely, PostgresDialect, sql } from 'kysely'
+import { Kysely, PostgresDialect } from 'kysely'
 import { readFile } from 'node:fs/promises'
 import { workPool } from '../../db/connections.ts'
 import type { Db } from '../../db/index.ts'
 import { importableHash } from '../../lib/django-hashers.ts'
 import { normalizeUsername, usernameProblem } from '../../lib/usernames.ts'
+import { advanceIdSequence, holdersOf, importUser } from './users.ts'
 
 /** The columns of Django's `auth_user` that authgate keeps. */
 interface AuthUserTable { id: number, username: string, email: string, password: string, is_active: boolean }
@@ -102,24 +103,11 @@ async function importDjangoUsers (db: Db, source: string): Promise<ImportReport>
         skipped.push({ id: user.id, username: user.username, why })
         continue
       }
-      // Kysely's builder cannot say `overriding system value`, which explicit ids of an
-      // identity column need. Without a conflict target, every unique constraint (id,
-      // username, email) makes the row a no-op instead of an error: the database decides.
-      const { rows } = await sql<{ id: number }>`
-        insert into users (id, username, email, password_hash, is_active) overriding system value
-        values (${user.id}, ${username}, ${user.email}, ${user.password}, ${user.is_active})
-        on conflict do nothing
-        returning id`.execute(trx)
-      if (rows.length === 1) {
+      if (await importUser(trx, { id: user.id, username, email: user.email, passwordHash: user.password, isActive: user.is_active }) !== undefined) {
         imported++
         continue
       }
-      // citext compares as the unique constraints do, without regard to case.
-      const holders = await trx.selectFrom('users')
-        .select(['id', 'username', 'email', sql<boolean>`username = ${username}`.as('same_username'), sql<boolean>`email = ${user.email}`.as('same_email')])
-        .where((eb) => eb.or([eb('id', '=', user.id), eb('username', '=', username), eb('email', '=', user.email)]))
-        .orderBy('id')
-        .execute()
+      const holders = await holdersOf(trx, { id: user.id, username, email: user.email })
       const same = holders.find((holder) => holder.id === user.id)
       if (same?.same_username === true && same.same_email) {
         unchanged++
@@ -130,11 +118,7 @@ async function importDjangoUsers (db: Db, source: string): Promise<ImportReport>
         : `${[holder.same_username && 'username', holder.same_email && 'email'].filter(Boolean).join(' and ')} taken by the authgate user of id ${holder.id}`)
       skipped.push({ id: user.id, username: user.username, why: reasons.join('; ') || 'a conflicting user changed meanwhile: run the import again' })
     }
-    // Past the highest id, and never back: ids of deleted users are not handed out again.
-    await sql`
-      select setval(seq, greatest(max_id, coalesce(pg_sequence_last_value(seq), 0)))
-      from (select pg_get_serial_sequence('users', 'id')::regclass as seq, max(id) as max_id from users) as users
-      where max_id is not null`.execute(trx)
+    await advanceIdSequence(trx)
   })
   return { imported, unchanged, skipped }
 }

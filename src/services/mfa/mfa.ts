@@ -12,15 +12,16 @@ import type { MailTemplates } from '../mail/templates.ts'
 import { SecretBox } from '../../lib/secret-box.ts'
 import { subkey } from '../../lib/subkeys.ts'
 import type { TokenPair } from '../../schemas.ts'
-import { hasSecondFactor } from '../accounts/accounts.ts'
+import {
+  activeUsers, clearSecondSteps, countSecondStep, methodsOfUser, needsSecondStep, recipientOf, secondStepMethods, uncountSecondStep, type MfaMethod
+} from '../accounts/users.ts'
 import type { AuditEventName, AuditTrail, Caller } from '../audit.ts'
 import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
 import type { OneTimeCodes } from '../one-time-codes.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Credential, Executor, Sessions } from '../sessions/sessions.ts'
 
-/** How a second step is proven: a code of the authenticator app, or one of the recovery codes. */
-export type MfaMethod = 'totp' | 'recovery_code'
+export type { MfaMethod }
 
 /** A second factor as its user sees it. */
 export interface FactorInfo { id: string, kind: 'totp', created_at: Date, verified: boolean }
@@ -98,7 +99,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
   }
 
   outbox.define('second_factor_changed', async (payload, trx) => {
-    const user = await trx.selectFrom('users').select(['username', 'email']).where('id', '=', Number(payload.userId)).where('deleted_at', 'is', null).executeTakeFirst()
+    const user = await recipientOf(trx, Number(payload.userId))
     if (user === undefined) return undefined
     return { mail: templates.render('second-factor-changed', user.email, { username: user.username, change: String(payload.change), at: String(payload.at) }) }
   })
@@ -110,7 +111,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     .where('user_id', '=', userId).where('verified_at', 'is not', null)
 
   async function hasFactor (userId: number, executor: Executor = db): Promise<boolean> {
-    return (await executor.selectFrom('users').select(hasSecondFactor).where('id', '=', userId).executeTakeFirst())?.second_factor === true
+    return needsSecondStep(await methodsOfUser(executor, userId))
   }
 
   // Adding or removing a factor, and new recovery codes, take a recent proof: a sign-in (or a
@@ -175,29 +176,12 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
    * lock. Of parallel tries, no more than the lock allows are ever judged. A lock that has run
    * out starts the count again.
    */
-  async function countTry (userId: number): Promise<number | undefined> {
-    const counted = await db.updateTable('users')
-      .set((eb) => {
-        const tries = sql<number>`(case when ${eb.ref('mfa_locked_until')} is null then ${eb.ref('mfa_failures')} + 1 else 1 end)`
-        return { mfa_failures: tries, mfa_locked_until: sql<Date | null>`case when ${tries} >= cast(${LOCK_AFTER} as integer) then ${clock.db()} + ${seconds(LOCK_S)} end` }
-      })
-      .where('id', '=', userId)
-      .where((eb) => eb.or([eb('mfa_locked_until', 'is', null), eb('mfa_locked_until', '<=', clock.db())]))
-      .returning('mfa_failures')
-      .executeTakeFirst()
-    return counted?.mfa_failures
-  }
+  const countTry = (userId: number): Promise<number | undefined> =>
+    countSecondStep(db, userId, clock.db(), LOCK_AFTER, sql<Date>`${clock.db()} + ${seconds(LOCK_S)}`)
 
   // Takes back a try that was not a guess (its code was used already, or it was never judged):
   // with the lock it set, if it was the one that set it; never a lock another try set.
-  async function takeBackTry (userId: number, tries: number): Promise<void> {
-    await db.updateTable('users').set({ mfa_failures: sql<number>`mfa_failures - 1`, mfa_locked_until: null })
-      .where('id', '=', userId).where('mfa_failures', '>', 0)
-      .where((eb) => tries >= LOCK_AFTER
-        ? eb.and([eb('mfa_failures', '=', tries), eb('mfa_locked_until', 'is not', null)])
-        : eb('mfa_locked_until', 'is', null))
-      .execute()
-  }
+  const takeBackTry = (userId: number, tries: number): Promise<void> => uncountSecondStep(db, userId, tries, LOCK_AFTER)
 
   /**
    * A second step of the user: counted first (refused while locked), then judged in one
@@ -239,7 +223,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
       record('mfa_verify', userId, caller, { method, ...(locked ? { locked_for_s: LOCK_S } : {}) }, 'failure')
       throw locked ? new MfaLockedError() : new MfaCodeInvalidError()
     }
-    await db.updateTable('users').set({ mfa_failures: 0, mfa_locked_until: null }).where('id', '=', userId).execute()
+    await clearSecondSteps(db, userId)
     record('mfa_verify', userId, caller, { method })
     if (method === 'recovery_code') {
       const left = await recoveryCodesLeft(userId)
@@ -256,7 +240,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
   async function removeAll (userId: number, executor: Executor): Promise<number> {
     const deleted = await executor.deleteFrom('mfa_factors').where('user_id', '=', userId).executeTakeFirst()
     await executor.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
-    await executor.updateTable('users').set({ mfa_failures: 0, mfa_locked_until: null }).where('id', '=', userId).execute()
+    await clearSecondSteps(executor, userId)
     return Number(deleted.numDeletedRows)
   }
 
@@ -365,8 +349,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
         with: { token: true },
         detail: { amr: first.amr, cookies: first.cookies, ...(credential.passwordHash === undefined ? {} : { password: passwordDigest(credential.passwordHash) }) }
       })
-      const left = await recoveryCodesLeft(credential.userId)
-      return { mfaToken: issued.token!, methods: left > 0 ? ['totp', 'recovery_code'] : ['totp'] }
+      return { mfaToken: issued.token!, methods: secondStepMethods(await methodsOfUser(db, credential.userId)) }
     },
 
     /** The user of an open mfa_token, if it is one (the per-account rate limit of the second step counts by it). */
@@ -395,7 +378,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
         throw error
       }
       const detail = open.detail as { amr: string[], cookies: boolean, password?: string }
-      const user = await db.selectFrom('users').select(['roles', 'password_hash']).where('id', '=', userId).where('is_active', '=', true).executeTakeFirst()
+      const user = await activeUsers(db).select(['roles', 'password_hash']).where('id', '=', userId).executeTakeFirst()
       // The password of the first step changed since (or the account was disabled): start again.
       if (user === undefined || (detail.password !== undefined && (user.password_hash === null || passwordDigest(user.password_hash) !== detail.password))) throw new InvalidCredentialsError()
       const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }

@@ -11,7 +11,7 @@ import type { AuditTrail, Caller, Client } from '../audit.ts'
 import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
 import type { Keyring } from '../keys/keyring.ts'
 import type { SessionCache, SessionUser } from './cache.ts'
-import { SESSION_USER_COLUMNS, type UserWithRoles } from '../accounts/users.ts'
+import { activeUsers, SESSION_USER_COLUMNS, sessionUsers, type UserWithRoles } from '../accounts/users.ts'
 
 export type { Executor }
 
@@ -109,12 +109,11 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
   // The session, joined to its user, if it is active: not revoked, not ended, user active.
   const activeSession = (sessionId: string, userId: number) => db.selectFrom('sessions as s')
-    .innerJoin('users as u', 'u.id', 's.user_id')
+    .innerJoin(sessionUsers(db).as('u'), 'u.id', 's.user_id')
     .where('s.id', '=', sessionId)
     .where('s.user_id', '=', userId)
     .where('s.revoked_at', 'is', null)
     .where('s.expires_at', '>', clock.db())
-    .where('u.is_active', '=', true)
 
   // Ends sessions of a user that are still open; the caller narrows which.
   const endSessions = (userId: number, executor: Executor = db) => executor.updateTable('sessions')
@@ -181,7 +180,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
       const result = await db
         .with('s', (q) => q.insertInto('sessions')
           .columns(['id', 'user_id', 'created_at', 'last_seen_at', 'expires_at', 'user_agent', 'ip'])
-          .expression((eb) => eb.selectFrom('users').select([
+          .expression(activeUsers(db).select([
             sql<string>`cast(${sessionId} as uuid)`.as('id'),
             'id as user_id',
             clock.db().as('created_at'),
@@ -191,7 +190,6 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
             sql<string | null>`cast(${client.ip} as text)`.as('ip')
           ])
             .where('id', '=', userId)
-            .where('is_active', '=', true)
             .$if(credential.passwordHash !== undefined, (w) => w.where('password_hash', '=', credential.passwordHash!))
             .forShare())
           .returning('id'))

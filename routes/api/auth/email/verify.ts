@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { DatabaseUnavailableError, ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { credentialLimits } from '#src/http/limits.ts'
-import { AccessTokenSecurity, EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems } from '#src/schemas.ts'
+import { AccessTokenSecurity, MailedProofFieldsSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/email/verify (docs/email.md): the verification mail's link token, or its address and code. */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -27,9 +27,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       description: 'The first proof of an account\'s address by someone who does not show they hold the account (no session of it, no password) removes its password, sessions and second factors: they may be a squatter\'s (docs/email.md).',
       security: [...AccessTokenSecurity, {}],
       body: Type.Object({
-        token: Type.Optional(MailTokenSchema),
-        email: Type.Optional(EmailSchema),
-        code: Type.Optional(MailCodeSchema),
+        ...MailedProofFieldsSchema.properties,
         password: Type.Optional({ ...PasswordSchema, description: 'the account\'s password: whoever verifies holds the account, and it stays as it is' })
       }, { additionalProperties: false }),
       response: {

@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { credentialLimits } from '#src/http/limits.ts'
-import { EmailSchema, MailCodeSchema, MailTokenSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
+import { MailedProofFieldsSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -12,9 +12,7 @@ const reset: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['account'],
       summary: 'Set a new password with the reset mail\'s token, or its address and code: every session ends, nobody is signed in',
       body: Type.Object({
-        token: Type.Optional(MailTokenSchema),
-        email: Type.Optional(EmailSchema),
-        code: Type.Optional(MailCodeSchema),
+        ...MailedProofFieldsSchema.properties,
         new_password: PasswordSchema,
         // An account with a second factor: a code of it too (inspect says whether one is needed).
         mfa_method: Type.Optional(SecondFactorMethodSchema),

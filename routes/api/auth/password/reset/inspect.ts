@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { perIp } from '#src/http/limits.ts'
-import { MailTokenSchema, problems } from '#src/schemas.ts'
+import { MailedLinkSchema, problems } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset/inspect: whether a reset link's token is still good; spends nothing. */
 const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -9,7 +9,7 @@ const inspect: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['account'],
       summary: 'Whether a reset link\'s token is still good, without spending it (a POST: nothing a link scanner sends reaches it)',
-      body: Type.Object({ token: MailTokenSchema }, { additionalProperties: false }),
+      body: MailedLinkSchema,
       response: {
         200: Type.Object({
           valid: Type.Boolean(),
