@@ -1,6 +1,5 @@
-import { createHash, createHmac, randomBytes, randomUUID } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { sql, type Transaction } from 'kysely'
-import { generateSecret, generateURI, verifySync } from 'otplib'
 import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
 import type { Database } from '../../db/types.ts'
@@ -9,8 +8,6 @@ import {
 } from '../../errors.ts'
 import { epochSeconds, seconds, type Clock } from '../../lib/clock.ts'
 import type { MailTemplates } from '../mail/templates.ts'
-import { SecretBox } from '../../lib/secret-box.ts'
-import { subkey } from '../../lib/subkeys.ts'
 import type { TokenPair } from '../../schemas.ts'
 import {
   activeUsers, clearSecondSteps, countSecondStep, methodsOfUser, needsSecondStep, recipientOf, secondStepMethods, uncountSecondStep, type MfaMethod
@@ -20,11 +17,10 @@ import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claim
 import type { OneTimeCodes } from '../one-time-codes.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Credential, Executor, Sessions } from '../sessions/sessions.ts'
+import { createRecoveryCodes } from './recovery-codes.ts'
+import { createTotp, type FactorInfo, type Judged } from './totp.ts'
 
-export type { MfaMethod }
-
-/** A second factor as its user sees it. */
-export interface FactorInfo { id: string, kind: 'totp', created_at: Date, verified: boolean }
+export type { FactorInfo, MfaMethod }
 
 /** What a first factor that needs a second answers: no pair, a token for the second step. */
 export interface MfaChallenge { mfaToken: string, methods: MfaMethod[] }
@@ -43,31 +39,20 @@ export interface MfaDeps {
   audit: AuditTrail
 }
 
-// RFC 6238's defaults, as every authenticator app reads an otpauth URI: SHA-1, 6 digits, 30 s;
-// a code of the step before or after is taken too (clock drift), each step at most once.
-const STEP_S = 30
 // An mfa_token: 5 minutes, 5 tries.
 const CHALLENGE_TTL_S = 300
 const CHALLENGE_TRIES = 5
 // Failed second steps in a row (whatever the token, the session) that lock them, and for how long.
 const LOCK_AFTER = 10
 const LOCK_S = 15 * 60
-const RECOVERY_CODES = 10
 // A change of factors takes a sign-in (or a step-up) within this long.
 const RECENT_S = 10 * 60
-
-// A recovery code: 80 random bits as 20 hex digits in groups of five; typed back in any case,
-// with or without the dashes and spaces.
-const newRecoveryCode = (): string => randomBytes(10).toString('hex').match(/.{5}/g)!.join('-')
-const normalizeRecoveryCode = (code: string): string => code.toLowerCase().replace(/[\s-]/g, '')
 
 // The methods of a sign-in, each once, in order (RFC 8176 §2). A TOTP is RFC 8176's `otp`; a
 // recovery code has no registered value and is named apart, so that a gateway can tell them.
 const methods = (...amr: string[]): string[] => [...new Set(amr)]
 const secondAmr = (method: MfaMethod): string[] => [method === 'totp' ? 'otp' : 'recovery_code', 'mfa']
 
-/** What a code was, once judged: the one taken, a wrong one, or a right one used already (not a guess). */
-type Judged = 'right' | 'wrong' | 'used'
 // Thrown out of the transaction that judged a code that is not right, so that nothing of it stays.
 class Judgement extends Error {
   readonly judged: Exclude<Judged, 'right'>
@@ -86,9 +71,8 @@ class Judgement extends Error {
  * session, the old one ended: a session id is renewed when its privilege changes (OWASP).
  */
 export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, templates, audit }: MfaDeps) {
-  const box = new SecretBox(config.SECRET_KEY, 'mfa-secrets')
-  const recoveryKey = subkey(config.SECRET_KEY, 'recovery-codes')
-  const recoveryHash = (userId: number, code: string): string => createHmac('sha256', recoveryKey).update(`${userId}:${normalizeRecoveryCode(code)}`).digest('base64url')
+  const totp = createTotp({ db, clock, config })
+  const recoveryCodes = createRecoveryCodes({ db, clock, config })
   // What a challenge keeps of the password its first step checked: a digest, so that a password
   // changed in between makes the second step fail.
   const passwordDigest = (hash: string): string => createHash('sha256').update(hash).digest('base64url')
@@ -107,9 +91,6 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
   const notify = (userId: number, change: string, executor: Executor = db): Promise<void> =>
     outbox.enqueue('second_factor_changed', { userId, change, at: clock.now().toISOString() }, executor)
 
-  const verifiedFactors = (userId: number, executor: Executor = db) => executor.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
-    .where('user_id', '=', userId).where('verified_at', 'is not', null)
-
   async function hasFactor (userId: number, executor: Executor = db): Promise<boolean> {
     return needsSecondStep(await methodsOfUser(executor, userId))
   }
@@ -121,53 +102,6 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
   function requireRecent (claims: TokenClaims, { aal2 }: { aal2: boolean }): void {
     if (aal2 && authContextOf(claims).aal !== 'aal2') throw new Aal2RequiredError()
     if ((claims.auth_time ?? 0) < nowS() - RECENT_S) throw new RecentSignInRequiredError()
-  }
-
-  // Takes a TOTP code of one of `factors` once: the time step it matched is stored by a guarded
-  // UPDATE, which a second use of the code (or of an older one) finds already past: `used`.
-  async function takeTotp (factors: Array<{ id: string, secret_sealed: string }>, code: string, executor: Executor = db): Promise<Judged> {
-    if (!/^[0-9]{6}$/.test(code)) return 'wrong'
-    const now = nowS()
-    let used = false
-    for (const factor of factors) {
-      const result = verifySync({ secret: box.open(factor.secret_sealed, factor.id), token: code, epoch: now, epochTolerance: STEP_S })
-      if (!result.valid) continue
-      const step = Math.floor(now / STEP_S) + result.delta
-      const taken = await executor.updateTable('mfa_factors').set({ last_step: step })
-        .where('id', '=', factor.id)
-        .where((eb) => eb.or([eb('last_step', 'is', null), eb('last_step', '<', String(step))]))
-        .executeTakeFirst()
-      if (taken.numUpdatedRows === 1n) return 'right'
-      used = true
-    }
-    return used ? 'used' : 'wrong'
-  }
-
-  // Spends one of the user's recovery codes: `used` when it is one of theirs spent already.
-  async function takeRecoveryCode (userId: number, code: string, executor: Executor): Promise<Judged> {
-    const hash = recoveryHash(userId, code)
-    const spent = await executor.updateTable('recovery_codes').set({ used_at: clock.db() })
-      .where('user_id', '=', userId).where('code_hash', '=', hash).where('used_at', 'is', null)
-      .executeTakeFirst()
-    if (spent.numUpdatedRows === 1n) return 'right'
-    const known = await executor.selectFrom('recovery_codes').select('id').where('user_id', '=', userId).where('code_hash', '=', hash).executeTakeFirst()
-    return known === undefined ? 'wrong' : 'used'
-  }
-
-  async function recoveryCodesLeft (userId: number): Promise<number> {
-    const { left } = await db.selectFrom('recovery_codes').select(sql<string>`count(*)`.as('left'))
-      .where('user_id', '=', userId).where('used_at', 'is', null).executeTakeFirstOrThrow()
-    return Number(left)
-  }
-
-  // Ten new recovery codes in place of the old ones: shown once, kept as HMACs.
-  async function newRecoveryCodes (userId: number, executor: Executor): Promise<string[]> {
-    const codes = Array.from({ length: RECOVERY_CODES }, newRecoveryCode)
-    await executor.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
-    await executor.insertInto('recovery_codes')
-      .values(codes.map((code) => ({ id: randomUUID(), user_id: userId, code_hash: recoveryHash(userId, code), created_at: clock.db() })))
-      .execute()
-    return codes
   }
 
   /**
@@ -201,7 +135,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     try {
       judged = await db.transaction().execute(async (trx) => {
         await first?.(trx)
-        const taken = method === 'totp' ? await takeTotp(await verifiedFactors(userId, trx).execute(), code, trx) : await takeRecoveryCode(userId, code, trx)
+        const taken = method === 'totp' ? await totp.takeVerified(userId, code, trx) : await recoveryCodes.take(userId, code, trx)
         // Not right: nothing `first` spent stays spent.
         if (taken !== 'right') throw new Judgement(taken)
         return taken
@@ -226,7 +160,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     await clearSecondSteps(db, userId)
     record('mfa_verify', userId, caller, { method })
     if (method === 'recovery_code') {
-      const left = await recoveryCodesLeft(userId)
+      const left = await recoveryCodes.left(userId)
       record('recovery_code_used', userId, caller, { left })
       await notify(userId, `a recovery code was used (${left} left)`)
       outbox.kick()
@@ -238,10 +172,10 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
    * (an operator's reset, an address proven for the first time); how many factors went.
    */
   async function removeAll (userId: number, executor: Executor): Promise<number> {
-    const deleted = await executor.deleteFrom('mfa_factors').where('user_id', '=', userId).executeTakeFirst()
-    await executor.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
+    const deleted = await totp.removeAll(userId, executor)
+    await recoveryCodes.removeAll(userId, executor)
     await clearSecondSteps(executor, userId)
-    return Number(deleted.numDeletedRows)
+    return deleted
   }
 
   // The session of a step-up or an enrolment: a new one at aal2, the old one ended.
@@ -256,7 +190,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
 
   return {
     hasFactor,
-    recoveryCodesLeft,
+    recoveryCodesLeft: recoveryCodes.left,
     prove,
 
     /**
@@ -266,14 +200,9 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
      */
     async enroll (user: { id: number, username: string }, claims: TokenClaims, caller: Caller): Promise<{ factorId: string, secret: string, uri: string }> {
       requireRecent(claims, { aal2: await hasFactor(user.id) })
-      const factorId = randomUUID()
-      const secret = generateSecret()
-      await db.transaction().execute(async (trx) => {
-        await trx.deleteFrom('mfa_factors').where('user_id', '=', user.id).where('verified_at', 'is', null).execute()
-        await trx.insertInto('mfa_factors').values({ id: factorId, user_id: user.id, kind: 'totp', secret_sealed: box.seal(secret, factorId), created_at: clock.db() }).execute()
-      })
-      record('mfa_factor_added', user.id, caller, { factor_id: factorId })
-      return { factorId, secret, uri: generateURI({ issuer: config.TOTP_ISSUER, label: user.username, secret }) }
+      const added = await totp.add(user)
+      record('mfa_factor_added', user.id, caller, { factor_id: added.factorId })
+      return added
     },
 
     /**
@@ -281,43 +210,37 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
      * pair), and the user's first verified factor brings ten recovery codes, shown once.
      */
     async verifyEnrollment (user: { id: number, roles: string[] }, claims: TokenClaims, factorId: string, code: string, caller: Caller): Promise<{ pair: TokenPair, recoveryCodes?: string[] }> {
-      const factor = await db.selectFrom('mfa_factors').select(['id', 'secret_sealed'])
-        .where('id', '=', factorId).where('user_id', '=', user.id).where('verified_at', 'is', null)
-        .executeTakeFirst()
-      if (factor === undefined) throw new NotFoundError()
-      if (await takeTotp([factor], code) !== 'right') {
+      const judged = await totp.takeUnverified(user.id, factorId, code)
+      if (judged === undefined) throw new NotFoundError()
+      if (judged !== 'right') {
         record('mfa_factor_verified', user.id, caller, { factor_id: factorId }, 'failure')
         throw new MfaCodeInvalidError()
       }
-      const recoveryCodes = await db.transaction().execute(async (trx) => {
+      const codes = await db.transaction().execute(async (trx) => {
         const first = !await hasFactor(user.id, trx)
-        await trx.updateTable('mfa_factors').set({ verified_at: clock.db() }).where('id', '=', factorId).execute()
+        await totp.markVerified(factorId, trx)
         await notify(user.id, 'an authenticator app was added as a second factor', trx)
-        return first ? await newRecoveryCodes(user.id, trx) : undefined
+        return first ? await recoveryCodes.replace(user.id, trx) : undefined
       })
       outbox.kick()
-      record('mfa_factor_verified', user.id, caller, { factor_id: factorId, recovery_codes: recoveryCodes !== undefined })
-      return { pair: await renew(claims, user.roles, 'totp', caller), ...(recoveryCodes === undefined ? {} : { recoveryCodes }) }
+      record('mfa_factor_verified', user.id, caller, { factor_id: factorId, recovery_codes: codes !== undefined })
+      return { pair: await renew(claims, user.roles, 'totp', caller), ...(codes === undefined ? {} : { recoveryCodes: codes }) }
     },
 
-    async list (userId: number): Promise<FactorInfo[]> {
-      const rows = await db.selectFrom('mfa_factors').select(['id', 'kind', 'created_at', 'verified_at'])
-        .where('user_id', '=', userId).orderBy('created_at').orderBy('id').execute()
-      return rows.map((row) => ({ id: row.id, kind: row.kind, created_at: row.created_at, verified: row.verified_at !== null }))
-    },
+    list: totp.list,
 
     /**
      * Removes a factor of the signed-in user: a verified one only from an aal2 session signed in
      * (or stepped up) within the last 10 minutes. The last verified one takes the recovery codes with it.
      */
     async remove (userId: number, claims: TokenClaims, factorId: string, caller: Caller): Promise<void> {
-      const factor = await db.selectFrom('mfa_factors').select('verified_at').where('id', '=', factorId).where('user_id', '=', userId).executeTakeFirst()
+      const factor = await totp.find(userId, factorId)
       if (factor === undefined) throw new NotFoundError()
-      if (factor.verified_at !== null) requireRecent(claims, { aal2: true })
+      if (factor.verified) requireRecent(claims, { aal2: true })
       await db.transaction().execute(async (trx) => {
-        await trx.deleteFrom('mfa_factors').where('id', '=', factorId).execute()
-        if (!await hasFactor(userId, trx)) await trx.deleteFrom('recovery_codes').where('user_id', '=', userId).execute()
-        if (factor.verified_at !== null) await notify(userId, 'a second factor was removed', trx)
+        await totp.remove(factorId, trx)
+        if (!await hasFactor(userId, trx)) await recoveryCodes.removeAll(userId, trx)
+        if (factor.verified) await notify(userId, 'a second factor was removed', trx)
       })
       outbox.kick()
       record('mfa_factor_removed', userId, caller, { factor_id: factorId })
@@ -329,7 +252,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
       requireRecent(claims, { aal2: true })
       const codes = await db.transaction().execute(async (trx) => {
         await notify(userId, 'new recovery codes were made, and the old ones no longer work', trx)
-        return await newRecoveryCodes(userId, trx)
+        return await recoveryCodes.replace(userId, trx)
       })
       outbox.kick()
       record('recovery_codes_regenerated', userId, caller)
