@@ -5,7 +5,7 @@ import { normalizeUsername } from '../../lib/usernames.ts'
 import type { User } from '../../schemas.ts'
 
 // The one owner of `users` (atproto's pds account-manager helpers, kysely's example repository):
-// every statement on the table is here, each taking the executor (the database or a
+// every statement on the table starts here, each helper taking the executor (the database or a
 // transaction) so that one transaction can span several, whichever service runs them.
 
 /**
@@ -66,8 +66,7 @@ export const sessionUsers = (executor: Executor) => activeUsers(executor).select
 /** The active user of an id or an address, if any; with `unverified`, only while their address is not verified yet. */
 export async function findActive (executor: Executor, who: { userId: number } | { email: string }, { unverified = false } = {}): Promise<User | undefined> {
   return await activeUsers(executor).select(['id', 'username', 'email'])
-    .$if('userId' in who, (q) => q.where('id', '=', (who as { userId: number }).userId))
-    .$if('email' in who, (q) => q.where('email', '=', (who as { email: string }).email))
+    .where((eb) => 'userId' in who ? eb('id', '=', who.userId) : eb('email', '=', who.email))
     .$if(unverified, (q) => q.where('email_verified_at', 'is', null))
     .executeTakeFirst()
 }
@@ -135,8 +134,7 @@ export async function setPasswordHash (executor: Executor, userId: number, hash:
   const changed = await executor.updateTable('users')
     .set({ password_hash: hash })
     .where('id', '=', userId)
-    .$if(guard === 'active', (q) => q.where(isActive))
-    .$if(guard !== 'active', (q) => q.where('password_hash', '=', (guard as { was: string }).was))
+    .where((eb) => guard === 'active' ? isActive(eb) : eb('password_hash', '=', guard.was))
     .executeTakeFirst()
   return changed.numUpdatedRows === 1n
 }
