@@ -110,7 +110,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
       // A new mail's code starts with all its tries.
       if (code !== undefined) {
         await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
-          .where('email', '=', emailOfUser(trx, options.userId))
+          .where('email', '=', emailOfUser(options.userId))
           .execute()
       }
       await trx.insertInto('one_time_codes').values({

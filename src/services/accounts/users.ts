@@ -1,4 +1,4 @@
-import { sql, type ExpressionBuilder, type RawBuilder } from 'kysely'
+import { expressionBuilder, sql, type ExpressionBuilder, type RawBuilder } from 'kysely'
 import type { Executor } from '../../db/index.ts'
 import type { Database } from '../../db/types.ts'
 import { normalizeUsername } from '../../lib/usernames.ts'
@@ -57,11 +57,15 @@ export async function methodsOfUser (executor: Executor, userId: number): Promis
 // delete disables the account for good), so `deleted_at` guards against a row changed by hand.
 const isActive = (eb: ExpressionBuilder<Database, 'users'>) => eb.and([eb('users.is_active', '=', true), eb('users.deleted_at', 'is', null)])
 
-/** The active, not deleted users, to select from. */
-export const activeUsers = (executor: Executor) => executor.selectFrom('users').where(isActive)
+// A subquery is built apart from any executor, as an expression builder's is: the statement it
+// goes in runs it, once, through that statement's executor and plugins.
+const subquery = expressionBuilder<Database, never>()
 
-/** The users of sessions (SESSION_USER_COLUMNS), active, to join a session to. */
-export const sessionUsers = (executor: Executor) => activeUsers(executor).select(SESSION_USER_COLUMNS)
+/** The active, not deleted users, to select from: within `executor`, or, without one, as a subquery of another statement. */
+export const activeUsers = (executor?: Executor) => (executor === undefined ? subquery.selectFrom('users') : executor.selectFrom('users')).where(isActive)
+
+/** The users of sessions (SESSION_USER_COLUMNS), active: a subquery to join a session to. */
+export const sessionUsers = () => activeUsers().select(SESSION_USER_COLUMNS)
 
 /** The active user of an id or an address, if any; with `unverified`, only while their address is not verified yet. */
 export async function findActive (executor: Executor, who: { userId: number } | { email: string }, { unverified = false } = {}): Promise<User | undefined> {
@@ -88,8 +92,8 @@ export async function idOfEmail (executor: Executor, email: string): Promise<num
   return (await executor.selectFrom('users').select('id').where('email', '=', email).executeTakeFirst())?.id
 }
 
-/** The address of the user, as a subquery (its value where a statement compares with it). */
-export const emailOfUser = (executor: Executor, userId: number) => executor.selectFrom('users').select('email').where('id', '=', userId)
+/** The address of the user: a subquery, for a statement that compares with it. */
+export const emailOfUser = (userId: number) => subquery.selectFrom('users').select('email').where('id', '=', userId)
 
 /**
  * The user a sign-in names: by email when it holds an @, else by username (NFKC). citext

@@ -109,7 +109,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
   // The session, joined to its user, if it is active: not revoked, not ended, user active.
   const activeSession = (sessionId: string, userId: number) => db.selectFrom('sessions as s')
-    .innerJoin(sessionUsers(db).as('u'), 'u.id', 's.user_id')
+    .innerJoin(sessionUsers().as('u'), 'u.id', 's.user_id')
     .where('s.id', '=', sessionId)
     .where('s.user_id', '=', userId)
     .where('s.revoked_at', 'is', null)
@@ -180,7 +180,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
       const result = await db
         .with('s', (q) => q.insertInto('sessions')
           .columns(['id', 'user_id', 'created_at', 'last_seen_at', 'expires_at', 'user_agent', 'ip'])
-          .expression(activeUsers(db).select([
+          .expression(activeUsers().select([
             sql<string>`cast(${sessionId} as uuid)`.as('id'),
             'id as user_id',
             clock.db().as('created_at'),
