@@ -35,7 +35,7 @@ const CLIENTS_USAGE = `usage: npm run clients -- <command>
   enable <id>`
 
 // The audit trail's caller of a command: no address, the command line.
-const CLI_CALLER = { client: { userAgent: 'authgate-cli', ip: null } }
+const CLI_CALLER = { device: { userAgent: 'authgate-cli', ip: null } }
 const DURATION = /^[0-9]{1,9}[smhd]?$/
 
 /** `value` as seconds, for the option `name`: 300, 300s, 10m, 2h, 1d. */

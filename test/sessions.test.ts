@@ -317,7 +317,7 @@ t.test('a refresh refuses a deactivated user, claims naming another user or an u
 
   const other = await login(app)
   const { refresh } = await login(app)
-  const caller = { client: { userAgent: null, ip: null } }
+  const caller = { device: { userAgent: null, ip: null } }
   await t.rejects(app.sessions.refresh({ ...claims(refresh), user_id: claims(other.refresh).user_id }, caller), TokenNotValidError, 'another user\'s id')
   await t.rejects(app.sessions.refresh({ ...claims(refresh), sid: claims(other.refresh).sid }, caller), TokenNotValidError, 'another session')
   await t.rejects(app.sessions.refresh({ ...claims(refresh), jti: randomUUID() }, caller), TokenNotValidError, 'an unknown token')

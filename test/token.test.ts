@@ -297,7 +297,7 @@ t.test('token endpoints', async (t) => {
     }
     const sessions = createSessions({ db: app.db.withPlugin(counter), keyring: app.keyring, clock, config: app.config, audit: app.audit })
     const verified = (token: string): TokenClaims => claimsOf(token) as unknown as TokenClaims
-    const caller = { client: { userAgent: null, ip: null } }
+    const caller = { device: { userAgent: null, ip: null } }
 
     const { refresh } = await login(app)
     const rotated = await sessions.refresh(verified(refresh), caller)

@@ -8,7 +8,7 @@ import type { Caller } from '../services/audit.ts'
  * request id.
  */
 export function callerOf (request: FastifyRequest): Caller {
-  return { client: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }, log: request.log }
+  return { device: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }, log: request.log }
 }
 
 /** The operator of an admin route's request: its service client (requireAdmin), and the caller. */

@@ -5,10 +5,10 @@ import { seconds, type Clock } from '../lib/clock.ts'
 import type { Logger } from '../lib/logger.ts'
 
 /** Who opened a session, or did anything else the trail records: shown in the session list, logged. */
-export interface Client { userAgent: string | null, ip: string | null }
+export interface Device { userAgent: string | null, ip: string | null }
 
-/** Who asks a service for something: the client, and where the events it causes are logged (the request's logger). */
-export interface Caller { client: Client, log?: Logger }
+/** Who asks a service for something: the device (its user agent and address), and where the events it causes are logged (the request's logger). */
+export interface Caller { device: Device, log?: Logger }
 
 /** The events of the trail; each a stable name, forever. */
 export type AuditEventName = 'register' | 'login' | 'refresh' | 'reuse_detected' | 'logout' | 'password_changed' | 'session_revoked' | 'key_rotated'
@@ -110,8 +110,8 @@ export function createAuditTrail ({ db, clock, log, onEvent }: AuditTrailDeps) {
         user_id: event.userId ?? null,
         session_id: event.sessionId ?? null,
         identifier: clip(event.identifier),
-        ip: clip(caller?.client.ip),
-        user_agent: clip(caller?.client.userAgent),
+        ip: clip(caller?.device.ip),
+        user_agent: clip(caller?.device.userAgent),
         detail: event.detail === undefined ? null : JSON.stringify(event.detail)
       })
       if (waiting.length > MAX_WAITING) dropped(new Error('the audit queue is full'), waiting.splice(0, waiting.length - MAX_WAITING).length)

@@ -64,7 +64,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
     if (needsSecondStep(methods)) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
     let started
     try {
-      started = await sessions.start(credential, caller.client, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })
+      started = await sessions.start(credential, caller.device, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })
     } catch (error) {
       // The credential changed while it was checked (a password change, the account disabled).
       if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', userId: user.id }, caller)

@@ -182,7 +182,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
   async function renew (claims: TokenClaims, roles: string[], method: MfaMethod, caller: Caller): Promise<TokenPair> {
     const before = authContextOf(claims)
     const auth: AuthContext = { aal: 'aal2', amr: methods(...before.amr, ...secondAmr(method)), auth_time: nowS() }
-    const { pair, sessionId } = await sessions.start({ userId: claims.user_id, roles }, caller.client, auth)
+    const { pair, sessionId } = await sessions.start({ userId: claims.user_id, roles }, caller.device, auth)
     await sessions.revoke(claims.user_id, claims.sid, 'current')
     audit.record({ event: 'login', userId: claims.user_id, sessionId, detail: { method: 'step_up', replaced: claims.sid } }, caller)
     return pair
@@ -305,7 +305,7 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
       // The password of the first step changed since (or the account was disabled): start again.
       if (user === undefined || (detail.password !== undefined && (user.password_hash === null || passwordDigest(user.password_hash) !== detail.password))) throw new InvalidCredentialsError()
       const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }
-      const started = await sessions.start(credential, caller.client, { aal: 'aal2', amr: methods(...detail.amr, ...secondAmr(method)), auth_time: nowS() })
+      const started = await sessions.start(credential, caller.device, { aal: 'aal2', amr: methods(...detail.amr, ...secondAmr(method)), auth_time: nowS() })
       audit.record({ event: 'login', userId, sessionId: started.sessionId, detail: { method: detail.amr.join('+'), second: method } }, caller)
       return { pair: started.pair, cookies: detail.cookies }
     },

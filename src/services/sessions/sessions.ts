@@ -7,7 +7,7 @@ import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../.
 import { epochSeconds as seconds, type Clock } from '../../lib/clock.ts'
 import { SecretBox } from '../../lib/secret-box.ts'
 import type { TokenPair } from '../../schemas.ts'
-import type { AuditTrail, Caller, Client } from '../audit.ts'
+import type { AuditTrail, Caller, Device } from '../audit.ts'
 import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
 import type { Keyring } from '../keys/keyring.ts'
 import type { SessionCache, SessionUser } from './cache.ts'
@@ -171,7 +171,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * new session (it commits first and revokes the others after) or refuses it (InvalidCredentialsError).
      * `auth` says how the user signed in: its tokens carry it.
      */
-    async start (credential: Credential, client: Client, auth: AuthContext): Promise<{ sessionId: string, pair: TokenPair }> {
+    async start (credential: Credential, device: Device, auth: AuthContext): Promise<{ sessionId: string, pair: TokenPair }> {
       const { userId } = credential
       const sessionId = randomUUID()
       const jti = randomUUID()
@@ -186,8 +186,8 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
             clock.db().as('created_at'),
             clock.db().as('last_seen_at'),
             sql<Date>`cast(${new Date(sessionEnd * 1000)} as timestamptz)`.as('expires_at'),
-            sql<string | null>`cast(${client.userAgent?.slice(0, 512) ?? null} as text)`.as('user_agent'),
-            sql<string | null>`cast(${client.ip} as text)`.as('ip')
+            sql<string | null>`cast(${device.userAgent?.slice(0, 512) ?? null} as text)`.as('user_agent'),
+            sql<string | null>`cast(${device.ip} as text)`.as('ip')
           ])
             .where('id', '=', userId)
             .$if(credential.passwordHash !== undefined, (w) => w.where('password_hash', '=', credential.passwordHash!))
