@@ -334,3 +334,9 @@ t.test('a refresh refuses a deactivated user, claims naming another user or an u
   t.equal((await postJson(app, '/api/token/refresh', { refresh: ended.refresh })).statusCode, 401, 'a session past its end')
   t.ok(await unused(ended.refresh))
 })
+
+t.test('a password change for a user whose row went away since the session was checked is refused, not a 500', async (t) => {
+  const app = await build(t)
+  const gone = { id: 2_000_000_000, username: 'gone', email: 'gone@example.com', roles: [], email_verified_at: null, sessionId: randomUUID() }
+  await t.rejects(app.accounts.changePassword(gone, 'any old password', 'a brand new passphrase', { device: { userAgent: null, ip: null } }), { statusCode: 401, code: 'INVALID_CREDENTIALS' })
+})

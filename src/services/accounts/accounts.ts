@@ -153,7 +153,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
      */
     async changePassword (user: SessionUser, currentPassword: string, newPassword: string, caller: Caller): Promise<void> {
       const who = { event: 'password_changed', userId: user.id, sessionId: user.sessionId } as const
-      const { password_hash: hash } = await passwordHashOf(db, user.id).executeTakeFirstOrThrow()
+      // A user whose row went away since the session was checked (deleted by hand) has no password to change.
+      const hash = (await passwordHashOf(db, user.id).executeTakeFirst())?.password_hash ?? null
       if (hash === null || !await passwordMatches(currentPassword, hash)) {
         audit.record({ ...who, outcome: 'failure' }, caller)
         throw new InvalidCredentialsError()
