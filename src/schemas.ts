@@ -103,15 +103,15 @@ export const TokenPairSchema = Type.Object({
 export type TokenPair = Static<typeof TokenPairSchema>
 
 /** How a second step is proven (POST /api/auth/mfa/verify). */
-export const SecondFactorMethodSchema = Type.Union([Type.Literal('totp'), Type.Literal('recovery_code')])
+export const MfaMethodSchema = Type.Union([Type.Literal('totp'), Type.Literal('recovery_code')])
 /** A TOTP code, or a recovery code as it was shown (dashes and spaces ignored, any case). */
-export const SecondFactorCodeSchema = Type.String({ minLength: 6, maxLength: 32, pattern: '^[0-9A-Fa-f -]+$', description: 'a TOTP code, or a recovery code' })
+export const MfaCodeSchema = Type.String({ minLength: 6, maxLength: 32, pattern: '^[0-9A-Fa-f -]+$', description: 'a TOTP code, or a recovery code' })
 
 /** A first factor passed by a user with a second factor: no pair yet; POST /api/auth/mfa/verify with the mfa_token. */
 export const MfaRequiredSchema = Type.Object({
   mfa_required: Type.Literal(true),
   mfa_token: Type.String({ description: 'for POST /api/auth/mfa/verify: 5 minutes, 5 tries' }),
-  methods: Type.Array(SecondFactorMethodSchema)
+  methods: Type.Array(MfaMethodSchema)
 })
 
 /** A sign-in's answer: the pair, or the second step it needs. */

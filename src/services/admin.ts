@@ -218,7 +218,7 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
      * second step lifted, and ends their sessions unless `keep_sessions` (whoever took the phone
      * may hold one); the user is mailed a notice. How many factors and sessions went.
      */
-    async resetSecondFactors (id: number, change: { reason: string, keep_sessions?: boolean }, operator: Operator): Promise<{ factors: number, sessions: number }> {
+    async resetMfa (id: number, change: { reason: string, keep_sessions?: boolean }, operator: Operator): Promise<{ factors: number, sessions: number }> {
       await existing(id)
       const removed = await mfa.resetAll(id, { keepSessions: change.keep_sessions === true })
       record('user_mfa_reset', operator, id, { reason: change.reason, factors_removed: removed.factors, sessions_ended: removed.sessions })

@@ -130,7 +130,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Type.Object({ factors_removed: Type.Integer(), sessions_ended: Type.Integer() }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) }
     }
   }, async (request) => {
-    const removed = await admin.resetSecondFactors(Number(request.params.id), request.body, operatorOf(request))
+    const removed = await admin.resetMfa(Number(request.params.id), request.body, operatorOf(request))
     return { factors_removed: removed.factors, sessions_ended: removed.sessions }
   })
 }

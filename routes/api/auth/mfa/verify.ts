@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { byCookie } from '#src/http/by-cookie.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { credentialLimits } from '#src/http/limits.ts'
-import { AccessTokenSecurity, problems, SecondFactorCodeSchema, SecondFactorMethodSchema, TokenPairSchema } from '#src/schemas.ts'
+import { AccessTokenSecurity, problems, MfaCodeSchema, MfaMethodSchema, TokenPairSchema } from '#src/schemas.ts'
 
 /** The second step of a sign-in, or the step-up of a session (docs/mfa.md). */
 const verify: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -27,8 +27,8 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
       security: [...AccessTokenSecurity, {}],
       body: Type.Object({
         mfa_token: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{43}$' })),
-        method: SecondFactorMethodSchema,
-        code: SecondFactorCodeSchema
+        method: MfaMethodSchema,
+        code: MfaCodeSchema
       }, { additionalProperties: false }),
       response: { 200: TokenPairSchema, ...problems(400, 401, 403, 413, 415, 429, 503) }
     }

@@ -2,7 +2,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { credentialLimits } from '#src/http/limits.ts'
-import { MailedProofFieldsSchema, PasswordSchema, problems, SecondFactorCodeSchema, SecondFactorMethodSchema } from '#src/schemas.ts'
+import { MailedProofFieldsSchema, PasswordSchema, problems, MfaCodeSchema, MfaMethodSchema } from '#src/schemas.ts'
 
 /** POST /api/auth/password/reset (docs/email.md): a new password by the mail's link or code; every session ends. */
 const reset: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -15,8 +15,8 @@ const reset: FastifyPluginAsyncTypebox = async (fastify) => {
         ...MailedProofFieldsSchema.properties,
         new_password: PasswordSchema,
         // An account with a second factor: a code of it too (inspect says whether one is needed).
-        mfa_method: Type.Optional(SecondFactorMethodSchema),
-        mfa_code: Type.Optional(SecondFactorCodeSchema)
+        mfa_method: Type.Optional(MfaMethodSchema),
+        mfa_code: Type.Optional(MfaCodeSchema)
       }, { additionalProperties: false }),
       response: { 204: Type.Null(), ...problems(400, 403, 413, 415, 429, 503) }
     }
