@@ -1,6 +1,5 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { DatabaseUnavailableError, InvalidClientError, UnauthorizedClientError, UnsupportedTokenTypeError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credentials.ts'
 import { perIp } from '#src/http/limits.ts'
@@ -23,7 +22,7 @@ const RevokeRequestSchema = Type.Object({
  */
 const revoke: FastifyPluginAsyncTypebox = async (fastify) => {
   await fastify.register(formbody)
-  const { clients, config } = fastify
+  const { auth, config } = fastify
 
   fastify.post('/revoke', {
     config: { acceptsForm: true, oauth: true, limits: [perIp('token', config.RATE_LIMIT_TOKEN_MAX)] },
@@ -38,26 +37,7 @@ const revoke: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: { description: 'Revoked, or not a valid token: no content' }, ...oauthProblems(400, 401, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
-    const claimed = clientCredentialsOf(request, request.body)
-    let serviceClient = null
-    if (claimed?.method === 'none') {
-      if (claimed.id !== config.OAUTH_FIRST_PARTY_CLIENT_ID) throw new InvalidClientError(`the only public client is ${config.OAUTH_FIRST_PARTY_CLIENT_ID}; any other authenticates.`)
-    } else if (claimed !== undefined) {
-      serviceClient = await clients.authenticate(claimed)
-    }
-    let verified
-    try {
-      verified = await fastify.verifyBodyToken(request)
-    } catch (error) {
-      if (error instanceof DatabaseUnavailableError) throw error
-      return reply.code(200).send()
-    }
-    if (verified.kind === 'service') {
-      if (serviceClient?.id !== verified.claims.client_id) throw new UnauthorizedClientError('The token was issued to another client.')
-      throw new UnsupportedTokenTypeError()
-    }
-    if (serviceClient !== null) throw new UnauthorizedClientError('The token was issued to another client.')
-    await fastify.sessions.signOut(verified.claims, 'current', callerOf(request))
+    await auth.revoke(await auth.authenticateClient(clientCredentialsOf(request, request.body), { publicClient: true }), request.body.token, callerOf(request))
     return reply.code(200).send()
   })
 }

@@ -1,6 +1,7 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidClientError, InvalidRequestError } from '../errors.ts'
-import { JWT_BEARER_ASSERTION, type ClientCredentials } from '../services/oauth/clients.ts'
+import type { ClientClaim } from '../services/auth/auth.ts'
+import { JWT_BEARER_ASSERTION } from '../services/oauth/clients.ts'
 
 /** The client parameters of an OAuth request body (RFC 6749 §2.3.1, RFC 7523 §2.2). */
 export interface ClientParameters {
@@ -9,12 +10,6 @@ export interface ClientParameters {
   client_assertion?: string
   client_assertion_type?: string
 }
-
-/** What a request says of its client: credentials, a public client's bare id, or nothing. */
-export type ClientClaim = ClientCredentials | { method: 'none', id: string } | undefined
-
-/** Why a request that had to authenticate a client did not: no credentials, or a bare client_id. */
-export const NO_CLIENT_CREDENTIALS = 'no client credentials: HTTP Basic, client_id and client_secret in the body, or a client_assertion.'
 
 // RFC 6749 §2.3.1: the id and secret are form-encoded before base64.
 function formDecoded (part: string): string {

@@ -9,6 +9,7 @@ import { createAccounts } from './accounts/accounts.ts'
 import { createAddresses } from './accounts/addresses.ts'
 import { createAdmin } from './admin.ts'
 import { createAuditTrail, type AuditEvent } from './audit.ts'
+import { createAuth } from './auth/auth.ts'
 import { createCleanup } from './cleanup.ts'
 import { createClients, type CachedClient } from './oauth/clients.ts'
 import { createDjangoImport } from './accounts/django-import.ts'
@@ -116,6 +117,7 @@ export async function createServices (deps: ServicesDeps) {
   const sessions = createSessions({ db, keyring, clock, config, audit, cache, onIssue: deps.onIssue })
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
   const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
+  const auth = createAuth({ config, keyring, clock, sessions, clients })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
   const oneTimeCodes = createOneTimeCodes({ db, clock, config, templates })
@@ -151,6 +153,7 @@ export async function createServices (deps: ServicesDeps) {
     mfa,
     admin,
     clients,
+    auth,
     cleanup,
     oneTimeCodes,
     mailer,

@@ -1,5 +1,4 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { Aal2RequiredError, AudienceRequiredError, InsufficientScopeError, TokenNotValidError, WrongAudienceError } from '#src/errors.ts'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
 import { authContextOf } from '#src/services/auth/claims.ts'
 import { scopesOf } from '#src/services/oauth/clients.ts'
@@ -25,7 +24,7 @@ export const CheckQuerySchema = Type.Object({
  * (403 insufficient_scope, RFC 6750 §3.1) for the audience the gateway names.
  */
 const check: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, sessions, clients } = fastify
+  const { config, auth } = fastify
 
   fastify.get('/check', {
     schema: {
@@ -36,42 +35,26 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 204: Type.Null(), ...problems(400, 401, 403, 503) }
     }
   }, async (request, reply) => {
-    const verified = await fastify.verifyAnyAccessToken(request, reply)
-    const required = scopesOf(request.query.scope)
-    const { audience } = request.query
-    if (verified.kind === 'user') {
-      if (audience !== undefined && audience !== verified.claims.aud) throw new WrongAudienceError()
-      const user = await sessions.userOf(verified.claims)
-      if (user === undefined) throw new TokenNotValidError()
-      // Users hold no scopes (yet): a path that requires one is for services.
-      if (required.length > 0) throw new InsufficientScopeError(required[0])
-      const auth = authContextOf(verified.claims)
-      if (request.query.aal === 'aal2' && auth.aal !== 'aal2') throw new Aal2RequiredError()
+    const { scope, audience, aal } = request.query
+    const identity = await auth.authorize(await fastify.verifyAnyAccessToken(request, reply), { scopes: scopesOf(scope), audience, aal })
+    if (identity.kind === 'user') {
+      const { user, claims } = identity
+      const context = authContextOf(claims)
       return reply.code(204).headers({
         'x-auth-user-id': String(user.id),
         'x-auth-username': headerValue(user.username),
         'x-auth-email': headerValue(user.email),
-        'x-auth-session-id': user.sessionId,
+        'x-auth-session-id': claims.sid,
         'x-auth-roles': user.roles.join(','),
         'x-auth-email-verified': String(user.email_verified_at !== null),
-        'x-auth-aal': auth.aal,
-        'x-auth-amr': auth.amr.join(','),
-        'x-auth-client-id': headerValue(verified.claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
+        'x-auth-aal': context.aal,
+        'x-auth-amr': context.amr.join(','),
+        'x-auth-client-id': headerValue(claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
       }).send(null)
     }
-    // One audience per token: a gateway that names none would let a token meant for one
-    // service through to every other.
-    if (audience === undefined) throw new AudienceRequiredError()
-    // A service signs in with no person behind it: no assurance level of a user's sign-in applies.
-    if (request.query.aal === 'aal2') throw new Aal2RequiredError()
-    if (audience !== verified.claims.aud) throw new WrongAudienceError()
-    const live = await clients.liveClient(verified.claims)
-    if (live === undefined) throw new TokenNotValidError()
-    const missing = required.find((scope) => !live.scopes.includes(scope))
-    if (missing !== undefined) throw new InsufficientScopeError(missing)
     return reply.code(204).headers({
-      'x-auth-client-id': headerValue(live.client.id),
-      'x-auth-scope': headerValue(live.scopes.join(' '))
+      'x-auth-client-id': headerValue(identity.client.id),
+      'x-auth-scope': headerValue(identity.scopes.join(' '))
     }).send(null)
   })
 }

@@ -1,11 +1,9 @@
 import formbody from '@fastify/formbody'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { DatabaseUnavailableError, InvalidClientError } from '#src/errors.ts'
-import { clientCredentialsOf, logClientRefusal, NO_CLIENT_CREDENTIALS } from '#src/http/client-credentials.ts'
+import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credentials.ts'
 import { perIp } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 import { authContextOf } from '#src/services/auth/claims.ts'
-import { INTROSPECT_SCOPE } from '#src/services/oauth/clients.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
@@ -40,14 +38,12 @@ const IntrospectionSchema = Type.Object({
  * Token introspection (RFC 7662) for services that need revocation-aware answers: a client
  * holding the `introspect` scope (INTROSPECTION_CLIENTS, or a client of the database),
  * authenticated as at the token endpoint; the token in a form body (JSON is taken too). A token
- * is active only for a client it is addressed to (clients.mayIntrospect): RFC 7662 §4 lets the
- * server answer inactive to a client that should not learn of a token, and many resource
- * servers take `active` without checking `aud`.
+ * is active only for a client it is addressed to (auth.introspect).
  */
 const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
   // Forms only here: this route answers services, never a browser's cookies.
   await fastify.register(formbody)
-  const { clients } = fastify
+  const { auth } = fastify
 
   fastify.post('/introspect', {
     config: { acceptsForm: true, oauth: true, limits: [perIp('token', fastify.config.RATE_LIMIT_TOKEN_MAX)] },
@@ -61,24 +57,10 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: IntrospectionSchema, ...oauthProblems(400, 401, 403, 413, 415, 429, 503) }
     }
   }, async (request) => {
-    const credentials = clientCredentialsOf(request, request.body)
-    if (credentials === undefined || credentials.method === 'none') throw new InvalidClientError(NO_CLIENT_CREDENTIALS)
-    const introspector = await clients.authenticate(credentials)
-    clients.requireScope(introspector, INTROSPECT_SCOPE)
-    let identity
-    try {
-      identity = await fastify.liveIdentity(await fastify.verifyBodyToken(request))
-    } catch (error) {
-      // Any token that does not verify (a bad signature, nbf ahead, a crit header, anything) is
-      // simply not active; a database outage stays a 503.
-      if (error instanceof DatabaseUnavailableError) throw error
-      return { active: false }
-    }
-    // A resource server asks whether a Bearer token may pass: only an access token may. A refresh
-    // token is active for authgate alone (RFC 7662 §2.2 lets the server decide what it reports).
-    if (identity === undefined || identity.claims.token_type !== 'access') return { active: false }
+    const introspector = await auth.authenticateClient(clientCredentialsOf(request, request.body), { publicClient: false })
+    const identity = await auth.introspect(introspector, request.body.token)
+    if (identity === undefined) return { active: false }
     const { sub, exp, iat, iss, aud, jti } = identity.claims
-    if (!clients.mayIntrospect(introspector, aud)) return { active: false }
     const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: 'Bearer' as const }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
     const { user_id: userId, sid, client_id: clientId } = identity.claims

@@ -17,7 +17,7 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     // Stricter than simplejwt: a token of a revoked session, a spent refresh token, or a service
     // token of a disabled client, is not valid.
-    if (await fastify.liveIdentity(await fastify.verifyBodyToken(request)) === undefined) throw new TokenNotValidError()
+    if (await fastify.auth.identify(await fastify.auth.verifyAny(request.body.token)) === undefined) throw new TokenNotValidError()
     return {}
   })
 }

@@ -61,6 +61,15 @@ export function parseClaims (payload: unknown, type: TokenType | 'any', now: Dat
   return payload
 }
 
+// The claims of a token authgate just signed: read, not verified.
+const claimsOfSigned = (token: string): { exp: number, sid: string } => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString())
+
+/** The session of a token authgate just signed. */
+export const sessionOfSigned = (token: string): string => claimsOfSigned(token).sid
+
+/** How many seconds a token authgate just signed has left at `now` (its expires_in; a cookie lives as long). */
+export const secondsLeft = (token: string, now: Date): number => Math.max(0, claimsOfSigned(token).exp - Math.floor(now.getTime() / 1000))
+
 /** The claim that tells a service's token (client credentials) from a user's. */
 export const SERVICE_GRANT = 'client_credentials'
 

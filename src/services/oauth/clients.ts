@@ -4,7 +4,7 @@ import { sql } from 'kysely'
 import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
 import {
-  ClientNotFoundError, InsufficientScopeError, InvalidClientError, InvalidScopeError, InvalidTargetError, UnauthorizedClientError, ValidationFailedError,
+  ClientNotFoundError, InvalidClientError, InvalidScopeError, InvalidTargetError, UnauthorizedClientError, ValidationFailedError,
   type FieldError
 } from '../../errors.ts'
 import { seconds, type Clock } from '../../lib/clock.ts'
@@ -445,11 +445,6 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     mayIntrospect (client: ServiceClient, audience: string): boolean {
       if (client.scopes.includes(INTROSPECT_ALL_SCOPE) || client.audiences.includes(audience)) return true
       return audience === config.JWT_AUDIENCE && client.scopes.includes(INTROSPECT_USERS_SCOPE)
-    },
-
-    /** A 403 unless the client holds `scope`. */
-    requireScope (client: ServiceClient, scope: string): void {
-      if (!client.scopes.includes(scope)) throw new InsufficientScopeError(scope)
     },
 
     /**
