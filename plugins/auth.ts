@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { BadRequestError, DatabaseUnavailableError, NotAuthenticatedError, RouteNotFoundError, TokenNotValidError, WrongAudienceError } from '../src/errors.ts'
+import { BadRequestError, DatabaseUnavailableError, NotAuthenticatedError, RouteNotFoundError, TokenNotValidError } from '../src/errors.ts'
 import type { ServiceClient } from '../src/services/oauth/clients.ts'
 import type { SessionUser } from '../src/services/sessions/cache.ts'
 import type { TokenClaims, VerifiedClaims } from '../src/services/auth/claims.ts'
@@ -96,13 +96,8 @@ async function authPlugin (fastify: FastifyInstance): Promise<void> {
       if (error instanceof DatabaseUnavailableError) throw error
       throw nowhere()
     }
-    try {
-      const identity = await auth.authorize(verified, { audience: config.adminAudience, scopes: [scope] })
-      request.adminClient = identity.kind === 'service' ? identity.client : null
-    } catch (error) {
-      if (error instanceof WrongAudienceError) throw nowhere()
-      throw error
-    }
+    const identity = await auth.authorize(verified, { audience: config.adminAudience, scopes: [scope], elsewhere: nowhere })
+    request.adminClient = identity.kind === 'service' ? identity.client : null
   })
 
   fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {

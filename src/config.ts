@@ -380,7 +380,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     roles,
     adminAudience: `${publicUrl ?? `http://localhost:${values.PORT}`}/api/admin`,
     // The refresh cookie has its own path, so it can take __Secure- only; the binding cookie,
-    // which ties it to this host (plugins/auth.ts), is always host-only with Path=/.
+    // which ties it to this host (plugins/cookies.ts), is always host-only with Path=/.
     cookieNames: Object.freeze({
       access: `${hostOnly ? '__Host-' : secure ? '__Secure-' : ''}access_token`,
       refresh: `${secure ? '__Secure-' : ''}refresh_token`,

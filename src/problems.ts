@@ -1,8 +1,8 @@
 import type { FastifyError } from 'fastify'
 import { STATUS_CODES } from 'node:http'
 import {
-  BadRequestError, ClientError, InternalError, InvalidJsonError, InvalidValueError, isDomainError, JSON_ONLY, NotAuthenticatedError,
-  PayloadTooLargeError, TokenNotValidError, TooSlowError, UnsupportedMediaTypeError, ValidationFailedError, type FieldError
+  BadRequestError, ClientError, InternalError, InvalidJsonError, InvalidValueError, isDomainError, JSON_ONLY,
+  PayloadTooLargeError, TooSlowError, UnsupportedMediaTypeError, ValidationFailedError, type FieldError
 } from './errors.ts'
 import { SECURITY_HEADERS } from './lib/security-headers.ts'
 
@@ -35,10 +35,6 @@ const FASTIFY_ERRORS = new Map<string, () => Error & { code: string, statusCode?
   FST_ERR_HANDLER_TIMEOUT: () => new TooSlowError()
 }))
 
-// @fastify/jwt's errors (https://github.com/fastify/fastify-jwt#error-messages): a missing
-// credential, else a token that is not valid. Any other FST_JWT_ or FAST_JWT_ code is the latter.
-const NO_CREDENTIALS = new Set(['FST_JWT_NO_AUTHORIZATION_IN_HEADER', 'FST_JWT_NO_AUTHORIZATION_IN_COOKIE', 'FST_JWT_BAD_COOKIE_REQUEST'])
-
 function fieldErrors (error: FastifyError): FieldError[] {
   return (error.validation ?? []).map((v) => {
     const params = v.params as { missingProperty?: string, additionalProperty?: string }
@@ -62,9 +58,6 @@ export function toProblem (error: FastifyError): Problem {
   if (error instanceof ValidationFailedError) return validationProblem(error.errors)
   if (isDomainError(error)) return problemOf(error)
   const code = typeof error.code === 'string' ? error.code : ''
-  if (code.startsWith('FST_JWT_') || code.startsWith('FAST_JWT_')) {
-    return problemOf(NO_CREDENTIALS.has(code) ? new NotAuthenticatedError() : new TokenNotValidError())
-  }
   // A data exception (SQLSTATE class 22: a value PostgreSQL cannot take) is the request's fault,
   // whatever let it through: never a 500.
   if (/^22[0-9A-Z]{3}$/.test(code) && typeof (error as { severity?: unknown }).severity === 'string') return problemOf(new InvalidValueError())

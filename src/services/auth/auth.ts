@@ -36,6 +36,8 @@ export interface Requirement {
   scopes?: string[]
   audience?: string
   aal?: 'aal1' | 'aal2'
+  /** How a subject that is not for `audience` is answered (the admin API: a path that does not exist); WrongAudienceError by default. */
+  elsewhere?: () => Error
 }
 
 /** What a request says of its client: credentials, a public client's bare id, or nothing. */
@@ -77,6 +79,9 @@ function audienceOf (request: GrantRequest): string | undefined {
   if (named.length > 1) throw new InvalidTargetError('A token is for one audience: name one resource (or audience).')
   return named[0]
 }
+
+// A token introspection does not speak of to this client: answered inactive.
+class NotAddressed extends Error {}
 
 const decode = createDecoder({ complete: true })
 
@@ -169,17 +174,18 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
   async function authorize (subject: { kind: 'client', client: ServiceClient }, need: Requirement): Promise<{ kind: 'client', client: ServiceClient }>
   async function authorize (subject: Subject, need: Requirement): Promise<Identity | { kind: 'client', client: ServiceClient }> {
     const required = need.scopes ?? []
+    const elsewhere = need.elsewhere ?? (() => new WrongAudienceError())
     if (subject.kind === 'client') {
       const missing = required.find((scope) => !subject.client.scopes.includes(scope))
       if (missing !== undefined) throw new InsufficientScopeError(missing)
       // RFC 7662 §4: a client learns only of the tokens addressed to it (clients.mayIntrospect).
-      if (need.audience !== undefined && !clients.mayIntrospect(subject.client, need.audience)) throw new WrongAudienceError()
+      if (need.audience !== undefined && !clients.mayIntrospect(subject.client, need.audience)) throw elsewhere()
       return subject
     }
     const { audience } = need
     if (subject.kind === 'user') {
       // The admin API is for services alone.
-      if (audience !== undefined && (audience !== subject.claims.aud || audience === config.adminAudience)) throw new WrongAudienceError()
+      if (audience !== undefined && (audience !== subject.claims.aud || audience === config.adminAudience)) throw elsewhere()
       const user = await sessions.userOf(subject.claims)
       if (user === undefined) throw notLive()
       // Users hold no scopes (yet): a path that requires one is for services.
@@ -192,7 +198,7 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
     if (audience === undefined) throw new AudienceRequiredError()
     // A service signs in with no person behind it: no assurance level of a user's sign-in applies.
     if (need.aal === 'aal2') throw new Aal2RequiredError()
-    if (audience !== subject.claims.aud) throw new WrongAudienceError()
+    if (audience !== subject.claims.aud) throw elsewhere()
     // Verified with allowExpired (the admin guard), once its audience is known to be the caller's: what is wrong with it may be said.
     if (subject.claims.exp * 1000 <= clock.now().getTime()) throw new TokenExpiredError()
     const live = await clients.liveClient(subject.claims)
@@ -322,9 +328,9 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
       }
       if (identity === undefined || identity.claims.token_type !== 'access') return undefined
       try {
-        await authorize({ kind: 'client', client: introspector }, { audience: identity.claims.aud })
+        await authorize({ kind: 'client', client: introspector }, { audience: identity.claims.aud, elsewhere: () => new NotAddressed() })
       } catch (error) {
-        if (error instanceof WrongAudienceError) return undefined
+        if (error instanceof NotAddressed) return undefined
         throw error
       }
       return identity

@@ -37,8 +37,8 @@ const REFRESH_KID = 'refresh'
 const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c']
 
 /**
- * The signing keys of the database, and the refresh key: signs tokens with fast-jwt (the engine
- * of @fastify/jwt), publishes the JWKS, and names the one key a token header may be verified with.
+ * The signing keys of the database, and the refresh key: signs tokens with fast-jwt (the auth
+ * service verifies with it), publishes the JWKS, and names the one key a token header may be verified with.
  */
 export function createKeyring (options: KeyringOptions) {
   const refreshKey = subkey(options.secret, 'refresh-tokens').toString('base64url')
