@@ -173,11 +173,14 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
   async function authorize (subject: VerifiedClaims, need: Requirement): Promise<Identity>
   async function authorize (subject: { kind: 'client', client: ServiceClient }, need: Requirement): Promise<{ kind: 'client', client: ServiceClient }>
   async function authorize (subject: Subject, need: Requirement): Promise<Identity | { kind: 'client', client: ServiceClient }> {
-    const required = need.scopes ?? []
     const elsewhere = need.elsewhere ?? (() => new WrongAudienceError())
-    if (subject.kind === 'client') {
-      const missing = required.find((scope) => !subject.client.scopes.includes(scope))
+    // RFC 6750 §3.1: the first scope asked that is not held.
+    const requireScopes = (held: string[]): void => {
+      const missing = (need.scopes ?? []).find((scope) => !held.includes(scope))
       if (missing !== undefined) throw new InsufficientScopeError(missing)
+    }
+    if (subject.kind === 'client') {
+      requireScopes(subject.client.scopes)
       // RFC 7662 §4: a client learns only of the tokens addressed to it (clients.mayIntrospect).
       if (need.audience !== undefined && !clients.mayIntrospect(subject.client, need.audience)) throw elsewhere()
       return subject
@@ -189,7 +192,7 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
       const user = await sessions.userOf(subject.claims)
       if (user === undefined) throw notLive()
       // Users hold no scopes (yet): a path that requires one is for services.
-      if (required.length > 0) throw new InsufficientScopeError(required[0])
+      requireScopes([])
       if (need.aal === 'aal2' && authContextOf(subject.claims).aal !== 'aal2') throw new Aal2RequiredError()
       return { kind: 'user', claims: subject.claims, user }
     }
@@ -203,8 +206,7 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
     if (subject.claims.exp * 1000 <= clock.now().getTime()) throw new TokenExpiredError()
     const live = await clients.liveClient(subject.claims)
     if (live === undefined) throw notLive()
-    const missing = required.find((scope) => !live.scopes.includes(scope))
-    if (missing !== undefined) throw new InsufficientScopeError(missing)
+    requireScopes(live.scopes)
     return { kind: 'service', claims: subject.claims, ...live }
   }
 
