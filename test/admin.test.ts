@@ -128,11 +128,16 @@ t.test('the admin API', async (t) => {
     const { user, access } = await login(app)
     const eventsBefore = await auditEvents(app, user.id, ['id'])
     t.ok(eventsBefore.length >= 2, 'register and login are in the trail')
+    t.equal((await app.inject({ method: 'POST', url: '/api/auth/mfa/totp', headers: bearer(access) })).statusCode, 201, 'a factor begun')
+    await app.oneTimeCodes.issue({ purpose: 'password_reset', userId: user.id, ttlS: 600, with: { code: true } })
     t.equal((await admin.delete(`/users/${user.id}?reason=${encodeURIComponent('GDPR erasure request')}`)).statusCode, 204)
     const row = await app.db.selectFrom('users').selectAll().where('id', '=', user.id).executeTakeFirstOrThrow()
     t.match(row, { username: `deleted:${user.id}`, email: `deleted:${user.id}@deleted.invalid`, password_hash: null, is_active: false, roles: [], deleted_at: Date })
     t.notMatch(JSON.stringify(row), user.username, 'nothing of the name is left in the row')
     t.equal((await app.db.selectFrom('sessions').select('id').where('user_id', '=', user.id).execute()).length, 0, 'the sessions, with their addresses and user agents, are gone')
+    for (const table of ['one_time_codes', 'mfa_factors'] as const) {
+      t.equal((await app.db.selectFrom(table).select('id').where('user_id', '=', user.id).execute()).length, 0, `its ${table} are gone`)
+    }
     const eventsAfter = await auditEvents(app, user.id, ['id'])
     t.ok(eventsAfter.length > eventsBefore.length, 'the trail keeps its rows, and the deletion')
     t.equal((await app.inject({ url: '/api/detail', headers: bearer(access) })).statusCode, 401)

@@ -8,6 +8,7 @@ import { deleteUser, disable, enable, operatorViewOf, scrub, searchForOperator, 
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import type { PasswordReset } from './password-reset.ts'
 import type { Mfa } from './mfa/mfa.ts'
+import type { OneTimeCodes } from './one-time-codes.ts'
 import type { SessionInfo, Sessions } from './sessions/sessions.ts'
 
 /** Who calls the admin API: the service client its token is of, and the request. */
@@ -39,6 +40,7 @@ export interface AdminDeps {
   db: Db
   clock: Clock
   sessions: Sessions
+  oneTimeCodes: OneTimeCodes
   audit: AuditTrail
   passwordReset: PasswordReset
   mfa: Mfa
@@ -79,7 +81,7 @@ const scrubbed = (id: number) => ({ username: `deleted:${id}`, email: `deleted:$
  * and sessions triggers notify every replica on commit; this one forgets after the commit). Every
  * call, reads too, is in the audit trail with the calling client and the reason given.
  */
-export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, config }: AdminDeps) {
+export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, config }: AdminDeps) {
   const record = (event: AuditEventName, operator: Operator, userId: number | null, detail: Record<string, unknown> = {}): void => {
     audit.record({ event, userId, detail: { client_id: operator.clientId, ...detail } }, operator.caller)
   }
@@ -167,8 +169,9 @@ export function createAdmin ({ db, clock, sessions, audit, passwordReset, mfa, c
           await deleteUser(trx, id)
           return
         }
-        await trx.deleteFrom('sessions').where('user_id', '=', id).execute()
-        for (const table of ['one_time_codes', 'mfa_factors', 'recovery_codes'] as const) await trx.deleteFrom(table).where('user_id', '=', id).execute()
+        await sessions.removeAll(id, trx)
+        await oneTimeCodes.removeAll(id, trx)
+        await mfa.removeAll(id, trx)
         await scrub(trx, id, scrubbed(id), change.reason, clock.db())
       })
       record('user_deleted', operator, id, { mode: change.mode, reason: change.reason })

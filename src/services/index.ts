@@ -128,7 +128,7 @@ export async function createServices (deps: ServicesDeps) {
   const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, audit, mfa, addresses })
   const emailVerification = createEmailVerification({ config, sessions, oneTimeCodes, outbox, audit, accounts, addresses })
   const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses })
-  const admin = createAdmin({ db, clock, sessions, audit, passwordReset, mfa, config })
+  const admin = createAdmin({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, config })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {

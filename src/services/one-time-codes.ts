@@ -151,6 +151,11 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
   return {
     issue,
 
+    /** Deletes every one-time secret of the user, spent or not (a deleted account's scrub, within `executor`). */
+    async removeAll (userId: number, executor: Executor): Promise<void> {
+      await executor.deleteFrom('one_time_codes').where('user_id', '=', userId).execute()
+    },
+
     /** Spends the token of a link, once: its secret, or undefined (unknown, spent, expired, cancelled). */
     async spendToken (purpose: CodePurpose, token: string, executor: Executor = db): Promise<Found | undefined> {
       const row = await open(purpose, executor).set({ consumed_at: clock.db() })

@@ -250,6 +250,11 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
       return await forgetting((c) => c.forgetUser(userId), () => db.transaction().execute(change))
     },
 
+    /** Deletes every session of the user, and with them their refresh tokens, within `executor` (changingUser's: a deleted account's scrub). */
+    async removeAll (userId: number, executor: Executor): Promise<void> {
+      await executor.deleteFrom('sessions').where('user_id', '=', userId).execute()
+    },
+
     /** Ends the user's open sessions (only `sessionId`, when given) within `executor`; how many it ended. */
     async endAll (userId: number, executor: Executor, sessionId?: string): Promise<number> {
       return count(await endSessions(userId, executor).$if(sessionId !== undefined, (q) => q.where('id', '=', sessionId!)).executeTakeFirst())
