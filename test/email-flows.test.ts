@@ -183,6 +183,19 @@ t.test('EMAIL_SIGN_IN: a code by mail for a token pair and the cookies, as login
     t.match(events[0], { detail: { method: 'email_code' } })
   })
 
+  t.test('the code is read from the mail after its colon: a username of six digits or more comes before it', async (t) => {
+    // uniqueUser() names users by the process id, which has six digits or more where pid_max
+    // is above 999999 (Linux's default is 4194304): the mail's first six digits are then the name's.
+    const user = await register(app, uniqueUser('u1234567'))
+    await inbox.next()
+    clock.advance(61)
+    await signIn(user.email)
+    await app.outbox.work()
+    const mail = await inbox.next()
+    t.match(mail.text, /sign in as u1234567/)
+    t.equal((await withCode(user.email, codeOf(mail))).statusCode, 200)
+  })
+
   t.test('five wrong codes kill it; an unknown address answers the same', async (t) => {
     const { user, code } = await mailedCode()
     for (let i = 0; i < 5; i++) t.match((await withCode(user.email, otherCode(code))).json(), { status: 400, code: 'sign_in_code_invalid' })
