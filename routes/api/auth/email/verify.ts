@@ -1,7 +1,8 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { DatabaseUnavailableError, ValidationFailedError } from '#src/errors.ts'
+import { DatabaseUnavailableError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
+import { mailedProofOf } from '#src/http/mailed-proof.ts'
 import { credentialLimits } from '#src/http/limits.ts'
 import { AccessTokenSecurity, MailedProofFieldsSchema, PasswordSchema, problems } from '#src/schemas.ts'
 
@@ -40,12 +41,9 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const { token, email, code, password } = request.body
-    const byLink = token !== undefined && email === undefined && code === undefined
-    if (!byLink && (token !== undefined || email === undefined || code === undefined)) {
-      throw new ValidationFailedError([{ field: 'token', message: 'Give the token of the link, or the email and the code, not both.' }])
-    }
+    const proof = mailedProofOf({ token, email, code })
     const holder = { userId: await sessionUserOf(request, reply), password }
-    const { passwordRemoved } = await fastify.emailVerification.verify(byLink ? { token } : { email: email!, code: code! }, callerOf(request), holder)
+    const { passwordRemoved } = await fastify.emailVerification.verify(proof, callerOf(request), holder)
     return { email_verified: true as const, ...(passwordRemoved ? { password_removed: true as const } : {}) }
   })
 }

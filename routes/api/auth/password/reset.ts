@@ -1,6 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ValidationFailedError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
+import { mailedProofOf } from '#src/http/mailed-proof.ts'
 import { credentialLimits } from '#src/http/limits.ts'
 import { MailedProofFieldsSchema, PasswordSchema, problems, MfaCodeSchema, MfaMethodSchema } from '#src/schemas.ts'
 
@@ -22,12 +23,10 @@ const reset: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const { token, email, code, new_password: password, mfa_method: method, mfa_code: mfaCode } = request.body
-    const byLink = token !== undefined && email === undefined && code === undefined
-    const byCode = token === undefined && email !== undefined && code !== undefined
-    if (!byLink && !byCode) throw new ValidationFailedError([{ field: 'token', message: 'Give the token of the link, or the email and the code, not both.' }])
+    const proof = mailedProofOf({ token, email, code })
     if ((method === undefined) !== (mfaCode === undefined)) throw new ValidationFailedError([{ field: 'mfa_code', message: 'Give mfa_method and mfa_code together.' }])
     const second = method === undefined ? undefined : { method, code: mfaCode! }
-    await fastify.passwordReset.reset(byLink ? { token } : { email: email!, code: code! }, password, callerOf(request), second)
+    await fastify.passwordReset.reset(proof, password, callerOf(request), second)
     return reply.code(204).send(null)
   })
 }
