@@ -8,6 +8,7 @@ import { subkey } from '../src/lib/subkeys.ts'
 import type { TokenPair } from '../src/schemas.ts'
 import { secondsLeft, sessionOfSigned } from '../src/services/auth/claims.ts'
 import type { SignInStep } from '../src/services/sign-in.ts'
+import { FLOW_TTL_S } from '../src/services/upstream/upstream.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -21,6 +22,9 @@ declare module 'fastify' {
     clearAuthCookies: () => FastifyReply
     /** A sign-in step's answer: the pair (and the cookies, with `cookies`), or the second step it needs (no pair, no cookie). */
     sendSignIn: (step: SignInStep, options: { cookies: boolean }) => FastifyReply
+    /** The cookie binding an upstream sign-in's flow to this browser: its single-use secret, for FLOW_TTL_S. */
+    setFlowCookie: (flowSecret: string) => FastifyReply
+    clearFlowCookie: () => FastifyReply
   }
 }
 
@@ -68,6 +72,15 @@ async function cookiesPlugin (fastify: FastifyInstance): Promise<void> {
   fastify.decorateReply('sendSignIn', function (this: FastifyReply, step: SignInStep, { cookies }: { cookies: boolean }) {
     if (step.kind === 'mfa') return this.send({ mfa_required: true, mfa_token: step.challenge.mfaToken, methods: step.challenge.methods })
     return (cookies ? this.setAuthCookies(step.pair) : this).send(step.pair)
+  })
+  // The flow cookie must come back with the provider's redirect, a top-level GET from another
+  // site: SameSite=Lax whatever COOKIE_SAMESITE says (Strict would drop it, None is not needed).
+  const flowCookie = { httpOnly: true, secure: config.COOKIE_SECURE, sameSite: 'lax', path: '/' } as const
+  fastify.decorateReply('setFlowCookie', function (this: FastifyReply, flowSecret: string) {
+    return this.setCookie(cookieNames.flow, flowSecret, { ...flowCookie, maxAge: FLOW_TTL_S })
+  })
+  fastify.decorateReply('clearFlowCookie', function (this: FastifyReply) {
+    return this.clearCookie(cookieNames.flow, flowCookie)
   })
   fastify.decorateReply('clearAuthCookies', function (this: FastifyReply) {
     return this

@@ -7,6 +7,7 @@ import { chmod, link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseEnv } from 'node:util'
 import { MAKE_A_SECRET, secretWeakness } from './lib/secret-strength.ts'
+import { parseProviders, parseReturnUrls, type UpstreamProvider } from './lib/upstream-providers.ts'
 
 /** A string from a fixed list: one `enum` keyword, so a bad value is told the allowed ones. */
 const OneOf = <const T extends readonly string[]>(values: T, options: { default?: T[number] } = {}) =>
@@ -141,6 +142,12 @@ export const ConfigSchema = Type.Object({
   // The name authenticator apps show beside a TOTP factor (the otpauth URI's issuer).
   TOTP_ISSUER: Type.String({ minLength: 1, maxLength: 64, pattern: '^[^:]+$', default: 'authgate' }),
 
+  // Sign-in with upstream identity providers: their names, separated by commas, each set by
+  // OIDC_<NAME>_* (src/lib/upstream-providers.ts, docs/sign-in-with-providers.md).
+  OIDC_PROVIDERS: Type.String({ default: '' }),
+  // The pages a browser may be sent back to after an upstream sign-in: exact URLs, separated by commas.
+  OIDC_RETURN_URLS: Type.String({ default: '' }),
+
   ...durationSchemas
 })
 
@@ -171,9 +178,13 @@ export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS
   /** The audience of the admin API's tokens: `<PUBLIC_URL>/api/admin`. */
   adminAudience: string
   /** Cookie prefixes (RFC 6265bis §4.1.3): __Host- needs Secure, Path=/ and no Domain. */
-  cookieNames: Readonly<{ access: string, refresh: string, binding: string }>
+  cookieNames: Readonly<{ access: string, refresh: string, binding: string, flow: string }>
   /** Which optional features are on (src/lib/feature-routes.ts lists their routes), decided here once. */
   features: Readonly<Features>
+  /** The upstream identity providers (OIDC_PROVIDERS), each judged whole. */
+  upstreamProviders: readonly UpstreamProvider[]
+  /** The pages an upstream sign-in may return to (OIDC_RETURN_URLS), compared whole. */
+  returnUrls: ReadonlySet<string>
 }>
 
 /** The features that exist only when a setting turns them on. */
@@ -183,6 +194,7 @@ export interface Features {
   emailSignIn: boolean
   metrics: boolean
   docs: boolean
+  upstream: boolean
 }
 
 /** The configuration the service runs with: `SECRET_KEY` resolved. */
@@ -353,6 +365,8 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
       problems.push(`JWT_PRIVATE_KEY must be a PEM private key for JWT_ALGORITHM=${values.JWT_ALGORITHM}: ${typeof alg === 'string' ? `it is one for ${alg}` : alg.why}`)
     }
   }
+  const upstreamProviders = parseProviders(env, problems)
+  const returnUrls = parseReturnUrls(values.OIDC_RETURN_URLS, problems)
   let trustProxy: TrustProxy = false
   try {
     trustProxy = parseTrustProxy(values.TRUST_PROXY)
@@ -384,15 +398,20 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
     cookieNames: Object.freeze({
       access: `${hostOnly ? '__Host-' : secure ? '__Secure-' : ''}access_token`,
       refresh: `${secure ? '__Secure-' : ''}refresh_token`,
-      binding: `${secure ? '__Host-' : ''}refresh_binding`
+      binding: `${secure ? '__Host-' : ''}refresh_binding`,
+      // An upstream sign-in's flow secret: this host's alone, like the binding.
+      flow: `${secure ? '__Host-' : ''}upstream_flow`
     }),
     features: Object.freeze({
       passwordReset: values.APP_RESET_URL !== undefined,
       emailVerification: values.EMAIL_VERIFICATION !== 'off',
       emailSignIn: values.EMAIL_SIGN_IN,
       metrics: values.METRICS_TOKEN !== undefined,
-      docs
-    })
+      docs,
+      upstream: upstreamProviders.length > 0
+    }),
+    upstreamProviders: Object.freeze(upstreamProviders),
+    returnUrls: new Set(returnUrls)
   })
 }
 

@@ -43,6 +43,8 @@ export const MfaCodeInvalidError = define('mfa_code_invalid', 'The code is wrong
 export const MfaCodeUsedError = define('mfa_code_used', 'The code was used already: wait for the next one of the app, or use another recovery code.', 400)
 export const MfaRequiredError = define('mfa_required', 'The account has a second factor: give mfa_method and mfa_code too.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
+export const ReturnUrlNotAllowedError = define('return_to_not_allowed', 'return_to is not one of the pages OIDC_RETURN_URLS lists (compared whole).', 400)
+export const FlowInvalidError = define('flow_invalid', 'This sign-in was not started in this browser, was finished already, or has expired: start it again.', 400)
 
 // 401: who is asking is not proven.
 export const InvalidCredentialsError = define('invalid_credentials', 'No active account found with the given credentials', 401)
@@ -51,6 +53,8 @@ export const TokenNotValidError = define('token_not_valid', 'Token is invalid or
 export const TokenExpiredError = define('token_expired', 'Token is expired', 401)
 // Says why (RFC 6749 §5.2's error_description), never whether a client id exists to who has not proven it.
 export const InvalidClientError = define('invalid_client', 'Client authentication failed: %s', 401)
+export const IdTokenInvalidError = define('id_token_invalid', 'The ID token is not valid: %s.', 401)
+export const SessionEndedError = define('session_ended', 'The session that started linking has ended: sign in and link again.', 401)
 export const MfaTokenInvalidError = define('mfa_token_invalid', 'The mfa_token is wrong, used, expired or out of tries: sign in again.', 401)
 export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)
 export const AudienceRequiredError = define('token_not_valid', 'A service token is accepted only for an audience the gateway names (?audience=).', 401)
@@ -60,9 +64,14 @@ export const EmailNotVerifiedError = define('email_not_verified', 'Verify your e
 export const Aal2RequiredError = define('aal2_required', 'This needs a session signed in with a second factor (aal2): POST /api/auth/mfa/verify steps the session up.', 403)
 export const RecentSignInRequiredError = define('reauthentication_required', 'This needs a sign-in within the last 10 minutes: sign in again, or step up with POST /api/auth/mfa/verify.', 403)
 export const MfaLockedError = define('mfa_locked', 'Ten wrong codes in a row: the second step is locked for 15 minutes.', 403)
+export const UpstreamDeniedError = define('access_denied', 'The identity provider did not sign you in (%s).', 403)
+export const UpstreamNotAllowedError = define('not_allowed', '%s', 403)
+export const EmailRequiredError = define('email_required', 'The identity provider gave no address to make an account with: allow authgate to read your verified address there, or register first and link the provider.', 403)
 export const InsufficientScopeError = define('insufficient_scope', 'The token lacks the scope %s.', 403)
 
 export const NotFoundError = define('not_found', 'Not found.', 404)
+export const ProviderNotFoundError = define('not_found', 'No identity provider %s.', 404)
+export const IdentityNotFoundError = define('not_found', 'No linked identity %s.', 404)
 export const ClientNotFoundError = define('not_found', 'No client %s.', 404)
 export const UserNotFoundError = define('not_found', 'No user %s.', 404)
 export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
@@ -74,6 +83,9 @@ export const UsernameTakenError = define('username_taken', 'A user with that use
 export const EmailTakenError = define('email_taken', 'A user with that email already exists.', 409)
 export const UserDeletedError = define('user_deleted', 'The user was deleted.', 409)
 export const UserDisabledError = define('user_disabled', 'The user is disabled: enable them first.', 409)
+export const AccountExistsError = define('account_exists', 'An account already has this address: sign in as you did before, then link this provider from it (POST /api/auth/identities/link).', 409)
+export const IdentityTakenError = define('identity_taken', 'This account of the identity provider is linked to another user.', 409)
+export const LastWayInError = define('last_way_in', 'This is the last way into the account: set a password or link another provider first.', 409)
 export const MailLimitReachedError = define('mail_limit_reached', 'The user was sent this mail less than a minute ago, or five times in the last hour: try again later.', 409)
 export const PayloadTooLargeError = define('payload_too_large', 'The request body is too large.', 413)
 export const UnsupportedMediaTypeError = define('unsupported_media_type', '%s', 415)
@@ -82,9 +94,13 @@ export const RateLimitedError = define('rate_limited', 'Too many requests; try a
 export const HeadersTooLargeError = define('headers_too_large', 'The request headers are too large.', 431)
 
 export const InternalError = define('internal_error', 'Internal Server Error', 500)
+// The identity provider answered what no provider may (a token request refused, an answer not
+// valid): nothing the client can mend, and not authgate's fault.
+export const UpstreamFailedError = define('upstream_error', 'The identity provider\'s answer was not valid: %s.', 502)
 // From a service that is going away: the request belongs on another replica.
 export const ShuttingDownError = define('service_unavailable', 'The service is shutting down; try again shortly.', 503)
 export const DatabaseUnavailableError = define('service_unavailable', 'The database is unavailable; try again shortly.', 503)
+export const UpstreamUnavailableError = define('upstream_unavailable', 'The identity provider could not be reached: %s.', 503)
 export const TooSlowError = define('service_unavailable', 'The request took too long; try again shortly.', 503)
 
 // The OAuth endpoints' own (RFC 6749 §5.2, RFC 8707 §2, RFC 7009 §2.2.1): their codes are

@@ -75,6 +75,17 @@ export const MailedProofFieldsSchema = Type.Partial(Type.Composite([MailedLinkSc
 
 /** The `:id` of a session or a second factor: a UUID, the hyphenated form only (ajv's uuid format also takes urn:uuid:…, which PostgreSQL does not). */
 export const UuidParamsSchema = Type.Object({ id: Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' }) })
+/** The `:provider` of an upstream sign-in: a name of OIDC_PROVIDERS. */
+export const ProviderParamsSchema = Type.Object({ provider: Type.String({ pattern: '^[a-z][a-z0-9]{0,31}$' }) })
+/** An identity of an upstream provider linked to a user, as the user and operators see it. */
+export const IdentitySchema = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  provider: Type.String(),
+  subject: Type.String({ description: 'The provider\'s id of the person: with its issuer, the identity' }),
+  email: Type.Union([Type.String(), Type.Null()], { description: 'The address its last sign-in named: shown, never matched on' }),
+  created_at: Type.String({ format: 'date-time', description: 'When it was linked' }),
+  last_used_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+})
 /** An answer, or a body, with nothing in it. */
 export const EmptySchema = Type.Object({}, { additionalProperties: false })
 /** Recovery codes as they are handed out, once. */

@@ -69,7 +69,8 @@ export interface AuditEventsTable {
 export interface OneTimeCodesTable {
   id: string
   purpose: string
-  user_id: number
+  /** None for a secret of no user yet (an upstream sign-in's flow). */
+  user_id: number | null
   token_hash: string | null
   code_hash: string | null
   attempts: Generated<number>
@@ -146,6 +147,19 @@ export interface OAuthClientAssertionsTable {
   expires_at: Timestamp
 }
 
+/** An upstream provider's identity (issuer, subject) linked to a user. */
+export interface UserIdentitiesTable {
+  id: string
+  user_id: number
+  provider: string
+  issuer: string
+  subject: string
+  email: string | null
+  email_verified: boolean
+  created_at: Timestamp
+  last_used_at: Timestamp | null
+}
+
 export interface Database {
   users: UsersTable
   sessions: SessionsTable
@@ -160,6 +174,7 @@ export interface Database {
   mail_outbox: MailOutboxTable
   mfa_factors: MfaFactorsTable
   recovery_codes: RecoveryCodesTable
+  user_identities: UserIdentitiesTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

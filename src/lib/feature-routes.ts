@@ -45,6 +45,13 @@ export const OPTIONAL_FEATURES: readonly Feature[] = [
     files: ['/api/auth/email/sign-in.ts', '/api/auth/email/sign-in/verify.ts']
   },
   {
+    key: 'upstream',
+    name: 'the sign-in with identity providers',
+    setting: 'OIDC_PROVIDERS (with each provider\'s OIDC_<NAME>_* settings)',
+    routes: ['GET /api/auth/oidc/*', 'POST /api/auth/oidc/*', 'GET /api/auth/identities', 'POST /api/auth/identities/link', 'DELETE /api/auth/identities/*'],
+    files: ['/api/auth/oidc/start.ts', '/api/auth/oidc/callback.ts', '/api/auth/oidc/id-token.ts', '/api/auth/identities.ts', '/api/admin/users/identities.ts']
+  },
+  {
     key: 'metrics',
     name: 'the metrics',
     setting: 'METRICS_TOKEN',

@@ -1,3 +1,4 @@
+import { identitiesOf } from './upstream/identities.ts'
 import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
@@ -175,6 +176,13 @@ export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwor
         await scrub(trx, id, scrubbed(id), change.reason, clock.db())
       })
       record('user_deleted', operator, id, { mode: change.mode, reason: change.reason })
+    },
+
+    /** The user's linked identities of upstream providers. */
+    async identitiesOf (id: number, operator: Operator) {
+      await find(id)
+      record('admin_read', operator, id, { what: 'identities' })
+      return await identitiesOf(db, id)
     },
 
     async sessionsOf (id: number, operator: Operator): Promise<SessionInfo[]> {

@@ -24,6 +24,7 @@ import { SESSIONS_CHANNEL, SessionCache } from './sessions/cache.ts'
 import { createSessions } from './sessions/sessions.ts'
 import { createSignIn } from './sign-in.ts'
 import { createSigningKeys, KEYS_RELOAD_INTERVAL_S } from './keys/signing-keys.ts'
+import { createUpstream } from './upstream/upstream.ts'
 
 /** What the services are built from. */
 export interface ServicesDeps {
@@ -128,6 +129,7 @@ export async function createServices (deps: ServicesDeps) {
   const signIn = createSignIn({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, audit, mfa, addresses })
   const emailVerification = createEmailVerification({ config, sessions, oneTimeCodes, outbox, audit, accounts, addresses })
   const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses })
+  const upstream = createUpstream({ db, clock, config, oneTimeCodes, signIn, sessions, outbox, templates, audit })
   const admin = createAdmin({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, config })
   const djangoImport = createDjangoImport({ db })
 
@@ -150,6 +152,7 @@ export async function createServices (deps: ServicesDeps) {
     sessions,
     accounts,
     signIn,
+    upstream,
     mfa,
     admin,
     clients,

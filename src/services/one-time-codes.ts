@@ -11,11 +11,12 @@ import type { MailTemplate, MailTemplates } from './mail/templates.ts'
 import type { Executor } from './sessions/sessions.ts'
 
 /** What a single-use secret is for: each purpose's secrets are spent only by its own flow. */
-export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge'
+export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge' | 'upstream_flow'
 
 export interface IssueOptions {
   purpose: CodePurpose
-  userId: number
+  /** None for a secret of no user yet: an upstream sign-in's flow, which only its token spends. */
+  userId: number | null
   /** How long it may be spent. */
   ttlS: number
   /** A link token (256 bits, for the URL fragment), a short code (6 digits, to type), or both. */
@@ -30,7 +31,7 @@ export interface IssueOptions {
 /** A secret as its mail carries it: shown once, never stored. */
 export interface Issued { id: string, token?: string, code?: string, expiresAt: Date }
 
-/** An open secret found: its id, its user, and what it was issued with. */
+/** An open secret found: its id, its user (every purpose but a flow's has one: spendFlow spends those), and what it was issued with. */
 export interface Found { id: string, userId: number, detail: Record<string, unknown> | null }
 
 /** A mail of a one-time secret: what differs between the flows that send one. */
@@ -102,13 +103,13 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
     const code = options.with.code === true ? String(randomInt(10 ** CODE_DIGITS)).padStart(CODE_DIGITS, '0') : undefined
     const expiresAt = new Date(clock.now().getTime() + options.ttlS * 1000)
     const write = async (trx: Executor): Promise<void> => {
-      if (options.keepOthers !== true) {
+      if (options.keepOthers !== true && options.userId !== null) {
         await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
           .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
           .execute()
       }
       // A new mail's code starts with all its tries.
-      if (code !== undefined) {
+      if (code !== undefined && options.userId !== null) {
         await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
           .where('email', '=', emailOfUser(options.userId))
           .execute()
@@ -118,7 +119,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
         purpose: options.purpose,
         user_id: options.userId,
         token_hash: token === undefined ? null : tokenHash(token),
-        code_hash: code === undefined ? null : codeHash(options.userId, options.purpose, code),
+        code_hash: code === undefined || options.userId === null ? null : codeHash(options.userId, options.purpose, code),
         max_attempts: options.maxAttempts ?? DEFAULT_TRIES,
         created_at: clock.db(),
         expires_at: sql<Date>`${clock.db()} + ${seconds(options.ttlS)}`,
@@ -163,7 +164,16 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
         .where(triesLeft)
         .returning(['id', 'user_id', 'detail'])
         .executeTakeFirst()
-      return row === undefined ? undefined : { id: row.id, userId: row.user_id, detail: row.detail }
+      return row === undefined ? undefined : { id: row.id, userId: row.user_id!, detail: row.detail }
+    },
+
+    /** Spends the token of a flow of no user yet (an upstream sign-in's), once: what it was issued with, or undefined (unknown, spent, expired). */
+    async spendFlow (purpose: CodePurpose, token: string): Promise<{ userId: number | null, detail: Record<string, unknown> } | undefined> {
+      const row = await open(purpose).set({ consumed_at: clock.db() })
+        .where('token_hash', '=', tokenHash(token))
+        .returning(['user_id', 'detail'])
+        .executeTakeFirst()
+      return row === undefined ? undefined : { userId: row.user_id, detail: row.detail ?? {} }
     },
 
     /**
@@ -191,7 +201,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
           .executeTakeFirst()
         if (counted === undefined) return undefined
         const row = await openCode.select(['id', 'user_id', 'detail']).where('code_hash', '=', codeHash(userId, purpose, code)).executeTakeFirst()
-        return row === undefined ? undefined : { id: row.id, userId: row.user_id, detail: row.detail }
+        return row === undefined ? undefined : { id: row.id, userId: row.user_id!, detail: row.detail }
       })
     },
 
@@ -223,7 +233,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
         .where('expires_at', '>', clock.db())
         .where(triesLeft)
         .executeTakeFirst()
-      return row === undefined ? undefined : { id: row.id, userId: row.user_id, expiresAt: row.expires_at, detail: row.detail }
+      return row === undefined ? undefined : { id: row.id, userId: row.user_id!, expiresAt: row.expires_at, detail: row.detail }
     },
 
     /**

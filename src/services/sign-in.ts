@@ -18,6 +18,9 @@ import type { Sessions } from './sessions/sessions.ts'
  */
 export type SignInStep = { kind: 'session', user: User, sessionId: string, pair: TokenPair } | { kind: 'mfa', challenge: MfaChallenge }
 
+/** The first factor a sign-in passed: its method, its RFC 8176 amr values, the assurance it gives alone (aal1 unless said), what the audit trail adds. */
+interface FirstFactor { method: 'password' | 'email_code' | 'upstream', amr: string[], aal?: 'aal1' | 'aal2', detail?: Record<string, unknown> }
+
 /** How a first step is answered: with cookies (login, the email code) or in the body alone (simplejwt's /api/token). */
 export interface StepOptions { cookies: boolean }
 
@@ -52,25 +55,26 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
   })
 
   // A first factor passed: what comes next. With EMAIL_VERIFICATION=required, an address not
-  // yet verified stops here (said only to whoever proved the password); a user with a second
-  // factor gets an mfa_token and no pair; else the session, aal1.
-  async function next ({ user, credential, emailVerified, methods }: PasswordProof, caller: Caller, method: 'password' | 'email_code', { cookies }: StepOptions): Promise<SignInStep> {
+  // yet verified stops here (said only to whoever proved the first factor); a user with a second
+  // factor gets an mfa_token and no pair; else the session, aal1 (aal2 for an upstream sign-in
+  // the provider, trusted for it, says took several factors).
+  async function next ({ user, credential, emailVerified, methods }: PasswordProof, caller: Caller, factor: FirstFactor, { cookies }: StepOptions): Promise<SignInStep> {
+    const detail = factor.method === 'password' ? undefined : { method: factor.method, ...factor.detail }
     if (config.EMAIL_VERIFICATION === 'required' && !emailVerified) {
-      audit.record({ event: 'login', outcome: 'failure', userId: user.id, detail: { method, reason: 'email_not_verified' } }, caller)
+      audit.record({ event: 'login', outcome: 'failure', userId: user.id, detail: { method: factor.method, ...factor.detail, reason: 'email_not_verified' } }, caller)
       throw new EmailNotVerifiedError()
     }
-    // RFC 8176: a password is pwd; a code mailed once is otp.
-    const amr = [method === 'password' ? 'pwd' : 'otp']
+    const { amr } = factor
     if (needsSecondStep(methods)) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
     let started
     try {
-      started = await sessions.start(credential, caller.device, { aal: 'aal1', amr, auth_time: epochSeconds(clock.now()) })
+      started = await sessions.start(credential, caller.device, { aal: factor.aal ?? 'aal1', amr, auth_time: epochSeconds(clock.now()) })
     } catch (error) {
       // The credential changed while it was checked (a password change, the account disabled).
-      if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', userId: user.id }, caller)
+      if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', userId: user.id, ...(detail === undefined ? {} : { detail }) }, caller)
       throw error
     }
-    audit.record({ event: 'login', userId: user.id, sessionId: started.sessionId, ...(method === 'password' ? {} : { detail: { method } }) }, caller)
+    audit.record({ event: 'login', userId: user.id, sessionId: started.sessionId, ...(detail === undefined ? {} : { detail }) }, caller)
     return { kind: 'session', user, ...started }
   }
 
@@ -84,7 +88,8 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         if (error instanceof InvalidCredentialsError) audit.record({ event: 'login', outcome: 'failure', identifier }, caller)
         throw error
       }
-      return await next(proof, caller, 'password', options)
+      // RFC 8176: a password is pwd.
+      return await next(proof, caller, { method: 'password', amr: ['pwd'] }, options)
     },
 
     /** Queues a sign-in code for `email`'s account, if it has one; always the same quick answer. */
@@ -114,7 +119,17 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
       // A first proof of the address removed the second factors (addresses.prove): none is asked.
       const methods = proven.first ? { ...user.methods, totp: false, recoveryCodes: false } : user.methods
       const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, methods }
-      return await next(proof, caller, 'email_code', { cookies: true })
+      // RFC 8176: a code mailed once is otp.
+      return await next(proof, caller, { method: 'email_code', amr: ['otp'] }, { cookies: true })
+    },
+
+    /**
+     * A sign-in of an upstream identity provider's user, the account found or made for it
+     * (src/services/upstream/): one factor, `fed` in amr (the provider's own `mfa` beside it,
+     * and aal2, when the provider is trusted for it); a local second factor still applies.
+     */
+    async upstream (proof: PasswordProof, caller: Caller, { provider, multiFactor }: { provider: string, multiFactor: boolean }, options: StepOptions): Promise<SignInStep> {
+      return await next(proof, caller, { method: 'upstream', amr: multiFactor ? ['fed', 'mfa'] : ['fed'], aal: multiFactor ? 'aal2' : 'aal1', detail: { provider } }, options)
     }
   }
 }

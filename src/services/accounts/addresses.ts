@@ -6,10 +6,11 @@ import type { AuditTrail, Caller } from '../audit.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Mfa } from '../mfa/mfa.ts'
 import type { Sessions } from '../sessions/sessions.ts'
+import { deleteUnprovenIdentities } from '../upstream/identities.ts'
 import { lockForProof, markVerified, recipientOf } from './users.ts'
 
 /** What the first proof of an account's address took from it. */
-export interface Removed { password: boolean, sessions: number, factors: number }
+export interface Removed { password: boolean, sessions: number, factors: number, identities: number }
 
 /** What a proof of an address found: whether it was the account's first, and what that removed. */
 export interface Proven { first: boolean, removed: Removed }
@@ -23,14 +24,15 @@ export interface AddressesDeps {
   audit: AuditTrail
 }
 
-const NOTHING: Removed = { password: false, sessions: 0, factors: 0 }
+const NOTHING: Removed = { password: false, sessions: 0, factors: 0, identities: 0 }
 
 /** The removed things in words, for the notice mail. */
-function described ({ password, sessions, factors }: Removed): string {
+function described ({ password, sessions, factors, identities }: Removed): string {
   return [
     ...(password ? ['the password'] : []),
     ...(sessions > 0 ? [`${sessions} signed-in session${sessions === 1 ? '' : 's'}`] : []),
-    ...(factors > 0 ? [`${factors} second factor${factors === 1 ? '' : 's'} and the recovery codes`] : [])
+    ...(factors > 0 ? [`${factors} second factor${factors === 1 ? '' : 's'} and the recovery codes`] : []),
+    ...(identities > 0 ? [`${identities} linked sign-in${identities === 1 ? '' : 's'} of other providers`] : [])
   ].join(', ')
 }
 
@@ -68,7 +70,8 @@ export function createAddresses ({ clock, sessions, mfa, outbox, templates, audi
       const removed = {
         password,
         sessions: itself.sessions === true ? 0 : await sessions.endAll(userId, trx),
-        factors: await mfa.removeAll(userId, trx)
+        factors: await mfa.removeAll(userId, trx),
+        identities: await deleteUnprovenIdentities(trx, userId, email)
       }
       if (described(removed) !== '') await outbox.enqueue('address_proven', { userId, removed: described(removed), at: clock.now().toISOString() }, trx)
       return { first: true, removed }

@@ -23,10 +23,10 @@ export type MfaMethod = 'totp' | 'recovery_code'
 
 /**
  * What a user can sign in with, read with the user: a password set, a verified TOTP factor, recovery
- * codes left. Passkeys and linked upstream identities each add a field here, and the questions
- * below take them into account in this one place.
+ * codes left, identities of upstream providers linked. Passkeys add a field here, and the
+ * questions below take them into account in this one place.
  */
-export interface SignInMethods { password: boolean, totp: boolean, recoveryCodes: boolean }
+export interface SignInMethods { password: boolean, totp: boolean, recoveryCodes: boolean, identities: number }
 
 /** A selection of `users`: its sign-in methods (read with the user, no round trip of their own). */
 export const signInMethods = (eb: ExpressionBuilder<Database, 'users'>) => [
@@ -34,12 +34,14 @@ export const signInMethods = (eb: ExpressionBuilder<Database, 'users'>) => [
   eb.exists(eb.selectFrom('mfa_factors').select('mfa_factors.id')
     .whereRef('mfa_factors.user_id', '=', 'users.id').where('mfa_factors.verified_at', 'is not', null)).$castTo<boolean>().as('method_totp'),
   eb.exists(eb.selectFrom('recovery_codes').select('recovery_codes.id')
-    .whereRef('recovery_codes.user_id', '=', 'users.id').where('recovery_codes.used_at', 'is', null)).$castTo<boolean>().as('method_recovery_code')
+    .whereRef('recovery_codes.user_id', '=', 'users.id').where('recovery_codes.used_at', 'is', null)).$castTo<boolean>().as('method_recovery_code'),
+  eb.selectFrom('user_identities').select((e) => e.cast<number>(e.fn.countAll(), 'integer').as('n'))
+    .whereRef('user_identities.user_id', '=', 'users.id').$asScalar().$castTo<number>().as('method_identities')
 ]
 
 /** The methods of a row read with signInMethods. */
-export const methodsOf = (row: { method_password: boolean, method_totp: boolean, method_recovery_code: boolean }): SignInMethods =>
-  ({ password: row.method_password, totp: row.method_totp, recoveryCodes: row.method_recovery_code })
+export const methodsOf = (row: { method_password: boolean, method_totp: boolean, method_recovery_code: boolean, method_identities: number }): SignInMethods =>
+  ({ password: row.method_password, totp: row.method_totp, recoveryCodes: row.method_recovery_code, identities: row.method_identities })
 
 /** Whether a sign-in of a user with these methods takes a second step (an mfa_token) after its first factor. */
 export const needsSecondStep = (methods: SignInMethods): boolean => methods.totp
@@ -47,10 +49,17 @@ export const needsSecondStep = (methods: SignInMethods): boolean => methods.totp
 /** How that second step may be proven: a TOTP code, and a recovery code while some are left. */
 export const secondStepMethods = (methods: SignInMethods): MfaMethod[] => methods.recoveryCodes ? ['totp', 'recovery_code'] : ['totp']
 
-/** The user's sign-in methods (none of an unknown user). */
-export async function methodsOfUser (executor: Executor, userId: number): Promise<SignInMethods> {
-  const row = await executor.selectFrom('users').select(signInMethods).where('id', '=', userId).executeTakeFirst()
-  return row === undefined ? { password: false, totp: false, recoveryCodes: false } : methodsOf(row)
+/**
+ * Whether a user with these methods can still get in on their own: a password, a linked
+ * identity, or their address, where the service mails a sign-in code or a reset link to it.
+ */
+export const hasWayIn = (methods: SignInMethods, features: { emailSignIn: boolean, passwordReset: boolean }): boolean =>
+  methods.password || methods.identities > 0 || features.emailSignIn || features.passwordReset
+
+/** The user's sign-in methods (none of an unknown user); with `lock`, the user's row locked until the transaction ends (two removals of a way in at once: one waits, then sees the other's). */
+export async function methodsOfUser (executor: Executor, userId: number, { lock = false } = {}): Promise<SignInMethods> {
+  const row = await executor.selectFrom('users').select(signInMethods).where('id', '=', userId).$if(lock, (q) => q.forUpdate()).executeTakeFirst()
+  return row === undefined ? { password: false, totp: false, recoveryCodes: false, identities: 0 } : methodsOf(row)
 }
 
 // An active, not deleted user: written here once. A deleted user is never active (a soft
@@ -109,6 +118,24 @@ export const passwordHashOf = (executor: Executor, userId: number) => executor.s
 /** A new user; the database decides whether the name or address is taken (23505). */
 export async function insertUser (executor: Executor, values: { username: string, email: string, password_hash: string }): Promise<User> {
   return await executor.insertInto('users').values(values).returning(['id', 'username', 'email']).executeTakeFirstOrThrow()
+}
+
+/**
+ * A new user of an upstream sign-in: no password, the address verified at `verifiedAt` when the
+ * provider proved it. Undefined when the name or the address is taken (any unique constraint:
+ * the caller tells which).
+ */
+export async function insertUpstreamUser (executor: Executor, values: { username: string, email: string, verifiedAt: RawBuilder<Date> | null }): Promise<User | undefined> {
+  return await executor.insertInto('users')
+    .values({ username: values.username, email: values.email, password_hash: null, email_verified_at: values.verifiedAt })
+    .onConflict((oc) => oc.doNothing())
+    .returning(['id', 'username', 'email'])
+    .executeTakeFirst()
+}
+
+/** A sign-in that proved no password (an upstream provider's): when. */
+export async function recordLastLogin (executor: Executor, userId: number, at: RawBuilder<Date>): Promise<void> {
+  await executor.updateTable('users').set({ last_login_at: at }).where('id', '=', userId).execute()
 }
 
 /**

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { TokenExpiredError, TokenNotValidError } from '../../errors.ts'
+import { Aal2RequiredError, RecentSignInRequiredError, TokenExpiredError, TokenNotValidError } from '../../errors.ts'
 
 const UUID = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 const Seconds = Type.Integer({ minimum: 0, maximum: 253402300799 })
@@ -44,6 +44,20 @@ export interface AuthContext { aal: 'aal1' | 'aal2', amr: string[], auth_time: n
 /** The sign-in a token's session had; aal1 by a password for a token issued before these claims. */
 export const authContextOf = (claims: TokenClaims): AuthContext =>
   ({ aal: claims.aal ?? 'aal1', amr: claims.amr ?? ['pwd'], auth_time: claims.auth_time ?? claims.iat })
+
+/** How long a sign-in counts as recent: adding a way in (a factor, a linked identity) takes one. */
+export const RECENT_S = 10 * 60
+
+/**
+ * Refuses a token whose sign-in (or step-up) is older than RECENT_S at `nowS`, or, with `aal2`,
+ * whose session is not aal2. A stolen token of an older sign-in, a refreshed one included (a
+ * refresh keeps auth_time), cannot add an authenticator or an identity of the thief's and lock
+ * its owner out.
+ */
+export function requireRecent (claims: TokenClaims, nowS: number, { aal2 }: { aal2: boolean }): void {
+  if (aal2 && authContextOf(claims).aal !== 'aal2') throw new Aal2RequiredError()
+  if ((claims.auth_time ?? 0) < nowS - RECENT_S) throw new RecentSignInRequiredError()
+}
 
 const checkClaims = TypeCompiler.Compile(TokenClaimsSchema)
 

@@ -13,7 +13,8 @@ export const MAIL_TEMPLATES = {
   'email-verification': ['username', 'link', 'code', 'hours'],
   'email-sign-in': ['username', 'code', 'minutes'],
   'second-factor-changed': ['username', 'change', 'at'],
-  'address-proven': ['username', 'removed', 'at']
+  'address-proven': ['username', 'removed', 'at'],
+  'sign-in-linked': ['username', 'change', 'at']
 } as const satisfies Record<string, readonly string[]>
 export type MailTemplate = keyof typeof MAIL_TEMPLATES
 

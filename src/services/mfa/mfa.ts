@@ -4,7 +4,7 @@ import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
 import type { Database } from '../../db/types.ts'
 import {
-  Aal2RequiredError, InvalidCredentialsError, MfaCodeInvalidError, MfaCodeUsedError, MfaLockedError, MfaTokenInvalidError, NotFoundError, RecentSignInRequiredError
+  Aal2RequiredError, InvalidCredentialsError, MfaCodeInvalidError, MfaCodeUsedError, MfaLockedError, MfaTokenInvalidError, NotFoundError
 } from '../../errors.ts'
 import { epochSeconds, seconds, type Clock } from '../../lib/clock.ts'
 import type { MailTemplates } from '../mail/templates.ts'
@@ -13,7 +13,7 @@ import {
   activeUsers, clearSecondSteps, countSecondStep, methodsOfUser, needsSecondStep, recipientOf, secondStepMethods, uncountSecondStep, type MfaMethod
 } from '../accounts/users.ts'
 import type { AuditEventName, AuditTrail, Caller } from '../audit.ts'
-import { authContextOf, type AuthContext, type TokenClaims } from '../auth/claims.ts'
+import { authContextOf, requireRecent as requireRecentAt, type AuthContext, type TokenClaims } from '../auth/claims.ts'
 import type { OneTimeCodes } from '../one-time-codes.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Credential, Executor, Sessions } from '../sessions/sessions.ts'
@@ -45,8 +45,6 @@ const CHALLENGE_TRIES = 5
 // Failed second steps in a row (whatever the token, the session) that lock them, and for how long.
 const LOCK_AFTER = 10
 const LOCK_S = 15 * 60
-// A change of factors takes a sign-in (or a step-up) within this long.
-const RECENT_S = 10 * 60
 
 // The methods of a sign-in, each once, in order (RFC 8176 §2). A TOTP is RFC 8176's `otp`; a
 // recovery code has no registered value and is named apart, so that a gateway can tell them.
@@ -95,14 +93,8 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     return needsSecondStep(await methodsOfUser(executor, userId))
   }
 
-  // Adding or removing a factor, and new recovery codes, take a recent proof: a sign-in (or a
-  // step-up) within RECENT_S, and an aal2 session when `aal2`. A stolen token of an older sign-in,
-  // a refreshed one included (a refresh keeps auth_time), cannot add an authenticator of the
-  // thief's and lock its owner out.
-  function requireRecent (claims: TokenClaims, { aal2 }: { aal2: boolean }): void {
-    if (aal2 && authContextOf(claims).aal !== 'aal2') throw new Aal2RequiredError()
-    if ((claims.auth_time ?? 0) < nowS() - RECENT_S) throw new RecentSignInRequiredError()
-  }
+  // Adding or removing a factor, and new recovery codes, take a recent proof (claims.ts).
+  const requireRecent = (claims: TokenClaims, options: { aal2: boolean }): void => requireRecentAt(claims, nowS(), options)
 
   /**
    * Counts a second step of the user before its code is judged, in one guarded statement: none

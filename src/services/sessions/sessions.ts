@@ -306,6 +306,11 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
         .execute()
     },
 
+    /** Whether the user's session is still active (not ended, not expired, its user active). */
+    async isLive (sessionId: string, userId: number): Promise<boolean> {
+      return await activeSession(sessionId, userId).select('s.id').executeTakeFirst() !== undefined
+    },
+
     /**
      * The user of a verified token that is still live, in one query: its session active and,
      * for a refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
