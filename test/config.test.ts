@@ -44,8 +44,8 @@ t.test('the defaults', async (t) => {
 })
 
 t.test('cookie names follow Secure and COOKIE_DOMAIN', async (t) => {
-  t.same(parseConfig({ COOKIE_SECURE: 'false' }).cookieNames, { access: 'access_token', refresh: 'refresh_token', binding: 'refresh_binding' })
-  t.same(parseConfig({ COOKIE_DOMAIN: 'example.com' }).cookieNames, { access: '__Secure-access_token', refresh: '__Secure-refresh_token', binding: '__Host-refresh_binding' })
+  t.same(parseConfig({ COOKIE_SECURE: 'false' }).cookieNames, { access: 'access_token', refresh: 'refresh_token', binding: 'refresh_binding', flow: 'upstream_flow' })
+  t.same(parseConfig({ COOKIE_DOMAIN: 'example.com' }).cookieNames, { access: '__Secure-access_token', refresh: '__Secure-refresh_token', binding: '__Host-refresh_binding', flow: '__Host-upstream_flow' })
 })
 
 t.test('TRUST_PROXY: off, a hop count, or addresses; never every hop', async (t) => {

@@ -116,6 +116,16 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
     return as.issuer.replace(TENANT_TEMPLATE, tid)
   }
 
+  // Behind Microsoft's template, the iss response parameter names the tenant's issuer: taken as
+  // the issuer to compare with when it is one of the template's; else none is required, and any
+  // other is refused (the ID token's iss is checked against its tid after).
+  function forResponse (as: oauth.AuthorizationServer, iss: string | null): oauth.AuthorizationServer {
+    if (!as.issuer.includes(TENANT_TEMPLATE)) return as
+    const [prefix, suffix] = as.issuer.split(TENANT_TEMPLATE) as [string, string]
+    const tenant = iss?.startsWith(prefix) === true && iss.endsWith(suffix) ? iss.slice(prefix.length, iss.length - suffix.length) : undefined
+    return tenant !== undefined && TENANT.test(tenant) ? { ...as, issuer: iss! } : { ...as, authorization_response_iss_parameter_supported: false }
+  }
+
   // Who signed in, from the ID token's verified claims, as far as this provider is believed.
   function profileOf (issuer: string, claims: JWTPayload): UpstreamProfile {
     const sub = text(claims.sub)
@@ -247,7 +257,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
       let params
       try {
         // The state, and the iss parameter where the provider sends or promises it (RFC 9207).
-        params = oauth.validateAuthResponse(as.issuer.includes(TENANT_TEMPLATE) ? { ...as, authorization_response_iss_parameter_supported: false } : as, client, callback, flow.state)
+        params = oauth.validateAuthResponse(forResponse(as, callback.get('iss')), client, callback, flow.state)
       } catch (error) {
         if (error instanceof oauth.AuthorizationResponseError) {
           throw error.error === 'access_denied' ? new UpstreamDeniedError(error.error) : new UpstreamFailedError(`the provider answered ${error.error}`)
