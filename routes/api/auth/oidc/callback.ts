@@ -32,7 +32,8 @@ const callback: FastifyPluginAsyncTypebox = async (fastify) => {
     } catch (error) {
       if (!(error instanceof FlowFailure)) throw error
       const cause = error.cause
-      const code = isDomainError(cause) ? cause.code : 'server_error'
+      // @fastify/error upper-cases a code: the fragment says it as problem+json does (src/problems.ts).
+      const code = isDomainError(cause) ? cause.code.toLowerCase() : 'server_error'
       if (code === 'server_error') request.log.error({ err: cause }, 'an upstream sign-in failed')
       else request.log.info({ provider, code, reason: (cause as Error).message }, 'an upstream sign-in was refused')
       return reply.redirect(withFragment(error.returnTo, { error: code }), 302)
