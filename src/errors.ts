@@ -18,6 +18,9 @@ export function isDomainError (error: unknown): error is Error & { code: string,
   return domainErrors.some((DomainError) => error instanceof DomainError)
 }
 
+/** The code of an error made here as clients read it: lower case (@fastify/error upper-cases what it is given). */
+export const clientCode = (error: { code: string }): string => error.code.toLowerCase()
+
 export interface FieldError { field: string, message: string }
 
 const ValidationFailedBase = define('validation_failed', 'Invalid input.', 400)

@@ -1,6 +1,7 @@
 import type { FastifyError } from 'fastify'
 import { STATUS_CODES } from 'node:http'
 import {
+  clientCode,
   BadRequestError, ClientError, InternalError, InvalidJsonError, InvalidValueError, isDomainError, JSON_ONLY,
   PayloadTooLargeError, TooSlowError, UnsupportedMediaTypeError, ValidationFailedError, type FieldError
 } from './errors.ts'
@@ -19,7 +20,7 @@ export const MAX_FIELD_ERRORS = 20
 
 /** A domain error (src/errors.ts) as a problem. */
 export function problemOf (error: { code: string, statusCode?: number, message: string }): Problem {
-  return { status: error.statusCode ?? 500, code: error.code.toLowerCase(), detail: error.message }
+  return { status: error.statusCode ?? 500, code: clientCode(error), detail: error.message }
 }
 
 // Fastify's own errors, as the domain errors they are.

@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto'
 import type { Config } from '../../config.ts'
 import type { Db, Executor } from '../../db/index.ts'
 import {
-  AccountExistsError, EmailRequiredError, FlowInvalidError, IdentityNotFoundError, IdentityTakenError, InvalidCredentialsError,
+  AccountExistsError, clientCode, EmailRequiredError, FlowInvalidError, IdentityNotFoundError, IdentityTakenError, InvalidCredentialsError,
   LastWayInError, ProviderNotFoundError, ReturnUrlNotAllowedError, SessionEndedError
 } from '../../errors.ts'
 import { epochSeconds, type Clock } from '../../lib/clock.ts'
@@ -149,7 +149,7 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
       } catch (error) {
         if (attempt === 0 && (error instanceof LinkedMeanwhile || isUniqueViolation(error))) continue
         if (error instanceof AccountExistsError || error instanceof EmailRequiredError || error instanceof InvalidCredentialsError) {
-          audit.record({ event: 'login', outcome: 'failure', identifier: profile.email ?? profile.subject, detail: { method: 'upstream', provider: profile.provider, reason: (error as { code: string }).code } }, caller)
+          audit.record({ event: 'login', outcome: 'failure', identifier: profile.email ?? profile.subject, detail: { method: 'upstream', provider: profile.provider, reason: clientCode(error as { code: string }) } }, caller)
         }
         throw error
       }

@@ -1,5 +1,5 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { isDomainError } from '#src/errors.ts'
+import { clientCode, isDomainError } from '#src/errors.ts'
 import { callerOf } from '#src/http/caller.ts'
 import { credentialLimits } from '#src/http/limits.ts'
 import { withFragment } from '#src/http/upstream-redirect.ts'
@@ -32,8 +32,8 @@ const callback: FastifyPluginAsyncTypebox = async (fastify) => {
     } catch (error) {
       if (!(error instanceof FlowFailure)) throw error
       const cause = error.cause
-      // @fastify/error upper-cases a code: the fragment says it as problem+json does (src/problems.ts).
-      const code = isDomainError(cause) ? cause.code.toLowerCase() : 'server_error'
+      // The fragment says the code as problem+json does.
+      const code = isDomainError(cause) ? clientCode(cause) : 'server_error'
       if (code === 'server_error') request.log.error({ err: cause }, 'an upstream sign-in failed')
       else request.log.info({ provider, code, reason: (cause as Error).message }, 'an upstream sign-in was refused')
       return reply.redirect(withFragment(error.returnTo, { error: code }), 302)
