@@ -32,6 +32,12 @@ const EVERY_FEATURE = {
   EMAIL_VERIFICATION: 'optional',
   APP_VERIFY_URL: 'https://app.example.com/verify-email',
   EMAIL_SIGN_IN: 'true',
+  // A provider is asked nothing until a sign-in starts: an address that answers nothing will do.
+  OIDC_PROVIDERS: 'corp',
+  OIDC_CORP_ISSUER: 'https://idp.example.com',
+  OIDC_CORP_CLIENT_ID: 'authgate',
+  OIDC_CORP_CLIENT_SECRET: 'authgate-secret-for-the-docs-test',
+  OIDC_RETURN_URLS: 'https://app.example.com/signed-in',
   DOCS_ENABLED: 'true'
 }
 /** Every optional feature off. */

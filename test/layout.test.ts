@@ -19,6 +19,7 @@ const RESOURCE_FILES: Record<string, number> = {
   'routes/api/admin/users.ts': 7,
   'routes/api/auth/mfa/factors.ts': 2,
   'routes/api/auth/mfa/recovery-codes.ts': 2,
+  'routes/api/auth/identities.ts': 3,
   'routes/api/auth/sessions.ts': 2,
   'routes/health.ts': 2,
   'routes/well-known/metadata.ts': 2
