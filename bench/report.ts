@@ -20,8 +20,8 @@ export interface Figure {
   figure: string
   measured: string
   target: string
-  /** Undefined when the figure could not be measured (a broken scenario, or not on this engine). */
-  met: boolean | undefined
+  /** Undefined when the figure could not be measured (a broken scenario, or not on this engine); null when it has no target yet. */
+  met: boolean | null | undefined
 }
 
 export interface Machine {
@@ -75,7 +75,7 @@ function markdownTable (rows: Array<Record<string, string | number>>): string {
   return [line(columns), line(columns.map(() => '---')), ...rows.map((row) => line(columns.map((column) => row[column] ?? '')))].join('\n')
 }
 
-export const yesNo = (met: boolean | undefined): string => met === undefined ? 'not measured' : met ? 'yes' : 'NO'
+export const yesNo = (met: boolean | null | undefined): string => met === null ? 'no target yet' : met === undefined ? 'not measured' : met ? 'yes' : 'NO'
 
 const NOTES_START = '<!-- notes -->'
 const NOTES_END = '<!-- /notes -->'
