@@ -153,6 +153,8 @@ function parseProvider (name: string, env: Record<string, string | undefined>, p
   const trustEmail = flag('TRUST_EMAIL', preset !== 'generic')
   const linkByEmail = flag('LINK_BY_EMAIL', false)
   if (linkByEmail && !trustEmail) problems.push(`${prefix}LINK_BY_EMAIL=true needs ${prefix}TRUST_EMAIL=true: an address the provider is not believed about never links an account`)
+  // Outside Google's hd, a domain is read off a verified address, which only a trusted provider gives.
+  if (allowedDomains.length > 0 && preset !== 'google' && !trustEmail) problems.push(`${prefix}ALLOWED_DOMAINS needs ${prefix}TRUST_EMAIL=true: a domain is read off an address the provider is believed about, so without it every sign-in would be refused`)
   const trustAssurance = flag('TRUST_ASSURANCE', false)
   if (trustAssurance && github) problems.push(`${prefix}TRUST_ASSURANCE is for OpenID Connect providers: GitHub says nothing of how its user signed in`)
 

@@ -51,7 +51,7 @@ const identities: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Unlink an identity; refused when it is the last way into the account',
       security: AccessTokenSecurity,
       params: UuidParamsSchema,
-      response: { 204: Type.Null(), ...problems(400, 401, 404, 409, 503) }
+      response: { 204: Type.Null(), ...problems(400, 401, 404, 409, 413, 415, 503) }
     }
   }, async (request, reply) => {
     await upstream.unlink(request.user.id, request.params.id, callerOf(request))

@@ -14,7 +14,7 @@ const idToken: FastifyPluginAsyncTypebox = async (fastify) => {
         id_token: Type.String({ minLength: 1, maxLength: 16384 }),
         nonce: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'The nonce the app asked the provider to put in the token: checked when given' }))
       }, { additionalProperties: false }),
-      response: { 200: SignInAnswerSchema, ...problems(400, 401, 403, 404, 409, 413, 415, 429, 502, 503) }
+      response: { 200: SignInAnswerSchema, ...problems(400, 401, 403, 404, 409, 413, 415, 429, 503) }
     }
   }, async (request, reply) => {
     const step = await fastify.upstream.idToken(request.params.provider, request.body.id_token, request.body.nonce, callerOf(request))
