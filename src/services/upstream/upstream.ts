@@ -211,9 +211,6 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
   }
 
   return {
-    /** The configured providers' names. */
-    names: (): string[] => [...clients.keys()],
-
     /** A sign-in's browser flow. */
     start: (name: string, options: Omit<FlowStart, 'link'>) => start(name, options),
 
