@@ -295,7 +295,11 @@ export async function startOidcProvider (t: Test, opts: {
     if (req.method === 'POST' && rest === `/interaction/${details.uid}/login`) {
       const login = (await readForm(req)).get('login') ?? ''
       if (accounts.has(login)) {
-        await provider.interactionFinished(req, res, { login: { accountId: login } }, { mergeWithLastSubmission: false })
+        // How the account signed in, as a provider's own login would say it: an `amr` and an `acr` the test gave the account.
+        const { amr, acr } = accounts.get(login)!
+        await provider.interactionFinished(req, res, {
+          login: { accountId: login, ...(Array.isArray(amr) ? { amr: amr as string[] } : {}), ...(typeof acr === 'string' ? { acr } : {}) }
+        }, { mergeWithLastSubmission: false })
         return
       }
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(loginPage(action, `No account "${login}" here.`))

@@ -61,7 +61,9 @@ t.test('bad values are named: domains, tenants, orgs, flags, scopes, audiences, 
   refuses(t, { ...GENERIC, OIDC_CORP_ALLOWED_DOMAINS: 'example.com, not a domain' }, /OIDC_CORP_ALLOWED_DOMAINS must be domain names like example\.com separated by commas, not "not"/)
   refuses(t, { ...GENERIC, OIDC_CORP_ALLOWED_DOMAINS: '*.example.com' }, /OIDC_CORP_ALLOWED_DOMAINS must be domain names/)
   refuses(t, { ...GENERIC, OIDC_CORP_ALLOWED_DOMAINS: '@example.com' }, /OIDC_CORP_ALLOWED_DOMAINS must be domain names/)
-  t.same(parseConfig({ ...GENERIC, OIDC_CORP_ALLOWED_DOMAINS: 'Example.COM, corp.test' }).upstreamProviders[0]!.allowedDomains, ['example.com', 'corp.test'])
+  t.same(parseConfig({ ...GENERIC, OIDC_CORP_TRUST_EMAIL: 'true', OIDC_CORP_ALLOWED_DOMAINS: 'Example.COM, corp.test' }).upstreamProviders[0]!.allowedDomains, ['example.com', 'corp.test'])
+  // A domain is read off a verified address: without trust in the provider's, every sign-in would be refused.
+  refuses(t, { ...GENERIC, OIDC_CORP_ALLOWED_DOMAINS: 'example.com' }, /OIDC_CORP_ALLOWED_DOMAINS needs OIDC_CORP_TRUST_EMAIL=true/)
 
   refuses(t, { ...GENERIC, OIDC_CORP_TENANTS: '72f988bf-86f1-41af-91ab-2d7cd011db47' }, /OIDC_CORP_TENANTS is for the microsoft preset only/)
   refuses(t, { OIDC_PROVIDERS: 'microsoft', ...secretsOf('microsoft'), OIDC_MICROSOFT_TENANTS: 'contoso.onmicrosoft.com' }, /OIDC_MICROSOFT_TENANTS must be directory \(tenant\) ids/)

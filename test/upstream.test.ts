@@ -387,11 +387,8 @@ t.test('assurance: aal1 and amr fed, unless TRUST_ASSURANCE and the provider sai
     t.match(claimsOf(signedIn(t, await signIn(app, assuredOp, 'assured', 'weak-sub'))), { aal: 'aal1', amr: ['fed'] }, 'a trusted provider\'s sign-in that says no mfa')
   })
 
-  // The fixture signs in without an amr (oidc-provider takes amr and acr from the login's
-  // result, test/oidc-provider.ts gives none, and its session's amr overrides the account's
-  // claim): this part waits for it to pass one, and says so as a todo until then.
-  const fixturePassesAmr = 'amr' in claimsOf(await assuredOp.idTokenFor('strong-sub', { clientId: 'amr-probe' }))
-  t.test('TRUST_ASSURANCE and the provider\'s amr mfa: aal2, which /api/auth/check?aal=aal2 accepts', { todo: fixturePassesAmr ? false : 'test/oidc-provider.ts passes no amr into its ID tokens' }, async (t) => {
+  // oidc-provider takes amr and acr from the login's result: test/oidc-provider.ts gives the account's.
+  t.test('TRUST_ASSURANCE and the provider\'s amr mfa: aal2, which /api/auth/check?aal=aal2 accepts', async (t) => {
     // Catches a provider's amr believed without TRUST_ASSURANCE.
     t.match(claimsOf(signedIn(t, await signIn(app, plainOp, 'corp', 'strong-sub'))), { aal: 'aal1', amr: ['fed'] })
     const strong = signedIn(t, await signIn(app, assuredOp, 'assured', 'strong-sub'))

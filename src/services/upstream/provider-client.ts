@@ -116,14 +116,20 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
     return as.issuer.replace(TENANT_TEMPLATE, tid)
   }
 
-  // Behind Microsoft's template, the iss response parameter names the tenant's issuer: taken as
-  // the issuer to compare with when it is one of the template's; else none is required, and any
-  // other is refused (the ID token's iss is checked against its tid after).
+  // Behind Microsoft's template: the iss response parameter when it is the template filled with
+  // a tenant id (that tenant's issuer, which the ID token must name too), else undefined.
+  function tenantIssuerOf (as: oauth.AuthorizationServer, iss: string | null): string | undefined {
+    const [prefix, suffix] = as.issuer.split(TENANT_TEMPLATE) as [string, string]
+    const tenant = iss?.startsWith(prefix) === true && iss.endsWith(suffix) ? iss.slice(prefix.length, iss.length - suffix.length) : ''
+    return TENANT.test(tenant) ? iss! : undefined
+  }
+
+  // The issuer an authorization response is checked against (RFC 9207): the provider's; behind
+  // the template, the tenant's its iss names, or, with none, no iss required (any other is refused).
   function forResponse (as: oauth.AuthorizationServer, iss: string | null): oauth.AuthorizationServer {
     if (!as.issuer.includes(TENANT_TEMPLATE)) return as
-    const [prefix, suffix] = as.issuer.split(TENANT_TEMPLATE) as [string, string]
-    const tenant = iss?.startsWith(prefix) === true && iss.endsWith(suffix) ? iss.slice(prefix.length, iss.length - suffix.length) : undefined
-    return tenant !== undefined && TENANT.test(tenant) ? { ...as, issuer: iss! } : { ...as, authorization_response_iss_parameter_supported: false }
+    const tenantIssuer = tenantIssuerOf(as, iss)
+    return tenantIssuer !== undefined ? { ...as, issuer: tenantIssuer } : { ...as, authorization_response_iss_parameter_supported: false }
   }
 
   // Who signed in, from the ID token's verified claims, as far as this provider is believed.
@@ -282,6 +288,9 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
           // The claims are checked here (iss, aud, azp, exp, nonce) and again with the signature below.
           const body = await response.clone().json().catch(() => ({})) as { id_token?: unknown }
           const issuer = typeof body.id_token === 'string' ? expectedIssuer(as, decodeJwt(body.id_token)) : as.issuer
+          // The tenant the authorization response named (RFC 9207) is the token's.
+          const named = as.issuer.includes(TENANT_TEMPLATE) ? tenantIssuerOf(as, callback.get('iss')) : undefined
+          if (named !== undefined && named !== issuer) throw new IdTokenInvalidError('the ID token\'s tenant is not the one the provider\'s answer named')
           tokens = await oauth.processAuthorizationCodeResponse({ ...as, issuer }, client, response, { expectedNonce: flow.nonce, requireIdToken: true })
         }
       } catch (error) {
