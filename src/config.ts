@@ -498,6 +498,8 @@ export async function loadConfig (env: Record<string, string | undefined>, warn:
     return await loadConfig({ ...env, JWT_PRIVATE_KEY: pem, JWT_PRIVATE_KEY_FILE: undefined }, warn)
   }
   const config = parseConfig(env)
+  // Native apps' ID tokens need no page to return to; a browser's sign-in does.
+  if (config.features.upstream && config.returnUrls.size === 0) warn('OIDC_PROVIDERS is set but OIDC_RETURN_URLS is empty: every browser sign-in with a provider is refused (400 return_to_not_allowed); only the id-token endpoint of native apps works')
   if (config.SECRET_KEY !== undefined) return config as Config
   const folder = dataFolder(config)
   if (folder === undefined) {

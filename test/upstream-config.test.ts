@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { parseConfig } from '../src/config.ts'
+import { loadConfig, parseConfig } from '../src/config.ts'
 
 // The configuration of sign-in with upstream identity providers (OIDC_PROVIDERS, OIDC_<NAME>_*,
 // OIDC_RETURN_URLS): every bad value refused at start with the variable named, the presets'
@@ -18,6 +18,16 @@ t.test('without OIDC_PROVIDERS: no providers, the feature off', async (t) => {
   t.same(config.upstreamProviders, [])
   t.equal(config.features.upstream, false)
   t.same([...config.returnUrls], [])
+})
+
+t.test('providers with no page to return to: the service starts, and says that browser sign-ins are all refused', async (t) => {
+  const warnings: string[] = []
+  const env = { ...GENERIC, DB_NAME: 'memory://', SECRET_KEY: 'a-secret-key-of-at-least-thirty-two-characters' }
+  await loadConfig(env, (message) => warnings.push(message))
+  t.match(warnings, [/OIDC_PROVIDERS is set but OIDC_RETURN_URLS is empty: every browser sign-in with a provider is refused/])
+  warnings.length = 0
+  await loadConfig({ ...env, OIDC_RETURN_URLS: 'https://app.example.com/signed-in' }, (message) => warnings.push(message))
+  t.same(warnings, [], 'no warning with a page listed')
 })
 
 t.test('a generic provider needs its issuer, client id and secret; its defaults trust nothing', async (t) => {

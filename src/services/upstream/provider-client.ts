@@ -112,7 +112,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
   function expectedIssuer (as: oauth.AuthorizationServer, claims: JWTPayload): string {
     if (!as.issuer.includes(TENANT_TEMPLATE)) return as.issuer
     const tid = claims.tid
-    if (typeof tid !== 'string' || !TENANT.test(tid)) throw new IdTokenInvalidError('the ID token names no tenant (tid)')
+    if (typeof tid !== 'string' || !TENANT.test(tid)) throw new IdTokenInvalidError('it names no tenant (tid)')
     return as.issuer.replace(TENANT_TEMPLATE, tid)
   }
 
@@ -135,7 +135,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
   // Who signed in, from the ID token's verified claims, as far as this provider is believed.
   function profileOf (issuer: string, claims: JWTPayload): UpstreamProfile {
     const sub = text(claims.sub)
-    if (sub === undefined) throw new IdTokenInvalidError('the ID token has no subject')
+    if (sub === undefined) throw new IdTokenInvalidError('it has no subject')
     if (provider.preset === 'microsoft' && provider.tenants.length > 0 && !provider.tenants.includes(String(claims.tid))) {
       throw new UpstreamNotAllowedError('the tenant is not one this service accepts')
     }
@@ -168,7 +168,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
     try {
       claims = decodeJwt(idToken)
     } catch (error) {
-      throw new IdTokenInvalidError('the ID token is not a JWT')
+      throw new IdTokenInvalidError('it is not a JWT')
     }
     const issuer = expectedIssuer(as, claims)
     let payload
@@ -181,14 +181,14 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
         clockTolerance: 60
       }))
     } catch (error) {
-      throw new IdTokenInvalidError(`the ID token is not valid: ${(error as Error).message}`)
+      throw new IdTokenInvalidError((error as Error).message)
     }
     // OpenID Connect Core §3.1.3.7: several audiences need an azp, and an azp must be one of ours.
     const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud]
     if ((aud.length > 1 && payload.azp === undefined) || (payload.azp !== undefined && !audiences.includes(String(payload.azp)))) {
-      throw new IdTokenInvalidError('the ID token\'s authorized party (azp) is not this service')
+      throw new IdTokenInvalidError('its authorized party (azp) is not this service')
     }
-    if (nonce !== undefined && payload.nonce !== nonce) throw new IdTokenInvalidError('the ID token\'s nonce is not this sign-in\'s')
+    if (nonce !== undefined && payload.nonce !== nonce) throw new IdTokenInvalidError('its nonce is not this sign-in\'s')
     return profileOf(issuer, payload)
   }
 
@@ -290,7 +290,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
           const issuer = typeof body.id_token === 'string' ? expectedIssuer(as, decodeJwt(body.id_token)) : as.issuer
           // The tenant the authorization response named (RFC 9207) is the token's.
           const named = as.issuer.includes(TENANT_TEMPLATE) ? tenantIssuerOf(as, callback.get('iss')) : undefined
-          if (named !== undefined && named !== issuer) throw new IdTokenInvalidError('the ID token\'s tenant is not the one the provider\'s answer named')
+          if (named !== undefined && named !== issuer) throw new IdTokenInvalidError('its tenant is not the one the provider\'s answer named')
           tokens = await oauth.processAuthorizationCodeResponse({ ...as, issuer }, client, response, { expectedNonce: flow.nonce, requireIdToken: true })
         }
       } catch (error) {

@@ -124,8 +124,11 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
           for (const username of usernamesOf(profile.names)) {
             user = await insertUpstreamUser(trx, { username, email: profile.email, verifiedAt: profile.emailVerified ? clock.db() : null })
             if (user !== undefined) break
-            // The address was taken meanwhile: that account is someone's, as above.
-            if (await idOfEmail(trx, profile.email) !== undefined) throw new AccountExistsError()
+            // The address was taken meanwhile: by a concurrent first sign-in of this identity
+            // (then it is known now: again, to sign in), or by someone's account, as above.
+            if (await idOfEmail(trx, profile.email) !== undefined) {
+              throw await userOfIdentity(trx, profile.issuer, profile.subject) === undefined ? new AccountExistsError() : new LinkedMeanwhile()
+            }
           }
           if (user === undefined) throw new AccountExistsError()
           if (!await insertIdentity(trx, user.id, profile, clock.db())) throw new LinkedMeanwhile()
