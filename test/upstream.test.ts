@@ -137,7 +137,7 @@ t.test('which account: an identity is (issuer, subject), never an address', asyn
     const users = new Set<number>()
     for (const answer of answers) {
       t.equal(answer.res.statusCode, 302, 'never a 500')
-      t.equal(answer.location, RETURN, 'signed in, nothing in the fragment')
+      t.equal(String(answer.location), RETURN, 'signed in, nothing in the fragment')
       const access = accessOf(answer.cookies)
       if (access !== undefined) users.add((await detailOf(app, access)).id)
     }
