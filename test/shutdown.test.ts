@@ -127,7 +127,9 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
   idleReceived = ''
 
   const running = [...Array.from({ length: 8 }, (_, i) => stream(i)), probe()]
-  await sleep(400)
+  // SIGTERM comes amid a stream: once fifty requests were answered, however long a loaded
+  // machine takes for them (a fixed wait gave fewer under load, and nothing to drain).
+  while (outcomes.filter((o) => o.status === 200).length < 50) await sleep(5)
   const sigtermAt = Date.now()
   const exited = once(server.child, 'exit')
   server.child.kill('SIGTERM')
@@ -165,7 +167,6 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
   t.ok(entries.some((entry) => entry.msg === 'request completed' && entry.res?.statusCode === 200 && arrived.get(entry.reqId)?.time > drainingAt!), 'the server log holds the requests (so the check above has something to judge)')
   const servedWhileDraining = outcomes.filter((o) => o.status === 200 && o.sentAt > drainingAt! && o.doneAt < closingAt!)
   t.ok(servedWhileDraining.length > 0, `requests are served during the drain (${servedWhileDraining.length})`)
-  t.ok(outcomes.filter((o) => o.status === 200).length > 50, 'a stream of requests')
 
   const firstUnready = readiness.find((o) => o.status === 503)
   t.ok(firstUnready !== undefined && isShuttingDown(firstUnready), 'ready answers 503 problem+json, saying it shuts down')
