@@ -1,6 +1,8 @@
+import type { Transaction } from 'kysely'
 import { randomInt } from 'node:crypto'
 import type { Config } from '../../config.ts'
 import type { Db, Executor } from '../../db/index.ts'
+import type { Database } from '../../db/types.ts'
 import {
   AccountExistsError, clientCode, EmailRequiredError, FlowInvalidError, IdentityNotFoundError, IdentityTakenError, InvalidCredentialsError,
   LastWayInError, ProviderNotFoundError, ReturnUrlNotAllowedError, SessionEndedError
@@ -94,53 +96,61 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
   const named = (profile: UpstreamProfile): string => `${profile.provider}${profile.email === undefined ? '' : ` (${profile.email})`}`
 
   /**
-   * The account of an identity: its user's; else, for an address of no account, a new account;
-   * else, where the operator allowed it and both sides proved the address, the address's account,
-   * linked. Anything else is account_exists. A concurrent first sign-in of the same identity
-   * makes one account: the other retries and finds it.
+   * Whose the identity is, within `trx`: its user's; else, for an address of no account, a new
+   * account; else, where the operator allowed it and both sides proved the address, the
+   * address's account, linked. Anything else is account_exists.
+   */
+  async function resolveIn (trx: Transaction<Database>, profile: UpstreamProfile, linkByEmail: boolean): Promise<{ userId: number, change: 'created' | 'linked' | undefined }> {
+    const known = await userOfIdentity(trx, profile.issuer, profile.subject)
+    if (known !== undefined) {
+      await touchIdentity(trx, known.id, profile, clock.db())
+      return { userId: known.user_id, change: undefined }
+    }
+    if (profile.email === undefined) throw new EmailRequiredError()
+    const holder = await idOfEmail(trx, profile.email)
+    if (holder !== undefined) {
+      const user = await activeWithMethods(trx, holder)
+      // All three, or nothing: the operator allowed it, the provider (trusted for
+      // addresses) asserted it, and the address was proven here (never a squatter's
+      // unverified account with the victim's address).
+      if (!linkByEmail || !profile.emailVerified || user?.email_verified_at == null) throw new AccountExistsError()
+      if (!await insertIdentity(trx, holder, profile, clock.db())) throw new LinkedMeanwhile()
+      await notify(holder, `the sign-in with ${named(profile)} was linked to it, by its verified address`, trx)
+      return { userId: holder, change: 'linked' }
+    }
+    let user
+    for (const username of usernamesOf(profile.names)) {
+      user = await insertUpstreamUser(trx, { username, email: profile.email, verifiedAt: profile.emailVerified ? clock.db() : null })
+      if (user !== undefined) break
+      // The address was taken meanwhile: by a concurrent first sign-in of this identity
+      // (then it is known now: again, to sign in), or by someone's account, as above.
+      if (await idOfEmail(trx, profile.email) !== undefined) {
+        throw await userOfIdentity(trx, profile.issuer, profile.subject) === undefined ? new AccountExistsError() : new LinkedMeanwhile()
+      }
+    }
+    if (user === undefined) throw new AccountExistsError()
+    if (!await insertIdentity(trx, user.id, profile, clock.db())) throw new LinkedMeanwhile()
+    await notify(user.id, `the account was made by a sign-in with ${named(profile)}`, trx)
+    return { userId: user.id, change: 'created' }
+  }
+
+  /**
+   * The account of an identity (resolveIn), active, its sign-in recorded in the same commit. A
+   * concurrent first sign-in of the same identity makes one account: the other retries and finds it.
    */
   async function accountOf (profile: UpstreamProfile, linkByEmail: boolean, caller: Caller): Promise<PasswordProof> {
     for (let attempt = 0; ; attempt++) {
       try {
-        const found = await db.transaction().execute(async (trx) => {
-          const known = await userOfIdentity(trx, profile.issuer, profile.subject)
-          if (known !== undefined) {
-            await touchIdentity(trx, known.id, profile, clock.db())
-            return { userId: known.user_id, change: undefined }
-          }
-          if (profile.email === undefined) throw new EmailRequiredError()
-          const holder = await idOfEmail(trx, profile.email)
-          if (holder !== undefined) {
-            const user = await activeWithMethods(trx, holder)
-            // All three, or nothing: the operator allowed it, the provider (trusted for
-            // addresses) asserted it, and the address was proven here (never a squatter's
-            // unverified account with the victim's address).
-            if (!linkByEmail || !profile.emailVerified || user?.email_verified_at == null) throw new AccountExistsError()
-            if (!await insertIdentity(trx, holder, profile, clock.db())) throw new LinkedMeanwhile()
-            await notify(holder, `the sign-in with ${named(profile)} was linked to it, by its verified address`, trx)
-            return { userId: holder, change: 'linked' as const }
-          }
-          let user
-          for (const username of usernamesOf(profile.names)) {
-            user = await insertUpstreamUser(trx, { username, email: profile.email, verifiedAt: profile.emailVerified ? clock.db() : null })
-            if (user !== undefined) break
-            // The address was taken meanwhile: by a concurrent first sign-in of this identity
-            // (then it is known now: again, to sign in), or by someone's account, as above.
-            if (await idOfEmail(trx, profile.email) !== undefined) {
-              throw await userOfIdentity(trx, profile.issuer, profile.subject) === undefined ? new AccountExistsError() : new LinkedMeanwhile()
-            }
-          }
-          if (user === undefined) throw new AccountExistsError()
-          if (!await insertIdentity(trx, user.id, profile, clock.db())) throw new LinkedMeanwhile()
-          await notify(user.id, `the account was made by a sign-in with ${named(profile)}`, trx)
-          return { userId: user.id, change: 'created' as const }
+        const { user, change } = await db.transaction().execute(async (trx) => {
+          const { userId, change } = await resolveIn(trx, profile, linkByEmail)
+          const user = await activeWithMethods(trx, userId)
+          if (user === undefined) throw new InvalidCredentialsError()
+          await recordLastLogin(trx, userId, clock.db())
+          return { user, change }
         })
-        const user = await activeWithMethods(db, found.userId)
-        if (user === undefined) throw new InvalidCredentialsError()
-        await recordLastLogin(db, user.id, clock.db())
-        if (found.change === 'created') audit.record({ event: 'register', userId: user.id, detail: { method: 'upstream', provider: profile.provider } }, caller)
-        if (found.change !== undefined) {
-          audit.record({ event: 'identity_linked', userId: user.id, detail: { provider: profile.provider, subject: profile.subject, by: found.change === 'created' ? 'account_creation' : 'email' } }, caller)
+        if (change === 'created') audit.record({ event: 'register', userId: user.id, detail: { method: 'upstream', provider: profile.provider } }, caller)
+        if (change !== undefined) {
+          audit.record({ event: 'identity_linked', userId: user.id, detail: { provider: profile.provider, subject: profile.subject, by: change === 'created' ? 'account_creation' : 'email' } }, caller)
           outbox.kick()
         }
         return {
