@@ -3,7 +3,7 @@
 
 /** How a provider is spoken to: OpenID Connect (discovery, ID tokens), or GitHub's OAuth 2.0 and REST API. */
 export type Preset = 'generic' | 'google' | 'microsoft' | 'github'
-export const PRESETS: readonly Preset[] = ['generic', 'google', 'microsoft', 'github']
+const PRESETS: readonly Preset[] = ['generic', 'google', 'microsoft', 'github']
 
 export interface UpstreamProvider {
   /** Its name in OIDC_PROVIDERS, lower case: the path /api/auth/oidc/<name>/…. */
@@ -54,7 +54,7 @@ const PRESET_ISSUERS: Partial<Record<Preset, string>> = {
 }
 
 /** Whether a provider's URL may be used: https, or http on this machine's loopback (a test's provider). */
-export function isProviderUrl (value: string): boolean {
+function isProviderUrl (value: string): boolean {
   let url
   try { url = new URL(value) } catch { return false }
   if (url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') return false

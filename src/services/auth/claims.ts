@@ -46,7 +46,7 @@ export const authContextOf = (claims: TokenClaims): AuthContext =>
   ({ aal: claims.aal ?? 'aal1', amr: claims.amr ?? ['pwd'], auth_time: claims.auth_time ?? claims.iat })
 
 /** How long a sign-in counts as recent: adding a way in (a factor, a linked identity) takes one. */
-export const RECENT_S = 10 * 60
+const RECENT_S = 10 * 60
 
 /**
  * Refuses a token whose sign-in (or step-up) is older than RECENT_S at `nowS`, or, with `aal2`,

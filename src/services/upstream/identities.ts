@@ -7,7 +7,7 @@ import type { UpstreamProfile } from './provider-client.ts'
 // unique, linked to one user.
 
 /** A linked identity as its user and operators see it. */
-export const IDENTITY_COLUMNS = ['id', 'provider', 'subject', 'email', 'created_at', 'last_used_at'] as const
+const IDENTITY_COLUMNS = ['id', 'provider', 'subject', 'email', 'created_at', 'last_used_at'] as const
 
 /** The user of an identity, the row locked until the transaction ends (a sign-in and an unlink of it at once: one waits). */
 export async function userOfIdentity (executor: Executor, issuer: string, subject: string): Promise<{ id: string, user_id: number } | undefined> {
