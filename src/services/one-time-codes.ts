@@ -15,8 +15,7 @@ export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_
 
 export interface IssueOptions {
   purpose: CodePurpose
-  /** None for a secret of no user yet: an upstream sign-in's flow, which only its token spends. */
-  userId: number | null
+  userId: number
   /** How long it may be spent. */
   ttlS: number
   /** A link token (256 bits, for the URL fragment), a short code (6 digits, to type), or both. */
@@ -103,13 +102,13 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
     const code = options.with.code === true ? String(randomInt(10 ** CODE_DIGITS)).padStart(CODE_DIGITS, '0') : undefined
     const expiresAt = new Date(clock.now().getTime() + options.ttlS * 1000)
     const write = async (trx: Executor): Promise<void> => {
-      if (options.keepOthers !== true && options.userId !== null) {
+      if (options.keepOthers !== true) {
         await trx.updateTable('one_time_codes').set({ consumed_at: clock.db() })
           .where('user_id', '=', options.userId).where('purpose', '=', options.purpose).where('consumed_at', 'is', null)
           .execute()
       }
       // A new mail's code starts with all its tries.
-      if (code !== undefined && options.userId !== null) {
+      if (code !== undefined) {
         await trx.deleteFrom('mail_code_tries').where('purpose', '=', options.purpose)
           .where('email', '=', emailOfUser(options.userId))
           .execute()
@@ -119,7 +118,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
         purpose: options.purpose,
         user_id: options.userId,
         token_hash: token === undefined ? null : tokenHash(token),
-        code_hash: code === undefined || options.userId === null ? null : codeHash(options.userId, options.purpose, code),
+        code_hash: code === undefined ? null : codeHash(options.userId, options.purpose, code),
         max_attempts: options.maxAttempts ?? DEFAULT_TRIES,
         created_at: clock.db(),
         expires_at: sql<Date>`${clock.db()} + ${seconds(options.ttlS)}`,
@@ -165,6 +164,26 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
         .returning(['id', 'user_id', 'detail'])
         .executeTakeFirst()
       return row === undefined ? undefined : { id: row.id, userId: row.user_id!, detail: row.detail }
+    },
+
+    /**
+     * A flow's secret (an upstream sign-in's): a token only, of a user (a link's) or of none yet,
+     * with what the flow needs to finish; only spendFlow spends it, and nothing cancels it.
+     */
+    async issueFlow (purpose: CodePurpose, { userId, ttlS, detail }: { userId: number | null, ttlS: number, detail: Record<string, unknown> }): Promise<string> {
+      const token = randomBytes(32).toString('base64url')
+      await db.insertInto('one_time_codes').values({
+        id: randomUUID(),
+        purpose,
+        user_id: userId,
+        token_hash: tokenHash(token),
+        code_hash: null,
+        max_attempts: DEFAULT_TRIES,
+        created_at: clock.db(),
+        expires_at: sql<Date>`${clock.db()} + ${seconds(ttlS)}`,
+        detail: JSON.stringify(detail)
+      }).execute()
+      return token
     },
 
     /** Spends the token of a flow of no user yet (an upstream sign-in's), once: what it was issued with, or undefined (unknown, spent, expired). */

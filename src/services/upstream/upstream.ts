@@ -169,8 +169,7 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
     }
   }
 
-  async function signInAs (profile: UpstreamProfile, caller: Caller, cookies: boolean): Promise<SignInStep> {
-    const client = clientOf(profile.provider)
+  async function signInAs (client: ProviderClient, profile: UpstreamProfile, caller: Caller, cookies: boolean): Promise<SignInStep> {
     const proof = await accountOf(profile, client.provider.linkByEmail, caller)
     return await signIn.upstream(proof, caller, { provider: profile.provider, multiFactor: profile.multiFactor }, { cookies })
   }
@@ -204,12 +203,9 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
     const client = clientOf(name)
     if (!config.returnUrls.has(returnTo)) throw new ReturnUrlNotAllowedError()
     const authorization = await client.authorize(redirectUri)
-    const issued = await oneTimeCodes.issue({
-      purpose: 'upstream_flow',
+    const flowSecret = await oneTimeCodes.issueFlow('upstream_flow', {
       userId: binding?.userId ?? null,
       ttlS: FLOW_TTL_S,
-      with: { token: true },
-      keepOthers: true,
       detail: {
         provider: name,
         state: authorization.state,
@@ -220,7 +216,7 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
         session_id: binding?.sessionId ?? null
       }
     })
-    return { url: authorization.url, flowSecret: issued.token! }
+    return { url: authorization.url, flowSecret }
   }
 
   return {
@@ -250,12 +246,13 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
       const returnTo = detail.return_to
       try {
         if (detail.provider !== name || !safeEqual(callback.get('state') ?? '', detail.state)) throw new FlowInvalidError()
-        const profile = await clientOf(name).finish(callback, { state: detail.state, nonce: detail.nonce ?? undefined, codeVerifier: detail.code_verifier, redirectUri: detail.redirect_uri })
+        const client = clientOf(name)
+        const profile = await client.finish(callback, { state: detail.state, nonce: detail.nonce ?? undefined, codeVerifier: detail.code_verifier, redirectUri: detail.redirect_uri })
         if (flow.userId !== null && detail.session_id !== null) {
           await link(flow.userId, detail.session_id, profile, caller)
           return { returnTo, outcome: { kind: 'linked', provider: name } }
         }
-        return { returnTo, outcome: { kind: 'sign-in', step: await signInAs(profile, caller, true) } }
+        return { returnTo, outcome: { kind: 'sign-in', step: await signInAs(client, profile, caller, true) } }
       } catch (error) {
         throw new FlowFailure(returnTo, error)
       }
@@ -263,8 +260,8 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
 
     /** A sign-in with an ID token a native app got from the provider's SDK, answered as a password login is. */
     async idToken (name: string, idToken: string, nonce: string | undefined, caller: Caller): Promise<SignInStep> {
-      const profile = await clientOf(name).verifyIdToken(idToken, nonce)
-      return await signInAs(profile, caller, true)
+      const client = clientOf(name)
+      return await signInAs(client, await client.verifyIdToken(idToken, nonce), caller, true)
     },
 
     /** The user's linked identities. */
