@@ -132,6 +132,19 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
     return tenantIssuer !== undefined ? { ...as, issuer: tenantIssuer } : { ...as, authorization_response_iss_parameter_supported: false }
   }
 
+  // The issuer a token answer's ID token is checked against: the provider's; behind the
+  // template, its tid's tenant (read from the answer before oauth4webapi checks it), which must
+  // be the tenant the authorization response named (RFC 9207), if it named one.
+  async function forToken (as: oauth.AuthorizationServer, response: Response, iss: string | null): Promise<oauth.AuthorizationServer> {
+    if (!as.issuer.includes(TENANT_TEMPLATE)) return as
+    const body = await response.clone().json().catch(() => ({})) as { id_token?: unknown }
+    if (typeof body.id_token !== 'string') return as
+    const issuer = expectedIssuer(as, decodeJwt(body.id_token))
+    const named = tenantIssuerOf(as, iss)
+    if (named !== undefined && named !== issuer) throw new IdTokenInvalidError('its tenant is not the one the provider\'s answer named')
+    return { ...as, issuer }
+  }
+
   // Who signed in, from the ID token's verified claims, as far as this provider is believed.
   function profileOf (issuer: string, claims: JWTPayload): UpstreamProfile {
     const sub = text(claims.sub)
@@ -286,12 +299,7 @@ export function createProviderClient (provider: UpstreamProvider): ProviderClien
           tokens = await oauth.processAuthorizationCodeResponse(as, client, response)
         } else {
           // The claims are checked here (iss, aud, azp, exp, nonce) and again with the signature below.
-          const body = await response.clone().json().catch(() => ({})) as { id_token?: unknown }
-          const issuer = typeof body.id_token === 'string' ? expectedIssuer(as, decodeJwt(body.id_token)) : as.issuer
-          // The tenant the authorization response named (RFC 9207) is the token's.
-          const named = as.issuer.includes(TENANT_TEMPLATE) ? tenantIssuerOf(as, callback.get('iss')) : undefined
-          if (named !== undefined && named !== issuer) throw new IdTokenInvalidError('its tenant is not the one the provider\'s answer named')
-          tokens = await oauth.processAuthorizationCodeResponse({ ...as, issuer }, client, response, { expectedNonce: flow.nonce, requireIdToken: true })
+          tokens = await oauth.processAuthorizationCodeResponse(await forToken(as, response, callback.get('iss')), client, response, { expectedNonce: flow.nonce, requireIdToken: true })
         }
       } catch (error) {
         if (isDomainError(error)) throw error
