@@ -1,4 +1,3 @@
-import { identitiesOf } from './upstream/identities.ts'
 import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
@@ -11,6 +10,7 @@ import type { PasswordReset } from './password-reset.ts'
 import type { Mfa } from './mfa/mfa.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
 import type { SessionInfo, Sessions } from './sessions/sessions.ts'
+import { identitiesOf } from './upstream/identities.ts'
 
 /** Who calls the admin API: the service client its token is of, and the request. */
 export interface Operator { clientId: string, caller: Caller }
