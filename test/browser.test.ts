@@ -1,11 +1,10 @@
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
-import { createServer, type Server } from 'node:http'
-import { once } from 'node:events'
 import { join } from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { freshDatabase, serverEnv, uniqueUser } from './helper.ts'
+import { servePages } from './local-server.ts'
 import { freePort, startServer } from './server-process.ts'
 import { startInbox } from './smtp.ts'
 
@@ -20,19 +19,6 @@ declare const document: { cookie: string }
 // Debian's Chromium itself (its /usr/bin/chromium is a wrapper script); .ci/run installs it.
 const CHROMIUM = '/usr/lib/chromium/chromium'
 const SCREENSHOTS = join(import.meta.dirname, '..', '.tap', 'screenshots')
-
-/** A page server on 127.0.0.1: the HTML of `pages` by path; each request's URL goes to `seen`. */
-async function servePages (t: Test, pages: Record<string, string>, seen: string[] = []): Promise<number> {
-  const server: Server = createServer((request, response) => {
-    seen.push(request.url ?? '')
-    const page = pages[new URL(request.url ?? '/', 'http://x').pathname]
-    response.writeHead(page === undefined ? 404 : 200, { 'content-type': 'text/html; charset=utf-8' }).end(page ?? 'not found')
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => { server.closeAllConnections(); server.close() })
-  return (server.address() as { port: number }).port
-}
 
 // The front end: how a page on another port of the same site calls authgate, with the cookies
 // only. `api(method, path, body)` answers { status, body }.

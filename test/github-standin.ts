@@ -3,6 +3,7 @@ import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Test } from 'tap'
+import { closeOnce } from './local-server.ts'
 import { driveSignIn, escapeHtml } from './oidc-provider.ts'
 
 /** A GitHub account as the stand-in knows it. */
@@ -349,14 +350,7 @@ ${error === undefined ? '' : `<p role="alert">${escapeHtml(error)}</p>`}
     }
   })
 
-  let closed: Promise<void> | undefined
-  const close = async (): Promise<void> => {
-    closed ??= new Promise<void>((resolve) => {
-      server.close(() => resolve())
-      server.closeAllConnections()
-    })
-    return closed
-  }
+  const close = closeOnce(server)
   t.teardown(close)
 
   return {

@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import Provider, { type Adapter, type AdapterPayload, type ClientMetadata, type KoaContextWithOIDC } from 'oidc-provider'
 import type { Test } from 'tap'
+import { closeOnce } from './local-server.ts'
 
 /** An account at the upstream provider: its `sub` and the claims its ID token and userinfo carry. */
 export interface UpstreamAccount { sub: string, claims: Record<string, unknown> }
@@ -354,14 +355,7 @@ export async function startOidcProvider (t: Test, opts: {
   const clientAdapter = memoryAdapterFor(provider)
   const nativeRedirect = 'http://127.0.0.1/native-callback'
 
-  let closed: Promise<void> | undefined
-  const close = async (): Promise<void> => {
-    closed ??= new Promise<void>((resolve) => {
-      server.close(() => resolve())
-      server.closeAllConnections()
-    })
-    return closed
-  }
+  const close = closeOnce(server)
   t.teardown(close)
 
   const authorize = (authorizationUrl: string, sub: string): Promise<URL> => driveSignIn(authorizationUrl, origin, sub)

@@ -1,12 +1,11 @@
 import { randomBytes } from 'node:crypto'
-import { once } from 'node:events'
 import { existsSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { freshDatabase, serverEnv } from './helper.ts'
-import { debianProviderMissing, startDebianProvider } from './idp-debian.ts'
+import { debianProviderMissing, signInOnGlewlwydPages, startDebianProvider } from './idp-debian.ts'
 import { startOidcProvider } from './oidc-provider.ts'
+import { servePages } from './local-server.ts'
 import { freePort, startServer } from './server-process.ts'
 
 // The whole browser flow of an upstream sign-in in a real Chromium: a front end on one port,
@@ -20,19 +19,6 @@ declare const document: { cookie: string }
 // Debian's Chromium itself (its /usr/bin/chromium is a wrapper script), as test/browser.test.ts.
 const CHROMIUM = '/usr/lib/chromium/chromium'
 const ada = { username: 'ada', password: 'correct horse battery staple', email: 'ada@example.test', name: 'Ada Lovelace' }
-
-/** A page server on 127.0.0.1: the HTML of `pages` by path; each request's URL goes to `seen`. */
-async function servePages (t: Test, pages: Record<string, string>, seen: string[]): Promise<number> {
-  const server: Server = createServer((request, response) => {
-    seen.push(request.url ?? '')
-    const page = pages[new URL(request.url ?? '/', 'http://x').pathname]
-    response.writeHead(page === undefined ? 404 : 200, { 'content-type': 'text/html; charset=utf-8' }).end(page ?? 'not found')
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => { server.closeAllConnections(); server.close() })
-  return (server.address() as { port: number }).port
-}
 
 // The front end: links that start a sign-in, and the page they come back to, which says what
 // the fragment says (an error) or asks authgate who signed in, with the cookies only.
@@ -173,13 +159,7 @@ t.test('an upstream sign-in in a real Chromium, from a front end on another port
     seen.length = 0
     await page.getByRole('link', { name: 'Sign in with Glewlwyd' }).click()
     await page.waitForURL('**/login.html?**')
-    await page.fill('#username', ada.username)
-    await page.fill('#password', ada.password)
-    await page.click('#loginbut')
-    await page.check('#grant-email')
-    await page.check('#grant-profile')
-    await page.getByRole('button', { name: 'Grant access' }).click()
-    await page.getByRole('button', { name: 'Continue' }).click()
+    await signInOnGlewlwydPages(page, ada)
     await page.waitForURL(`${returnTo}**`)
     t.equal(await saying(page), `signed in as ada <${ada.email}>`)
     t.equal(page.url(), returnTo, 'no query, no fragment')
