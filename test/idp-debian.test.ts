@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import * as client from 'openid-client'
 import { chromium } from 'playwright-core'
 import t from 'tap'
-import { debianProviderMissing, startDebianProvider } from './idp-debian.ts'
+import { debianProviderMissing, signInOnGlewlwydPages, startDebianProvider } from './idp-debian.ts'
 
 // The relying party's callback: never called, authorize() stops at the first URL off the provider.
 const redirectUri = 'http://127.0.0.1:9/oidc/callback'
@@ -83,13 +83,7 @@ t.test('Glewlwyd\'s own login page in Chromium', { skip: debianProviderMissing |
   })
   await page.goto(url.href)
   t.equal(new URL(page.url()).pathname, '/login.html', 'the authorization endpoint sends the browser to the login page')
-  await page.fill('#username', user.username)
-  await page.fill('#password', user.password)
-  await page.click('#loginbut')
-  await page.check('#grant-email')
-  await page.check('#grant-profile')
-  await page.getByRole('button', { name: 'Grant access' }).click()
-  await page.getByRole('button', { name: 'Continue' }).click()
+  await signInOnGlewlwydPages(page, user)
   const callback = new URL(await arrived)
   t.equal(callback.searchParams.get('state'), state)
 

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import { gunzipSync } from 'node:zlib'
+import type { Page } from 'playwright-core'
 import type { Test } from 'tap'
 import { freePort } from './server-process.ts'
 
@@ -15,7 +16,7 @@ import { freePort } from './server-process.ts'
  * `glewlwyd`, a C single sign-on server) with its `oidc` plugin, on 127.0.0.1.
  */
 export interface DebianProvider {
-  name: 'glewlwyd' | 'lemonldap-ng'
+  name: 'glewlwyd'
   /** Exact issuer as in its discovery document: `http://127.0.0.1:<port>/api/oidc`. */
   issuer: string
   clientId: string
@@ -32,11 +33,9 @@ export interface DebianProvider {
   /**
    * The provider's own login page for a browser (its React web app, served by Glewlwyd from a
    * copy in the folder): the authorization endpoint redirects to
-   * `/login.html?client_id=…&scope=…&callback_url=…`. Checked in Chromium: fill `#username` and
-   * `#password`, click `#loginbut` ("OK"); then, the first time for this client, a "Client access
-   * grant" card lists the scopes (openid checked and disabled): check `#grant-email` and
-   * `#grant-profile`, click the "Grant access" button; then click "Continue", which goes back to
-   * the authorization endpoint, which redirects to the redirect_uri with iss, state and code.
+   * `/login.html?client_id=…&scope=…&callback_url=…`; signInOnGlewlwydPages fills it in Chromium,
+   * and Continue goes back to the authorization endpoint, which redirects to the redirect_uri
+   * with iss, state and code.
    */
   loginPage: string
   /** Everything Glewlwyd logged (stdout and stderr), for failure messages. */
@@ -56,6 +55,21 @@ const MODULES = '/usr/lib/glewlwyd'
  * Why the Debian provider cannot run here, or false when it can: for `t.test(…, { skip })`.
  * CI installs it (.ci/run: `apt-get install glewlwyd`).
  */
+/**
+ * A browser's sign-in on Glewlwyd's own pages, from its login page on: the password, then, the
+ * first time for this client, the consent card (openid is granted already; email and profile
+ * are checked), then Continue, which sends the browser on to the relying party.
+ */
+export async function signInOnGlewlwydPages (page: Page, user: { username: string, password: string }): Promise<void> {
+  await page.fill('#username', user.username)
+  await page.fill('#password', user.password)
+  await page.click('#loginbut')
+  await page.check('#grant-email')
+  await page.check('#grant-profile')
+  await page.getByRole('button', { name: 'Grant access' }).click()
+  await page.getByRole('button', { name: 'Continue' }).click()
+}
+
 export const debianProviderMissing: string | false = [GLEWLWYD, SCHEMA, WEBAPP_CONFIG, join(MODULES, 'plugin/libprotocol_oidc.so')]
   .filter((path) => !existsSync(path))
   .map((path) => `no ${path}: Debian's glewlwyd is not installed (apt-get install glewlwyd; CI installs it)`)[0] ?? false
