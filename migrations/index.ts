@@ -14,6 +14,7 @@ import * as secondFactors from './0012-second-factors.ts'
 import * as clientAuthMethod from './0013-client-auth-method.ts'
 import * as mailCodeTries from './0014-mail-code-tries.ts'
 import * as upstreamIdentities from './0015-upstream-identities.ts'
+import * as passkeys from './0016-passkeys.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -31,5 +32,6 @@ export const migrations: Record<string, Migration> = {
   '0012-second-factors': secondFactors,
   '0013-client-auth-method': clientAuthMethod,
   '0014-mail-code-tries': mailCodeTries,
-  '0015-upstream-identities': upstreamIdentities
+  '0015-upstream-identities': upstreamIdentities,
+  '0016-passkeys': passkeys
 }

@@ -81,6 +81,7 @@ async function docsPlugin (fastify: FastifyInstance): Promise<void> {
         { name: 'auth', description: 'Register, sign in and out, forward-auth' },
         { name: 'account', description: 'The signed-in user and their sessions' },
         { name: 'mfa', description: 'Second factors: TOTP, recovery codes, the second step of a sign-in, step-up' },
+        { name: 'passkeys', description: 'Passkeys (WebAuthn): register, sign in without a password, the second step of a sign-in' },
         { name: 'upstream', description: 'Sign-in with identity providers (OpenID Connect, Google, Microsoft, GitHub), linked identities' },
         { name: 'token', description: 'simplejwt-compatible token endpoints, introspection and keys' },
         { name: 'oauth', description: 'OAuth 2.0: the token endpoint (client credentials, refresh), revocation, metadata' },

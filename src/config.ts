@@ -142,6 +142,14 @@ export const ConfigSchema = Type.Object({
   // The name authenticator apps show beside a TOTP factor (the otpauth URI's issuer).
   TOTP_ISSUER: Type.String({ minLength: 1, maxLength: 64, pattern: '^[^:]+$', default: 'authgate' }),
 
+  // Passkeys (WebAuthn): the relying party's id, the domain passkeys are bound to (example.com or
+  // auth.example.com, never a URL), and the exact origins of the pages that call WebAuthn,
+  // separated by commas (https://<WEBAUTHN_RP_ID> when unset). Unset RP id: no passkeys.
+  WEBAUTHN_RP_ID: Type.Optional(Type.String({ minLength: 1, maxLength: 253 })),
+  WEBAUTHN_ORIGINS: Type.String({ default: '' }),
+  // The name a browser shows when it makes a passkey.
+  WEBAUTHN_RP_NAME: Type.String({ minLength: 1, maxLength: 64, default: 'authgate' }),
+
   // Sign-in with upstream identity providers: their names, separated by commas, each set by
   // OIDC_<NAME>_* (src/lib/upstream-providers.ts, docs/sign-in-with-providers.md).
   OIDC_PROVIDERS: Type.String({ default: '' }),
@@ -185,6 +193,8 @@ export type ParsedConfig = Readonly<Omit<Env, 'DB_ENGINE' | 'JWT_ISSUER' | 'DOCS
   upstreamProviders: readonly UpstreamProvider[]
   /** The pages an upstream sign-in may return to (OIDC_RETURN_URLS), compared whole. */
   returnUrls: ReadonlySet<string>
+  /** The origins a passkey's answer may come from (WEBAUTHN_ORIGINS, else https://<WEBAUTHN_RP_ID>). */
+  passkeyOrigins: readonly string[]
 }>
 
 /** The features that exist only when a setting turns them on. */
@@ -195,6 +205,7 @@ export interface Features {
   metrics: boolean
   docs: boolean
   upstream: boolean
+  passkeys: boolean
 }
 
 /** The configuration the service runs with: `SECRET_KEY` resolved. */
@@ -251,6 +262,34 @@ function parseTrustProxy (value: string): TrustProxy {
 }
 
 // Exact origins only: a wildcard cannot go with credentials, and a pattern is a mistake waiting.
+/**
+ * The origins passkeys may be used from: WEBAUTHN_ORIGINS, else https://<WEBAUTHN_RP_ID>. Each an
+ * exact origin, https (http only on localhost, as browsers allow), on the RP id or a subdomain
+ * of it: a browser refuses any other, so it is named at start rather than at a user's first try.
+ */
+function parsePasskeyOrigins (rpId: string | undefined, value: string, problems: string[]): string[] {
+  if (rpId === undefined) {
+    if (value !== '') problems.push('WEBAUTHN_ORIGINS needs WEBAUTHN_RP_ID: the domain the passkeys are bound to')
+    return []
+  }
+  if (!/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(rpId)) {
+    problems.push(`WEBAUTHN_RP_ID must be a domain in lower case like example.com or auth.example.com (no scheme, port or path), not ${JSON.stringify(rpId)}`)
+    return []
+  }
+  const origins = value === '' ? [`https://${rpId}`] : value.split(',').map((o) => o.trim()).filter(Boolean)
+  for (const origin of origins) {
+    let parsed: URL | undefined
+    try { parsed = new URL(origin) } catch {}
+    const local = parsed?.hostname === 'localhost'
+    if (parsed === undefined || parsed.origin !== origin || !(parsed.protocol === 'https:' || (local && parsed.protocol === 'http:')) ||
+      !(parsed.hostname === rpId || parsed.hostname.endsWith(`.${rpId}`))) {
+      problems.push(`WEBAUTHN_ORIGINS must be exact origins (https, or http on localhost) on ${rpId} or its subdomains, like https://${rpId}, separated by commas, not ${JSON.stringify(origin)}`)
+      break
+    }
+  }
+  return origins
+}
+
 function parseOrigins (value: string, problems: string[]): string[] {
   const origins = value.split(',').map((o) => o.trim()).filter(Boolean)
   for (const origin of origins) {
@@ -367,6 +406,7 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
   }
   const upstreamProviders = parseProviders(env, problems)
   const returnUrls = parseReturnUrls(values.OIDC_RETURN_URLS, problems)
+  const passkeyOrigins = parsePasskeyOrigins(values.WEBAUTHN_RP_ID, values.WEBAUTHN_ORIGINS, problems)
   let trustProxy: TrustProxy = false
   try {
     trustProxy = parseTrustProxy(values.TRUST_PROXY)
@@ -408,10 +448,12 @@ export function parseConfig (env: Record<string, string | undefined>): ParsedCon
       emailSignIn: values.EMAIL_SIGN_IN,
       metrics: values.METRICS_TOKEN !== undefined,
       docs,
-      upstream: upstreamProviders.length > 0
+      upstream: upstreamProviders.length > 0,
+      passkeys: values.WEBAUTHN_RP_ID !== undefined
     }),
     upstreamProviders: Object.freeze(upstreamProviders),
-    returnUrls: new Set(returnUrls)
+    returnUrls: new Set(returnUrls),
+    passkeyOrigins: Object.freeze(passkeyOrigins)
   })
 }
 

@@ -47,6 +47,7 @@ export const MfaCodeUsedError = define('mfa_code_used', 'The code was used alrea
 export const MfaRequiredError = define('mfa_required', 'The account has a second factor: give mfa_method and mfa_code too.', 400)
 export const InvalidCursorError = define('invalid_cursor', 'The cursor is not one this list gave.', 400)
 export const ReturnUrlNotAllowedError = define('return_to_not_allowed', 'return_to is not one of the pages OIDC_RETURN_URLS lists (compared whole).', 400)
+export const PasskeyChallengeInvalidError = define('passkey_challenge_invalid', 'The challenge_id is wrong, used or expired: ask for new options.', 400)
 export const FlowInvalidError = define('flow_invalid', 'This sign-in was not started in this browser, was finished already, or has expired: start it again.', 400)
 
 // 401: who is asking is not proven.
@@ -57,6 +58,8 @@ export const TokenExpiredError = define('token_expired', 'Token is expired', 401
 // Says why (RFC 6749 §5.2's error_description), never whether a client id exists to who has not proven it.
 export const InvalidClientError = define('invalid_client', 'Client authentication failed: %s', 401)
 export const IdTokenInvalidError = define('id_token_invalid', 'The ID token is not valid: %s.', 401)
+// Says what failed of the passkey's answer (an origin not allowed, no user verification), never which account it is of.
+export const PasskeyInvalidError = define('passkey_invalid', 'The passkey could not be verified: %s.', 401)
 export const SessionEndedError = define('session_ended', 'The session that started linking has ended: sign in and link again.', 401)
 export const MfaTokenInvalidError = define('mfa_token_invalid', 'The mfa_token is wrong, used, expired or out of tries: sign in again.', 401)
 export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)
@@ -75,6 +78,7 @@ export const InsufficientScopeError = define('insufficient_scope', 'The token la
 export const NotFoundError = define('not_found', 'Not found.', 404)
 export const ProviderNotFoundError = define('not_found', 'No identity provider %s.', 404)
 export const IdentityNotFoundError = define('not_found', 'No linked identity %s.', 404)
+export const PasskeyNotFoundError = define('not_found', 'No passkey %s.', 404)
 export const ClientNotFoundError = define('not_found', 'No client %s.', 404)
 export const UserNotFoundError = define('not_found', 'No user %s.', 404)
 export const RouteNotFoundError = define('not_found', 'No route for %s %s.', 404)
@@ -88,7 +92,8 @@ export const UserDeletedError = define('user_deleted', 'The user was deleted.', 
 export const UserDisabledError = define('user_disabled', 'The user is disabled: enable them first.', 409)
 export const AccountExistsError = define('account_exists', 'An account already has this address: sign in as you did before, then link this provider from it (POST /api/auth/identities/link).', 409)
 export const IdentityTakenError = define('identity_taken', 'This account of the identity provider is linked to another user.', 409)
-export const LastWayInError = define('last_way_in', 'This is the last way into the account: set a password or link another provider first.', 409)
+export const LastWayInError = define('last_way_in', 'This is the last way into the account: set a password, link another provider or add another passkey first.', 409)
+export const PasskeyExistsError = define('passkey_exists', 'This passkey is registered already.', 409)
 export const MailLimitReachedError = define('mail_limit_reached', 'The user was sent this mail less than a minute ago, or five times in the last hour: try again later.', 409)
 export const PayloadTooLargeError = define('payload_too_large', 'The request body is too large.', 413)
 export const UnsupportedMediaTypeError = define('unsupported_media_type', '%s', 415)

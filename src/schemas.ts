@@ -86,6 +86,46 @@ export const IdentitySchema = Type.Object({
   created_at: Type.String({ format: 'date-time', description: 'When it was linked' }),
   last_used_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
 })
+/** A passkey as its user and operators see it. */
+export const PasskeySchema = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  name: Type.String(),
+  device_type: Type.Union([Type.Literal('singleDevice'), Type.Literal('multiDevice')], { description: 'multiDevice: a synced passkey (a password manager\'s, a platform account\'s)' }),
+  backed_up: Type.Boolean(),
+  aaguid: Type.String({ description: 'The id of the authenticator\'s model (AAGUID); zeros when it does not say' }),
+  transports: Type.Array(Type.String()),
+  created_at: Type.String({ format: 'date-time' }),
+  last_used_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+})
+/** A passkey row, its times as the API writes them. */
+export const passkeyOut = <T extends { created_at: Date, last_used_at: Date | null }>(passkey: T) =>
+  ({ ...passkey, created_at: passkey.created_at.toISOString(), last_used_at: passkey.last_used_at?.toISOString() ?? null })
+/** A passkey's name, as its user gives it. */
+export const PasskeyNameSchema = Type.String({ minLength: 1, maxLength: 64, pattern: WELL_FORMED_TEXT })
+const Base64Url = (maxLength: number) => Type.String({ minLength: 1, maxLength, pattern: '^[A-Za-z0-9_-]+$' })
+// What a browser's WebAuthn answer holds (the JSON of @simplewebauthn/browser, or of
+// PublicKeyCredential.toJSON()); @simplewebauthn/server judges the rest.
+const credentialOf = (response: ReturnType<typeof Type.Object>, description: string) => Type.Object({
+  id: Base64Url(1364),
+  rawId: Base64Url(1364),
+  type: Type.Literal('public-key'),
+  response,
+  clientExtensionResults: Type.Object({}),
+  authenticatorAttachment: Type.Optional(Type.Union([Type.Literal('platform'), Type.Literal('cross-platform')]))
+}, { description })
+export const RegistrationCredentialSchema = credentialOf(Type.Object({
+  clientDataJSON: Base64Url(4096),
+  attestationObject: Base64Url(12_000),
+  transports: Type.Optional(Type.Array(Type.String({ maxLength: 32 }), { maxItems: 10 }))
+}), 'the answer of navigator.credentials.create() (startRegistration of @simplewebauthn/browser)')
+export const AuthenticationCredentialSchema = credentialOf(Type.Object({
+  clientDataJSON: Base64Url(4096),
+  authenticatorData: Base64Url(4096),
+  signature: Base64Url(1024),
+  userHandle: Type.Optional(Base64Url(128))
+}), 'the answer of navigator.credentials.get() (startAuthentication of @simplewebauthn/browser)')
+/** The id of a ceremony's challenge, to send back with the browser's answer. */
+export const ChallengeIdSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{43}$', description: 'the challenge\'s id: 5 minutes, once' })
 /** An answer, or a body, with nothing in it. */
 export const EmptySchema = Type.Object({}, { additionalProperties: false })
 /** Recovery codes as they are handed out, once. */
@@ -94,6 +134,8 @@ export const RecoveryCodesSchema = Type.Array(Type.String(), { description: 'sho
 export const UserIdParamsSchema = Type.Object({ id: Type.String({ pattern: '^[1-9][0-9]{0,9}$' }) })
 /** Why an operator makes a change: kept in the audit trail. */
 export const ReasonSchema = Type.String({ minLength: 1, maxLength: 500, pattern: WELL_FORMED_TEXT })
+/** The reason of an operator's DELETE, in its query (a DELETE has no body). */
+export const ReasonQuerySchema = Type.Object({ reason: ReasonSchema }, { additionalProperties: false })
 /** A keyset page's size and where it starts: the `next_cursor` of the page before. */
 export const PageQuerySchema = Type.Object({
   cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
@@ -121,8 +163,8 @@ export const MfaCodeSchema = Type.String({ minLength: 6, maxLength: 32, pattern:
 /** A first factor passed by a user with a second factor: no pair yet; POST /api/auth/mfa/verify with the mfa_token. */
 export const MfaRequiredSchema = Type.Object({
   mfa_required: Type.Literal(true),
-  mfa_token: Type.String({ description: 'for POST /api/auth/mfa/verify: 5 minutes, 5 tries' }),
-  methods: Type.Array(MfaMethodSchema)
+  mfa_token: Type.String({ description: 'for POST /api/auth/mfa/verify, or /api/auth/passkeys/authentication/verify: 5 minutes, 5 tries' }),
+  methods: Type.Array(Type.Union([Type.Literal('totp'), Type.Literal('passkey'), Type.Literal('recovery_code')]))
 })
 
 /** A sign-in's answer: the pair, or the second step it needs. */

@@ -38,6 +38,7 @@ const EVERY_FEATURE = {
   OIDC_CORP_CLIENT_ID: 'authgate',
   OIDC_CORP_CLIENT_SECRET: 'authgate-secret-for-the-docs-test',
   OIDC_RETURN_URLS: 'https://app.example.com/signed-in',
+  WEBAUTHN_RP_ID: 'example.com',
   DOCS_ENABLED: 'true'
 }
 /** Every optional feature off. */

@@ -17,9 +17,11 @@ const ROOT = join(import.meta.dirname, '..')
 const RESOURCE_FILES: Record<string, number> = {
   'routes/api/admin/sessions.ts': 3,
   'routes/api/admin/users.ts': 7,
+  'routes/api/admin/users/passkeys.ts': 2,
   'routes/api/auth/mfa/factors.ts': 2,
   'routes/api/auth/mfa/recovery-codes.ts': 2,
   'routes/api/auth/identities.ts': 3,
+  'routes/api/auth/passkeys.ts': 3,
   'routes/api/auth/sessions.ts': 2,
   'routes/health.ts': 2,
   'routes/well-known/metadata.ts': 2

@@ -19,6 +19,8 @@ export interface UsersTable {
   /** Failed second steps in a row; at 10 the second step is locked until mfa_locked_until. */
   mfa_failures: Generated<number>
   mfa_locked_until: Timestamp | null
+  /** The user handle of every passkey of the user (base64url of 32 random bytes), made with the first. */
+  webauthn_user_handle: string | null
 }
 
 export interface SessionsTable {
@@ -160,6 +162,24 @@ export interface UserIdentitiesTable {
   last_used_at: Timestamp | null
 }
 
+/** A passkey (WebAuthn credential) of a user. */
+export interface PasskeysTable {
+  id: string
+  user_id: number
+  credential_id: string
+  /** The COSE public key, base64url. */
+  public_key: string
+  /** The signature counter it last showed (bigint: read as a string). */
+  counter: ColumnType<string, number, number>
+  transports: ColumnType<string[], string, string>
+  device_type: 'singleDevice' | 'multiDevice'
+  backed_up: boolean
+  aaguid: string
+  name: string
+  created_at: Timestamp
+  last_used_at: Timestamp | null
+}
+
 export interface Database {
   users: UsersTable
   sessions: SessionsTable
@@ -175,6 +195,7 @@ export interface Database {
   mfa_factors: MfaFactorsTable
   recovery_codes: RecoveryCodesTable
   user_identities: UserIdentitiesTable
+  passkeys: PasskeysTable
 }
 
 export type SigningKeyRow = Selectable<SigningKeysTable>

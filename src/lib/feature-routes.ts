@@ -52,6 +52,16 @@ export const OPTIONAL_FEATURES: readonly Feature[] = [
     files: ['/api/auth/oidc/start.ts', '/api/auth/oidc/callback.ts', '/api/auth/oidc/id-token.ts', '/api/auth/identities.ts', '/api/admin/users/identities.ts']
   },
   {
+    key: 'passkeys',
+    name: 'passkeys',
+    setting: 'WEBAUTHN_RP_ID (with WEBAUTHN_ORIGINS)',
+    routes: ['GET /api/auth/passkeys', 'POST /api/auth/passkeys/*', 'PATCH /api/auth/passkeys/*', 'DELETE /api/auth/passkeys/*'],
+    files: [
+      '/api/auth/passkeys.ts', '/api/auth/passkeys/registration/options.ts', '/api/auth/passkeys/registration/verify.ts',
+      '/api/auth/passkeys/authentication/options.ts', '/api/auth/passkeys/authentication/verify.ts', '/api/admin/users/passkeys.ts'
+    ]
+  },
+  {
     key: 'metrics',
     name: 'the metrics',
     setting: 'METRICS_TOKEN',

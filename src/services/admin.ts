@@ -2,13 +2,15 @@ import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.ts'
 import type { Db } from '../db/index.ts'
 import type { AuditEventsTable } from '../db/types.ts'
-import { InvalidCursorError, MailLimitReachedError, NotFoundError, UserDeletedError, UserDisabledError, UserNotFoundError, ValidationFailedError } from '../errors.ts'
+import { InvalidCursorError, MailLimitReachedError, NotFoundError, PasskeyNotFoundError, UserDeletedError, UserDisabledError, UserNotFoundError, ValidationFailedError } from '../errors.ts'
 import type { Clock } from '../lib/clock.ts'
 import { deleteUser, disable, enable, operatorViewOf, scrub, searchForOperator, setRoles } from './accounts/users.ts'
 import type { AuditEventName, AuditTrail, Caller } from './audit.ts'
 import type { PasswordReset } from './password-reset.ts'
 import type { Mfa } from './mfa/mfa.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
+import { deletePasskeysOf } from './passkeys/credentials.ts'
+import type { Passkeys } from './passkeys/passkeys.ts'
 import type { SessionInfo, Sessions } from './sessions/sessions.ts'
 import { identitiesOf } from './upstream/identities.ts'
 
@@ -45,6 +47,7 @@ export interface AdminDeps {
   audit: AuditTrail
   passwordReset: PasswordReset
   mfa: Mfa
+  passkeys: Passkeys
   config: Pick<Config, 'roles'>
 }
 
@@ -82,7 +85,7 @@ const scrubbed = (id: number) => ({ username: `deleted:${id}`, email: `deleted:$
  * and sessions triggers notify every replica on commit; this one forgets after the commit). Every
  * call, reads too, is in the audit trail with the calling client and the reason given.
  */
-export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, config }: AdminDeps) {
+export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, passkeys, config }: AdminDeps) {
   const record = (event: AuditEventName, operator: Operator, userId: number | null, detail: Record<string, unknown> = {}): void => {
     audit.record({ event, userId, detail: { client_id: operator.clientId, ...detail } }, operator.caller)
   }
@@ -159,7 +162,7 @@ export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwor
 
     /**
      * Soft: the account disabled for good, its name, address, password hash and roles removed,
-     * its sessions (with their addresses and user agents), one-time codes and second factors deleted; the row
+     * its sessions (with their addresses and user agents), one-time codes, second factors and passkeys deleted; the row
      * stays, so the audit trail's references still name a user. Hard: the row and all that
      * hangs on it deleted; the audit trail keeps the id.
      */
@@ -173,6 +176,7 @@ export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwor
         await sessions.removeAll(id, trx)
         await oneTimeCodes.removeAll(id, trx)
         await mfa.removeAll(id, trx)
+        await deletePasskeysOf(trx, id)
         await scrub(trx, id, scrubbed(id), change.reason, clock.db())
       })
       record('user_deleted', operator, id, { mode: change.mode, reason: change.reason })
@@ -183,6 +187,20 @@ export function createAdmin ({ db, clock, sessions, oneTimeCodes, audit, passwor
       await find(id)
       record('admin_read', operator, id, { what: 'identities' })
       return await identitiesOf(db, id)
+    },
+
+    /** The user's passkeys. */
+    async passkeysOf (id: number, operator: Operator) {
+      await find(id)
+      record('admin_read', operator, id, { what: 'passkeys' })
+      return await passkeys.list(id)
+    },
+
+    /** Removes a passkey of the user (a lost device); the user is mailed. NotFoundError when it is not one of theirs. */
+    async removePasskey (id: number, change: { passkeyId: string, reason: string }, operator: Operator): Promise<void> {
+      await existing(id)
+      if (!await passkeys.removeByOperator(id, change.passkeyId)) throw new PasskeyNotFoundError(change.passkeyId)
+      record('passkey_removed', operator, id, { reason: change.reason, passkey: change.passkeyId })
     },
 
     async sessionsOf (id: number, operator: Operator): Promise<SessionInfo[]> {

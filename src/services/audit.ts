@@ -16,7 +16,7 @@ export type AuditEventName = 'register' | 'login' | 'refresh' | 'reuse_detected'
   | 'password_reset_requested' | 'password_reset' | 'email_verification_requested' | 'email_verified' | 'email_sign_in_requested' | 'address_proven'
   | 'admin_read' | 'user_disabled' | 'user_enabled' | 'user_deleted' | 'user_sessions_ended' | 'user_roles_changed' | 'user_password_reset_mailed' | 'user_mfa_reset'
   | 'mfa_factor_added' | 'mfa_factor_verified' | 'mfa_factor_removed' | 'mfa_verify' | 'recovery_code_used' | 'recovery_codes_regenerated'
-  | 'identity_linked' | 'identity_unlinked'
+  | 'identity_linked' | 'identity_unlinked' | 'passkey_added' | 'passkey_renamed' | 'passkey_removed' | 'passkey_counter_regressed'
 
 /** A security event, as the service that saw it tells it. */
 export interface AuditEvent {

@@ -24,6 +24,7 @@ import { SESSIONS_CHANNEL, SessionCache } from './sessions/cache.ts'
 import { createSessions } from './sessions/sessions.ts'
 import { createSignIn } from './sign-in.ts'
 import { createSigningKeys, KEYS_RELOAD_INTERVAL_S } from './keys/signing-keys.ts'
+import { createPasskeys } from './passkeys/passkeys.ts'
 import { createUpstream } from './upstream/upstream.ts'
 
 /** What the services are built from. */
@@ -130,7 +131,8 @@ export async function createServices (deps: ServicesDeps) {
   const emailVerification = createEmailVerification({ config, sessions, oneTimeCodes, outbox, audit, accounts, addresses })
   const passwordReset = createPasswordReset({ db, clock, config, accounts, sessions, oneTimeCodes, outbox, templates, audit, mfa, addresses })
   const upstream = createUpstream({ db, clock, config, oneTimeCodes, signIn, sessions, outbox, templates, audit })
-  const admin = createAdmin({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, config })
+  const passkeys = createPasskeys({ db, clock, config, oneTimeCodes, signIn, mfa, outbox, templates, audit })
+  const admin = createAdmin({ db, clock, sessions, oneTimeCodes, audit, passwordReset, mfa, passkeys, config })
   const djangoImport = createDjangoImport({ db })
 
   if (background) {
@@ -153,6 +155,7 @@ export async function createServices (deps: ServicesDeps) {
     accounts,
     signIn,
     upstream,
+    passkeys,
     mfa,
     admin,
     clients,

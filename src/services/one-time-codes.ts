@@ -11,7 +11,7 @@ import type { MailTemplate, MailTemplates } from './mail/templates.ts'
 import type { Executor } from './sessions/sessions.ts'
 
 /** What a single-use secret is for: each purpose's secrets are spent only by its own flow. */
-export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge' | 'upstream_flow'
+export type CodePurpose = 'email_verification' | 'password_reset' | 'email_sign_in' | 'mfa_challenge' | 'upstream_flow' | 'passkey_registration' | 'passkey_authentication'
 
 export interface IssueOptions {
   purpose: CodePurpose
@@ -167,7 +167,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
     },
 
     /**
-     * A flow's secret (an upstream sign-in's): a token only, of a user (a link's) or of none yet,
+     * A flow's secret (an upstream sign-in's, a passkey's challenge): a token only, of a user (a link's) or of none yet,
      * with what the flow needs to finish; only spendFlow spends it, and nothing cancels it.
      */
     async issueFlow (purpose: CodePurpose, { userId, ttlS, detail }: { userId: number | null, ttlS: number, detail: Record<string, unknown> }): Promise<string> {
@@ -186,7 +186,7 @@ export function createOneTimeCodes ({ db, clock, config, templates }: OneTimeCod
       return token
     },
 
-    /** Spends the token of a flow of no user yet (an upstream sign-in's), once: what it was issued with, or undefined (unknown, spent, expired). */
+    /** Spends the token of a flow (an upstream sign-in's, a passkey's challenge), once: what it was issued with, or undefined (unknown, spent, expired). */
     async spendFlow (purpose: CodePurpose, token: string): Promise<{ userId: number | null, detail: Record<string, unknown> } | undefined> {
       const row = await open(purpose).set({ consumed_at: clock.db() })
         .where('token_hash', '=', tokenHash(token))

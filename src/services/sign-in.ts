@@ -4,7 +4,7 @@ import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError 
 import { epochSeconds, type Clock } from '../lib/clock.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import type { Accounts, PasswordProof } from './accounts/accounts.ts'
-import { activeWithMethods, needsSecondStep } from './accounts/users.ts'
+import { activeWithMethods, needsSecondStep, recordLastLogin } from './accounts/users.ts'
 import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
@@ -18,8 +18,12 @@ import type { Sessions } from './sessions/sessions.ts'
  */
 export type SignInStep = { kind: 'session', user: User, sessionId: string, pair: TokenPair } | { kind: 'mfa', challenge: MfaChallenge }
 
-/** The first factor a sign-in passed: its method, its RFC 8176 amr values, the assurance it gives alone (aal1 unless said), what the audit trail adds. */
-interface FirstFactor { method: 'password' | 'email_code' | 'upstream', amr: string[], aal?: 'aal1' | 'aal2', detail?: Record<string, unknown> }
+/**
+ * The first factor a sign-in passed: its method, its RFC 8176 amr values, the assurance it gives
+ * alone (aal1 unless said), whether it is two factors itself (a passkey that verified its user:
+ * no second step follows), what the audit trail adds.
+ */
+interface FirstFactor { method: 'password' | 'email_code' | 'upstream' | 'passkey', amr: string[], aal?: 'aal1' | 'aal2', whole?: true, detail?: Record<string, unknown> }
 
 /** How a first step is answered: with cookies (login, the email code) or in the body alone (simplejwt's /api/token). */
 export interface StepOptions { cookies: boolean }
@@ -56,8 +60,9 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
 
   // A first factor passed: what comes next. With EMAIL_VERIFICATION=required, an address not
   // yet verified stops here (said only to whoever proved the first factor); a user with a second
-  // factor gets an mfa_token and no pair; else the session, aal1 (aal2 for an upstream sign-in
-  // the provider, trusted for it, says took several factors).
+  // factor gets an mfa_token and no pair, unless the factor was two itself (a passkey); else the
+  // session, aal1 (aal2 for a passkey, and for an upstream sign-in the provider, trusted for it,
+  // says took several factors).
   async function next ({ user, credential, emailVerified, methods }: PasswordProof, caller: Caller, factor: FirstFactor, { cookies }: StepOptions): Promise<SignInStep> {
     const detail = factor.method === 'password' ? undefined : { method: factor.method, ...factor.detail }
     if (config.EMAIL_VERIFICATION === 'required' && !emailVerified) {
@@ -65,7 +70,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
       throw new EmailNotVerifiedError()
     }
     const { amr } = factor
-    if (needsSecondStep(methods)) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
+    if (factor.whole !== true && needsSecondStep(methods)) return { kind: 'mfa', challenge: await mfa.challenge({ credential, amr, cookies }) }
     let started
     try {
       started = await sessions.start(credential, caller.device, { aal: factor.aal ?? 'aal1', amr, auth_time: epochSeconds(clock.now()) })
@@ -117,7 +122,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
       }
       addresses.committed(user.id, proven, 'email_code', caller)
       // A first proof of the address removed the second factors (addresses.prove): none is asked.
-      const methods = proven.first ? { ...user.methods, totp: false, recoveryCodes: false } : user.methods
+      const methods = proven.first ? { ...user.methods, totp: false, recoveryCodes: false, passkeys: 0 } : user.methods
       const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, methods }
       // RFC 8176: a code mailed once is otp.
       return await next(proof, caller, { method: 'email_code', amr: ['otp'] }, { cookies: true })
@@ -128,6 +133,21 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
      * (src/services/upstream/): one factor, `fed` in amr (the provider's own `mfa` beside it,
      * and aal2, when the provider is trusted for it); a local second factor still applies.
      */
+    /**
+     * A sign-in by a passkey its user verified (src/services/passkeys/): aal2 by itself, no
+     * second step; `amr` as the passkey gives it (hwk or swk, user, mfa).
+     */
+    async passkey (userId: number, { amr, passkey }: { amr: string[], passkey: string }, caller: Caller): Promise<SignInStep> {
+      const user = await activeWithMethods(db, userId)
+      if (user === undefined) {
+        audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', passkey, reason: 'inactive' } }, caller)
+        throw new InvalidCredentialsError()
+      }
+      await recordLastLogin(db, userId, clock.db())
+      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId, roles: user.roles }, emailVerified: user.email_verified_at !== null, methods: user.methods }
+      return await next(proof, caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
+    },
+
     async upstream (proof: PasswordProof, caller: Caller, { provider, multiFactor }: { provider: string, multiFactor: boolean }, options: StepOptions): Promise<SignInStep> {
       return await next(proof, caller, { method: 'upstream', amr: multiFactor ? ['fed', 'mfa'] : ['fed'], aal: multiFactor ? 'aal2' : 'aal1', detail: { provider } }, options)
     }

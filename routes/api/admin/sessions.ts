@@ -1,6 +1,6 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { operatorOf } from '#src/http/caller.ts'
-import { adminSecurity, problems, ReasonSchema, UserIdParamsSchema } from '#src/schemas.ts'
+import { adminSecurity, problems, ReasonQuerySchema, UserIdParamsSchema } from '#src/schemas.ts'
 import { ADMIN_SCOPES } from '#src/services/oauth/clients.ts'
 
 const SessionSchema = Type.Object({
@@ -10,8 +10,6 @@ const SessionSchema = Type.Object({
   user_agent: Type.Union([Type.String(), Type.Null()]),
   ip: Type.Union([Type.String(), Type.Null()])
 })
-const ReasonQuerySchema = Type.Object({ reason: ReasonSchema }, { additionalProperties: false })
-
 /** The admin API's sessions of a user: list them, end one or all. */
 const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
   const { admin } = fastify

@@ -6,11 +6,12 @@ import type { AuditTrail, Caller } from '../audit.ts'
 import type { Outbox } from '../mail/outbox.ts'
 import type { Mfa } from '../mfa/mfa.ts'
 import type { Sessions } from '../sessions/sessions.ts'
+import { deletePasskeysOf } from '../passkeys/credentials.ts'
 import { deleteUnprovenIdentities } from '../upstream/identities.ts'
 import { lockForProof, markVerified, recipientOf } from './users.ts'
 
 /** What the first proof of an account's address took from it. */
-export interface Removed { password: boolean, sessions: number, factors: number, identities: number }
+export interface Removed { password: boolean, sessions: number, factors: number, identities: number, passkeys: number }
 
 /** What a proof of an address found: whether it was the account's first, and what that removed. */
 export interface Proven { first: boolean, removed: Removed }
@@ -24,15 +25,16 @@ export interface AddressesDeps {
   audit: AuditTrail
 }
 
-const NOTHING: Removed = { password: false, sessions: 0, factors: 0, identities: 0 }
+const NOTHING: Removed = { password: false, sessions: 0, factors: 0, identities: 0, passkeys: 0 }
 
 /** The removed things in words, for the notice mail. */
-function described ({ password, sessions, factors, identities }: Removed): string {
+function described ({ password, sessions, factors, identities, passkeys }: Removed): string {
   return [
     ...(password ? ['the password'] : []),
     ...(sessions > 0 ? [`${sessions} signed-in session${sessions === 1 ? '' : 's'}`] : []),
     ...(factors > 0 ? [`${factors} second factor${factors === 1 ? '' : 's'} and the recovery codes`] : []),
-    ...(identities > 0 ? [`${identities} linked sign-in${identities === 1 ? '' : 's'} of other providers`] : [])
+    ...(identities > 0 ? [`${identities} linked sign-in${identities === 1 ? '' : 's'} of other providers`] : []),
+    ...(passkeys > 0 ? [`${passkeys} passkey${passkeys === 1 ? '' : 's'}`] : [])
   ].join(', ')
 }
 
@@ -42,7 +44,7 @@ function described ({ password, sessions, factors, identities }: Removed): strin
  * someone who registered the address without owning it (pre-account hijacking: Sudhodanan and
  * Paverd, "Pre-hijacked accounts", 2022): unless whoever proves the address shows they hold the
  * account too, its password is made unusable, its sessions end, its second factors and recovery
- * codes go, and the address is mailed what went.
+ * codes go, its passkeys too, and the address is mailed what went.
  */
 export function createAddresses ({ clock, sessions, mfa, outbox, templates, audit }: AddressesDeps) {
   outbox.define('address_proven', async (payload, trx) => {
@@ -71,7 +73,8 @@ export function createAddresses ({ clock, sessions, mfa, outbox, templates, audi
         password,
         sessions: itself.sessions === true ? 0 : await sessions.endAll(userId, trx),
         factors: await mfa.removeAll(userId, trx),
-        identities: await deleteUnprovenIdentities(trx, userId, email)
+        identities: await deleteUnprovenIdentities(trx, userId, email),
+        passkeys: await deletePasskeysOf(trx, userId)
       }
       if (described(removed) !== '') await outbox.enqueue('address_proven', { userId, removed: described(removed), at: clock.now().toISOString() }, trx)
       return { first: true, removed }

@@ -18,15 +18,22 @@ export const SESSION_USER_COLUMNS = ['id', 'username', 'email', 'roles', 'email_
 /** A user as the session routes, forward auth and introspection know them: with their roles, and when their address was verified. */
 export interface UserWithRoles extends User { roles: string[], email_verified_at: Date | null }
 
-/** How a second step is proven: a code of the authenticator app, or one of the recovery codes. */
+/** How a second step is proven with a code (POST /api/auth/mfa/verify): of the authenticator app, or one of the recovery codes. */
 export type MfaMethod = 'totp' | 'recovery_code'
 
+/** How a second step may be proven: a code, or a passkey (POST /api/auth/passkeys/authentication/verify with the mfa_token). */
+export type SecondStepMethod = MfaMethod | 'passkey'
+
 /**
- * What a user can sign in with, read with the user: a password set, a verified TOTP factor, recovery
- * codes left, identities of upstream providers linked. Passkeys add a field here, and the
- * questions below take them into account in this one place.
+ * What a user can sign in with, read with the user: a password set, a verified TOTP factor,
+ * recovery codes left, identities of upstream providers linked, passkeys. The questions below
+ * take them into account in this one place.
  */
-export interface SignInMethods { password: boolean, totp: boolean, recoveryCodes: boolean, identities: number }
+export interface SignInMethods { password: boolean, totp: boolean, recoveryCodes: boolean, identities: number, passkeys: number }
+
+const countOf = (eb: ExpressionBuilder<Database, 'users'>, table: 'user_identities' | 'passkeys') =>
+  eb.selectFrom(table).select((e) => e.cast<number>(e.fn.countAll(), 'integer').as('n'))
+    .whereRef(`${table}.user_id`, '=', 'users.id').$asScalar().$castTo<number>()
 
 /** A selection of `users`: its sign-in methods (read with the user, no round trip of their own). */
 export const signInMethods = (eb: ExpressionBuilder<Database, 'users'>) => [
@@ -35,31 +42,42 @@ export const signInMethods = (eb: ExpressionBuilder<Database, 'users'>) => [
     .whereRef('mfa_factors.user_id', '=', 'users.id').where('mfa_factors.verified_at', 'is not', null)).$castTo<boolean>().as('method_totp'),
   eb.exists(eb.selectFrom('recovery_codes').select('recovery_codes.id')
     .whereRef('recovery_codes.user_id', '=', 'users.id').where('recovery_codes.used_at', 'is', null)).$castTo<boolean>().as('method_recovery_code'),
-  eb.selectFrom('user_identities').select((e) => e.cast<number>(e.fn.countAll(), 'integer').as('n'))
-    .whereRef('user_identities.user_id', '=', 'users.id').$asScalar().$castTo<number>().as('method_identities')
+  countOf(eb, 'user_identities').as('method_identities'),
+  countOf(eb, 'passkeys').as('method_passkeys')
 ]
 
 /** The methods of a row read with signInMethods. */
-export const methodsOf = (row: { method_password: boolean, method_totp: boolean, method_recovery_code: boolean, method_identities: number }): SignInMethods =>
-  ({ password: row.method_password, totp: row.method_totp, recoveryCodes: row.method_recovery_code, identities: row.method_identities })
+export const methodsOf = (row: { method_password: boolean, method_totp: boolean, method_recovery_code: boolean, method_identities: number, method_passkeys: number }): SignInMethods =>
+  ({ password: row.method_password, totp: row.method_totp, recoveryCodes: row.method_recovery_code, identities: row.method_identities, passkeys: row.method_passkeys })
 
-/** Whether a sign-in of a user with these methods takes a second step (an mfa_token) after its first factor. */
+/**
+ * Whether a sign-in of a user with these methods takes a second step (an mfa_token) after its
+ * first factor: when they turned on a second factor (TOTP). A passkey is a way in of its own,
+ * aal2 by itself; it does not make a password sign-in take a second step (docs/passkeys.md).
+ */
 export const needsSecondStep = (methods: SignInMethods): boolean => methods.totp
 
-/** How that second step may be proven: a TOTP code, and a recovery code while some are left. */
-export const secondStepMethods = (methods: SignInMethods): MfaMethod[] => methods.recoveryCodes ? ['totp', 'recovery_code'] : ['totp']
+/** How that second step may be proven: a TOTP code, a passkey, and a recovery code while some are left. */
+export const secondStepMethods = (methods: SignInMethods): SecondStepMethod[] =>
+  ['totp', ...(methods.passkeys > 0 ? ['passkey' as const] : []), ...(methods.recoveryCodes ? ['recovery_code' as const] : [])]
+
+/**
+ * Whether the user can sign in at aal2 (a second factor, or a passkey): adding another such way
+ * then takes an aal2 session, so that a thief of a password session cannot add their own.
+ */
+export const hasAal2Way = (methods: SignInMethods): boolean => methods.totp || methods.passkeys > 0
 
 /**
  * Whether a user with these methods can still get in on their own: a password, a linked
- * identity, or their address, where the service mails a sign-in code or a reset link to it.
+ * identity, a passkey, or their address, where the service mails a sign-in code or a reset link to it.
  */
 export const hasWayIn = (methods: SignInMethods, features: { emailSignIn: boolean, passwordReset: boolean }): boolean =>
-  methods.password || methods.identities > 0 || features.emailSignIn || features.passwordReset
+  methods.password || methods.identities > 0 || methods.passkeys > 0 || features.emailSignIn || features.passwordReset
 
 /** The user's sign-in methods (none of an unknown user); with `lock`, the user's row locked until the transaction ends (two removals of a way in at once: one waits, then sees the other's). */
 export async function methodsOfUser (executor: Executor, userId: number, { lock = false } = {}): Promise<SignInMethods> {
   const row = await executor.selectFrom('users').select(signInMethods).where('id', '=', userId).$if(lock, (q) => q.forUpdate()).executeTakeFirst()
-  return row === undefined ? { password: false, totp: false, recoveryCodes: false, identities: 0 } : methodsOf(row)
+  return row === undefined ? { password: false, totp: false, recoveryCodes: false, identities: 0, passkeys: 0 } : methodsOf(row)
 }
 
 // An active, not deleted user: written here once. A deleted user is never active (a soft
@@ -131,6 +149,20 @@ export async function insertUpstreamUser (executor: Executor, values: { username
     .onConflict((oc) => oc.doNothing())
     .returning(['id', 'username', 'email'])
     .executeTakeFirst()
+}
+
+/**
+ * The user handle of the user's passkeys: made at the first call (32 random bytes, base64url,
+ * never the id or the address) and the same from then on, whatever runs at once; undefined for
+ * a user who is not active.
+ */
+export async function userHandleOf (executor: Executor, userId: number, made: string): Promise<string | undefined> {
+  const row = await executor.updateTable('users')
+    .set((eb) => ({ webauthn_user_handle: eb.fn.coalesce('webauthn_user_handle', eb.val(made)) }))
+    .where('id', '=', userId).where(isActive)
+    .returning('webauthn_user_handle')
+    .executeTakeFirst()
+  return row?.webauthn_user_handle ?? undefined
 }
 
 /** A sign-in that proved no password (an upstream provider's): when. */
@@ -285,6 +317,7 @@ export async function scrub (executor: Executor, userId: number, scrubbed: { use
     ...scrubbed,
     password_hash: null,
     roles: [],
+    webauthn_user_handle: null,
     is_active: false,
     disabled_reason: reason,
     disabled_until: null,

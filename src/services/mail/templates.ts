@@ -14,7 +14,8 @@ export const MAIL_TEMPLATES = {
   'email-sign-in': ['username', 'code', 'minutes'],
   'second-factor-changed': ['username', 'change', 'at'],
   'address-proven': ['username', 'removed', 'at'],
-  'sign-in-linked': ['username', 'change', 'at']
+  'sign-in-linked': ['username', 'change', 'at'],
+  'passkey-changed': ['username', 'change', 'at']
 } as const satisfies Record<string, readonly string[]>
 export type MailTemplate = keyof typeof MAIL_TEMPLATES
 

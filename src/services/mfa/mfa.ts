@@ -10,7 +10,7 @@ import { epochSeconds, seconds, type Clock } from '../../lib/clock.ts'
 import type { MailTemplates } from '../mail/templates.ts'
 import type { TokenPair } from '../../schemas.ts'
 import {
-  activeUsers, clearSecondSteps, countSecondStep, methodsOfUser, needsSecondStep, recipientOf, secondStepMethods, uncountSecondStep, type MfaMethod
+  activeUsers, clearSecondSteps, countSecondStep, hasAal2Way, methodsOfUser, needsSecondStep, recipientOf, secondStepMethods, uncountSecondStep, type MfaMethod, type SecondStepMethod
 } from '../accounts/users.ts'
 import type { AuditEventName, AuditTrail, Caller } from '../audit.ts'
 import { authContextOf, requireRecent as requireRecentAt, type AuthContext, type TokenClaims } from '../auth/claims.ts'
@@ -20,10 +20,10 @@ import type { Credential, Executor, Sessions } from '../sessions/sessions.ts'
 import { createRecoveryCodes } from './recovery-codes.ts'
 import { createTotp, type FactorInfo, type Judged } from './totp.ts'
 
-export type { FactorInfo, MfaMethod }
+export type { FactorInfo, MfaMethod, SecondStepMethod }
 
 /** What a first factor that needs a second answers: no pair, a token for the second step. */
-export interface MfaChallenge { mfaToken: string, methods: MfaMethod[] }
+export interface MfaChallenge { mfaToken: string, methods: SecondStepMethod[] }
 
 /** A first factor passed: its user and credential, its methods (RFC 8176), and whether its answer sets cookies. */
 export interface FirstFactor { credential: Credential, amr: string[], cookies: boolean }
@@ -170,6 +170,30 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     return deleted
   }
 
+  // An open mfa_token, its try counted (5 tries): its id, its user and what its first step left.
+  async function openChallenge (mfaToken: string): Promise<{ id: string, userId: number, detail: Record<string, unknown> | null }> {
+    const open = await oneTimeCodes.inspect('mfa_challenge', mfaToken)
+    if (open === undefined || !await oneTimeCodes.attempt('mfa_challenge', open.id)) throw new MfaTokenInvalidError()
+    return open
+  }
+
+  async function spendChallenge (id: string, trx: Transaction<Database>): Promise<void> {
+    if (!await oneTimeCodes.spend('mfa_challenge', id, trx)) throw new MfaTokenInvalidError()
+  }
+
+  // A second step proven: the session, aal2, with the first step's amr and the second's.
+  async function finishSignIn (open: { userId: number, detail: Record<string, unknown> | null }, amr: string[], second: SecondStepMethod, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
+    const { userId } = open
+    const detail = open.detail as { amr: string[], cookies: boolean, password?: string }
+    const user = await activeUsers(db).select(['roles', 'password_hash']).where('id', '=', userId).executeTakeFirst()
+    // The password of the first step changed since (or the account was disabled): start again.
+    if (user === undefined || (detail.password !== undefined && (user.password_hash === null || passwordDigest(user.password_hash) !== detail.password))) throw new InvalidCredentialsError()
+    const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }
+    const started = await sessions.start(credential, caller.device, { aal: 'aal2', amr: methods(...detail.amr, ...amr), auth_time: nowS() })
+    audit.record({ event: 'login', userId, sessionId: started.sessionId, detail: { method: detail.amr.join('+'), second } }, caller)
+    return { pair: started.pair, cookies: detail.cookies }
+  }
+
   // The session of a step-up or an enrolment: a new one at aal2, the old one ended.
   async function renew (claims: TokenClaims, roles: string[], method: MfaMethod, caller: Caller): Promise<TokenPair> {
     const before = authContextOf(claims)
@@ -188,10 +212,11 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
     /**
      * A new TOTP factor for the signed-in user, unverified until its first code: its secret
      * (base32) and the otpauth URI an authenticator app reads from a QR code. It takes a recent
-     * sign-in, and from a user who has a verified factor an aal2 session. An earlier unverified one is dropped.
+     * sign-in, and from a user who can sign in at aal2 (a verified factor, a passkey) an aal2
+     * session. An earlier unverified one is dropped.
      */
     async enroll (user: { id: number, username: string }, claims: TokenClaims, caller: Caller): Promise<{ factorId: string, secret: string, uri: string }> {
-      requireRecent(claims, { aal2: await hasFactor(user.id) })
+      requireRecent(claims, { aal2: hasAal2Way(await methodsOfUser(db, user.id)) })
       const added = await totp.add(user)
       record('mfa_factor_added', user.id, caller, { factor_id: added.factorId })
       return added
@@ -280,26 +305,33 @@ export function createMfa ({ db, clock, config, sessions, oneTimeCodes, outbox, 
      * answer sets cookies where the first step's would.
      */
     async completeSignIn (mfaToken: string, method: MfaMethod, code: string, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
-      const open = await oneTimeCodes.inspect('mfa_challenge', mfaToken)
-      if (open === undefined || !await oneTimeCodes.attempt('mfa_challenge', open.id)) throw new MfaTokenInvalidError()
-      const { userId } = open
+      const open = await openChallenge(mfaToken)
       try {
-        await prove(userId, method, code, caller, async (trx) => {
-          if (!await oneTimeCodes.spend('mfa_challenge', open.id, trx)) throw new MfaTokenInvalidError()
-        })
+        await prove(open.userId, method, code, caller, async (trx) => { await spendChallenge(open.id, trx) })
       } catch (error) {
         // A code used already is not a guess: the token's try is given back too.
         if (error instanceof MfaCodeUsedError) await oneTimeCodes.takeBack('mfa_challenge', open.id)
         throw error
       }
-      const detail = open.detail as { amr: string[], cookies: boolean, password?: string }
-      const user = await activeUsers(db).select(['roles', 'password_hash']).where('id', '=', userId).executeTakeFirst()
-      // The password of the first step changed since (or the account was disabled): start again.
-      if (user === undefined || (detail.password !== undefined && (user.password_hash === null || passwordDigest(user.password_hash) !== detail.password))) throw new InvalidCredentialsError()
-      const credential: Credential = { userId, roles: user.roles, ...(detail.password === undefined ? {} : { passwordHash: user.password_hash! }) }
-      const started = await sessions.start(credential, caller.device, { aal: 'aal2', amr: methods(...detail.amr, ...secondAmr(method)), auth_time: nowS() })
-      audit.record({ event: 'login', userId, sessionId: started.sessionId, detail: { method: detail.amr.join('+'), second: method } }, caller)
-      return { pair: started.pair, cookies: detail.cookies }
+      return await finishSignIn(open, secondAmr(method), method, caller)
+    },
+
+    /**
+     * The second step of a sign-in by a passkey (src/services/passkeys/): the token's try counted,
+     * then, in one transaction, the token spent and `proof` run (it checks the passkey is the
+     * user's and takes its signature counter), so that of parallel steps on one token one signs
+     * in; `proof` answers the passkey's amr values. A passkey is not a guessed code: a refused one
+     * counts towards the token's tries, not the lock of the second step.
+     */
+    async completeByPasskey (mfaToken: string, proof: (userId: number, trx: Transaction<Database>) => Promise<string[]>, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
+      const open = await openChallenge(mfaToken)
+      const amr = await db.transaction().execute(async (trx) => {
+        await spendChallenge(open.id, trx)
+        return await proof(open.userId, trx)
+      })
+      await clearSecondSteps(db, open.userId)
+      record('mfa_verify', open.userId, caller, { method: 'passkey' })
+      return await finishSignIn(open, amr, 'passkey', caller)
     },
 
     /** A step-up of the current session by a code of the user's factor: a new aal2 session in its place. */
