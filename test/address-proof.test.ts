@@ -64,7 +64,7 @@ t.test('an address registered by someone else first', async (t) => {
     const notice = await inbox.find(squatter.email, /proven for the first time/)
     t.equal(notice.subject, 'Your address was confirmed')
     t.match(notice.text, /the password, 2 signed-in sessions, 1 second factor and the recovery codes/)
-    t.same(await firstProofEvent(squatter.email), [{ by: 'email_code', removed: { password: true, sessions: 2, factors: 1, identities: 0 } }])
+    t.same(await firstProofEvent(squatter.email), [{ by: 'email_code', removed: { password: true, sessions: 2, factors: 1, identities: 0, passkeys: 0 } }])
 
     // Proven once: a later sign-in by code removes nothing.
     clock.advance(61)
@@ -81,7 +81,7 @@ t.test('an address registered by someone else first', async (t) => {
     const res = await postJson(app, '/api/auth/email/verify', { token: tokenOf(verification) })
     t.same(res.json(), { email_verified: true, password_removed: true })
     t.same(await squatterHas(squatter, sessions), nothing)
-    t.same(await firstProofEvent(squatter.email), [{ by: 'email_verification', removed: { password: true, sessions: 2, factors: 1, identities: 0 } }])
+    t.same(await firstProofEvent(squatter.email), [{ by: 'email_verification', removed: { password: true, sessions: 2, factors: 1, identities: 0, passkeys: 0 } }])
 
     // The owner sets a password by the reset: no factor is asked for, one step to sign in.
     await postJson(app, '/api/auth/password/forgot', { email: squatter.email })
@@ -101,7 +101,7 @@ t.test('an address registered by someone else first', async (t) => {
     t.equal((await postJson(app, '/api/auth/password/reset', { email: squatter.email, code: codeOf(mail), new_password: 'the owner\'s own passphrase' })).statusCode, 204)
     t.same(await squatterHas(squatter, sessions), nothing)
     t.match((await signIn(squatter.email, 'the owner\'s own passphrase')).json(), { access: String }, 'one step: no factor left to ask for')
-    t.same(await firstProofEvent(squatter.email), [{ by: 'password_reset', removed: { password: false, sessions: 0, factors: 1, identities: 0 } }], 'the reset replaces the password and ends the sessions itself')
+    t.same(await firstProofEvent(squatter.email), [{ by: 'password_reset', removed: { password: false, sessions: 0, factors: 1, identities: 0, passkeys: 0 } }], 'the reset replaces the password and ends the sessions itself')
     t.match((await inbox.find(squatter.email, /proven for the first time/)).text, /removed:\s+1 second factor and the recovery codes/)
   })
 
@@ -111,7 +111,7 @@ t.test('an address registered by someone else first', async (t) => {
       const res = await postJson(app, '/api/auth/email/verify', { token: tokenOf(verification), ...(shown === 'password' ? { password: registrant.password } : {}) }, shown === 'session' ? bearer(sessions[1]!.access) : {})
       t.same(res.json(), { email_verified: true }, shown)
       t.same(await squatterHas(registrant, sessions), { password: true, sessions: 2, refresh: true, factors: 1, recoveryCodes: 10 }, `${shown}: password, sessions, factor stay`)
-      t.same(await firstProofEvent(registrant.email), [{ by: 'email_verification', removed: { password: false, sessions: 0, factors: 0, identities: 0 } }], 'the first proof, which removed nothing')
+      t.same(await firstProofEvent(registrant.email), [{ by: 'email_verification', removed: { password: false, sessions: 0, factors: 0, identities: 0, passkeys: 0 } }], 'the first proof, which removed nothing')
     }
   })
 })
