@@ -96,14 +96,16 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
 
   /**
    * The passkey an assertion is of, its signature checked against the challenge, the origins and
-   * the RP id, with user verification: the passkey's id and user, and its amr values. Every
-   * refusal is a login failure in the audit trail.
+   * the RP id, with user verification: the passkey's id and user, and its amr values. A
+   * `discoverable` one (a sign-in without a username) names its user by the handle it keeps.
+   * Every refusal is a login failure in the audit trail.
    */
-  async function verifyAssertion (response: AuthenticationResponseJSON, challenge: string, caller: Caller) {
+  async function verifyAssertion (response: AuthenticationResponseJSON, challenge: string, caller: Caller, { discoverable }: { discoverable: boolean }) {
     const fail = (error: InstanceType<typeof PasskeyInvalidError>, userId: number | null = null): never => {
       audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', reason: error.message } }, caller)
       throw error
     }
+    if (discoverable && response.response.userHandle === undefined) return fail(new PasskeyInvalidError('it names no user handle, as a discoverable passkey does'))
     const passkey = await passkeyOfCredential(db, response.id)
     if (passkey === undefined) return fail(new PasskeyInvalidError('no account has this passkey'))
     // The handle the authenticator keeps with a discoverable passkey is its user's (one per user, never changed).
@@ -215,9 +217,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     /** A sign-in by a passkey, without a password or a username: as a password sign-in answers, aal2. */
     async signIn (answer: { challengeId: string, response: AuthenticationResponseJSON }, caller: Caller): Promise<SignInStep> {
       const flow = await spendChallenge('passkey_authentication', answer.challengeId)
-      // A discoverable passkey names its user by the handle it keeps.
-      if (answer.response.response.userHandle === undefined) throw new PasskeyInvalidError('it names no user handle: it is not a discoverable passkey')
-      const passkey = await verifyAssertion(answer.response, flow.challenge, caller)
+      const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: true })
       await passkey.take(db)
       return await signIn.passkey(passkey.userId, { amr: passkey.amr, passkey: passkey.id }, caller)
     },
@@ -225,7 +225,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     /** The second step of a sign-in (its mfa_token) by one of the user's passkeys. */
     async completeSignIn (answer: { challengeId: string, response: AuthenticationResponseJSON, mfaToken: string }, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
       const flow = await spendChallenge('passkey_authentication', answer.challengeId)
-      const passkey = await verifyAssertion(answer.response, flow.challenge, caller)
+      const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: false })
       return await mfa.completeByPasskey(answer.mfaToken, async (userId: number, trx: Transaction<Database>) => {
         if (passkey.userId !== userId || (flow.userId !== null && flow.userId !== userId)) throw new PasskeyInvalidError('it is not a passkey of the account signing in')
         await passkey.take(trx)
