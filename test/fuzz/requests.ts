@@ -118,7 +118,10 @@ const ROUTES: ReadonlyArray<[string, string]> = [
   ['POST', '/api/token/introspect'], ['POST', '/api/auth/logout'], ['POST', '/api/auth/password'],
   ['GET', '/api/detail'], ['GET', '/api/auth/sessions'], ['DELETE', '/api/auth/sessions/:id'],
   ['GET', '/api/auth/check'], ['GET', '/.well-known/jwks.json'], ['GET', '/.well-known/openid-configuration'],
-  ['GET', '/health/live'], ['GET', '/health/ready'], ['GET', '/metrics'], ['GET', '/docs'], ['GET', '/docs/json']
+  ['GET', '/health/live'], ['GET', '/health/ready'], ['GET', '/metrics'], ['GET', '/docs'], ['GET', '/docs/json'],
+  ['POST', '/api/auth/passkeys/authentication/options'], ['POST', '/api/auth/passkeys/authentication/verify'],
+  ['POST', '/api/auth/passkeys/registration/options'], ['POST', '/api/auth/passkeys/registration/verify'],
+  ['GET', '/api/auth/passkeys'], ['PATCH', '/api/auth/passkeys/:id'], ['DELETE', '/api/auth/passkeys/:id']
 ]
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS', 'PROPFIND', 'MKCOL', 'LOCK', 'SEARCH',
@@ -168,7 +171,11 @@ const FIELDS: Record<string, string[]> = {
   '/api/token/blacklist': ['refresh'],
   '/api/token/verify': ['token'],
   '/api/token/introspect': ['token', 'token_type_hint'],
-  '/api/auth/password': ['current_password', 'new_password']
+  '/api/auth/password': ['current_password', 'new_password'],
+  '/api/auth/passkeys/authentication/options': ['mfa_token'],
+  '/api/auth/passkeys/authentication/verify': ['challenge_id', 'credential', 'mfa_token'],
+  '/api/auth/passkeys/registration/verify': ['challenge_id', 'credential', 'name'],
+  '/api/auth/passkeys/:id': ['name']
 }
 
 function goodValue (r: Random, s: Secrets, field: string): unknown {
@@ -180,6 +187,20 @@ function goodValue (r: Random, s: Secrets, field: string): unknown {
     case 'new_password': return r.chance(0.5) ? s.password : `another ${r.string(12, ALNUM)} phrase`
     case 'refresh': case 'token': return token(r, s)
     case 'token_type_hint': return r.pick(['access_token', 'refresh_token', 'other'])
+    case 'challenge_id': case 'mfa_token': return b64u(r.bytes(32))
+    case 'name': return randomText(r, 64)
+    // A WebAuthn answer's shape (the schemas of both ceremonies), its bytes random.
+    case 'credential': {
+      const id = b64u(r.bytes(r.int(16, 64)))
+      const part = (): string => b64u(r.bytes(r.int(1, 300)))
+      return {
+        id,
+        rawId: id,
+        type: 'public-key',
+        response: { clientDataJSON: part(), attestationObject: part(), authenticatorData: part(), signature: part(), ...(r.chance(0.5) ? { userHandle: part() } : {}) },
+        clientExtensionResults: {}
+      }
+    }
     default: return randomText(r)
   }
 }
