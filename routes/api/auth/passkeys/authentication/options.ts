@@ -8,10 +8,10 @@ const options: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { limits: [perIp('credentials', fastify.config.RATE_LIMIT_CREDENTIALS_MAX)] },
     schema: {
       tags: ['passkeys'],
-      summary: 'Start a sign-in by a passkey: without a body, for any passkey (no username); with the mfa_token of a first step, for that user\'s passkeys',
-      body: Type.Optional(Type.Object({
+      summary: 'Start a sign-in by a passkey: with {}, for any passkey (no username); with the mfa_token of a first step, for that user\'s passkeys',
+      body: Type.Object({
         mfa_token: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{43}$' }))
-      }, { additionalProperties: false })),
+      }, { additionalProperties: false }),
       response: {
         200: Type.Object({
           challenge_id: ChallengeIdSchema,
@@ -21,7 +21,7 @@ const options: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const mfaToken = request.body?.mfa_token
+    const mfaToken = request.body.mfa_token
     const { challengeId, options } = await fastify.passkeys.authenticationOptions(mfaToken === undefined ? {} : { mfaToken })
     return reply.header('cache-control', 'no-store').send({ challenge_id: challengeId, options })
   })
