@@ -129,11 +129,6 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
     },
 
     /**
-     * A sign-in of an upstream identity provider's user, the account found or made for it
-     * (src/services/upstream/): one factor, `fed` in amr (the provider's own `mfa` beside it,
-     * and aal2, when the provider is trusted for it); a local second factor still applies.
-     */
-    /**
      * A sign-in by a passkey its user verified (src/services/passkeys/): aal2 by itself, no
      * second step; `amr` as the passkey gives it (hwk or swk, user, mfa).
      */
@@ -143,11 +138,17 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', passkey, reason: 'inactive' } }, caller)
         throw new InvalidCredentialsError()
       }
-      await recordLastLogin(db, userId, clock.db())
       const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId, roles: user.roles }, emailVerified: user.email_verified_at !== null, methods: user.methods }
-      return await next(proof, caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
+      const step = await next(proof, caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
+      await recordLastLogin(db, userId, clock.db())
+      return step
     },
 
+    /**
+     * A sign-in of an upstream identity provider's user, the account found or made for it
+     * (src/services/upstream/): one factor, `fed` in amr (the provider's own `mfa` beside it,
+     * and aal2, when the provider is trusted for it); a local second factor still applies.
+     */
     async upstream (proof: PasswordProof, caller: Caller, { provider, multiFactor }: { provider: string, multiFactor: boolean }, options: StepOptions): Promise<SignInStep> {
       return await next(proof, caller, { method: 'upstream', amr: multiFactor ? ['fed', 'mfa'] : ['fed'], aal: multiFactor ? 'aal2' : 'aal1', detail: { provider } }, options)
     }
