@@ -169,9 +169,13 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
       try {
         verified = await verifyRegistrationResponse({ response: answer.response, expectedChallenge: flow.challenge, ...expected, supportedAlgorithmIDs: ALGORITHMS })
       } catch (error) {
-        throw refusal(error)
+        verified = { verified: false as const, error }
       }
-      if (!verified.verified) throw refusal(undefined)
+      if (!verified.verified) {
+        const refused = refusal('error' in verified ? verified.error : undefined)
+        audit.record({ event: 'passkey_added', outcome: 'failure', userId: user.id, detail: { reason: refused.message } }, caller)
+        throw refused
+      }
       const info = verified.registrationInfo
       const name = answer.name ?? DEFAULT_NAME
       const id = await db.transaction().execute(async (trx) => {
