@@ -23,6 +23,7 @@ import pg from 'pg'
 import type { Test } from 'tap'
 import { runCli } from '../src/cli.ts'
 import { startOidcProvider, type StartedProvider } from '../test/oidc-provider.ts'
+import { assert, register as makePasskey, type SoftCredential } from '../test/soft-authenticator.ts'
 import { freePort, startServer, type ServerProcess } from '../test/server-process.ts'
 import { load, median, type Run } from './load.ts'
 import { command, machine, rssMB, writeBenchmarks, yesNo, type Figure, type ScenarioRow } from './report.ts'
@@ -155,9 +156,12 @@ async function startProvider (accounts: number, tag: string): Promise<StartedPro
 }
 const NATIVE_CLIENT = 'bench-native-app'
 
-type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'oauthToken' | 'idToken' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
+/** The page a passkey is used on (WEBAUTHN_ORIGINS): the test's software authenticator signs for it. */
+const PASSKEY_PAGE = { origin: 'http://localhost:5173', rpId: 'localhost' }
+
+type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'oauthToken' | 'idToken' | 'passkey' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
 const runs: Record<Key, Run[]> = {
-  floor: [], detail: [], check: [], verify: [], refresh: [], oauthToken: [], idToken: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
+  floor: [], detail: [], check: [], verify: [], refresh: [], oauthToken: [], idToken: [], passkey: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
 }
 const json = { 'content-type': 'application/json' }
 const refreshTrouble = { resent: 0, failed: 0 }
@@ -182,7 +186,9 @@ try {
     OIDC_CORP_CLIENT_ID: 'authgate-bench',
     OIDC_CORP_CLIENT_SECRET: 'authgate-bench-secret-0123456789',
     OIDC_CORP_EXTRA_AUDIENCES: NATIVE_CLIENT,
-    OIDC_CORP_TRUST_EMAIL: 'true'
+    OIDC_CORP_TRUST_EMAIL: 'true',
+    WEBAUTHN_RP_ID: PASSKEY_PAGE.rpId,
+    WEBAUTHN_ORIGINS: PASSKEY_PAGE.origin
   })
   progress(`${engine}, ${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}, flood ${floodConnections} + ${floodConnections}), BCRYPT_COST ${bcryptCost}`)
 
@@ -246,6 +252,26 @@ try {
   const idTokens: string[] = []
   for (let i = 0; i < connections; i++) idTokens.push(await provider.idTokenFor(`bench-${i}`, { clientId: NATIVE_CLIENT, nonce: `bench-nonce-${i}` }))
   progress(`${idTokens.length} ID tokens from the provider at ${provider.issuer}`)
+
+  // One passkey per connection, all the bench user's (test/soft-authenticator.ts signs for the
+  // page's origin): the first added from a password session, the others from the aal2 session
+  // of a sign-in by it, as a user adds one.
+  const passkeys: SoftCredential[] = []
+  const signInByPasskey = async (credential: SoftCredential): Promise<string> => {
+    const { challenge_id: challengeId, options } = await post('/api/auth/passkeys/authentication/options', {}) as { challenge_id: string, options: { challenge: string } }
+    return (await post('/api/auth/passkeys/authentication/verify', { challenge_id: challengeId, credential: assert(credential, options, PASSKEY_PAGE) })).access as string
+  }
+  let adding = await obtain()
+  for (let i = 0; i < connections; i++) {
+    const started = await fetch(`${base}/api/auth/passkeys/registration/options`, { method: 'POST', headers: { ...json, authorization: `Bearer ${adding}` }, body: '{}' })
+    const { challenge_id: challengeId, options } = await started.json() as { challenge_id: string, options: { challenge: string, user: { id: string } } }
+    const made = makePasskey(options, PASSKEY_PAGE)
+    const added = await fetch(`${base}/api/auth/passkeys/registration/verify`, { method: 'POST', headers: { ...json, authorization: `Bearer ${adding}` }, body: JSON.stringify({ challenge_id: challengeId, credential: made.response }) })
+    if (added.status !== 201) throw new Error(`adding a passkey: ${added.status} ${await added.text()}`)
+    passkeys.push(made.credential)
+    if (i === 0) adding = await signInByPasskey(made.credential)
+  }
+  progress(`${passkeys.length} passkeys of ${user.username}`)
 
   let access = ''
   const bearer = (): Record<string, string> => ({ authorization: `Bearer ${access}` })
@@ -313,6 +339,44 @@ try {
         }
       })
     },
+    // A sign-in by a passkey: the options (a challenge, one row), then the answer signed by the
+    // connection's own passkey (its counter moves on with each), verified, a session started.
+    passkey: (seconds = duration) => {
+      let next = 0
+      return load({
+        url: `${base}/api/auth/passkeys/authentication/options`,
+        connections,
+        duration: seconds,
+        method: 'POST',
+        headers: json,
+        setupClient: (client) => {
+          const credential = passkeys[next++ % passkeys.length]!
+          type Context = { challengeId?: string, options?: { challenge: string } }
+          client.setRequests([
+            {
+              method: 'POST',
+              path: '/api/auth/passkeys/authentication/options',
+              headers: json,
+              body: '{}',
+              onResponse: (status, body, context) => {
+                if (status !== 200) return
+                const answer = JSON.parse(body) as { challenge_id: string, options: { challenge: string } }
+                Object.assign(context, { challengeId: answer.challenge_id, options: answer.options })
+              }
+            },
+            {
+              method: 'POST',
+              path: '/api/auth/passkeys/authentication/verify',
+              headers: json,
+              setupRequest: (request, context) => {
+                const { challengeId, options } = context as Context
+                return { ...request, body: JSON.stringify({ challenge_id: challengeId, credential: assert(credential, options!, PASSKEY_PAGE) }) }
+              }
+            }
+          ])
+        }
+      })
+    },
     login: async () => {
       const run = await load({ url: `${base}/api/auth/login`, connections: loginConnections, duration: loginDuration, method: 'POST', timeout: 30, setupClient: harvest })
       await drain()
@@ -354,16 +418,16 @@ try {
 
   // Warm-up, not measured: the JIT, the pool and the caches settle first.
   access = await obtain()
-  for (const key of ['floor', 'detail', 'check', 'verify', 'oauthToken', 'idToken'] as const) await scenarios[key](1)
+  for (const key of ['floor', 'detail', 'check', 'verify', 'oauthToken', 'idToken', 'passkey'] as const) await scenarios[key](1)
 
   for (let round = 1; round <= rounds; round++) {
     // An access token lives 5 minutes by default: each round takes a fresh one.
     access = await obtain()
-    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'oauthToken', 'idToken', 'login', 'register', 'detailAlone'] as const) {
+    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'oauthToken', 'idToken', 'passkey', 'login', 'register', 'detailAlone'] as const) {
       runs[key].push(await scenarios[key]())
     }
     await flood()
-    progress(`round ${round}/${rounds}: floor ${runs.floor.at(-1)!.rps.toFixed(0)}, detail ${runs.detail.at(-1)!.rps.toFixed(0)}, check ${runs.check.at(-1)!.rps.toFixed(0)}, refresh ${runs.refresh.at(-1)!.rps.toFixed(0)}, id-token ${runs.idToken.at(-1)!.rps.toFixed(0)}, login ${runs.login.at(-1)!.rps.toFixed(1)} req/s`)
+    progress(`round ${round}/${rounds}: floor ${runs.floor.at(-1)!.rps.toFixed(0)}, detail ${runs.detail.at(-1)!.rps.toFixed(0)}, check ${runs.check.at(-1)!.rps.toFixed(0)}, refresh ${runs.refresh.at(-1)!.rps.toFixed(0)}, id-token ${runs.idToken.at(-1)!.rps.toFixed(0)}, passkey ${runs.passkey.at(-1)!.rps.toFixed(0)}, login ${runs.login.at(-1)!.rps.toFixed(1)} req/s`)
   }
   const endRss = rssMB(server.child.pid!)
   // Measured before and after the rounds: the median of both sets is the run's compare.
@@ -399,6 +463,7 @@ try {
     refresh: ['POST /api/token/refresh (rotation, a chain per connection)', connections],
     oauthToken: ['POST /oauth/token (client_credentials, client_secret_basic)', connections],
     idToken: ['POST /api/auth/oidc/corp/id-token (a local OpenID provider\'s ID token, an account per connection)', connections],
+    passkey: ['POST /api/auth/passkeys/authentication/options, then …/verify (a passkey per connection; two requests a sign-in)', connections],
     login: [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, loginConnections],
     register: ['POST /api/auth/register (unique names)', loginConnections],
     detailAlone: ['GET /api/detail alone (flood reference)', floodConnections],
@@ -453,6 +518,7 @@ try {
     figure('service token (POST /oauth/token) req/s ÷ floor req/s', ['oauthToken', 'floor'], () => rps('oauthToken') / floorRps, ratio, '>= 0.15', (v) => v >= 0.15),
     // Issue 31 sets its target; until then it is reported against the floor like the others.
     { ...figure('ID-token sign-in (POST /api/auth/oidc/<name>/id-token) req/s ÷ floor req/s', ['idToken', 'floor'], () => rps('idToken') / floorRps, ratio, 'none yet (issue 31)', () => false), met: broken.has('idToken') || broken.has('floor') ? undefined : null },
+    { ...figure('passkey sign-in (options + verify) req/s ÷ floor req/s', ['passkey', 'floor'], () => rps('passkey') / floorRps, ratio, 'none yet (issue 31)', () => false), met: broken.has('passkey') || broken.has('floor') ? undefined : null },
     figure(`login req/s × one bcrypt compare (${compareMs.toFixed(0)} ms) ÷ (1000 × ${cores} cores)`, ['login'],
       () => rps('login') * compareMs / (1000 * cores), ratio, '>= 0.9', (v) => v >= 0.9),
     figure('detail p99 during the login flood ÷ detail p99 alone', ['detailFlood', 'detailAlone', 'loginFlood'],
@@ -483,7 +549,7 @@ try {
     settings: `${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}; flood ${floodConnections} login + ${floodConnections} detail), BCRYPT_COST ${bcryptCost}, NODE_ENV=production, LOG_LEVEL=warn, RATE_LIMIT_ENABLED=false`,
     method: [
       'One server process (`node src/server.ts`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
-      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, service token, ID-token sign-in, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
+      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, service token, ID-token sign-in, passkey sign-in, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
       'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure.',
       'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
       `ID-token sign-in: panva's oidc-provider (as test/oidc-provider.ts starts it) in the bench process on 127.0.0.1, configured as the provider \`corp\`; before the rounds, one ID token per connection (${connections}), each of its own account, got by a real code flow for a native client listed in OIDC_CORP_EXTRA_AUDIENCES. Each connection posts its token (and its nonce) again and again: authgate checks the signature against the provider's JWKS (fetched once, cached), finds the account by (issuer, subject) and starts a session. The accounts are made in the warm-up.`,
