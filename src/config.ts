@@ -276,6 +276,11 @@ function parsePasskeyOrigins (rpId: string | undefined, value: string, problems:
     problems.push(`WEBAUTHN_RP_ID must be a domain in lower case like example.com or auth.example.com (no scheme, port or path), not ${JSON.stringify(rpId)}`)
     return []
   }
+  // On a laptop the front end's port is its own: there is no default to guess.
+  if (value === '' && rpId === 'localhost') {
+    problems.push('WEBAUTHN_RP_ID=localhost needs WEBAUTHN_ORIGINS: the exact origin of the front end\'s page, like http://localhost:5173')
+    return []
+  }
   const origins = value === '' ? [`https://${rpId}`] : value.split(',').map((o) => o.trim()).filter(Boolean)
   for (const origin of origins) {
     let parsed: URL | undefined

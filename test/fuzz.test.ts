@@ -233,7 +233,7 @@ function sendHttp (port: number, agent: Agent, c: HttpCase): Promise<Outcome> {
 t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error problem+json, the server healthy after`, async (t) => {
   const database = await freshDatabase(t)
   // Logged at info: the listening line; every 5xx would be logged at error.
-  const server = startServer(serverEnv(database, { NODE_ENV: 'test', INTROSPECTION_CLIENTS: `${INTROSPECTION.id}:${INTROSPECTION.secret}`, WEBAUTHN_RP_ID: 'localhost' }))
+  const server = startServer(serverEnv(database, { NODE_ENV: 'test', INTROSPECTION_CLIENTS: `${INTROSPECTION.id}:${INTROSPECTION.secret}`, WEBAUTHN_RP_ID: 'localhost', WEBAUTHN_ORIGINS: 'http://localhost:5173' }))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const base = await server.listening
   const port = Number(new URL(base).port)
