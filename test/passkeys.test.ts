@@ -187,6 +187,8 @@ t.test('passkeys', async (t) => {
     const wrong = await authenticationVerify({ challenge_id: offered.challengeId, credential: assert(stranger.passkey.credential, offered.options, HERE), mfa_token: first.mfa_token })
     t.match(wrong.json(), { status: 401, code: 'passkey_invalid', detail: /not a passkey of the account signing in/ })
     t.equal(wrong.headers['set-cookie'], undefined)
+    const failures = await auditEvents(app, user.id, ['detail'], { event: 'login', outcome: 'failure' })
+    t.match(failures, [{ detail: { method: 'passkey', reason: /not a passkey of the account signing in/ } }], 'a failed sign-in of the account, in its audit trail')
     // The token is spent only in the transaction of a step that succeeds: the refusal left it
     // open (one of its five tries gone), so the user, who holds it, still finishes the sign-in.
     const res = await passkeySignIn(passkey.credential, {}, { mfa_token: first.mfa_token })

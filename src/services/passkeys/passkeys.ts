@@ -231,7 +231,12 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
       const flow = await spendChallenge('passkey_authentication', answer.challengeId)
       const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: false })
       return await mfa.completeByPasskey(answer.mfaToken, async (userId: number, trx: Transaction<Database>) => {
-        if (passkey.userId !== userId || (flow.userId !== null && flow.userId !== userId)) throw new PasskeyInvalidError('it is not a passkey of the account signing in')
+        if (passkey.userId !== userId || (flow.userId !== null && flow.userId !== userId)) {
+          // A failed sign-in of the account the mfa_token is of, as every other refusal of a passkey is.
+          const error = new PasskeyInvalidError('it is not a passkey of the account signing in')
+          audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', reason: error.message } }, caller)
+          throw error
+        }
         await passkey.take(trx)
         return passkey.amr
       }, caller)
