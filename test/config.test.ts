@@ -211,3 +211,25 @@ t.test('the development secret', async (t) => {
     t.match(warnings, [/using a random one for this in-memory run/])
   })
 })
+
+t.test('passkeys: WEBAUTHN_RP_ID a domain in lower case, WEBAUTHN_ORIGINS exact origins on it; a bad value refuses the start naming the variable', async (t) => {
+  t.equal(parseConfig({}).features.passkeys, false, 'off without WEBAUTHN_RP_ID')
+  t.match(parseConfig({ WEBAUTHN_RP_ID: 'example.com' }), { features: { passkeys: true }, passkeyOrigins: ['https://example.com'], WEBAUTHN_RP_NAME: 'authgate' }, 'the RP id\'s own https origin by default')
+  t.same(parseConfig({ WEBAUTHN_RP_ID: 'example.com', WEBAUTHN_ORIGINS: 'https://app.example.com, https://example.com:8443' }).passkeyOrigins, ['https://app.example.com', 'https://example.com:8443'])
+  t.same(parseConfig({ WEBAUTHN_RP_ID: 'localhost', WEBAUTHN_ORIGINS: 'http://localhost:5173' }).passkeyOrigins, ['http://localhost:5173'], 'http on localhost, as browsers allow')
+
+  for (const rpId of ['https://example.com', 'Example.com', 'example.com:443', 'example.com/login', 'example.com.', '*.example.com']) {
+    t.throws(() => parseConfig({ WEBAUTHN_RP_ID: rpId }), { name: 'ConfigError', message: /^WEBAUTHN_RP_ID must be a domain in lower case/ }, rpId)
+  }
+  for (const origins of [
+    'https://evil.example.net', // another domain
+    'https://notexample.com', // a name that ends with the RP id, not a subdomain of it
+    'http://app.example.com', // http, not on localhost
+    'http://localhost:5173', // localhost is not on example.com
+    'https://app.example.com/login', // not an origin
+    'https://app.example.com,https://evil.example.net' // one bad of two
+  ]) {
+    t.throws(() => parseConfig({ WEBAUTHN_RP_ID: 'example.com', WEBAUTHN_ORIGINS: origins }), { name: 'ConfigError', message: /^WEBAUTHN_ORIGINS must be exact origins/ }, origins)
+  }
+  t.throws(() => parseConfig({ WEBAUTHN_ORIGINS: 'https://example.com' }), { name: 'ConfigError', message: /^WEBAUTHN_ORIGINS needs WEBAUTHN_RP_ID/ }, 'origins without an RP id')
+})
