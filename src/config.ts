@@ -4,6 +4,7 @@ import envSchema from 'env-schema'
 import { createPrivateKey, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { chmod, link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { isIP } from 'node:net'
 import { join } from 'node:path'
 import { parseEnv } from 'node:util'
 import { MAKE_A_SECRET, secretWeakness } from './lib/secret-strength.ts'
@@ -261,6 +262,9 @@ function parseTrustProxy (value: string): TrustProxy {
   }
 }
 
+// A domain name in lower case, as an RP id is and an origin's host must be: no wildcard.
+const DOMAIN = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
+
 // Exact origins only: a wildcard cannot go with credentials, and a pattern is a mistake waiting.
 /**
  * The origins passkeys may be used from: WEBAUTHN_ORIGINS, else https://<WEBAUTHN_RP_ID>. Each an
@@ -272,7 +276,8 @@ function parsePasskeyOrigins (rpId: string | undefined, value: string, problems:
     if (value !== '') problems.push('WEBAUTHN_ORIGINS needs WEBAUTHN_RP_ID: the domain the passkeys are bound to')
     return []
   }
-  if (!/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(rpId)) {
+  // An IP address is no RP id: browsers take a domain only (WebAuthn §5.1.3, a valid domain).
+  if (!DOMAIN.test(rpId) || isIP(rpId) !== 0) {
     problems.push(`WEBAUTHN_RP_ID must be a domain in lower case like example.com or auth.example.com (no scheme, port or path), not ${JSON.stringify(rpId)}`)
     return []
   }
@@ -286,8 +291,9 @@ function parsePasskeyOrigins (rpId: string | undefined, value: string, problems:
     let parsed: URL | undefined
     try { parsed = new URL(origin) } catch {}
     const local = parsed?.hostname === 'localhost'
+    // A `*` in the host parses as a name, never as a pattern: such an origin would match no page.
     if (parsed === undefined || parsed.origin !== origin || !(parsed.protocol === 'https:' || (local && parsed.protocol === 'http:')) ||
-      !(parsed.hostname === rpId || parsed.hostname.endsWith(`.${rpId}`))) {
+      !DOMAIN.test(parsed.hostname) || !(parsed.hostname === rpId || parsed.hostname.endsWith(`.${rpId}`))) {
       problems.push(`WEBAUTHN_ORIGINS must be exact origins (https, or http on localhost) on ${rpId} or its subdomains, like https://${rpId}, separated by commas, not ${JSON.stringify(origin)}`)
       break
     }

@@ -218,7 +218,7 @@ t.test('passkeys: WEBAUTHN_RP_ID a domain in lower case, WEBAUTHN_ORIGINS exact 
   t.same(parseConfig({ WEBAUTHN_RP_ID: 'example.com', WEBAUTHN_ORIGINS: 'https://app.example.com, https://example.com:8443' }).passkeyOrigins, ['https://app.example.com', 'https://example.com:8443'])
   t.same(parseConfig({ WEBAUTHN_RP_ID: 'localhost', WEBAUTHN_ORIGINS: 'http://localhost:5173' }).passkeyOrigins, ['http://localhost:5173'], 'http on localhost, as browsers allow')
 
-  for (const rpId of ['https://example.com', 'Example.com', 'example.com:443', 'example.com/login', 'example.com.', '*.example.com']) {
+  for (const rpId of ['https://example.com', 'Example.com', 'example.com:443', 'example.com/login', 'example.com.', '*.example.com', '127.0.0.1', '10.0.0.1']) {
     t.throws(() => parseConfig({ WEBAUTHN_RP_ID: rpId }), { name: 'ConfigError', message: /^WEBAUTHN_RP_ID must be a domain in lower case/ }, rpId)
   }
   for (const origins of [
@@ -227,6 +227,7 @@ t.test('passkeys: WEBAUTHN_RP_ID a domain in lower case, WEBAUTHN_ORIGINS exact 
     'http://app.example.com', // http, not on localhost
     'http://localhost:5173', // localhost is not on example.com
     'https://app.example.com/login', // not an origin
+    'https://*.example.com',
     'https://app.example.com,https://evil.example.net' // one bad of two
   ]) {
     t.throws(() => parseConfig({ WEBAUTHN_RP_ID: 'example.com', WEBAUTHN_ORIGINS: origins }), { name: 'ConfigError', message: /^WEBAUTHN_ORIGINS must be exact origins/ }, origins)
