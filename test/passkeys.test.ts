@@ -156,6 +156,20 @@ t.test('passkeys', async (t) => {
     t.match(events.at(-2), { outcome: 'success', detail: { method: 'passkey', passkey: passkey.id } })
   })
 
+  t.test('a synced passkey (backed up, as a password manager\'s): listed as multiDevice, and its sign-in is swk instead of hwk', async (t) => {
+    const { access, user } = await login(app)
+    const { challenge_id: challengeId, options } = (await registrationOptions(access)).json()
+    const synced: Options = { ...HERE, backedUp: true }
+    const { credential, response } = create(options, synced)
+    t.equal((await registrationVerify(access, { challenge_id: challengeId, credential: response })).statusCode, 201)
+    t.match(await list(access), [{ device_type: 'multiDevice', backed_up: true }])
+    // Synced passkeys keep no counter.
+    credential.counter = 0
+    const res = await passkeySignIn(credential, synced)
+    t.equal(res.statusCode, 200)
+    t.match(claimsOf(res.json().access), { user_id: user.id, aal: 'aal2', amr: ['swk', 'user', 'mfa'] })
+  })
+
   t.test('a user with TOTP too signs in by a passkey alone: no second step', async (t) => {
     const { user, passkey } = await withTotpAndPasskey()
     t.match((await passwordStep(user)).json(), { mfa_required: true }, 'a password asks for the second step')

@@ -23,12 +23,16 @@ export interface Options {
   /** User verified (UV) and present (UP): both by default. */
   userVerified?: boolean
   userPresent?: boolean
+  /** A synced passkey (a password manager's): backup eligible and backed up (BE, BS); device-bound by default. */
+  backedUp?: boolean
   /** The type clientDataJSON names (webauthn.create, webauthn.get): the right one by default. */
   type?: string
 }
 
 const FLAG_UP = 0x01
 const FLAG_UV = 0x04
+const FLAG_BE = 0x08
+const FLAG_BS = 0x10
 const FLAG_AT = 0x40
 
 const sha256 = (data: Uint8Array | string): Buffer => createHash('sha256').update(data).digest()
@@ -38,8 +42,8 @@ function clientData (type: string, challenge: string, origin: string): Buffer {
   return Buffer.from(JSON.stringify({ type, challenge, origin, crossOrigin: false }))
 }
 
-function flagsOf ({ userVerified = true, userPresent = true }: Options, extra = 0): number {
-  return (userPresent ? FLAG_UP : 0) | (userVerified ? FLAG_UV : 0) | extra
+function flagsOf ({ userVerified = true, userPresent = true, backedUp = false }: Options, extra = 0): number {
+  return (userPresent ? FLAG_UP : 0) | (userVerified ? FLAG_UV : 0) | (backedUp ? FLAG_BE | FLAG_BS : 0) | extra
 }
 
 function counterBytes (counter: number): Buffer {
