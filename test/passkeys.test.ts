@@ -521,6 +521,22 @@ t.test('passkeys', async (t) => {
     t.ok(await inbox.find(user.email, /an operator removed the passkey yubikey/))
   })
 
+  t.test('a disabled account\'s passkey does not sign in; a deleted account\'s passkeys are gone', async (t) => {
+    const writer = await operator(app, ALL_ADMIN_SCOPES)
+    const disabled = await withPasskey()
+    t.equal((await postJson(app, `/api/admin/users/${disabled.user.id}/disable`, { reason: 'a test' }, bearer(writer.token))).statusCode, 200)
+    const refused = await passkeySignIn(disabled.passkey.credential)
+    t.equal(refused.statusCode, 401)
+    t.equal(refused.headers['set-cookie'], undefined)
+    t.match(await auditEvents(app, disabled.user.id, ['detail'], { event: 'login', outcome: 'failure' }), [{ detail: { method: 'passkey', reason: 'inactive' } }])
+    t.equal(await storedPasskeys(disabled.user.id), 1, 'kept for when the account is enabled again')
+
+    const deleted = await withPasskey()
+    t.equal((await app.inject({ method: 'DELETE', url: `/api/admin/users/${deleted.user.id}?reason=gone`, headers: bearer(writer.token) })).statusCode, 204)
+    t.equal(await storedPasskeys(deleted.user.id), 0)
+    t.match((await passkeySignIn(deleted.passkey.credential)).json(), { status: 401, code: 'passkey_invalid', detail: /no account has this passkey/ })
+  })
+
   t.test('a pre-claimed account: the address\'s owner proves it, the squatter\'s passkey is gone and the notice says so', async (t) => {
     const squatter = uniqueUser('squatter')
     t.equal((await postJson(app, '/api/auth/register', squatter)).statusCode, 201)
