@@ -215,6 +215,16 @@ t.test('passkeys', async (t) => {
     t.equal((await passkeySignIn(stranger.passkey.credential)).statusCode, 200, 'the stranger\'s passkey was not spent by the refusal')
   })
 
+  t.test('the second step by a passkey of a first step at /api/token: the pair in the body, no cookies, as that first step would', async (t) => {
+    const { user, passkey } = await withTotpAndPasskey()
+    const first = await postJson(app, '/api/token', { username: user.username, password: user.password })
+    t.match(first.json(), { mfa_required: true, methods: ['totp', 'passkey', 'recovery_code'] })
+    const res = await passkeySignIn(passkey.credential, {}, { mfa_token: first.json().mfa_token })
+    t.equal(res.statusCode, 200)
+    t.equal(res.headers['set-cookie'], undefined)
+    t.match(claimsOf(res.json().access), { user_id: user.id, aal: 'aal2', amr: ['pwd', 'hwk', 'user', 'mfa'] })
+  })
+
   t.test('an mfa_token\'s refused passkeys count towards its five tries', async (t) => {
     const { user, passkey } = await withTotpAndPasskey()
     const stranger = await withPasskey()
