@@ -225,12 +225,17 @@ t.test('passkeys', async (t) => {
     t.match(claimsOf(res.json().access), { user_id: user.id, aal: 'aal2', amr: ['pwd', 'hwk', 'user', 'mfa'] })
   })
 
-  t.test('an mfa_token\'s refused passkeys count towards its five tries', async (t) => {
+  t.test('an mfa_token\'s refused passkeys count towards its five tries: another account\'s, and the user\'s own refused', async (t) => {
     const { user, passkey } = await withTotpAndPasskey()
     const stranger = await withPasskey()
     const { mfa_token: mfaToken } = (await passwordStep(user)).json()
-    for (let i = 0; i < 5; i++) {
-      t.match((await passkeySignIn(stranger.passkey.credential, {}, { mfa_token: mfaToken })).json(), { code: 'passkey_invalid' })
+    const refused: Array<[SoftCredential, Partial<Options>]> = [
+      [stranger.passkey.credential, {}], [stranger.passkey.credential, {}],
+      [passkey.credential, { userVerified: false }], [passkey.credential, { userVerified: false }],
+      [passkey.credential, { origin: 'https://evil.example.net' }]
+    ]
+    for (const [credential, settings] of refused) {
+      t.match((await passkeySignIn(credential, settings, { mfa_token: mfaToken })).json(), { code: 'passkey_invalid' })
     }
     t.match((await authenticationOptions({ mfa_token: mfaToken })).json(), { status: 401, code: 'mfa_token_invalid' }, 'five tries used: no options for it')
     const late = await ceremony()

@@ -98,15 +98,15 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
    * The passkey an assertion is of, its signature checked against the challenge, the origins and
    * the RP id, with user verification: the passkey's id and user, and its amr values. A
    * `discoverable` one (a sign-in without a username) names its user by the handle it keeps.
-   * Every refusal is a login failure in the audit trail.
+   * Every refusal is a login failure in the audit trail. The passkey is read within `executor`.
    */
-  async function verifyAssertion (response: AuthenticationResponseJSON, challenge: string, caller: Caller, { discoverable }: { discoverable: boolean }) {
+  async function verifyAssertion (response: AuthenticationResponseJSON, challenge: string, caller: Caller, { discoverable, executor = db }: { discoverable: boolean, executor?: Executor }) {
     const fail = (error: InstanceType<typeof PasskeyInvalidError>, userId: number | null = null): never => {
       audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', reason: error.message } }, caller)
       throw error
     }
     if (discoverable && response.response.userHandle === undefined) return fail(new PasskeyInvalidError('it names no user handle, as a discoverable passkey does'))
-    const passkey = await passkeyOfCredential(db, response.id)
+    const passkey = await passkeyOfCredential(executor, response.id)
     if (passkey === undefined) return fail(new PasskeyInvalidError('no account has this passkey'))
     // The handle the authenticator keeps with a discoverable passkey is its user's (one per user, never changed).
     const handle = response.response.userHandle
@@ -226,11 +226,14 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
       return await signIn.passkey(passkey.userId, { amr: passkey.amr, passkey: passkey.id }, caller)
     },
 
-    /** The second step of a sign-in (its mfa_token) by one of the user's passkeys. */
+    /**
+     * The second step of a sign-in (its mfa_token) by one of the user's passkeys: judged once the
+     * token's try is counted, so that a refused answer uses one of its five.
+     */
     async completeSignIn (answer: { challengeId: string, response: AuthenticationResponseJSON, mfaToken: string }, caller: Caller): Promise<{ pair: TokenPair, cookies: boolean }> {
       const flow = await spendChallenge('passkey_authentication', answer.challengeId)
-      const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: false })
       return await mfa.completeByPasskey(answer.mfaToken, async (userId: number, trx: Transaction<Database>) => {
+        const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: false, executor: trx })
         if (passkey.userId !== userId || (flow.userId !== null && flow.userId !== userId)) {
           // A failed sign-in of the account the mfa_token is of, as every other refusal of a passkey is.
           const error = new PasskeyInvalidError('it is not a passkey of the account signing in')
