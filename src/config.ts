@@ -265,7 +265,6 @@ function parseTrustProxy (value: string): TrustProxy {
 // A domain name in lower case, as an RP id is and an origin's host must be: no wildcard.
 const DOMAIN = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
 
-// Exact origins only: a wildcard cannot go with credentials, and a pattern is a mistake waiting.
 /**
  * The origins passkeys may be used from: WEBAUTHN_ORIGINS, else https://<WEBAUTHN_RP_ID>. Each an
  * exact origin, https (http only on localhost, as browsers allow), on the RP id or a subdomain
@@ -301,6 +300,7 @@ function parsePasskeyOrigins (rpId: string | undefined, value: string, problems:
   return origins
 }
 
+// Exact origins only: a wildcard cannot go with credentials, and a pattern is a mistake waiting.
 function parseOrigins (value: string, problems: string[]): string[] {
   const origins = value.split(',').map((o) => o.trim()).filter(Boolean)
   for (const origin of origins) {
