@@ -2,12 +2,17 @@ import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { Test } from 'tap'
 
-/** A page server on 127.0.0.1: the HTML of `pages` by path; each request's URL goes to `seen`. Closed at teardown. */
+/**
+ * A page server on 127.0.0.1: the HTML of `pages` by path (JavaScript for a path ending in .js,
+ * which a module script needs); each request's URL goes to `seen`. Closed at teardown.
+ */
 export async function servePages (t: Test, pages: Record<string, string>, seen: string[] = []): Promise<number> {
   const server: Server = createServer((request, response) => {
     seen.push(request.url ?? '')
-    const page = pages[new URL(request.url ?? '/', 'http://x').pathname]
-    response.writeHead(page === undefined ? 404 : 200, { 'content-type': 'text/html; charset=utf-8' }).end(page ?? 'not found')
+    const path = new URL(request.url ?? '/', 'http://x').pathname
+    const page = pages[path]
+    const type = page !== undefined && path.endsWith('.js') ? 'text/javascript' : 'text/html'
+    response.writeHead(page === undefined ? 404 : 200, { 'content-type': `${type}; charset=utf-8` }).end(page ?? 'not found')
   })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
