@@ -41,10 +41,11 @@ function frontEnd (auth: string): string {
   const placed = code.replace('const AUTHGATE = \'https://auth.example.com\'', `const AUTHGATE = ${JSON.stringify(auth)}`)
   if (placed === code) throw new Error('docs/passkeys.md: no `const AUTHGATE = \'https://auth.example.com\'` line')
   return `<!doctype html><meta charset="utf-8"><title>app</title>
+<input name="username" autocomplete="username webauthn">
 <script type="importmap">{"imports": {"@simplewebauthn/browser": "/simplewebauthn/index.js"}}</script>
 <script type="module">
 ${placed}
-Object.assign(window, { call, addPasskey, signInWithPasskey, signInWithPassword, startAuthentication, startRegistration })
+Object.assign(window, { call, addPasskey, signInWithPasskey, signInWithPassword, offerPasskeysInAutofill, startAuthentication, startRegistration })
 window.ready = true
 </script>`
 }
@@ -55,7 +56,7 @@ const UP = 0x01
 const UV = 0x04
 
 t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM} (Debian's chromium package)` }, async (t) => {
-  t.same([...docsCode().keys()], ['setup', 'register', 'sign in', 'second step'], 'docs/passkeys.md has the blocks the page runs')
+  t.same([...docsCode().keys()], ['setup', 'register', 'sign in', 'second step', 'autofill'], 'docs/passkeys.md has the blocks the page runs')
 
   // The front end on one origin; "another site" on a second one, which CORS_ORIGINS lets call
   // authgate but WEBAUTHN_ORIGINS does not list (a page of the same RP id, localhost).
@@ -103,11 +104,21 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
   /**
    * A virtual authenticator in the tab, as a phone's or a laptop's built-in one: discoverable
    * credentials, user verification (a PIN, a biometric) that passes unless `verifies` is false,
-   * presence tested without a click. Its id.
+   * presence tested without a click; `synced`, one whose passkeys are backed up. Its id.
    */
-  async function device (cdp: CDPSession, { verifies = true } = {}): Promise<string> {
+  async function device (cdp: CDPSession, { verifies = true, synced = false } = {}): Promise<string> {
     const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
-      options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: verifies, isUserVerified: verifies, automaticPresenceSimulation: true }
+      options: {
+        protocol: 'ctap2',
+        transport: 'internal',
+        hasResidentKey: true,
+        hasUserVerification: verifies,
+        isUserVerified: verifies,
+        automaticPresenceSimulation: true,
+        // A password manager's or a platform account's: its passkeys backed up (BE and BS set).
+        defaultBackupEligibility: synced,
+        defaultBackupState: synced
+      }
     })
     return authenticatorId
   }
@@ -137,7 +148,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     return { id, username: user.username, password: user.password }
   }
   /** The passkeys of the page's signed-in user. */
-  const passkeysOf = async (page: Page) => (await read(page, '/api/auth/passkeys')).body.passkeys as Array<{ id: string, name: string, last_used_at: string | null }>
+  const passkeysOf = async (page: Page) => (await read(page, '/api/auth/passkeys')).body.passkeys as Array<{ id: string, name: string, device_type: string, backed_up: boolean, last_used_at: string | null }>
 
   t.test('two passkeys on two devices: each signs in, with the one user handle of the account', async (t) => {
     const { page, cdp } = await visitor(t)
@@ -188,6 +199,29 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.equal(detail.body.user.username, user.username)
     const [key] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials
     t.ok(key!.signCount > 0, 'the device counts its signatures')
+  })
+
+  t.test('a synced passkey (backed up): amr swk, device_type multiDevice', async (t) => {
+    const { page, cdp } = await visitor(t)
+    await signedUp(t, page)
+    await device(cdp, { synced: true })
+    t.match(await inPage(page, 'addPasskey', 'password manager'), { answer: /^[0-9a-f-]{36}$/ })
+    t.match(await passkeysOf(page), [{ name: 'password manager', device_type: 'multiDevice', backed_up: true }])
+    const claims = claimsOf((await inPage(page, 'signInWithPasskey')).answer?.access ?? '')
+    t.equal(claims.aal, 'aal2')
+    t.same(claims.amr, ['swk', 'user', 'mfa'], 'a software key that verified its user')
+  })
+
+  t.test('autofill (conditional UI): the same options, from the username field', async (t) => {
+    const { page, cdp } = await visitor(t)
+    const user = await signedUp(t, page)
+    await device(cdp)
+    t.match(await inPage(page, 'addPasskey'), { answer: /^[0-9a-f-]{36}$/ })
+    await inPage(page, 'call', '/api/auth/logout')
+    // The virtual authenticator answers a conditional request by itself: no list to pick from.
+    const signedIn = await inPage(page, 'offerPasskeysInAutofill')
+    t.match(claimsOf(signedIn.answer?.access ?? ''), { sub: String(user.id), aal: 'aal2' }, 'signed in through the autofill\'s ceremony')
+    t.equal((await read(page, '/api/detail')).status, 200, 'the cookies are set')
   })
 
   t.test('a user with TOTP: a password sign-in in the page, the second step by the passkey', async (t) => {
