@@ -50,6 +50,13 @@ window.ready = true
 </script>`
 }
 
+/** The claims of the access token a sign-in in the page answered; none, and a failure that shows what it threw, when it did not sign in. */
+function signedInAs (t: Test, outcome: Outcome): Record<string, unknown> {
+  if (typeof outcome.answer?.access === 'string') return claimsOf(outcome.answer.access)
+  t.fail(`not signed in: ${JSON.stringify(outcome)}`)
+  return {}
+}
+
 /** The flags byte of a WebAuthn answer's authenticator data (base64url): UP is 0x01, UV 0x04. */
 const flagsOf = (authenticatorData: string): number => Buffer.from(authenticatorData, 'base64url')[32]!
 const UP = 0x01
@@ -158,7 +165,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.match(first, { answer: /^[0-9a-f-]{36}$/ }, 'the laptop\'s passkey is added')
     // Another passkey wants an aal2 session now: the password's is aal1, the passkey's aal2.
     t.match(await inPage(page, 'addPasskey', 'phone'), { status: 403, code: 'aal2_required' }, 'the password session cannot add a second one')
-    t.equal(claimsOf((await inPage(page, 'signInWithPasskey')).answer?.access ?? '').aal, 'aal2', 'signed in by the laptop\'s passkey')
+    t.equal(signedInAs(t, await inPage(page, 'signInWithPasskey')).aal, 'aal2', 'signed in by the laptop\'s passkey')
     const again = await inPage(page, 'addPasskey', 'laptop again')
     t.match(again, { name: 'InvalidStateError', code: 'ERROR_AUTHENTICATOR_PREVIOUSLY_REGISTERED' }, 'the same device is not asked again: excludeCredentials names its passkey')
     const [laptopKey] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId: laptop })).credentials
@@ -174,11 +181,11 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
 
     t.equal((await inPage(page, 'call', '/api/auth/logout')).answer, null, 'signed out')
     const byPhone = await inPage(page, 'signInWithPasskey')
-    t.equal(claimsOf(byPhone.answer?.access ?? '').sub, String(user.id), 'the phone signs in')
+    t.equal(signedInAs(t, byPhone).sub, String(user.id), 'the phone signs in')
     await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: phone })
     await cdp.send('WebAuthn.addCredential', { authenticatorId: await device(cdp), credential: laptopKey! })
     const byLaptop = await inPage(page, 'signInWithPasskey')
-    t.equal(claimsOf(byLaptop.answer?.access ?? '').sub, String(user.id), 'the laptop signs in')
+    t.equal(signedInAs(t, byLaptop).sub, String(user.id), 'the laptop signs in')
     t.ok((await passkeysOf(page)).every((p) => p.last_used_at !== null), 'each passkey was used')
   })
 
@@ -191,7 +198,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.equal((await read(page, '/api/detail')).status, 401, 'signed out')
 
     const signedIn = await inPage(page, 'signInWithPasskey')
-    const claims = claimsOf(signedIn.answer?.access ?? '')
+    const claims = signedInAs(t, signedIn)
     t.match(claims, { sub: String(user.id), aal: 'aal2' }, 'aal2 by the passkey alone')
     t.same(claims.amr, ['hwk', 'user', 'mfa'], 'a device-bound key that verified its user')
     const detail = await read(page, '/api/detail')
@@ -207,7 +214,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     await device(cdp, { synced: true })
     t.match(await inPage(page, 'addPasskey', 'password manager'), { answer: /^[0-9a-f-]{36}$/ })
     t.match(await passkeysOf(page), [{ name: 'password manager', device_type: 'multiDevice', backed_up: true }])
-    const claims = claimsOf((await inPage(page, 'signInWithPasskey')).answer?.access ?? '')
+    const claims = signedInAs(t, await inPage(page, 'signInWithPasskey'))
     t.equal(claims.aal, 'aal2')
     t.same(claims.amr, ['swk', 'user', 'mfa'], 'a software key that verified its user')
   })
@@ -220,7 +227,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     await inPage(page, 'call', '/api/auth/logout')
     // The virtual authenticator answers a conditional request by itself: no list to pick from.
     const signedIn = await inPage(page, 'offerPasskeysInAutofill')
-    t.match(claimsOf(signedIn.answer?.access ?? ''), { sub: String(user.id), aal: 'aal2' }, 'signed in through the autofill\'s ceremony')
+    t.match(signedInAs(t, signedIn), { sub: String(user.id), aal: 'aal2' }, 'signed in through the autofill\'s ceremony')
     t.equal((await read(page, '/api/detail')).status, 200, 'the cookies are set')
   })
 
@@ -241,7 +248,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     const firstStep = page.waitForResponse(`${auth}/api/auth/login`)
     const signedIn = await inPage(page, 'signInWithPassword', user.username, user.password)
     t.match(await (await firstStep).json(), { mfa_required: true, methods: ['totp', 'passkey', 'recovery_code'] }, 'the password asked a second step, a passkey among its ways')
-    const claims = claimsOf(signedIn.answer?.access ?? '')
+    const claims = signedInAs(t, signedIn)
     t.match(claims, { sub: String(user.id), aal: 'aal2' })
     t.same(claims.amr, ['pwd', 'hwk', 'user', 'mfa'], 'the password and the passkey')
     t.equal((await read(page, '/api/detail')).status, 200, 'the cookies are set')
@@ -292,7 +299,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.match(refused, { status: 401, code: 'passkey_invalid', detail: /origin WEBAUTHN_ORIGINS does not list/ })
     t.equal((await read(page, '/api/detail')).status, 401, 'not signed in')
     await open(page, app)
-    t.equal(claimsOf((await inPage(page, 'signInWithPasskey')).answer?.access ?? '').aal, 'aal2', 'the same passkey signs in from the front end\'s origin')
+    t.equal(signedInAs(t, await inPage(page, 'signInWithPasskey')).aal, 'aal2', 'the same passkey signs in from the front end\'s origin')
   })
 
   t.test('an assertion posted twice: the second is refused, its challenge spent', async (t) => {
@@ -306,7 +313,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
       return { challengeId, credential: await window.startAuthentication!({ optionsJSON: options }) }
     })
     const post = () => inPage(page, 'call', '/api/auth/passkeys/authentication/verify', { challenge_id: captured.challengeId, credential: captured.credential })
-    t.equal(claimsOf((await post()).answer?.access ?? '').sub, String(user.id), 'the first post signs in')
+    t.equal(signedInAs(t, await post()).sub, String(user.id), 'the first post signs in')
     t.match(await post(), { status: 400, code: 'passkey_challenge_invalid' }, 'the same again: refused')
     const fresh = await inPage(page, 'call', '/api/auth/passkeys/authentication/options')
     t.match(await inPage(page, 'call', '/api/auth/passkeys/authentication/verify', { challenge_id: fresh.answer.challenge_id, credential: captured.credential }), { status: 401, code: 'passkey_invalid', detail: /another challenge/ }, 'nor does it answer a new challenge')
@@ -317,7 +324,7 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     const user = await signedUp(t, page)
     const authenticatorId = await device(cdp)
     const passkeyId = (await inPage(page, 'addPasskey')).answer as string
-    for (const time of ['first', 'second']) t.equal(claimsOf((await inPage(page, 'signInWithPasskey')).answer?.access ?? '').aal, 'aal2', `signed in a ${time} time`)
+    for (const time of ['first', 'second']) t.equal(signedInAs(t, await inPage(page, 'signInWithPasskey')).aal, 'aal2', `signed in a ${time} time`)
     const [key] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials
     t.ok(key!.signCount >= 2, `the device has counted to ${key!.signCount}`)
     // The same key in a device whose counter starts again: a clone made before these sign-ins.
