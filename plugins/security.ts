@@ -35,7 +35,8 @@ async function securityPlugin (fastify: FastifyInstance): Promise<void> {
     await fastify.register(cors, {
       origin: [...origins],
       credentials: true,
-      methods: ['GET', 'POST', 'DELETE'],
+      // PATCH: a front end renames its user's passkeys (PATCH /api/auth/passkeys/:id).
+      methods: ['GET', 'POST', 'PATCH', 'DELETE'],
       allowedHeaders: ['content-type', 'authorization'],
       exposedHeaders: ['retry-after', 'www-authenticate'],
       maxAge: 600,

@@ -45,7 +45,7 @@ function frontEnd (auth: string): string {
 <script type="importmap">{"imports": {"@simplewebauthn/browser": "/simplewebauthn/index.js"}}</script>
 <script type="module">
 ${placed}
-Object.assign(window, { call, addPasskey, signInWithPasskey, signInWithPassword, offerPasskeysInAutofill, startAuthentication, startRegistration })
+Object.assign(window, { call, addPasskey, listPasskeys, renamePasskey, removePasskey, signInWithPasskey, signInWithPassword, offerPasskeysInAutofill, startAuthentication, startRegistration })
 window.ready = true
 </script>`
 }
@@ -63,7 +63,7 @@ const UP = 0x01
 const UV = 0x04
 
 t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM} (Debian's chromium package)` }, async (t) => {
-  t.same([...docsCode().keys()], ['setup', 'register', 'sign in', 'second step', 'autofill'], 'docs/passkeys.md has the blocks the page runs')
+  t.same([...docsCode().keys()], ['setup', 'register', 'sign in', 'second step', 'manage', 'autofill'], 'docs/passkeys.md has the blocks the page runs')
 
   // The front end on one origin; "another site" on a second one, which CORS_ORIGINS lets call
   // authgate but WEBAUTHN_ORIGINS does not list (a page of the same RP id, localhost).
@@ -229,6 +229,20 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     const signedIn = await inPage(page, 'offerPasskeysInAutofill')
     t.match(signedInAs(t, signedIn), { sub: String(user.id), aal: 'aal2' }, 'signed in through the autofill\'s ceremony')
     t.equal((await read(page, '/api/detail')).status, 200, 'the cookies are set')
+  })
+
+  t.test('the page lists, renames and removes its passkeys (PATCH and DELETE across origins)', async (t) => {
+    const { page, cdp } = await visitor(t)
+    await signedUp(t, page)
+    await device(cdp)
+    const id = (await inPage(page, 'addPasskey', 'laptop')).answer as string
+    t.match(await inPage(page, 'listPasskeys'), { answer: [{ id, name: 'laptop' }] })
+    t.same(await inPage(page, 'renamePasskey', id, 'work laptop'), { answer: null }, 'renamed: CORS lets the front end PATCH')
+    t.match(await inPage(page, 'listPasskeys'), { answer: [{ id, name: 'work laptop' }] })
+    t.match(await inPage(page, 'removePasskey', id), { status: 403, code: 'aal2_required' }, 'the password session cannot remove it')
+    signedInAs(t, await inPage(page, 'signInWithPasskey'))
+    t.same(await inPage(page, 'removePasskey', id), { answer: null }, 'removed from the passkey\'s session')
+    t.same(await inPage(page, 'listPasskeys'), { answer: [] })
   })
 
   t.test('a user with TOTP: a password sign-in in the page, the second step by the passkey', async (t) => {
