@@ -270,11 +270,13 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
 
   t.test('an authenticator that does not verify its user is refused by authgate, not only by the browser', async (t) => {
     // Chromium refuses by itself when the options ask user verification of an authenticator
-    // that cannot; the page here lowers the options' requirement (a front end's bug, or a
-    // script of the user's), so Chromium makes the answer, UV clear, and authgate must judge.
+    // that cannot, or does not, verify: nothing reaches authgate. The page then lowers the
+    // options' requirement (a front end's bug, or a script of the user's), so Chromium makes
+    // the answer, UV clear and nothing else changed, and authgate must judge it.
     const { page, cdp } = await visitor(t)
     await signedUp(t, page)
     const authenticatorId = await device(cdp, { verifies: false })
+    t.match(await inPage(page, 'addPasskey'), { name: 'NotAllowedError' }, 'the docs\' code: Chromium refuses by itself, as the options require verification')
     const registration = await page.evaluate(async () => {
       const { challenge_id: challengeId, options } = await window.call!('/api/auth/passkeys/registration/options')
       options.authenticatorSelection.userVerification = 'discouraged'
@@ -286,11 +288,11 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.same(await passkeysOf(page), [], 'no passkey kept')
 
     // A passkey made with verification, then used without it.
-    await cdp.send('WebAuthn.setUserVerified', { authenticatorId, isUserVerified: true })
     await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId })
     const verifying = await device(cdp)
     t.match(await inPage(page, 'addPasskey'), { answer: /^[0-9a-f-]{36}$/ }, 'a passkey made with user verification')
     await cdp.send('WebAuthn.setUserVerified', { authenticatorId: verifying, isUserVerified: false })
+    t.match(await inPage(page, 'signInWithPasskey'), { name: 'NotAllowedError' }, 'the docs\' code: Chromium refuses by itself')
     const assertion = await page.evaluate(async () => {
       const { challenge_id: challengeId, options } = await window.call!('/api/auth/passkeys/authentication/options')
       options.userVerification = 'discouraged'
