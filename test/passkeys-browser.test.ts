@@ -93,14 +93,14 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
   const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, headless: true })
   t.teardown(() => browser.close())
 
-  /** A fresh browser profile on `origin`'s front end, and the DevTools session of its tab. */
-  async function visitor (t: Test, origin = app): Promise<{ page: Page, cdp: CDPSession }> {
+  /** A fresh browser profile on the front end, and the DevTools session of its tab (WebAuthn on). */
+  async function visitor (t: Test): Promise<{ page: Page, cdp: CDPSession }> {
     const context = await browser.newContext()
     t.teardown(() => context.close())
     const page = await context.newPage()
     const cdp = await context.newCDPSession(page)
     await cdp.send('WebAuthn.enable')
-    await open(page, origin)
+    await open(page, app)
     return { page, cdp }
   }
   /** `page` on `origin`'s front end, its module run. */
