@@ -266,6 +266,10 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
     t.match(claims, { sub: String(user.id), aal: 'aal2' })
     t.same(claims.amr, ['pwd', 'hwk', 'user', 'mfa'], 'the password and the passkey')
     t.equal((await read(page, '/api/detail')).status, 200, 'the cookies are set')
+
+    await inPage(page, 'call', '/api/auth/logout')
+    const byPasskey = await inPage(page, 'signInWithPasskey')
+    t.same(signedInAs(t, byPasskey).amr, ['hwk', 'user', 'mfa'], 'the passkey alone: no second step, TOTP or not')
   })
 
   t.test('an authenticator that does not verify its user is refused by authgate, not only by the browser', async (t) => {
