@@ -362,12 +362,18 @@ t.test('passkeys in a real Chromium, the front end of docs/passkeys.md', { skip:
       headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic(client.client_id, client.client_secret) },
       body: 'grant_type=client_credentials'
     })).json() as { access_token: string }
-    let events: Array<{ outcome: string, detail: Record<string, unknown> }> = []
-    t.ok(await eventually(async () => {
-      const res = await fetch(`${auth}/api/admin/audit?user_id=${user.id}&event=passkey_counter_regressed`, { headers: bearer(token.access_token) })
-      events = (await res.json() as { events: typeof events }).events
-      return events.length > 0
-    }, { everyMs: 100 }), 'the audit trail has the event')
-    t.match(events, [{ outcome: 'failure', detail: { passkey: passkeyId, stored: key!.signCount, shown: 1 } }], 'passkey_counter_regressed: the stored count and the one shown')
+    type Event = { outcome: string, detail: Record<string, unknown> }
+    /** The user's failures named `event` (the audit trail is written in batches: once there is one), newest first. */
+    const failures = async (event: string): Promise<Event[]> => {
+      let events: Event[] = []
+      t.ok(await eventually(async () => {
+        const res = await fetch(`${auth}/api/admin/audit?user_id=${user.id}&event=${event}`, { headers: bearer(token.access_token) })
+        events = (await res.json() as { events: Event[] }).events.filter((e) => e.outcome === 'failure')
+        return events.length > 0
+      }, { everyMs: 100 }), `the audit trail has a failure ${event}`)
+      return events
+    }
+    t.match(await failures('passkey_counter_regressed'), [{ detail: { passkey: passkeyId, stored: key!.signCount, shown: 1 } }], 'passkey_counter_regressed: the stored count and the one shown')
+    t.match(await failures('login'), [{ detail: { method: 'passkey', reason: /signature counter did not move ahead/ } }], 'and a failed login')
   })
 })
