@@ -127,14 +127,20 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
   // costs no authentication, no token check); per key once the body is validated, one counter
   // for every route that names it (each limiter counts apart while Redis is away), with the
   // key the route at hand gives.
+  // A request whose route names no key for it (undefined) is not counted there.
   const byKey = new Map<string, ReturnType<typeof limit>>()
   const sharedLimit = (name: string, max: number): ReturnType<typeof limit> => {
     let limiter = byKey.get(name)
     if (limiter === undefined) {
-      limiter = limit(max, async (request) => {
+      const keys = new WeakMap<FastifyRequest, string>()
+      const counted = limit(max, (request) => keys.get(request)!)
+      limiter = async (request, reply) => {
         const { by } = request.routeOptions.config.limits!.find((l) => l.name === name)!
-        return `${name}:${await (by as Exclude<typeof by, 'ip'>)(request)}`
-      })
+        const key = await (by as Exclude<typeof by, 'ip'>)(request)
+        if (key === undefined) return
+        keys.set(request, `${name}:${key}`)
+        await counted(request, reply)
+      }
       byKey.set(name, limiter)
     }
     return limiter

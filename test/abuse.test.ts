@@ -2,6 +2,7 @@ import type { LightMyRequestResponse } from 'fastify'
 import { randomInt } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { build, eventually, freshDatabase, login, postJson, register, uniqueUser } from './helper.ts'
+import { assert as assertPasskey, register as createPasskey } from './soft-authenticator.ts'
 import { startProxy } from './tcp-proxy.ts'
 
 const REDIS_URL = 'redis://127.0.0.1:6379'
@@ -196,4 +197,25 @@ t.test('CORS: configured origins only, with credentials, never a wildcard', asyn
 
   const none = await build(t)
   t.notOk((await none.inject({ url: '/health/live', headers: { origin } })).headers['access-control-allow-origin'], 'no CORS_ORIGINS: no CORS')
+})
+
+t.test('a sign-in by a passkey is limited per client IP, never per credential id: knowing one locks its owner out of nothing', async (t) => {
+  const page = { origin: 'https://app.example.com', rpId: 'example.com' }
+  const app = await build(t, { env: { ...limits, TRUST_PROXY: '127.0.0.1', RATE_LIMIT_CREDENTIALS_MAX: '3', RATE_LIMIT_IDENTIFIER_MAX: '2', WEBAUTHN_RP_ID: page.rpId, WEBAUTHN_ORIGINS: page.origin } })
+  const { access } = await login(app)
+  const owner = { authorization: `Bearer ${access}` }
+  const made = (await postJson(app, '/api/auth/passkeys/registration/options', {}, owner)).json()
+  const passkey = createPasskey(made.options, page)
+  t.equal((await postJson(app, '/api/auth/passkeys/registration/verify', { challenge_id: made.challenge_id, credential: passkey.response }, owner)).statusCode, 201)
+  const signIn = async (ip: string, settings: { userVerified?: boolean } = {}): Promise<LightMyRequestResponse> => {
+    const { challenge_id: challengeId, options } = (await postJson(app, '/api/auth/passkeys/authentication/options', {}, { 'x-forwarded-for': ip })).json()
+    return await postJson(app, '/api/auth/passkeys/authentication/verify', { challenge_id: challengeId, credential: assertPasskey(passkey.credential, options, { ...page, ...settings }) }, { 'x-forwarded-for': ip })
+  }
+  // Someone holding the credential id (it is no secret) sends refused answers naming it from many addresses.
+  for (let i = 0; i < 4; i++) t.equal((await signIn(someIp(), { userVerified: false })).statusCode, 401)
+  t.equal((await signIn(someIp())).statusCode, 200, 'the owner still signs in')
+  // One address is counted on each route.
+  const one = someIp()
+  for (let i = 0; i < 3; i++) t.equal((await signIn(one, { userVerified: false })).statusCode, 401)
+  assertLimited(t, await postJson(app, '/api/auth/passkeys/authentication/options', {}, { 'x-forwarded-for': one }))
 })

@@ -11,15 +11,15 @@ export interface Limit {
   /** What is counted: the counts of routes naming one name meet when they are per key. */
   name: string
   max: number
-  /** 'ip', or the key of the request: read once the body is validated. */
-  by: 'ip' | ((request: FastifyRequest) => Promise<string>)
+  /** 'ip', or the key of the request, read once the body is validated; undefined: this request is not counted here. */
+  by: 'ip' | ((request: FastifyRequest) => Promise<string | undefined>)
 }
 
 /** `max` requests a window from one client address to the route. */
 export const perIp = (name: string, max: number): Limit => ({ name, max, by: 'ip' })
 
 /** `max` requests a window for the key `key` gives, from any address, on every route naming `name`. */
-export const perKey = (name: string, max: number, key: (request: FastifyRequest) => Promise<string>): Limit => ({ name, max, by: key })
+export const perKey = (name: string, max: number, key: (request: FastifyRequest) => Promise<string | undefined>): Limit => ({ name, max, by: key })
 
 type LimitSettings = Pick<Config, 'RATE_LIMIT_CREDENTIALS_MAX' | 'RATE_LIMIT_IDENTIFIER_MAX' | 'RATE_LIMIT_MAIL_MAX' | 'RATE_LIMIT_MAIL_GLOBAL_MAX'>
 
@@ -28,7 +28,7 @@ type LimitSettings = Pick<Config, 'RATE_LIMIT_CREDENTIALS_MAX' | 'RATE_LIMIT_IDE
  * with `account` naming the account tried, per account over every such route, so that guesses
  * spread over addresses still stop.
  */
-export const credentialLimits = (config: LimitSettings, account?: (request: FastifyRequest) => Promise<string>): Limit[] => [
+export const credentialLimits = (config: LimitSettings, account?: (request: FastifyRequest) => Promise<string | undefined>): Limit[] => [
   perIp('credentials', config.RATE_LIMIT_CREDENTIALS_MAX),
   ...(account === undefined ? [] : [perKey('account', config.RATE_LIMIT_IDENTIFIER_MAX, account)])
 ]

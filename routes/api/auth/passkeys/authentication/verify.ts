@@ -9,11 +9,12 @@ const verify: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/verify', {
     // Per address; and per account with the account's other sign-ins where an mfa_token names
-    // it, else per passkey (whose account is known only once it is verified).
+    // it. A sign-in without one names no account until its passkey is verified, and a passkey is
+    // not guessed: a count per credential id (no secret) would only let others lock its owner out.
     config: {
       limits: credentialLimits(config, async (request) => {
-        const { mfa_token: mfaToken, credential } = request.body as { mfa_token?: string, credential: { id: string } }
-        return mfaToken === undefined ? `passkey:${credential.id}` : `user:${await mfa.challengedUser(mfaToken) ?? 'none'}`
+        const { mfa_token: mfaToken } = request.body as { mfa_token?: string }
+        return mfaToken === undefined ? undefined : `user:${await mfa.challengedUser(mfaToken) ?? 'none'}`
       })
     },
     schema: {
