@@ -67,7 +67,7 @@ export const AudienceRequiredError = define('token_not_valid', 'A service token 
 
 // 403: who is asking is proven, and may not.
 export const EmailNotVerifiedError = define('email_not_verified', 'Verify your email address first: POST /api/auth/email/verification sends a new mail.', 403)
-export const Aal2RequiredError = define('aal2_required', 'This needs a session signed in with a second factor (aal2): POST /api/auth/mfa/verify steps the session up.', 403)
+export const Aal2RequiredError = define('aal2_required', 'This needs a session signed in with a second factor or a passkey (aal2): POST /api/auth/mfa/verify steps the session up by a code, or sign in with a passkey.', 403)
 export const RecentSignInRequiredError = define('reauthentication_required', 'This needs a sign-in within the last 10 minutes: sign in again, or step up with POST /api/auth/mfa/verify.', 403)
 export const MfaLockedError = define('mfa_locked', 'Ten wrong codes in a row: the second step is locked for 15 minutes.', 403)
 export const UpstreamDeniedError = define('access_denied', 'The identity provider did not sign you in (%s).', 403)
