@@ -233,4 +233,6 @@ t.test('passkeys: WEBAUTHN_RP_ID a domain in lower case, WEBAUTHN_ORIGINS exact 
     t.throws(() => parseConfig({ WEBAUTHN_RP_ID: 'example.com', WEBAUTHN_ORIGINS: origins }), { name: 'ConfigError', message: /^WEBAUTHN_ORIGINS must be exact origins/ }, origins)
   }
   t.throws(() => parseConfig({ WEBAUTHN_ORIGINS: 'https://example.com' }), { name: 'ConfigError', message: /^WEBAUTHN_ORIGINS needs WEBAUTHN_RP_ID/ }, 'origins without an RP id')
+  // https://localhost would be no laptop's front end: every passkey refused, said nowhere.
+  t.throws(() => parseConfig({ WEBAUTHN_RP_ID: 'localhost' }), { name: 'ConfigError', message: /^WEBAUTHN_RP_ID=localhost needs WEBAUTHN_ORIGINS/ }, 'localhost has no default origin')
 })
