@@ -244,3 +244,13 @@ export async function unheard (databaseUrl: string, table: 'sessions' | 'users' 
     await client.end()
   }
 }
+
+/** How many answers had each status and code (`400 mfa_code_invalid`, `200`): what requests sent at once got. */
+export function tally (answers: LightMyRequestResponse[]): Record<string, number> {
+  const counts: Record<string, number> = {}
+  for (const res of answers) {
+    const key = res.statusCode < 300 ? String(res.statusCode) : `${res.statusCode} ${res.json().code as string}`
+    counts[key] = (counts[key] ?? 0) + 1
+  }
+  return counts
+}

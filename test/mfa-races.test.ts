@@ -1,8 +1,8 @@
-import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import { randomInt } from 'node:crypto'
 import t from 'tap'
 import { generateSync } from 'otplib'
-import { auditEvents, bearer, build, freshDatabase, login, postJson, TestClock } from './helper.ts'
+import { auditEvents, bearer, build, freshDatabase, login, postJson, tally, TestClock } from './helper.ts'
 
 // Second steps sent at once (issue 26, items 1, 5 and 9): every limit of the second step counts a
 // try before its code is judged, in one guarded statement, so that no number of parallel tries
@@ -11,15 +11,6 @@ import { auditEvents, bearer, build, freshDatabase, login, postJson, TestClock }
 // PostgreSQL the requests alternate between two replicas (two apps, two pools) of one database.
 
 const postgres = process.env.DB_ENGINE === 'postgres'
-/** How many answers had each status and code: `400 mfa_code_invalid` and the like. */
-function tally (answers: LightMyRequestResponse[]): Record<string, number> {
-  const counts: Record<string, number> = {}
-  for (const res of answers) {
-    const key = res.statusCode < 300 ? String(res.statusCode) : `${res.statusCode} ${res.json().code as string}`
-    counts[key] = (counts[key] ?? 0) + 1
-  }
-  return counts
-}
 
 t.test('second steps at once', async (t) => {
   const clock = new TestClock()

@@ -1,7 +1,7 @@
-import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { generateSync } from 'otplib'
-import { bearer, build, claimsOf, freshDatabase, login, postJson, TestClock } from './helper.ts'
+import { bearer, build, claimsOf, freshDatabase, login, postJson, tally, TestClock } from './helper.ts'
 import { assert, register as create, type Options, type SoftCredential } from './soft-authenticator.ts'
 
 // Passkeys used at once (issue 29): a challenge is spent once, a signature counter is taken once
@@ -12,16 +12,6 @@ import { assert, register as create, type Options, type SoftCredential } from '.
 const postgres = process.env.DB_ENGINE === 'postgres'
 const HERE: Options = { origin: 'https://app.example.com', rpId: 'example.com' }
 const ROUNDS = 5
-
-/** How many answers had each status and code: `401 passkey_invalid` and the like. */
-function tally (answers: LightMyRequestResponse[]): Record<string, number> {
-  const counts: Record<string, number> = {}
-  for (const res of answers) {
-    const key = res.statusCode < 300 ? String(res.statusCode) : `${res.statusCode} ${res.json().code as string}`
-    counts[key] = (counts[key] ?? 0) + 1
-  }
-  return counts
-}
 
 t.test('passkeys used at once', async (t) => {
   const clock = new TestClock()
