@@ -60,6 +60,8 @@ export const InvalidClientError = define('invalid_client', 'Client authenticatio
 export const IdTokenInvalidError = define('id_token_invalid', 'The ID token is not valid: %s.', 401)
 // Says what failed of the passkey's answer (an origin not allowed, no user verification), never which account it is of.
 export const PasskeyInvalidError = define('passkey_invalid', 'The passkey could not be verified: %s.', 401)
+// Its own code, so that a front end can tell the authenticator to stop offering it (the WebAuthn signal API's signalUnknownCredential).
+export const PasskeyUnknownError = define('passkey_unknown', 'No account has this passkey: it was removed, or made for another service.', 401)
 export const SessionEndedError = define('session_ended', 'The session that started linking has ended: sign in and link again.', 401)
 export const MfaTokenInvalidError = define('mfa_token_invalid', 'The mfa_token is wrong, used, expired or out of tries: sign in again.', 401)
 export const WrongAudienceError = define('token_not_valid', 'The token is not for this audience.', 401)

@@ -328,7 +328,7 @@ t.test('passkeys', async (t) => {
   t.test('a passkey no account has: 401', async (t) => {
     // Made for options the service never gave: it never saw this credential.
     const { credential } = create({ challenge: 'AAAA', user: { id: 'AAAA' } }, HERE)
-    t.match((await passkeySignIn(credential)).json(), { status: 401, code: 'passkey_invalid', detail: /no account has this passkey/ })
+    t.match((await passkeySignIn(credential)).json(), { status: 401, code: 'passkey_unknown', detail: /^No account has this passkey/ })
   })
 
   t.test('a replayed assertion: the second answer is 400 passkey_challenge_invalid', async (t) => {
@@ -483,7 +483,7 @@ t.test('passkeys', async (t) => {
     const fresh = await passkeyPair(second.credential)
     t.equal((await remove(fresh.access, passkey.id)).statusCode, 204)
     t.match((await remove(fresh.access, passkey.id)).json(), { status: 404 }, 'gone')
-    t.match((await passkeySignIn(passkey.credential)).json(), { status: 401, code: 'passkey_invalid', detail: /no account has this passkey/ }, 'it no longer signs in')
+    t.match((await passkeySignIn(passkey.credential)).json(), { status: 401, code: 'passkey_unknown', detail: /^No account has this passkey/ }, 'it no longer signs in')
     t.same((await list(access)).map((p) => p.name), ['phone'])
     t.ok(await inbox.find(user.email, /the passkey old laptop was removed/), 'the removal mailed')
     t.match(await auditEvents(app, user.id, ['event', 'detail'], { event: 'passkey_%' }), [
@@ -530,7 +530,7 @@ t.test('passkeys', async (t) => {
 
     t.equal((await app.inject({ method: 'DELETE', url: removeUrl(user.id, passkey.id), headers: bearer(writer.token) })).statusCode, 204)
     t.same(await list(access), [])
-    t.match((await passkeySignIn(passkey.credential)).json(), { status: 401, code: 'passkey_invalid' })
+    t.match((await passkeySignIn(passkey.credential)).json(), { status: 401, code: 'passkey_unknown' })
     t.equal((await passkeySignIn(other.passkey.credential)).statusCode, 200, 'the other user\'s passkey stays')
     t.match(await auditEvents(app, user.id, ['detail'], { event: 'passkey_removed' }), [{ detail: { client_id: writer.id, reason: 'lost the key, ticket 42', passkey: passkey.id } }])
     t.ok(await inbox.find(user.email, /an operator removed the passkey yubikey/))
@@ -549,7 +549,7 @@ t.test('passkeys', async (t) => {
     const deleted = await withPasskey()
     t.equal((await app.inject({ method: 'DELETE', url: `/api/admin/users/${deleted.user.id}?reason=gone`, headers: bearer(writer.token) })).statusCode, 204)
     t.equal(await storedPasskeys(deleted.user.id), 0)
-    t.match((await passkeySignIn(deleted.passkey.credential)).json(), { status: 401, code: 'passkey_invalid', detail: /no account has this passkey/ })
+    t.match((await passkeySignIn(deleted.passkey.credential)).json(), { status: 401, code: 'passkey_unknown', detail: /^No account has this passkey/ })
   })
 
   t.test('a pre-claimed account: the address\'s owner proves it, the squatter\'s passkey is gone and the notice says so', async (t) => {
@@ -563,7 +563,7 @@ t.test('passkeys', async (t) => {
     t.same((await postJson(app, '/api/auth/email/verify', { token: tokenOf(verification) })).json(), { email_verified: true, password_removed: true })
     const user = await app.db.selectFrom('users').select('id').where('email', '=', squatter.email).executeTakeFirstOrThrow()
     t.equal(await storedPasskeys(user.id), 0)
-    t.match((await passkeySignIn(credential)).json(), { status: 401, code: 'passkey_invalid', detail: /no account has this passkey/ })
+    t.match((await passkeySignIn(credential)).json(), { status: 401, code: 'passkey_unknown', detail: /^No account has this passkey/ })
     t.match((await inbox.find(squatter.email, /proven for the first time/)).text, /1 passkey/)
     t.match(await auditEvents(app, user.id, ['detail'], { event: 'address_proven' }), [{ detail: { by: 'email_verification', removed: { passkeys: 1 } } }])
   })

@@ -7,7 +7,7 @@ import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
 import type { Database } from '../../db/types.ts'
 import {
-  InvalidCredentialsError, LastWayInError, MfaTokenInvalidError, PasskeyChallengeInvalidError, PasskeyExistsError, PasskeyInvalidError, PasskeyNotFoundError
+  InvalidCredentialsError, LastWayInError, MfaTokenInvalidError, PasskeyChallengeInvalidError, PasskeyExistsError, PasskeyInvalidError, PasskeyNotFoundError, PasskeyUnknownError
 } from '../../errors.ts'
 import { epochSeconds, type Clock } from '../../lib/clock.ts'
 import type { TokenPair } from '../../schemas.ts'
@@ -104,13 +104,13 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
    * Every refusal is a login failure in the audit trail. The passkey is read within `executor`.
    */
   async function verifyAssertion (response: AuthenticationResponseJSON, challenge: string, caller: Caller, { discoverable, executor = db }: { discoverable: boolean, executor?: Executor }) {
-    const fail = (error: InstanceType<typeof PasskeyInvalidError>, userId: number | null = null): never => {
+    const fail = (error: InstanceType<typeof PasskeyInvalidError | typeof PasskeyUnknownError>, userId: number | null = null): never => {
       audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', reason: error.message } }, caller)
       throw error
     }
     if (discoverable && response.response.userHandle === undefined) return fail(new PasskeyInvalidError('it names no user handle, as a discoverable passkey does'))
     const passkey = await passkeyOfCredential(executor, response.id)
-    if (passkey === undefined) return fail(new PasskeyInvalidError('no account has this passkey'))
+    if (passkey === undefined) return fail(new PasskeyUnknownError())
     // The handle the authenticator keeps with a discoverable passkey is its user's (one per user, never changed).
     const handle = response.response.userHandle
     if (handle !== undefined && handle !== passkey.webauthn_user_handle) return fail(new PasskeyInvalidError('its user handle is not its account\'s'), passkey.user_id)
