@@ -1,5 +1,6 @@
+import pg from 'pg'
 import t from 'tap'
-import { auditEvents, bearer, build, claimsOf, operator, postJson, register, uniqueUser } from './helper.ts'
+import { auditEvents, bearer, build, claimsOf, eventually, operator, postJson, register, uniqueUser } from './helper.ts'
 import {
   accessOf, accountsWith, atProvider, callback, CLIENT, detailOf, FLOW_COOKIE, fragmentOf, identitiesIn, OTHER_RETURN, person,
   providerEnv, providerFor, PUBLIC_URL, redirectOf, refused, RETURN, sessionsOf, signedIn, signIn, start, verifyAddress
@@ -144,6 +145,43 @@ t.test('which account: an identity is (issuer, subject), never an address', asyn
     t.equal(users.size, 1, 'every sign-in into that one account')
     const id = [...users][0]!
     t.same(await identitiesIn(app, id), [`corp:${dana.sub}`])
+  })
+
+  // The window of the test above, made to happen every time (PostgreSQL: PGlite runs one
+  // statement at a time): the other sign-in's account and identity commit after this one found
+  // no identity and before it looks the address up. This one then finds the address taken, and
+  // must see that the identity is known now and sign in, not answer account_exists. To hold it
+  // at its lookup of the identity, the test locks a row of that identity, then deletes it: the
+  // lookup, let go, finds none (its snapshot is older than the account the test commits with it).
+  t.test('a first sign-in whose identity another commits between its two lookups signs into that account', { skip: process.env.DB_ENGINE !== 'postgres' && 'PGlite runs one statement at a time: no window' }, async (t) => {
+    const erin = person('erin')
+    corp.accounts.set(erin.sub, erin.claims)
+    const other = new pg.Client({ connectionString: app.config.DATABASE_URL })
+    await other.connect()
+    t.teardown(() => other.end())
+    const placeholder = uniqueUser('placeholder')
+    const held = (await other.query('insert into users (username, email, password_hash) values ($1, $2, null) returning id', [placeholder.username, placeholder.email])).rows[0].id as number
+    const identity = 'insert into user_identities (id, user_id, provider, issuer, subject, email, email_verified, created_at) values (gen_random_uuid(), $1, \'corp\', $2, $3, $4, true, now())'
+    await other.query(identity, [held, corp.issuer, erin.sub, erin.email])
+    const flow = await start(app, 'corp')
+    const back = await atProvider(corp, flow.begun!, erin.sub)
+
+    await other.query('begin')
+    await other.query('select id from user_identities where issuer = $1 and subject = $2 for update', [corp.issuer, erin.sub])
+    const answer = callback(app, back, flow.begun!.cookie)
+    t.ok(await eventually(async () => (await other.query(
+      'select 1 from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and wait_event_type = \'Lock\''
+    )).rowCount === 1), 'the sign-in waits at its lookup of the identity')
+    // The other sign-in: the identity's account made, and the identity linked to it.
+    await other.query('delete from user_identities where issuer = $1 and subject = $2', [corp.issuer, erin.sub])
+    const userId = (await other.query('insert into users (username, email, password_hash, email_verified_at) values ($1, $2, null, now()) returning id', [erin.claims.preferred_username, erin.email])).rows[0].id as number
+    await other.query(identity, [userId, corp.issuer, erin.sub, erin.email])
+    await other.query('commit')
+
+    const { location, cookies } = await answer
+    t.equal(String(location), RETURN, 'signed in, nothing in the fragment')
+    t.equal((await detailOf(app, accessOf(cookies)!)).id, userId, 'into the account the other sign-in made')
+    t.equal(await accountsWith(app, erin.email), 1, 'one account')
   })
 })
 

@@ -95,6 +95,11 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
     outbox.enqueue('sign_in_linked', { userId, change, at: clock.now().toISOString() }, executor)
   const named = (profile: UpstreamProfile): string => `${profile.provider}${profile.email === undefined ? '' : ` (${profile.email})`}`
 
+  // The address is another account's: that of a concurrent first sign-in of this identity, which
+  // committed since this one looked (LinkedMeanwhile: again, to sign in), or someone else's.
+  const madeMeanwhile = async (trx: Transaction<Database>, profile: UpstreamProfile): Promise<Error> =>
+    await userOfIdentity(trx, profile.issuer, profile.subject) === undefined ? new AccountExistsError() : new LinkedMeanwhile()
+
   /**
    * Whose the identity is, within `trx`: its user's; else, for an address of no account, a new
    * account; else, where the operator allowed it and both sides proved the address, the
@@ -113,7 +118,9 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
       // All three, or nothing: the operator allowed it, the provider (trusted for
       // addresses) asserted it, and the address was proven here (never a squatter's
       // unverified account with the victim's address).
-      if (!linkByEmail || !profile.emailVerified || user?.email_verified_at == null) throw new AccountExistsError()
+      // A concurrent first sign-in of this identity may have made the account since the lookup
+      // above (its commit between the two statements): then the identity is known now, to sign in.
+      if (!linkByEmail || !profile.emailVerified || user?.email_verified_at == null) throw await madeMeanwhile(trx, profile)
       if (!await insertIdentity(trx, holder, profile, clock.db())) throw new LinkedMeanwhile()
       await notify(holder, `the sign-in with ${named(profile)} was linked to it, by its verified address`, trx)
       return { userId: holder, change: 'linked' }
@@ -124,9 +131,7 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
       if (user !== undefined) break
       // The address was taken meanwhile: by a concurrent first sign-in of this identity
       // (then it is known now: again, to sign in), or by someone's account, as above.
-      if (await idOfEmail(trx, profile.email) !== undefined) {
-        throw await userOfIdentity(trx, profile.issuer, profile.subject) === undefined ? new AccountExistsError() : new LinkedMeanwhile()
-      }
+      if (await idOfEmail(trx, profile.email) !== undefined) throw await madeMeanwhile(trx, profile)
     }
     if (user === undefined) throw new AccountExistsError()
     if (!await insertIdentity(trx, user.id, profile, clock.db())) throw new LinkedMeanwhile()
