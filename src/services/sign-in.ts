@@ -3,7 +3,7 @@ import type { Db } from '../db/index.ts'
 import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError } from '../errors.ts'
 import { epochSeconds, type Clock } from '../lib/clock.ts'
 import type { TokenPair, User } from '../schemas.ts'
-import type { Accounts, PasswordProof } from './accounts/accounts.ts'
+import { proofOf, type Accounts, type PasswordProof } from './accounts/accounts.ts'
 import { activeWithMethods, needsSecondStep, recordLastLogin } from './accounts/users.ts'
 import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
@@ -123,7 +123,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
       addresses.committed(user.id, proven, 'email_code', caller)
       // A first proof of the address removed the second factors (addresses.prove): none is asked.
       const methods = proven.first ? { ...user.methods, totp: false, recoveryCodes: false, passkeys: 0 } : user.methods
-      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId: user.id, roles: user.roles }, emailVerified: true, methods }
+      const proof = { ...proofOf(user), emailVerified: true, methods }
       // RFC 8176: a code mailed once is otp.
       return await next(proof, caller, { method: 'email_code', amr: ['otp'] }, { cookies: true })
     },
@@ -138,8 +138,7 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
         audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', passkey, reason: 'inactive' } }, caller)
         throw new InvalidCredentialsError()
       }
-      const proof = { user: { id: user.id, username: user.username, email: user.email }, credential: { userId, roles: user.roles }, emailVerified: user.email_verified_at !== null, methods: user.methods }
-      const step = await next(proof, caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
+      const step = await next(proofOf(user), caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
       await recordLastLogin(db, userId, clock.db())
       return step
     },

@@ -10,7 +10,7 @@ import type { User } from '../../schemas.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import type { SessionUser } from '../sessions/cache.ts'
 import type { Credential, Sessions } from '../sessions/sessions.ts'
-import { byIdentifier, insertUser, methodsOf, passwordHashOf, recordSignIn, setPasswordHash, signInMethods, type SignInMethods } from './users.ts'
+import { byIdentifier, insertUser, methodsOf, passwordHashOf, recordSignIn, setPasswordHash, signInMethods, type activeWithMethods, type SignInMethods } from './users.ts'
 
 export interface Registration { username: string, email: string, password: string }
 
@@ -24,6 +24,17 @@ export interface AccountsDeps {
 
 /** A first factor passed: the user, the credential a session starts from, whether their address is verified, what they can sign in with (whether a second step must follow). */
 export interface PasswordProof { user: User, credential: Credential, emailVerified: boolean, methods: SignInMethods }
+
+/**
+ * The proof of a sign-in that took no password (a mailed code, a provider, a passkey), for the
+ * user activeWithMethods read: no password hash in the credential to hold the session to.
+ */
+export const proofOf = (user: NonNullable<Awaited<ReturnType<typeof activeWithMethods>>>): PasswordProof => ({
+  user: { id: user.id, username: user.username, email: user.email },
+  credential: { userId: user.id, roles: user.roles },
+  emailVerified: user.email_verified_at !== null,
+  methods: user.methods
+})
 
 function isUniqueViolation (error: unknown): error is { code: string, constraint?: string } {
   return (error as { code?: unknown } | null)?.code === '23505'

@@ -10,7 +10,7 @@ import {
 import { epochSeconds, type Clock } from '../../lib/clock.ts'
 import { safeEqual } from '../../lib/constant-time.ts'
 import { normalizeUsername, usernameProblem } from '../../lib/usernames.ts'
-import type { PasswordProof } from '../accounts/accounts.ts'
+import { proofOf, type PasswordProof } from '../accounts/accounts.ts'
 import { activeWithMethods, hasWayIn, idOfEmail, insertUpstreamUser, methodsOfUser, needsSecondStep, recipientOf, recordLastLogin } from '../accounts/users.ts'
 import { requireRecent, type TokenClaims } from '../auth/claims.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
@@ -115,11 +115,10 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
     const holder = await idOfEmail(trx, profile.email)
     if (holder !== undefined) {
       const user = await activeWithMethods(trx, holder)
-      // All three, or nothing: the operator allowed it, the provider (trusted for
-      // addresses) asserted it, and the address was proven here (never a squatter's
-      // unverified account with the victim's address).
-      // A concurrent first sign-in of this identity may have made the account since the lookup
-      // above (its commit between the two statements): then the identity is known now, to sign in.
+      // All three, or nothing: the operator allowed it, the provider (trusted for addresses)
+      // asserted it, and the address was proven here (never a squatter's unverified account
+      // with the victim's address). Else the account may be a concurrent first sign-in's of
+      // this identity, committed since the lookup above (madeMeanwhile).
       if (!linkByEmail || !profile.emailVerified || user?.email_verified_at == null) throw await madeMeanwhile(trx, profile)
       if (!await insertIdentity(trx, holder, profile, clock.db())) throw new LinkedMeanwhile()
       await notify(holder, `the sign-in with ${named(profile)} was linked to it, by its verified address`, trx)
@@ -158,12 +157,7 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
           audit.record({ event: 'identity_linked', userId: user.id, detail: { provider: profile.provider, subject: profile.subject, by: change === 'created' ? 'account_creation' : 'email' } }, caller)
           outbox.kick()
         }
-        return {
-          user: { id: user.id, username: user.username, email: user.email },
-          credential: { userId: user.id, roles: user.roles },
-          emailVerified: user.email_verified_at !== null,
-          methods: user.methods
-        }
+        return proofOf(user)
       } catch (error) {
         if (attempt === 0 && (error instanceof LinkedMeanwhile || isUniqueViolation(error))) continue
         if (error instanceof AccountExistsError || error instanceof EmailRequiredError || error instanceof InvalidCredentialsError) {
