@@ -15,6 +15,7 @@ import * as clientAuthMethod from './0013-client-auth-method.ts'
 import * as mailCodeTries from './0014-mail-code-tries.ts'
 import * as upstreamIdentities from './0015-upstream-identities.ts'
 import * as passkeys from './0016-passkeys.ts'
+import * as tokenExchange from './0017-token-exchange.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -33,5 +34,6 @@ export const migrations: Record<string, Migration> = {
   '0013-client-auth-method': clientAuthMethod,
   '0014-mail-code-tries': mailCodeTries,
   '0015-upstream-identities': upstreamIdentities,
-  '0016-passkeys': passkeys
+  '0016-passkeys': passkeys,
+  '0017-token-exchange': tokenExchange
 }

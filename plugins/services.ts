@@ -6,7 +6,7 @@ import { createServices, type Services } from '../src/services/index.ts'
 // The services routes call, decorated under their own names.
 const DECORATED = [
   'keyring', 'sessions', 'accounts', 'signIn', 'mfa', 'clients', 'auth', 'admin', 'audit', 'oneTimeCodes', 'mailer', 'outbox',
-  'passwordReset', 'emailVerification', 'upstream', 'passkeys'
+  'passwordReset', 'emailVerification', 'upstream', 'passkeys', 'grants'
 ] as const satisfies ReadonlyArray<keyof Services>
 type Decorated = Pick<Services, typeof DECORATED[number]>
 

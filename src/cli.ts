@@ -8,7 +8,7 @@ import { COMMAND_SOCKET, listenForCommands, sendCommand, type CommandRequest, ty
 import { FolderLockedError, holderName } from './lib/folder-lock.ts'
 import type { Logger } from './lib/logger.ts'
 import { createServices, type Services } from './services/index.ts'
-import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient } from './services/oauth/clients.ts'
+import { CLIENT_TOKEN_TTL_S, type ClientJwks, type ServiceClient, type TrustedIssuer } from './services/oauth/clients.ts'
 import { ValidationFailedError } from './errors.ts'
 
 const USAGE = `usage: node src/cli.ts <command>
@@ -19,16 +19,22 @@ const USAGE = `usage: node src/cli.ts <command>
   keys:rotate --next   publish the next key in the JWKS before it signs
   import:django --from <postgres://… | dump.json>
                   import the users of a Django project, their password hashes kept
-  clients <create|list|show|rotate-secret|disable|enable> …
+  clients <create|list|show|update|rotate-secret|disable|enable> …
                   service clients (OAuth client credentials); clients --help says more`
 
 const CLIENTS_USAGE = `usage: npm run clients -- <command>
-  create --name <name> --audience <uri> [--audience <uri>…] [--scope <scope>…] [--ttl 10m] [--jwks <file>] [--json]
-                  a client and its first secret, shown once; with --jwks a private_key_jwt client, which has none
+  create --name <name> --audience <uri> [--audience <uri>…] [--scope <scope>…] [--ttl 10m] [--jwks <file>]
+         [--exchange-to <uri>…] [--trust-issuer <url> --subject <sub> [--subject <sub>…] [--trust-jwks-uri <url>] [--trust-alg RS256]] [--json]
+                  a client and its first secret, shown once; with --jwks a private_key_jwt client, which has none;
+                  with --trust-issuer a workload client, which has none either: it gets tokens with the JWT bearer
+                  grant and a token of that issuer for one of the subjects (RFC 7523 §2.1);
+                  --exchange-to: the audiences it may exchange the tokens it is given toward (RFC 8693)
                   (--json: {"client_id","token_endpoint_auth_method","client_secret"?})
   list [--json]   every client
   show <id> [--json]
                   a client and when its secrets were made and stop working
+  update <id> [--scope <scope>…] [--audience <uri>…] [--exchange-to <uri>… | --no-exchange] [--subject <sub>…] [--ttl 10m] [--json]
+                  its policy: each list given replaces the one it had; every replica judges its tokens by it at once
   rotate-secret <id> [--grace 1d] [--json]
                   a new secret, shown once; the old one works for the grace (default 1d, 0 ends it now)
   disable <id>    its tokens are refused from now on (within the cache bound on other replicas)
@@ -44,6 +50,18 @@ function secondsOf (name: string, value: string): number {
   return durationToSeconds(value)
 }
 
+/** How a client proves itself, in words. */
+function authenticationOf (client: ServiceClient): string {
+  if (client.trust !== null) {
+    const { issuer, jwksUri, subjects, alg } = client.trust
+    return `none: JWT bearer grant with ${alg} tokens of ${issuer}${jwksUri === null ? '' : ` (keys at ${jwksUri})`} for ${subjects.join(', ')}`
+  }
+  return client.jwks === null ? `${client.authMethod} (client_secret_post too)` : `${client.authMethod} with ${client.jwks.keys.length} key(s), no secret`
+}
+
+// --scope, each given once or space-separated; undefined when none is given.
+const scopesOption = (values: string[] | undefined): string[] | undefined => values?.flatMap((scope) => scope.split(' ').filter(Boolean))
+
 /** A client as `list` and `show` print it: one line of what it is, a line each of what it holds. */
 function describeClient (client: ServiceClient): string {
   return [
@@ -51,7 +69,8 @@ function describeClient (client: ServiceClient): string {
     `  scopes: ${client.scopes.join(' ') || '(none)'}`,
     `  audiences: ${client.audiences.join(' ')}`,
     `  token lifetime: ${client.tokenTtlS} s`,
-    `  authentication: ${client.jwks === null ? `${client.authMethod} (client_secret_post too)` : `${client.authMethod} with ${client.jwks.keys.length} key(s), no secret`}`
+    `  authentication: ${authenticationOf(client)}`,
+    ...(client.exchangeAudiences.length === 0 ? [] : [`  exchanges toward: ${client.exchangeAudiences.join(' ')}`])
   ].join('\n')
 }
 
@@ -63,6 +82,8 @@ const clientJson = (client: ServiceClient) => ({
   token_ttl_s: client.tokenTtlS,
   token_endpoint_auth_method: client.authMethod,
   private_key_jwt: client.jwks !== null,
+  exchange_audiences: client.exchangeAudiences,
+  ...(client.trust === null ? {} : { trusted_issuer: client.trust.issuer, trusted_jwks_uri: client.trust.jwksUri, trusted_subjects: client.trust.subjects, trusted_alg: client.trust.alg }),
   disabled: client.disabled,
   created_at: client.createdAt
 })
@@ -100,6 +121,12 @@ async function clientsCommand (scope: Scope, args: string[]): Promise<string> {
         audience: { type: 'string', multiple: true },
         ttl: { type: 'string' },
         jwks: { type: 'string' },
+        'exchange-to': { type: 'string', multiple: true },
+        'no-exchange': { type: 'boolean' },
+        'trust-issuer': { type: 'string' },
+        'trust-jwks-uri': { type: 'string' },
+        'trust-alg': { type: 'string' },
+        subject: { type: 'string', multiple: true },
         grace: { type: 'string' },
         json: { type: 'boolean' }
       }
@@ -119,15 +146,24 @@ async function clientsCommand (scope: Scope, args: string[]): Promise<string> {
       case 'create': {
         if (options.name === undefined || positionals.length > 0) throw new Error(`create takes --name and --audience\n${CLIENTS_USAGE}`)
         const jwks = options.jwks === undefined ? undefined : JSON.parse(await readFile(resolve(scope.cwd, options.jwks), 'utf8')) as ClientJwks
+        const issuer = options['trust-issuer']
+        if (issuer === undefined && (options.subject !== undefined || options['trust-jwks-uri'] !== undefined || options['trust-alg'] !== undefined)) {
+          throw new Error(`--subject, --trust-jwks-uri and --trust-alg go with --trust-issuer\n${CLIENTS_USAGE}`)
+        }
         const { client, secret } = await clients.create({
           name: options.name,
-          scopes: (options.scope ?? []).flatMap((scope) => scope.split(' ').filter(Boolean)),
+          scopes: scopesOption(options.scope) ?? [],
           audiences: options.audience ?? [],
           tokenTtlS: options.ttl === undefined ? CLIENT_TOKEN_TTL_S.default : secondsOf('ttl', options.ttl),
-          ...(jwks === undefined ? {} : { jwks })
+          exchangeAudiences: options['exchange-to'] ?? [],
+          ...(jwks === undefined ? {} : { jwks }),
+          ...(issuer === undefined
+            ? {}
+            : { trust: { issuer, jwksUri: options['trust-jwks-uri'] ?? null, subjects: options.subject ?? [], alg: (options['trust-alg'] ?? 'RS256') as TrustedIssuer['alg'] } })
         }, CLI_CALLER)
         // --json prints exactly what a script stores: nothing to parse around (RFC 7591's names).
         if (json) return JSON.stringify({ client_id: client.id, token_endpoint_auth_method: client.authMethod, ...(secret === null ? {} : { client_secret: secret }) })
+        if (client.trust !== null) return `created\n${describeClient(client)}\nclient_id: ${client.id}\n(no secret: it proves itself with a token of ${client.trust.issuer})`
         if (secret === null) return `created\n${describeClient(client)}\nclient_id: ${client.id}\n(no secret: it signs client_assertions with a key of its JWKS)`
         return `created\n${describeClient(client)}\nclient_id: ${client.id}\nclient_secret: ${secret}\n(the secret is shown this once: store it now)`
       }
@@ -139,6 +175,17 @@ async function clientsCommand (scope: Scope, args: string[]): Promise<string> {
         const { client, secrets } = await clients.show(idOf())
         const lines = secrets.map((s) => `  secret made ${s.createdAt.toISOString()}, ${s.expiresAt === null ? 'current' : `works until ${s.expiresAt.toISOString()}`}`)
         return output({ ...clientJson(client), secrets: secrets.map((s) => ({ created_at: s.createdAt, expires_at: s.expiresAt })) }, [describeClient(client), ...lines].join('\n'))
+      }
+      case 'update': {
+        if (options['no-exchange'] === true && options['exchange-to'] !== undefined) throw new Error(`update takes --exchange-to or --no-exchange, not both\n${CLIENTS_USAGE}`)
+        const client = await clients.update(idOf(), {
+          scopes: scopesOption(options.scope),
+          audiences: options.audience,
+          exchangeAudiences: options['no-exchange'] === true ? [] : options['exchange-to'],
+          subjects: options.subject,
+          tokenTtlS: options.ttl === undefined ? undefined : secondsOf('ttl', options.ttl)
+        }, CLI_CALLER)
+        return output(clientJson(client), `updated\n${describeClient(client)}`)
       }
       case 'rotate-secret': {
         const id = idOf()

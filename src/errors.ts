@@ -117,10 +117,12 @@ export const TooSlowError = define('service_unavailable', 'The request took too 
 // the `error` their clients read.
 export const InvalidRequestError = define('invalid_request', '%s', 400)
 export const InvalidGrantError = define('invalid_grant', 'The refresh token is invalid, expired or revoked.', 400)
+// RFC 7523 §3.1: an assertion (a JWT bearer grant) that is not taken.
+export const AssertionInvalidError = define('invalid_grant', 'The assertion is not taken: %s', 400)
 export const InvalidScopeError = define('invalid_scope', '%s', 400)
 export const InvalidTargetError = define('invalid_target', '%s', 400)
 export const UnauthorizedClientError = define('unauthorized_client', '%s', 400)
-export const UnsupportedGrantTypeError = define('unsupported_grant_type', 'The grant_type is not one authgate issues tokens for: client_credentials, refresh_token.', 400)
+export const UnsupportedGrantTypeError = define('unsupported_grant_type', 'The grant_type is not one authgate issues tokens for: client_credentials, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange, urn:ietf:params:oauth:grant-type:jwt-bearer.', 400)
 export const UnsupportedTokenTypeError = define('unsupported_token_type', 'A service token is one signature, which nothing revokes: disable its client (npm run clients -- disable) to stop its tokens.', 400)
 
 /** The message of an UnsupportedMediaTypeError for a body that is not JSON. */

@@ -347,7 +347,7 @@ t.test('the metadata lists exactly what works', async (t) => {
     revocation_endpoint: 'https://auth.example.test/oauth/revoke',
     introspection_endpoint: 'https://auth.example.test/api/token/introspect',
     jwks_uri: 'https://auth.example.test/.well-known/jwks.json',
-    grant_types_supported: ['client_credentials', 'refresh_token'],
+    grant_types_supported: ['client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange', 'urn:ietf:params:oauth:grant-type:jwt-bearer'],
     response_types_supported: [],
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
     scopes_supported: ['introspect']

@@ -6,28 +6,40 @@ import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credenti
 import { perIp, perKey } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 import type { ServiceClient } from '#src/services/oauth/clients.ts'
+import { ACCESS_TOKEN_TYPE } from '#src/services/oauth/exchange.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The client a request to the token endpoint authenticated as; null for the first-party (public) client. */
+    /** The client a request to the token endpoint authenticated as; null for the first-party (public) client, or an exchange's client named by its actor_token. */
     oauthClient: ServiceClient | null
   }
 }
 
-// RFC 6749 §4.4.2 and §6, RFC 8707 §2 (resource), and `audience` as Auth0 and others name it.
-// Unknown parameters are ignored (RFC 6749 §3.2); one given twice is invalid_request (§3.1).
+const Token = Type.String({ minLength: 1, maxLength: 8192 })
+const TokenType = Type.String({ minLength: 1, maxLength: 128 })
+
+// RFC 6749 §4.4.2 and §6, RFC 8707 §2 (resource), and `audience` as Auth0 and others name it;
+// RFC 8693 §2.1 (token exchange); RFC 7523 §2.1 (assertion). Unknown parameters are ignored
+// (RFC 6749 §3.2); one given twice is invalid_request (§3.1); one of another grant is refused.
 export const TokenRequestSchema = Type.Object({
   grant_type: Type.String({ minLength: 1, maxLength: 128 }),
   scope: Type.Optional(Type.String({ maxLength: 4096 })),
   resource: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 512 }), Type.Array(Type.String({ minLength: 1, maxLength: 512 }), { maxItems: 20 })])),
   audience: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
   refresh_token: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+  subject_token: Type.Optional(Token),
+  subject_token_type: Type.Optional(TokenType),
+  actor_token: Type.Optional(Token),
+  actor_token_type: Type.Optional(TokenType),
+  requested_token_type: Type.Optional(TokenType),
+  assertion: Type.Optional(Token),
   ...ClientParametersSchema.properties
 })
 
-// RFC 6749 §5.1; a refresh_token only for the refresh grant.
+// RFC 6749 §5.1 and RFC 8693 §2.2.1; a refresh_token only for the refresh grant.
 const TokenResponseSchema = Type.Object({
   access_token: Type.String(),
+  issued_token_type: Type.Optional(Type.Literal(ACCESS_TOKEN_TYPE)),
   token_type: Type.Literal('Bearer'),
   expires_in: Type.Integer(),
   scope: Type.Optional(Type.String()),
@@ -36,19 +48,20 @@ const TokenResponseSchema = Type.Object({
 
 /**
  * The OAuth 2.0 token endpoint (RFC 6749 §3.2): client credentials for services (§4.4), each
- * token one signature for one audience (RFC 8707), nothing written; and the refresh grant (§6),
- * the form twin of /api/token/refresh for users' sessions.
+ * token one signature for one audience (RFC 8707), nothing written; the refresh grant (§6), the
+ * form twin of /api/token/refresh for users' sessions; token exchange (RFC 8693) and the JWT
+ * bearer grant (RFC 7523 §2.1) for workloads (services/oauth/grants.ts).
  */
 const token: FastifyPluginAsyncTypebox = async (fastify) => {
   await fastify.register(formbody)
-  const { auth, config } = fastify
+  const { grants, config } = fastify
   fastify.decorateRequest('oauthClient', null)
 
   fastify.post('/token', {
-    // The client, authenticated before the per-client rate limit counts it: a client is counted
-    // only once proven, so nobody else can spend its allowance; failures count per address.
+    // The client, proven before the per-client rate limit counts it: a client is counted only
+    // once proven, so nobody else can spend its allowance; failures count per address.
     preHandler: async (request) => {
-      request.oauthClient = await auth.grantClient(request.body.grant_type, clientCredentialsOf(request, request.body))
+      request.oauthClient = await grants.grantClient(request.body, clientCredentialsOf(request, request.body), callerOf(request))
     },
     onError: logClientRefusal,
     config: {
@@ -61,8 +74,11 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
     },
     schema: {
       tags: ['oauth'],
-      summary: 'OAuth 2.0 token endpoint: client_credentials for services, refresh_token for users',
-      description: 'application/x-www-form-urlencoded as OAuth clients send it; JSON is taken too. Errors in RFC 6749 §5.2\'s shape.',
+      summary: 'OAuth 2.0 token endpoint: client_credentials and the JWT bearer grant for services, token exchange for a service acting for a user, refresh_token for users',
+      description: 'application/x-www-form-urlencoded as OAuth clients send it; JSON is taken too. Errors in RFC 6749 §5.2\'s shape. ' +
+        'grant_type is one of client_credentials, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693: subject_token, ' +
+        'subject_token_type, optional actor_token and actor_token_type, requested_token_type, audience or resource, scope) and ' +
+        'urn:ietf:params:oauth:grant-type:jwt-bearer (RFC 7523 §2.1: assertion and client_id).',
       security: ClientSecurity,
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: TokenRequestSchema,
@@ -71,7 +87,7 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     // RFC 6749 §5.1: no cache keeps a token (Cache-Control: no-store is every answer's).
     reply.header('pragma', 'no-cache')
-    return await auth.grant(request.oauthClient, request.body, callerOf(request))
+    return await grants.grant(request.oauthClient, request.body, callerOf(request))
   })
 }
 

@@ -130,9 +130,16 @@ export interface OAuthClientsTable {
   token_ttl_s: number
   jwks: ColumnType<{ keys: Array<Record<string, unknown>> } | null, string | null, string | null>
   /** RFC 7591's token_endpoint_auth_method: a secret, or a key (and then no secret). */
-  token_endpoint_auth_method: 'client_secret_basic' | 'private_key_jwt'
+  token_endpoint_auth_method: 'client_secret_basic' | 'private_key_jwt' | 'none'
   created_at: Timestamp
   disabled_at: Timestamp | null
+  /** The audiences it may exchange tokens toward (RFC 8693). */
+  exchange_audiences: Generated<string[]>
+  /** A workload client's (RFC 7523 §2.1, token_endpoint_auth_method `none`): the issuer it trusts, where its keys are, for which subjects, signed how. */
+  trusted_issuer: string | null
+  trusted_jwks_uri: string | null
+  trusted_subjects: string[] | null
+  trusted_alg: string | null
 }
 
 export interface OAuthClientSecretsTable {

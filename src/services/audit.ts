@@ -12,7 +12,7 @@ export interface Caller { device: Device, log?: Logger }
 
 /** The events of the trail; each a stable name, forever. */
 export type AuditEventName = 'register' | 'login' | 'refresh' | 'reuse_detected' | 'logout' | 'password_changed' | 'session_revoked' | 'key_rotated'
-  | 'client_created' | 'client_secret_rotated' | 'client_disabled' | 'client_enabled'
+  | 'client_created' | 'client_secret_rotated' | 'client_disabled' | 'client_enabled' | 'client_updated' | 'token_exchanged' | 'workload_token_issued'
   | 'password_reset_requested' | 'password_reset' | 'email_verification_requested' | 'email_verified' | 'email_sign_in_requested' | 'address_proven'
   | 'admin_read' | 'user_disabled' | 'user_enabled' | 'user_deleted' | 'user_sessions_ended' | 'user_roles_changed' | 'user_password_reset_mailed' | 'user_mfa_reset'
   | 'mfa_factor_added' | 'mfa_factor_verified' | 'mfa_factor_removed' | 'mfa_verify' | 'recovery_code_used' | 'recovery_codes_regenerated'

@@ -12,6 +12,9 @@ import { createAuditTrail, type AuditEvent } from './audit.ts'
 import { createAuth } from './auth/auth.ts'
 import { createCleanup } from './cleanup.ts'
 import { createClients, type CachedClient } from './oauth/clients.ts'
+import { createExchange } from './oauth/exchange.ts'
+import { createGrants } from './oauth/grants.ts'
+import { createWorkloads } from './oauth/workloads.ts'
 import { createDjangoImport } from './accounts/django-import.ts'
 import { createKeyring, KEYS_CHANNEL } from './keys/keyring.ts'
 import { createMailer, type Mailer } from './mail/mailer.ts'
@@ -120,6 +123,9 @@ export async function createServices (deps: ServicesDeps) {
   const accounts = await createAccounts({ db, sessions, clock, config, audit })
   const clients = createClients({ db, clock, keyring, config, audit, cache: clientCache, onIssue: deps.onServiceToken })
   const auth = createAuth({ config, keyring, clock, sessions, clients })
+  const exchange = createExchange({ clock, keyring, auth, clients, audit })
+  const workloads = createWorkloads({ clients, clock, audit })
+  const grants = createGrants({ clock, auth, sessions, clients, exchange, workloads })
   const cleanup = createCleanup({ db, config, clock, audit, log })
   const templates = loadMailTemplates(config.MAIL_TEMPLATES_DIR)
   const oneTimeCodes = createOneTimeCodes({ db, clock, config, templates })
@@ -160,6 +166,7 @@ export async function createServices (deps: ServicesDeps) {
     admin,
     clients,
     auth,
+    grants,
     cleanup,
     oneTimeCodes,
     mailer,

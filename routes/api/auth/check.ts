@@ -1,6 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AccessTokenSecurity, problems } from '#src/schemas.ts'
-import { authContextOf } from '#src/services/auth/claims.ts'
+import type { UserWithRoles } from '#src/services/accounts/users.ts'
+import { actorsOf, authContextOf, type TokenClaims } from '#src/services/auth/claims.ts'
 import { scopesOf } from '#src/services/oauth/clients.ts'
 
 // Every value is percent-encoded the same way, so one decodeURIComponent downstream gives it back
@@ -37,10 +38,9 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const { scope, audience, aal } = request.query
     const identity = await auth.authorize(await fastify.verifyAnyAccessToken(request, reply), { scopes: scopesOf(scope), audience, aal })
-    if (identity.kind === 'user') {
-      const { user, claims } = identity
+    const userHeaders = (user: UserWithRoles, claims: Pick<TokenClaims, 'sid' | 'aal' | 'amr' | 'auth_time' | 'iat'>): Record<string, string> => {
       const context = authContextOf(claims)
-      return reply.code(204).headers({
+      return {
         'x-auth-user-id': String(user.id),
         'x-auth-username': headerValue(user.username),
         'x-auth-email': headerValue(user.email),
@@ -48,13 +48,22 @@ const check: FastifyPluginAsyncTypebox = async (fastify) => {
         'x-auth-roles': user.roles.join(','),
         'x-auth-email-verified': String(user.email_verified_at !== null),
         'x-auth-aal': context.aal,
-        'x-auth-amr': context.amr.join(','),
-        'x-auth-client-id': headerValue(claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID)
-      }).send(null)
+        'x-auth-amr': context.amr.join(',')
+      }
     }
+    if (identity.kind === 'user') {
+      const { user, claims } = identity
+      return reply.code(204).headers({ ...userHeaders(user, claims), 'x-auth-client-id': headerValue(claims.client_id ?? config.OAUTH_FIRST_PARTY_CLIENT_ID) }).send(null)
+    }
+    const scopeHeader = { 'x-auth-scope': headerValue(identity.scopes.join(' ')) }
+    if (identity.kind === 'service') return reply.code(204).headers({ 'x-auth-client-id': headerValue(identity.client.id), ...scopeHeader }).send(null)
+    // A client acting (RFC 8693): the subject's headers, the client acting as X-Auth-Actor (and
+    // those that acted before it after it, comma-separated); a user's client is the one acting.
+    const { subject, claims } = identity
     return reply.code(204).headers({
-      'x-auth-client-id': headerValue(identity.client.id),
-      'x-auth-scope': headerValue(identity.scopes.join(' '))
+      ...(subject.kind === 'user' ? { ...userHeaders(subject.user, { ...claims, sid: claims.sid! }), 'x-auth-client-id': headerValue(claims.client_id) } : { 'x-auth-client-id': headerValue(subject.client.id) }),
+      ...scopeHeader,
+      'x-auth-actor': actorsOf(claims.act).map(headerValue).join(',')
     }).send(null)
   })
 }

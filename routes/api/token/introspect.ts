@@ -31,7 +31,9 @@ const IntrospectionSchema = Type.Object({
   sid: Type.Optional(Type.String()),
   aal: Type.Optional(Type.String()),
   amr: Type.Optional(Type.Array(Type.String())),
-  auth_time: Type.Optional(Type.Integer())
+  auth_time: Type.Optional(Type.Integer()),
+  // RFC 8693 §4.1: the client acting, and nested, the one that acted before it (an exchanged token).
+  act: Type.Optional(Type.Recursive((This) => Type.Object({ sub: Type.String(), act: Type.Optional(This) })))
 })
 
 /**
@@ -63,8 +65,15 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     const { sub, exp, iat, iss, aud, jti } = identity.claims
     const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: 'Bearer' as const }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
-    const { user_id: userId, sid, client_id: clientId } = identity.claims
-    return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid, ...authContextOf(identity.claims) }
+    if (identity.kind === 'user') {
+      const { user_id: userId, sid, client_id: clientId } = identity.claims
+      return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid, ...authContextOf(identity.claims) }
+    }
+    // A client acting for a user or a service: the token's client is the one acting.
+    const acting = { ...common, client_id: identity.client.id, scope: identity.scopes.join(' '), act: identity.claims.act }
+    if (identity.subject.kind === 'service') return acting
+    const { user } = identity.subject
+    return { ...acting, user_id: user.id, username: user.username, roles: user.roles, sid: identity.claims.sid, ...authContextOf(identity.claims) }
   })
 }
 

@@ -1,25 +1,39 @@
 import { createDecoder, createVerifier, TokenError } from 'fast-jwt'
 import type { Config } from '../../config.ts'
 import {
-  Aal2RequiredError, AudienceRequiredError, DatabaseUnavailableError, InsufficientScopeError, InvalidClientError, InvalidGrantError, InvalidRequestError, InvalidScopeError,
-  InvalidTargetError, TokenExpiredError, TokenNotValidError, UnauthorizedClientError, UnsupportedGrantTypeError, UnsupportedTokenTypeError, WrongAudienceError
+  Aal2RequiredError, AudienceRequiredError, DatabaseUnavailableError, InsufficientScopeError, InvalidClientError, TokenExpiredError, TokenNotValidError,
+  UnauthorizedClientError, UnsupportedTokenTypeError, WrongAudienceError
 } from '../../errors.ts'
 import type { Clock } from '../../lib/clock.ts'
 import { TtlCache } from '../../lib/ttl-cache.ts'
 import type { UserWithRoles } from '../accounts/users.ts'
 import type { Caller } from '../audit.ts'
 import type { JoseHeader, Keyring } from '../keys/keyring.ts'
-import { INTROSPECT_SCOPE, type ClientCredentials, type Clients, type IssuedToken, type ServiceClient } from '../oauth/clients.ts'
+import { INTROSPECT_SCOPE, scopesOf, type ClientCredentials, type Clients, type ServiceClient } from '../oauth/clients.ts'
 import type { SessionUser } from '../sessions/cache.ts'
 import type { Sessions } from '../sessions/sessions.ts'
 import {
-  authContextOf, parseAnyClaims, parseClaims, secondsLeft, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims
+  actorsOf, authContextOf, parseAnyClaims, parseClaims, type ExchangedClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims
 } from './claims.ts'
 
-/** Who a live token speaks for: a user of an active session, or an enabled service client with the scopes it still holds. */
+/** Who a live token speaks for: a user of an active session, an enabled service client with the scopes it still holds, or a client acting for either. */
 export type Identity =
   | { kind: 'user', claims: TokenClaims, user: UserWithRoles }
   | { kind: 'service', claims: ServiceClaims, client: ServiceClient, scopes: string[] }
+  | Exchanged
+
+/**
+ * An exchanged token's identity (RFC 8693): its subject, a user of an active session or an
+ * enabled client; the client acting (`client`), which still may exchange toward the token's
+ * audience, with the scopes of the token it still holds.
+ */
+export interface Exchanged {
+  kind: 'exchanged'
+  claims: ExchangedClaims
+  subject: { kind: 'user', user: UserWithRoles } | { kind: 'service', client: ServiceClient }
+  client: ServiceClient
+  scopes: string[]
+}
 
 /**
  * What a request is judged on: a verified token, or a client that proved itself with its
@@ -46,15 +60,6 @@ export type ClientClaim = ClientCredentials | { method: 'none', id: string } | u
 /** Why a request that had to authenticate a client did not: no credentials, or a bare client_id. */
 export const NO_CLIENT_CREDENTIALS = 'no client credentials: HTTP Basic, client_id and client_secret in the body, or a client_assertion.'
 
-/** The grants the token endpoint issues for (RFC 6749 §4.4 and §6). */
-export const GRANTS = ['client_credentials', 'refresh_token'] as const
-
-/** A token endpoint request (RFC 6749 §4.4.2 and §6, RFC 8707 §2's resource, and `audience` as Auth0 and others name it). */
-export interface GrantRequest { grant_type: string, scope?: string, resource?: string | string[], audience?: string, refresh_token?: string }
-
-/** A token endpoint answer (RFC 6749 §5.1); a refresh_token only for the refresh grant. */
-export type GrantAnswer = IssuedToken | { access_token: string, token_type: 'Bearer', expires_in: number, refresh_token: string }
-
 export interface AuthDeps {
   config: Pick<Config, 'JWT_ISSUER' | 'JWT_AUDIENCE' | 'OAUTH_FIRST_PARTY_CLIENT_ID' | 'adminAudience'>
   keyring: Keyring
@@ -70,14 +75,6 @@ function claimedType (payload: unknown): TokenType {
   const type = (payload as { token_type?: unknown } | null)?.token_type
   if (type !== 'access' && type !== 'refresh') throw new TokenNotValidError()
   return type
-}
-
-/** The one audience a token request names: `resource` (RFC 8707) or `audience`, never two. */
-function audienceOf (request: GrantRequest): string | undefined {
-  const resources = request.resource === undefined ? [] : [request.resource].flat()
-  const named = [...new Set([...resources, ...(request.audience === undefined ? [] : [request.audience])])]
-  if (named.length > 1) throw new InvalidTargetError('A token is for one audience: name one resource (or audience).')
-  return named[0]
 }
 
 // A token introspection does not speak of to this client: answered inactive.
@@ -152,14 +149,35 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
   const notLive = (): Error => new TokenNotValidError()
 
   /**
+   * Whom an exchanged token speaks for, if it is still live: the client acting enabled and still
+   * allowed to exchange toward its audience (a policy changed or a client disabled stops it at
+   * once), each client that acted before it enabled, and its subject live: the user's session
+   * active (a logout ends it), or the subject client enabled.
+   */
+  async function liveExchanged (claims: ExchangedClaims): Promise<Exchanged | undefined> {
+    const [client, ...before] = await Promise.all(actorsOf(claims.act).map((id) => clients.find(id)))
+    if (client === undefined || client.disabled || !client.exchangeAudiences.includes(claims.aud)) return undefined
+    if (before.some((actor) => actor === undefined || actor.disabled)) return undefined
+    const scopes = scopesOf(claims.scope).filter((scope) => client.scopes.includes(scope))
+    if (claims.user_id !== undefined) {
+      const user = await sessions.liveUser({ token_type: 'access', sid: claims.sid!, user_id: claims.user_id, jti: claims.jti })
+      return user === undefined ? undefined : { kind: 'exchanged', claims, subject: { kind: 'user', user }, client, scopes }
+    }
+    const subject = await clients.find(claims.sub)
+    return subject === undefined || subject.disabled ? undefined : { kind: 'exchanged', claims, subject: { kind: 'service', client: subject }, client, scopes }
+  }
+
+  /**
    * Whom verified claims speak for, if the token is still live: a user's access token of an
-   * active session, a refresh token not yet used, a service token of an enabled client.
+   * active session, a refresh token not yet used, a service token of an enabled client, an
+   * exchanged token (liveExchanged).
    */
   async function identify (claims: VerifiedClaims): Promise<Identity | undefined> {
     if (claims.kind === 'user') {
       const user = await sessions.liveUser(claims.claims)
       return user === undefined ? undefined : { kind: 'user', claims: claims.claims, user }
     }
+    if (claims.kind === 'exchanged') return await liveExchanged(claims.claims)
     const live = await clients.liveClient(claims.claims)
     return live === undefined ? undefined : { kind: 'service', claims: claims.claims, ...live }
   }
@@ -199,11 +217,19 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
     // One audience per token: a gateway that names none would let a token meant for one
     // service through to every other.
     if (audience === undefined) throw new AudienceRequiredError()
-    // A service signs in with no person behind it: no assurance level of a user's sign-in applies.
-    if (need.aal === 'aal2') throw new Aal2RequiredError()
-    if (audience !== subject.claims.aud) throw elsewhere()
+    // A service signs in with no person behind it: no assurance level of a user's sign-in
+    // applies. A client acting for a user has the user's.
+    if (need.aal === 'aal2' && (subject.kind === 'service' || subject.claims.aal !== 'aal2')) throw new Aal2RequiredError()
+    // The admin API takes a service's own tokens, never one acting for somebody else.
+    if (audience !== subject.claims.aud || (subject.kind === 'exchanged' && audience === config.adminAudience)) throw elsewhere()
     // Verified with allowExpired (the admin guard), once its audience is known to be the caller's: what is wrong with it may be said.
     if (subject.claims.exp * 1000 <= clock.now().getTime()) throw new TokenExpiredError()
+    if (subject.kind === 'exchanged') {
+      const live = await liveExchanged(subject.claims)
+      if (live === undefined) throw notLive()
+      requireScopes(live.scopes)
+      return live
+    }
     const live = await clients.liveClient(subject.claims)
     if (live === undefined) throw notLive()
     requireScopes(live.scopes)
@@ -259,36 +285,6 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
     authenticateClient,
 
     /**
-     * The client of a token endpoint request, authenticated before the per-client rate limit
-     * counts it: services authenticate; users' refreshes come from the first-party (public) client.
-     */
-    async grantClient (grantType: string, claim: ClientClaim): Promise<ServiceClient | null> {
-      if (!(GRANTS as readonly string[]).includes(grantType)) throw new UnsupportedGrantTypeError()
-      return await authenticateClient(claim, { publicClient: grantType === 'refresh_token' })
-    },
-
-    /**
-     * The token endpoint's answer (RFC 6749 §5.1): client credentials for a service (§4.4), or
-     * the refresh grant (§6) for the first-party client, the form twin of /api/token/refresh.
-     */
-    async grant (client: ServiceClient | null, request: GrantRequest, caller: Caller): Promise<GrantAnswer> {
-      if (request.grant_type === 'client_credentials') return clients.issue(client!, { scope: request.scope, audience: audienceOf(request) })
-      // Users' tokens are the first-party client's, for JWT_AUDIENCE, and carry no scope.
-      if (client !== null) throw new InvalidGrantError()
-      if (request.refresh_token === undefined) throw new InvalidRequestError('refresh_token is required for grant_type=refresh_token.')
-      if (request.scope !== undefined && request.scope.trim() !== '') throw new InvalidScopeError('Users\' tokens carry no scope.')
-      if (audienceOf(request) !== undefined) throw new InvalidTargetError('Users\' tokens are for JWT_AUDIENCE alone.')
-      try {
-        const pair = await sessions.refresh(await verifyRefresh(request.refresh_token), caller)
-        return { access_token: pair.access, token_type: 'Bearer', expires_in: secondsLeft(pair.access, clock.now()), refresh_token: pair.refresh }
-      } catch (error) {
-        // RFC 6749 §5.2: a refresh token that is not good is invalid_grant, a 400.
-        if ((error as { statusCode?: number }).statusCode === 401) throw new InvalidGrantError()
-        throw error
-      }
-    },
-
-    /**
      * Token revocation (RFC 7009 §2.1): a user's token ends its session, for the first-party
      * client (`client` null) alone; a service's own tokens are one signature each, which nothing
      * revokes. A token that is not valid is no error (§2.2).
@@ -301,7 +297,7 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
         if (error instanceof DatabaseUnavailableError) throw error
         return
       }
-      if (claims.kind === 'service') {
+      if (claims.kind !== 'user') {
         if (client?.id !== claims.claims.client_id) throw new UnauthorizedClientError('The token was issued to another client.')
         throw new UnsupportedTokenTypeError()
       }

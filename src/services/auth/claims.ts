@@ -42,7 +42,7 @@ export type TokenType = TokenClaims['token_type']
 export interface AuthContext { aal: 'aal1' | 'aal2', amr: string[], auth_time: number }
 
 /** The sign-in a token's session had; aal1 by a password for a token issued before these claims. */
-export const authContextOf = (claims: TokenClaims): AuthContext =>
+export const authContextOf = (claims: Pick<TokenClaims, 'aal' | 'amr' | 'auth_time' | 'iat'>): AuthContext =>
   ({ aal: claims.aal ?? 'aal1', amr: claims.amr ?? ['pwd'], auth_time: claims.auth_time ?? claims.iat })
 
 /** How long a sign-in counts as recent: adding a way in (a factor, a linked identity) takes one. */
@@ -108,16 +108,77 @@ export type ServiceClaims = Static<typeof ServiceClaimsSchema>
 
 const checkServiceClaims = TypeCompiler.Compile(ServiceClaimsSchema)
 
-/** What a verified token proves: a user's session (access or refresh), or a service client (access). */
-export type VerifiedClaims = { kind: 'user', claims: TokenClaims } | { kind: 'service', claims: ServiceClaims }
+/** The claim of a token issued by a token exchange (RFC 8693): `act` names who acts for its subject. */
+export const EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
+/** How many actors one token may name, the outermost and those nested in it: an exchange of an exchanged token adds one. */
+export const MAX_ACTORS = 4
+
+/** RFC 8693 §4.1: the client that acts, and, nested, the one that acted before it. */
+export interface Actor { sub: string, act?: Actor }
+const ActorSchema = Type.Recursive((This) => Type.Object({
+  sub: Type.String({ minLength: 1, maxLength: 64 }),
+  act: Type.Optional(This)
+}))
+
+/** The clients of an `act` claim, the one acting now first. */
+export function actorsOf (act: Actor): string[] {
+  const chain: string[] = []
+  for (let actor: Actor | undefined = act; actor !== undefined; actor = actor.act) chain.push(actor.sub)
+  return chain
+}
 
 /**
- * The claims of a verified token of either kind, told apart by `gty`; shaped, of `type` and
- * unexpired, or a 401 error, as parseClaims. A service token is only ever an access token.
+ * A token a client got by exchanging another (RFC 8693, RFC 9068's claims): for `aud` alone, with
+ * `scope`, issued to the client acting (`client_id`, `act.sub`) for the subject of the token it
+ * gave (`sub`): a user, whose session (`sid`) and sign-in (`aal`, `amr`, `auth_time`) it keeps,
+ * or a service client. `gty` tells it from a user's or a service's own token.
+ */
+export const ExchangedClaimsSchema = Type.Object({
+  token_type: Type.Literal('access'),
+  gty: Type.Literal(EXCHANGE_GRANT),
+  sub: Type.String({ minLength: 1, maxLength: 64 }),
+  client_id: Type.String({ minLength: 1, maxLength: 64 }),
+  act: ActorSchema,
+  scope: Type.String({ maxLength: 4096 }),
+  jti: Type.String({ pattern: UUID }),
+  iat: Seconds,
+  exp: Seconds,
+  iss: Type.String(),
+  aud: Type.String(),
+  // The subject's, when it is a user.
+  user_id: Type.Optional(TokenClaimsSchema.properties.user_id),
+  sid: Type.Optional(TokenClaimsSchema.properties.sid),
+  roles: TokenClaimsSchema.properties.roles,
+  aal: TokenClaimsSchema.properties.aal,
+  amr: TokenClaimsSchema.properties.amr,
+  auth_time: TokenClaimsSchema.properties.auth_time
+})
+export type ExchangedClaims = Static<typeof ExchangedClaimsSchema>
+
+const checkExchangedClaims = TypeCompiler.Compile(ExchangedClaimsSchema)
+
+/** What a verified token proves: a user's session (access or refresh), a service client (access), or a client acting for either (access). */
+export type VerifiedClaims = { kind: 'user', claims: TokenClaims } | { kind: 'service', claims: ServiceClaims } | { kind: 'exchanged', claims: ExchangedClaims }
+
+// An exchanged token's claims hold together: the actor is its client; a user's id is its sub,
+// with the session; a chain of actors no longer than MAX_ACTORS.
+const wellFormed = (claims: ExchangedClaims): boolean =>
+  claims.act.sub === claims.client_id &&
+  (claims.user_id === undefined ? claims.sid === undefined : claims.sid !== undefined && claims.sub === String(claims.user_id)) &&
+  actorsOf(claims.act).length <= MAX_ACTORS
+
+/**
+ * The claims of a verified token of any kind, told apart by `gty`; shaped, of `type` and
+ * unexpired, or a 401 error, as parseClaims. A service's or an exchanged token is only ever an access token.
  */
 export function parseAnyClaims (payload: unknown, type: TokenType | 'any', now: Date, options: { allowExpired?: boolean } = {}): VerifiedClaims {
-  if ((payload as { gty?: unknown } | null)?.gty !== SERVICE_GRANT) return { kind: 'user', claims: parseClaims(payload, type, now, options) }
-  if (type === 'refresh' || !checkServiceClaims.Check(payload) || payload.sub !== payload.client_id) throw new TokenNotValidError()
-  if (options.allowExpired !== true && payload.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
-  return { kind: 'service', claims: payload }
+  const gty = (payload as { gty?: unknown } | null)?.gty
+  if (gty !== SERVICE_GRANT && gty !== EXCHANGE_GRANT) return { kind: 'user', claims: parseClaims(payload, type, now, options) }
+  let verified: VerifiedClaims
+  if (type === 'refresh') throw new TokenNotValidError()
+  if (checkServiceClaims.Check(payload) && payload.sub === payload.client_id) verified = { kind: 'service', claims: payload }
+  else if (checkExchangedClaims.Check(payload) && wellFormed(payload)) verified = { kind: 'exchanged', claims: payload }
+  else throw new TokenNotValidError()
+  if (options.allowExpired !== true && verified.claims.exp * 1000 <= now.getTime()) throw new TokenExpiredError()
+  return verified
 }

@@ -5,7 +5,7 @@ import type { Clock } from '../../lib/clock.ts'
 import { TokenNotValidError } from '../../errors.ts'
 import type { Jwk } from '../../schemas.ts'
 import type { SigningKey } from './signing-keys.ts'
-import type { ServiceClaims, TokenClaims, TokenType } from '../auth/claims.ts'
+import type { ExchangedClaims, ServiceClaims, TokenClaims, TokenType } from '../auth/claims.ts'
 
 export interface KeyringOptions {
   issuer: string
@@ -92,8 +92,8 @@ export function createKeyring (options: KeyringOptions) {
       return claims.token_type === 'refresh' ? signRefresh(payload) : signAccess({ ...payload, client_id: options.clientId })
     },
 
-    /** A service's access token, for its one audience: the issuer added. */
-    signService (claims: Omit<ServiceClaims, 'iss'>): string {
+    /** A service's access token, or one a client got by a token exchange, for its one audience: the issuer added. */
+    signService (claims: Omit<ServiceClaims, 'iss'> | Omit<ExchangedClaims, 'iss'>): string {
       if (signAccess === undefined) throw new Error('keyring not loaded')
       return signAccess({ ...claims, iss: options.issuer })
     },

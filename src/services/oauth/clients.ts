@@ -1,8 +1,9 @@
 import { createHash, createPublicKey, randomBytes, randomUUID, type JsonWebKey } from 'node:crypto'
 import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
-import { sql } from 'kysely'
+import { sql, type Selectable } from 'kysely'
 import type { Config } from '../../config.ts'
 import type { Db } from '../../db/index.ts'
+import type { OAuthClientsTable } from '../../db/types.ts'
 import {
   ClientNotFoundError, InvalidClientError, InvalidScopeError, InvalidTargetError, UnauthorizedClientError, ValidationFailedError,
   type FieldError
@@ -20,9 +21,18 @@ export interface ClientJwks { keys: JsonWebKey[] }
 /**
  * How a client authenticates (RFC 7591's token_endpoint_auth_method), one way each: with its
  * secret, which it may send by HTTP Basic or in the body (client_secret_post: the same secret in
- * another place, RFC 6749 §2.3.1), or with a signed assertion (RFC 7523), and then it has no secret.
+ * another place, RFC 6749 §2.3.1), or with a signed assertion (RFC 7523), and then it has no
+ * secret; or not at all (`none`): a workload client, whose JWT bearer grant (RFC 7523 §2.1) is
+ * a token of the issuer it trusts.
  */
-export type TokenEndpointAuthMethod = 'client_secret_basic' | 'private_key_jwt'
+export type TokenEndpointAuthMethod = 'client_secret_basic' | 'private_key_jwt' | 'none'
+
+/**
+ * What a workload client trusts (RFC 7523 §2.1, issue 30): tokens of one issuer (a Kubernetes
+ * cluster, a CI's OIDC issuer, another authgate) for one of its subjects, signed with one
+ * algorithm, by a key of the issuer's JWKS (its discovery document's jwks_uri, or `jwksUri`).
+ */
+export interface TrustedIssuer { issuer: string, jwksUri: string | null, subjects: string[], alg: Algorithm }
 
 /** A service identity (OAuth 2.0 client credentials). */
 export interface ServiceClient {
@@ -37,6 +47,10 @@ export interface ServiceClient {
   authMethod: TokenEndpointAuthMethod
   /** For private_key_jwt (RFC 7523). */
   jwks: ClientJwks | null
+  /** For a workload client (`none`). */
+  trust: TrustedIssuer | null
+  /** The audiences it may exchange the tokens it is given toward (RFC 8693): none, it exchanges none. */
+  exchangeAudiences: string[]
   disabled: boolean
   createdAt: Date
   /** One of INTROSPECTION_CLIENTS: configured, not in the database, for introspection only. */
@@ -55,7 +69,13 @@ export interface NewClient {
   tokenTtlS?: number
   /** A key client (private_key_jwt): no secret is made. */
   jwks?: ClientJwks
+  /** A workload client: no secret, no key; the issuer it trusts. */
+  trust?: TrustedIssuer
+  exchangeAudiences?: string[]
 }
+
+/** What `update` may change of a client: its policy. Each list given replaces the one it had. */
+export type ClientChanges = Partial<Pick<NewClient, 'scopes' | 'audiences' | 'exchangeAudiences' | 'tokenTtlS'> & { subjects: string[] }>
 
 /** How a client proves itself (RFC 6749 §2.3.1, RFC 7523 §2.2): src/http/client-credentials.ts reads it from a request. */
 export type ClientCredentials =
@@ -69,7 +89,7 @@ export interface ClientsDeps {
   db: Db
   clock: Clock
   keyring: Keyring
-  config: Pick<Config, 'JWT_AUDIENCE' | 'JWT_ISSUER' | 'introspectionClients'>
+  config: Pick<Config, 'JWT_AUDIENCE' | 'JWT_ISSUER' | 'introspectionClients' | 'adminAudience'>
   audit: AuditTrail
   /** Clients as they were read, and ids found unknown (null), kept true by notifications (PostgreSQL); none: each lookup reads them. */
   cache?: NotifiedCache<CachedClient>
@@ -103,8 +123,8 @@ export const ASSERTION_ALGORITHMS: Algorithm[] = ['ES256', 'ES384', 'ES512', 'RS
  * takes. Its jti is kept (single use, every replica) until the exp and the skew have passed.
  */
 export const ASSERTION_MAX_LIFETIME_S = 3600
-// A client's clock may run this far from ours (fast-jwt counts it in milliseconds).
-const ASSERTION_SKEW_MS = 30_000
+/** How far a client's (or a trusted issuer's) clock may run from ours, in milliseconds. */
+export const ASSERTION_SKEW_MS = 30_000
 
 /**
  * Why client authentication failed, as error_description says it (RFC 6749 §5.2). An unknown
@@ -118,6 +138,7 @@ export const CLIENT_REFUSALS = {
   disabled: 'the client is disabled.',
   secretOfKeyClient: 'the client is registered for private_key_jwt: send a client_assertion signed with its key (RFC 7523), it has no secret.',
   assertionOfSecretClient: 'the client is registered for client_secret_basic: send its secret (HTTP Basic, or client_id and client_secret in the body), not a client_assertion.',
+  workload: 'the client is a workload client: it has no secret and no key; it gets tokens with grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer and a token of the issuer it trusts (RFC 7523 §2.1).',
   replayed: 'the client_assertion was used already: sign a new one, with a new jti, for each request (RFC 7523 §3).'
 } as const
 // RFC 6749 §3.3: a scope token is visible ASCII but " and \.
@@ -125,27 +146,69 @@ const SCOPE = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/
 // Client ids of the database: 128 random bits, hex.
 const CLIENT_ID = /^[0-9a-f]{32}$/
 
+/** RFC 7523 §3: what an assertion's audience may be: the token endpoint, or (RFC 7523bis) the issuer. */
+export const assertionAudiencesOf = (config: Pick<Config, 'JWT_ISSUER'>): string[] => [config.JWT_ISSUER, `${config.JWT_ISSUER.replace(/\/$/, '')}/oauth/token`]
+
 const hashOf = (secret: string): string => createHash('sha256').update(secret).digest('base64url')
 // The stand-in an unknown client's secret is compared with: the same work as a known one's.
 const NO_SECRET = [{ hash: hashOf('authgate: no such client'), expiresAt: null }]
 const decode = createDecoder({ complete: true })
+
+/** What a client may do, as the audit trail records it. */
+const policyOf = (client: ServiceClient) => ({
+  scopes: client.scopes,
+  audiences: client.audiences,
+  token_ttl_s: client.tokenTtlS,
+  exchange_audiences: client.exchangeAudiences,
+  ...(client.trust === null ? {} : { trusted_issuer: client.trust.issuer, trusted_subjects: client.trust.subjects, trusted_alg: client.trust.alg })
+})
 
 /** The scopes of an RFC 6749 §3.3 scope parameter: space-separated, each once. */
 export function scopesOf (parameter: string | undefined): string[] {
   return [...new Set((parameter ?? '').split(' ').filter(Boolean))]
 }
 
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
+/** Whether a trusted issuer's URL may be used: https, or http on this machine's loopback (a test's issuer); no query or fragment. */
+const isIssuerUrl = (value: string): boolean => {
+  if (!URL.canParse(value) || value.length > 512) return false
+  const url = new URL(value)
+  return url.search === '' && url.hash === '' && (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK.has(url.hostname)))
+}
+
+// RFC 8707 §2: an absolute URI without a fragment; the users' audience is theirs alone.
+function audienceProblem (audience: string, userAudience: string): string | undefined {
+  if (!URL.canParse(audience) || audience.includes('#') || audience.length > 512) return `${JSON.stringify(audience)} is not an absolute URI without a fragment`
+  if (audience === userAudience) return `${JSON.stringify(audience)} is the audience of users' tokens (JWT_AUDIENCE)`
+  return undefined
+}
+
 /** Why a client's definition is refused, field by field. */
-function problems (client: NewClient, userAudience: string): FieldError[] {
+function problems (client: NewClient, { userAudience, adminAudience }: { userAudience: string, adminAudience: string }): FieldError[] {
   const found: FieldError[] = []
   if (client.name.trim() === '' || client.name.length > 200) found.push({ field: 'name', message: 'must be 1 to 200 characters' })
   if (client.scopes.length > 100) found.push({ field: 'scope', message: 'at most 100' })
   for (const scope of client.scopes) if (!SCOPE.test(scope)) found.push({ field: 'scope', message: `${JSON.stringify(scope)} is not a scope (RFC 6749 §3.3: visible ASCII but " and \\, no space)` })
   if (client.audiences.length === 0 || client.audiences.length > 20) found.push({ field: 'audience', message: 'one to 20' })
   for (const audience of client.audiences) {
-    // RFC 8707 §2: an absolute URI without a fragment; the users' audience is theirs alone.
-    if (!URL.canParse(audience) || audience.includes('#') || audience.length > 512) found.push({ field: 'audience', message: `${JSON.stringify(audience)} is not an absolute URI without a fragment` })
-    else if (audience === userAudience) found.push({ field: 'audience', message: `${JSON.stringify(audience)} is the audience of users' tokens (JWT_AUDIENCE)` })
+    const problem = audienceProblem(audience, userAudience)
+    if (problem !== undefined) found.push({ field: 'audience', message: problem })
+  }
+  const exchange = client.exchangeAudiences ?? []
+  if (exchange.length > 20) found.push({ field: 'exchange_to', message: 'at most 20' })
+  for (const audience of exchange) {
+    // The admin API takes a service's own tokens, never one acting for somebody else.
+    const problem = audienceProblem(audience, userAudience) ?? (audience === adminAudience ? `${JSON.stringify(audience)} is the admin API's: it takes a service's own tokens only` : undefined)
+    if (problem !== undefined) found.push({ field: 'exchange_to', message: problem })
+  }
+  if (client.trust !== undefined) {
+    const { issuer, jwksUri, subjects, alg } = client.trust
+    if (client.jwks !== undefined) found.push({ field: 'trust_issuer', message: 'a client trusts an issuer or has a JWKS, not both' })
+    if (!isIssuerUrl(issuer)) found.push({ field: 'trust_issuer', message: `${JSON.stringify(issuer)} is not an https URL (http only on 127.0.0.1 or localhost) without query or fragment` })
+    if (jwksUri !== null && !isIssuerUrl(jwksUri)) found.push({ field: 'trust_jwks_uri', message: `${JSON.stringify(jwksUri)} is not an https URL (http only on 127.0.0.1 or localhost) without query or fragment` })
+    if (subjects.length === 0 || subjects.length > 100) found.push({ field: 'subject', message: 'one to 100: the exact subjects (sub) whose tokens it takes' })
+    for (const subject of subjects) if (subject === '' || subject.length > 256) found.push({ field: 'subject', message: 'each 1 to 256 characters' })
+    if (!ASSERTION_ALGORITHMS.includes(alg)) found.push({ field: 'trust_alg', message: `${JSON.stringify(alg)} is not one of ${ASSERTION_ALGORITHMS.join(', ')}` })
   }
   const ttl = client.tokenTtlS ?? CLIENT_TOKEN_TTL_S.default
   if (!Number.isInteger(ttl) || ttl < 1 || ttl > CLIENT_TOKEN_TTL_S.max) found.push({ field: 'ttl', message: `1 s to ${CLIENT_TOKEN_TTL_S.max / 3600} h` })
@@ -165,8 +228,11 @@ function problems (client: NewClient, userAudience: string): FieldError[] {
   return found
 }
 
-type ClientRow = { id: string, name: string, scopes: string[], audiences: string[], token_ttl_s: number, token_endpoint_auth_method: TokenEndpointAuthMethod, jwks: ClientJwks | null, disabled_at: Date | null, created_at: Date }
-const COLUMNS = ['id', 'name', 'scopes', 'audiences', 'token_ttl_s', 'token_endpoint_auth_method', 'jwks', 'disabled_at', 'created_at'] as const
+const COLUMNS = [
+  'id', 'name', 'scopes', 'audiences', 'token_ttl_s', 'token_endpoint_auth_method', 'jwks',
+  'exchange_audiences', 'trusted_issuer', 'trusted_jwks_uri', 'trusted_subjects', 'trusted_alg', 'disabled_at', 'created_at'
+] as const
+type ClientRow = Pick<Selectable<OAuthClientsTable>, typeof COLUMNS[number]>
 const toClient = (row: ClientRow): ServiceClient => ({
   id: row.id,
   name: row.name,
@@ -175,9 +241,12 @@ const toClient = (row: ClientRow): ServiceClient => ({
   tokenTtlS: row.token_ttl_s,
   authMethod: row.token_endpoint_auth_method,
   jwks: row.jwks,
+  trust: row.trusted_issuer === null ? null : { issuer: row.trusted_issuer, jwksUri: row.trusted_jwks_uri, subjects: row.trusted_subjects ?? [], alg: row.trusted_alg as Algorithm },
+  exchangeAudiences: row.exchange_audiences,
   disabled: row.disabled_at !== null,
   createdAt: row.created_at
 })
+const textArray = (values: string[]) => sql<string[]>`cast(${[...new Set(values)]} as text[])`
 
 /**
  * Service identities: OAuth 2.0 clients with the scopes and audiences they may ask for, up to
@@ -190,11 +259,10 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
   // INTROSPECTION_CLIENTS: clients of the configuration, for introspection of users' tokens only:
   // the gateways in front of services that take users (docs/tokens.md).
   const configured = new Map([...config.introspectionClients].map(([id, secret]): [string, ClientRecord] => [id, {
-    client: { id, name: 'INTROSPECTION_CLIENTS', scopes: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE], audiences: [], tokenTtlS: CLIENT_TOKEN_TTL_S.default, authMethod: 'client_secret_basic', jwks: null, disabled: false, createdAt: new Date(0), configured: true },
+    client: { id, name: 'INTROSPECTION_CLIENTS', scopes: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE], audiences: [], tokenTtlS: CLIENT_TOKEN_TTL_S.default, authMethod: 'client_secret_basic', jwks: null, trust: null, exchangeAudiences: [], disabled: false, createdAt: new Date(0), configured: true },
     secrets: [{ hash: hashOf(secret), expiresAt: null }]
   }]))
-  // RFC 7523 §3: the assertion's audience is the token endpoint, or (RFC 7523bis) the issuer.
-  const assertionAudiences = [config.JWT_ISSUER, `${config.JWT_ISSUER.replace(/\/$/, '')}/oauth/token`]
+  const assertionAudiences = assertionAudiencesOf(config)
 
   // One statement: the client and its secrets that still work. The functions are pg_catalog's by
   // name and the product's operands both numeric: nothing another role plants in a schema of the
@@ -307,6 +375,7 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     const record = await lookup(id)
     if (record === undefined) throw refuse(CLIENT_REFUSALS.assertionKey)
     const jwks = record.client.jwks
+    if (record.client.authMethod === 'none') throw refuse(CLIENT_REFUSALS.workload)
     if (record.client.authMethod !== 'private_key_jwt' || jwks === null) throw refuse(CLIENT_REFUSALS.assertionOfSecretClient)
     // The key the header names, else each in turn; never one the header carries. The claims were
     // judged above; the verifier checks them again with the signature.
@@ -323,14 +392,21 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     })
     if (!verified) throw refuse(CLIENT_REFUSALS.assertionKey)
     if (record.client.disabled) throw refuse(CLIENT_REFUSALS.disabled)
-    // Used once across replicas, for as long as it could be presented: the primary key decides
-    // which of two presentations is first; pruning deletes the row once it has expired.
+    if (!await spend(id, payload.jti as string, payload.exp as number)) throw refuse(CLIENT_REFUSALS.replayed)
+    return record.client
+  }
+
+  /**
+   * Spends an assertion of the client (its jti, or what stands for it) once across replicas, for
+   * as long as it could be presented (`exp`, seconds, and the skew): the primary key decides which
+   * of two presentations is first; pruning deletes the row once it has expired. False when it was spent already.
+   */
+  async function spend (clientId: string, jti: string, exp: number): Promise<boolean> {
     const spent = await db.insertInto('oauth_client_assertions')
-      .values({ client_id: id, jti: payload.jti as string, expires_at: new Date((payload.exp as number) * 1000 + ASSERTION_SKEW_MS) })
+      .values({ client_id: clientId, jti, expires_at: new Date(exp * 1000 + ASSERTION_SKEW_MS) })
       .onConflict((oc) => oc.doNothing())
       .executeTakeFirst()
-    if (Number(spent.numInsertedOrUpdatedRows ?? 0n) !== 1) throw refuse(CLIENT_REFUSALS.replayed)
-    return record.client
+    return Number(spent.numInsertedOrUpdatedRows ?? 0n) === 1
   }
 
   /** A new client, and its first secret, shown this once; a key client (private_key_jwt) has none. */
@@ -338,10 +414,10 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
   async function create (input: NewClient & { jwks?: undefined }, caller?: Caller): Promise<{ client: ServiceClient, secret: string }>
   async function create (input: NewClient, caller?: Caller): Promise<{ client: ServiceClient, secret: string | null }>
   async function create (input: NewClient, caller?: Caller): Promise<{ client: ServiceClient, secret: string | null }> {
-    const found = problems(input, config.JWT_AUDIENCE)
+    const found = problems(input, { userAudience: config.JWT_AUDIENCE, adminAudience: config.adminAudience })
     if (found.length > 0) throw new ValidationFailedError(found)
     const id = randomBytes(16).toString('hex')
-    const authMethod: TokenEndpointAuthMethod = input.jwks === undefined ? 'client_secret_basic' : 'private_key_jwt'
+    const authMethod: TokenEndpointAuthMethod = input.trust !== undefined ? 'none' : input.jwks === undefined ? 'client_secret_basic' : 'private_key_jwt'
     const secret = authMethod === 'client_secret_basic' ? newSecret() : null
     // Forgotten here too: an id asked for before it existed is not kept unknown (every other
     // replica hears of the insert).
@@ -349,11 +425,16 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
       const created = await trx.insertInto('oauth_clients').values({
         id,
         name: input.name.trim(),
-        scopes: sql<string[]>`cast(${[...new Set(input.scopes)]} as text[])`,
-        audiences: sql<string[]>`cast(${[...new Set(input.audiences)]} as text[])`,
+        scopes: textArray(input.scopes),
+        audiences: textArray(input.audiences),
         token_ttl_s: input.tokenTtlS ?? CLIENT_TOKEN_TTL_S.default,
         token_endpoint_auth_method: authMethod,
         jwks: input.jwks === undefined ? null : JSON.stringify({ keys: input.jwks.keys }),
+        exchange_audiences: textArray(input.exchangeAudiences ?? []),
+        trusted_issuer: input.trust?.issuer ?? null,
+        trusted_jwks_uri: input.trust?.jwksUri ?? null,
+        trusted_subjects: input.trust === undefined ? null : textArray(input.trust.subjects),
+        trusted_alg: input.trust?.alg ?? null,
         created_at: clock.db()
       }).returning(COLUMNS).executeTakeFirstOrThrow()
       if (secret !== null) await trx.insertInto('oauth_client_secrets').values({ id: randomUUID(), client_id: id, secret_hash: hashOf(secret), created_at: clock.db() }).execute()
@@ -361,13 +442,56 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     }))
     audit.record({
       event: 'client_created',
-      detail: { client_id: id, name: row.name, scopes: row.scopes, audiences: row.audiences, token_ttl_s: row.token_ttl_s, token_endpoint_auth_method: authMethod, private_key_jwt: row.jwks !== null }
+      detail: { client_id: id, name: row.name, ...policyOf(toClient(row)), token_endpoint_auth_method: authMethod, private_key_jwt: row.jwks !== null }
     }, caller)
     return { client: toClient(row), secret }
   }
 
+  /**
+   * Changes a client's policy (ClientChanges): the lists given replace its own. Every replica
+   * forgets the client at once (the notification), so each token check and exchange from then on
+   * is judged by the new policy: a scope or audience taken away is refused in the tokens already out.
+   */
+  async function update (id: string, changes: ClientChanges, caller?: Caller): Promise<ServiceClient> {
+    const client = await stored(id)
+    if (changes.subjects !== undefined && client.trust === null) throw new ValidationFailedError([{ field: 'subject', message: `${id} trusts no issuer: it has no subjects` }])
+    const next: NewClient = {
+      name: client.name,
+      scopes: changes.scopes ?? client.scopes,
+      audiences: changes.audiences ?? client.audiences,
+      exchangeAudiences: changes.exchangeAudiences ?? client.exchangeAudiences,
+      tokenTtlS: changes.tokenTtlS ?? client.tokenTtlS,
+      ...(client.trust === null ? {} : { trust: { ...client.trust, subjects: changes.subjects ?? client.trust.subjects } }),
+      ...(client.jwks === null ? {} : { jwks: client.jwks })
+    }
+    const found = problems(next, { userAudience: config.JWT_AUDIENCE, adminAudience: config.adminAudience })
+    if (found.length > 0) throw new ValidationFailedError(found)
+    const row = await changing(id, () => db.updateTable('oauth_clients')
+      .set({
+        scopes: textArray(next.scopes),
+        audiences: textArray(next.audiences),
+        exchange_audiences: textArray(next.exchangeAudiences ?? []),
+        token_ttl_s: next.tokenTtlS!,
+        ...(next.trust === undefined ? {} : { trusted_subjects: textArray(next.trust.subjects) })
+      })
+      .where('id', '=', id)
+      .returning(COLUMNS)
+      .executeTakeFirstOrThrow())
+    const updated = toClient(row)
+    audit.record({ event: 'client_updated', detail: { client_id: id, before: policyOf(client), after: policyOf(updated) } }, caller)
+    return updated
+  }
+
   return {
     create,
+    update,
+    spend,
+    assertionAudiences,
+
+    /** An enabled or disabled client by id, as a token check or an exchange judges it: configured, cached or read. */
+    async find (id: string): Promise<ServiceClient | undefined> {
+      return (await lookup(id))?.client
+    },
 
     async list (): Promise<ServiceClient[]> {
       return (await db.selectFrom('oauth_clients').select(COLUMNS).orderBy('created_at').orderBy('id').execute()).map(toClient)
@@ -422,8 +546,9 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     async authenticate (credentials: ClientCredentials): Promise<ServiceClient> {
       if (credentials.method === 'private_key_jwt') return await verifyAssertion(credentials.assertion, credentials.id)
       const record = await lookup(credentials.id)
-      // A key client has no secret (migration 0013 deleted any it had): which way it takes is no secret.
+      // A key client has no secret (migration 0013 deleted any it had), nor a workload client: which way it takes is no secret.
       if (record?.client.authMethod === 'private_key_jwt') throw refuse(CLIENT_REFUSALS.secretOfKeyClient)
+      if (record?.client.authMethod === 'none') throw refuse(CLIENT_REFUSALS.workload)
       const given = hashOf(credentials.secret)
       const now = clock.now().getTime()
       let matches = false

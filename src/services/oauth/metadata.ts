@@ -1,5 +1,7 @@
 import type { Config } from '../../config.ts'
-import { ServiceClaimsSchema, TokenClaimsSchema } from '../auth/claims.ts'
+import { ExchangedClaimsSchema, ServiceClaimsSchema, TokenClaimsSchema } from '../auth/claims.ts'
+import { ACCESS_TOKEN_TYPE } from './exchange.ts'
+import { GRANTS } from './grants.ts'
 import { ADMIN_SCOPES, ASSERTION_ALGORITHMS, INTROSPECT_ALL_SCOPE, INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE } from './clients.ts'
 
 // How clients authenticate at each endpoint: `none` is the first-party public client, whose
@@ -16,7 +18,7 @@ export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>,
     issuer: config.JWT_ISSUER,
     token_endpoint: `${base}/oauth/token`,
     jwks_uri: `${base}/.well-known/jwks.json`,
-    grant_types_supported: ['client_credentials', 'refresh_token'],
+    grant_types_supported: [...GRANTS],
     response_types_supported: [] as string[],
     token_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
     token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
@@ -27,7 +29,12 @@ export function authorizationServerMetadata (config: Pick<Config, 'JWT_ISSUER'>,
     revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH, 'none'],
     revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGORITHMS,
     // authgate's own scopes; a client holds whatever others the services it calls define.
-    scopes_supported: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE, INTROSPECT_ALL_SCOPE, ...Object.values(ADMIN_SCOPES)]
+    scopes_supported: [INTROSPECT_SCOPE, INTROSPECT_USERS_SCOPE, INTROSPECT_ALL_SCOPE, ...Object.values(ADMIN_SCOPES)],
+    // RFC 8693 defines no metadata of its own: these are authgate's names for what its token
+    // exchange takes (subject_token_type, actor_token_type) and issues (requested_token_type).
+    token_exchange_subject_token_types_supported: [ACCESS_TOKEN_TYPE],
+    token_exchange_actor_token_types_supported: [ACCESS_TOKEN_TYPE],
+    token_exchange_requested_token_types_supported: [ACCESS_TOKEN_TYPE]
   }
 }
 
@@ -42,5 +49,5 @@ export function metadataBase (config: Pick<Config, 'publicUrl'>, request: { prot
  * claim added there (aal, amr, auth_time, roles) is named here too. `sxp` is in refresh tokens
  * only, which no other service verifies.
  */
-export const CLAIMS_SUPPORTED = [...new Set([...Object.keys(TokenClaimsSchema.properties), ...Object.keys(ServiceClaimsSchema.properties)])]
+export const CLAIMS_SUPPORTED = [...new Set([TokenClaimsSchema, ServiceClaimsSchema, ExchangedClaimsSchema].flatMap((schema) => Object.keys(schema.properties)))]
   .filter((claim) => claim !== 'sxp')

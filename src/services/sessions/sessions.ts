@@ -54,6 +54,9 @@ export interface SessionsDeps {
   onIssue?: () => void
 }
 
+/** What names a session in a token: the session and its user (a user's token, or one exchanged for it). */
+export type SessionOf = Pick<TokenClaims, 'sid' | 'user_id'>
+
 /**
  * Sessions and their tokens. A session row holds the absolute end of the session; each
  * refresh token is a row of it, used once. Event times (created, seen, used, revoked) and the
@@ -132,13 +135,13 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
     }
   }
 
-  async function readUser (claims: TokenClaims): Promise<SessionUser | undefined> {
+  async function readUser (claims: SessionOf): Promise<SessionUser | undefined> {
     const user = await activeSession(claims.sid, claims.user_id).select(SESSION_USER_COLUMNS.map((c) => `u.${c}` as const)).executeTakeFirst()
     return user === undefined ? undefined : { ...user, sessionId: claims.sid }
   }
 
   /** The user of the access token's session, if that session is active: from the cache when it may be trusted. */
-  async function userOf (claims: TokenClaims): Promise<SessionUser | undefined> {
+  async function userOf (claims: SessionOf): Promise<SessionUser | undefined> {
     if (cache === undefined) return await readUser(claims)
     const cached = cache.of(claims.sid, claims.user_id)
     if (cached !== undefined) return cached
@@ -315,7 +318,7 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * The user of a verified token that is still live, in one query: its session active and,
      * for a refresh token, not yet used (a rotated refresh token is spent, whatever its exp says).
      */
-    async liveUser (claims: TokenClaims): Promise<UserWithRoles | undefined> {
+    async liveUser (claims: SessionOf & Pick<TokenClaims, 'token_type' | 'jti'>): Promise<UserWithRoles | undefined> {
       if (claims.token_type === 'access') {
         const user = await userOf(claims)
         return user === undefined ? undefined : { id: user.id, username: user.username, email: user.email, roles: user.roles, email_verified_at: user.email_verified_at }
