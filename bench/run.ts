@@ -159,14 +159,21 @@ const NATIVE_CLIENT = 'bench-native-app'
 /** The page a passkey is used on (WEBAUTHN_ORIGINS): the test's software authenticator signs for it. */
 const PASSKEY_PAGE = { origin: 'http://localhost:5173', rpId: 'localhost' }
 
-type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'oauthToken' | 'idToken' | 'passkey' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
+type Key = 'floor' | 'detail' | 'check' | 'verify' | 'refresh' | 'oauthToken' | 'exchange' | 'idToken' | 'passkey' | 'login' | 'register' | 'detailAlone' | 'detailFlood' | 'loginFlood'
 const runs: Record<Key, Run[]> = {
-  floor: [], detail: [], check: [], verify: [], refresh: [], oauthToken: [], idToken: [], passkey: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
+  floor: [], detail: [], check: [], verify: [], refresh: [], oauthToken: [], exchange: [], idToken: [], passkey: [], login: [], register: [], detailAlone: [], detailFlood: [], loginFlood: []
 }
 const json = { 'content-type': 'application/json' }
 const refreshTrouble = { resent: 0, failed: 0 }
 let server: ServerProcess | undefined
 let serviceClient = { client_id: '', client_secret: '' }
+let exchangeClient = { client_id: '', client_secret: '' }
+// A command of `npm run clients` or `migrate` on the bench's database: its output.
+async function cli (args: string[]): Promise<string> {
+  const result = await runCli(args, serverEnv)
+  if (result.code !== 0) throw new Error(`${args.join(' ')}: ${result.stderr}`)
+  return result.stdout
+}
 let floor: Awaited<ReturnType<typeof startFloor>> | undefined
 let exitCode = 0
 
@@ -195,12 +202,11 @@ try {
   const compareTimes = await bcryptCompareTimes()
   progress(`one bcrypt compare at cost ${bcryptCost}: ${median(compareTimes).toFixed(0)} ms`)
 
-  // A service client, made by the CLI before the server starts (PGlite serves one process at a time).
-  for (const args of [['migrate'], ['clients', 'create', '--name', 'bench', '--scope', 'orders:read', '--audience', 'https://orders.example.test', '--json']]) {
-    const result = await runCli(args, serverEnv)
-    if (result.code !== 0) throw new Error(`${args.join(' ')}: ${result.stderr}`)
-    if (args[0] === 'clients') serviceClient = JSON.parse(result.stdout) as { client_id: string, client_secret: string }
-  }
+  // The service clients, made by the CLI before the server starts (PGlite serves one process at
+  // a time): one for client credentials, one that exchanges users' tokens (RFC 8693).
+  await cli(['migrate'])
+  serviceClient = JSON.parse(await cli(['clients', 'create', '--name', 'bench', '--scope', 'orders:read', '--audience', 'https://orders.example.test', '--json'])) as typeof serviceClient
+  exchangeClient = JSON.parse(await cli(['clients', 'create', '--name', 'bench-exchange', '--scope', 'payments:charge', '--audience', 'https://orders.example.test', '--exchange-to', 'https://payments.example.test', '--json'])) as typeof exchangeClient
 
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
@@ -276,6 +282,18 @@ try {
   let access = ''
   const bearer = (): Record<string, string> => ({ authorization: `Bearer ${access}` })
   const floorUrl = floor.url
+  // POST /oauth/token as a client with its secret in HTTP Basic, the same form each time.
+  const tokenRequests = (client: typeof serviceClient, form: Record<string, string>, seconds: number): Promise<Run> => load({
+    url: `${base}/oauth/token`,
+    connections,
+    duration: seconds,
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-www-form-urlencoded',
+      authorization: `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`
+    },
+    body: new URLSearchParams(form).toString()
+  })
   const scenarios: Record<Exclude<Key, 'detailFlood' | 'loginFlood'>, (seconds?: number) => Promise<Run>> = {
     floor: (seconds = duration) => load({ url: `${floorUrl}/api/detail`, connections, duration: seconds, headers: bearer() }),
     detail: (seconds = duration) => load({ url: `${base}/api/detail`, connections, duration: seconds, headers: bearer() }),
@@ -312,17 +330,14 @@ try {
       })
     },
     // A service token (client_secret_basic): a client lookup and one signature, nothing written.
-    oauthToken: (seconds = duration) => load({
-      url: `${base}/oauth/token`,
-      connections,
-      duration: seconds,
-      method: 'POST',
-      headers: {
-        'content-type': 'application/x-www-form-urlencoded',
-        authorization: `Basic ${Buffer.from(`${serviceClient.client_id}:${serviceClient.client_secret}`).toString('base64')}`
-      },
-      body: 'grant_type=client_credentials'
-    }),
+    oauthToken: (seconds = duration) => tokenRequests(serviceClient, { grant_type: 'client_credentials' }, seconds),
+    // A service acting for the bench user (RFC 8693): the user's token verified, its session
+    // (cached), the client's policy, one signature; nothing written but the queued audit event.
+    exchange: (seconds = duration) => tokenRequests(exchangeClient, {
+      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+      subject_token: access,
+      subject_token_type: 'urn:ietf:params:oauth:token-type:access_token'
+    }, seconds),
     // A native app's sign-in: the ID token's signature against the provider's cached JWKS, the
     // identity's account, a session; no bcrypt.
     idToken: (seconds = duration) => {
@@ -418,16 +433,16 @@ try {
 
   // Warm-up, not measured: the JIT, the pool and the caches settle first.
   access = await obtain()
-  for (const key of ['floor', 'detail', 'check', 'verify', 'oauthToken', 'idToken', 'passkey'] as const) await scenarios[key](1)
+  for (const key of ['floor', 'detail', 'check', 'verify', 'oauthToken', 'exchange', 'idToken', 'passkey'] as const) await scenarios[key](1)
 
   for (let round = 1; round <= rounds; round++) {
     // An access token lives 5 minutes by default: each round takes a fresh one.
     access = await obtain()
-    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'oauthToken', 'idToken', 'passkey', 'login', 'register', 'detailAlone'] as const) {
+    for (const key of ['floor', 'detail', 'check', 'verify', 'refresh', 'oauthToken', 'exchange', 'idToken', 'passkey', 'login', 'register', 'detailAlone'] as const) {
       runs[key].push(await scenarios[key]())
     }
     await flood()
-    progress(`round ${round}/${rounds}: floor ${runs.floor.at(-1)!.rps.toFixed(0)}, detail ${runs.detail.at(-1)!.rps.toFixed(0)}, check ${runs.check.at(-1)!.rps.toFixed(0)}, refresh ${runs.refresh.at(-1)!.rps.toFixed(0)}, id-token ${runs.idToken.at(-1)!.rps.toFixed(0)}, passkey ${runs.passkey.at(-1)!.rps.toFixed(0)}, login ${runs.login.at(-1)!.rps.toFixed(1)} req/s`)
+    progress(`round ${round}/${rounds}: floor ${runs.floor.at(-1)!.rps.toFixed(0)}, detail ${runs.detail.at(-1)!.rps.toFixed(0)}, check ${runs.check.at(-1)!.rps.toFixed(0)}, refresh ${runs.refresh.at(-1)!.rps.toFixed(0)}, service token ${runs.oauthToken.at(-1)!.rps.toFixed(0)}, exchange ${runs.exchange.at(-1)!.rps.toFixed(0)}, id-token ${runs.idToken.at(-1)!.rps.toFixed(0)}, passkey ${runs.passkey.at(-1)!.rps.toFixed(0)}, login ${runs.login.at(-1)!.rps.toFixed(1)} req/s`)
   }
   const endRss = rssMB(server.child.pid!)
   // Measured before and after the rounds: the median of both sets is the run's compare.
@@ -462,6 +477,7 @@ try {
     verify: ['POST /api/token/verify', connections],
     refresh: ['POST /api/token/refresh (rotation, a chain per connection)', connections],
     oauthToken: ['POST /oauth/token (client_credentials, client_secret_basic)', connections],
+    exchange: ['POST /oauth/token (token exchange of a user\'s token, client_secret_basic)', connections],
     idToken: ['POST /api/auth/oidc/corp/id-token (a local OpenID provider\'s ID token, an account per connection)', connections],
     passkey: ['POST /api/auth/passkeys/authentication/options, then …/verify (a passkey per connection; two requests a sign-in)', connections],
     login: [`POST /api/auth/login (bcrypt cost ${bcryptCost})`, loginConnections],
@@ -516,6 +532,7 @@ try {
     figure('check (forward-auth) req/s ÷ floor req/s', ['check', 'floor'], () => rps('check') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
     figure('refresh req/s ÷ floor req/s', ['refresh', 'floor'], () => rps('refresh') / floorRps, ratio, '>= 0.08', (v) => v >= 0.08),
     figure('service token (POST /oauth/token) req/s ÷ floor req/s', ['oauthToken', 'floor'], () => rps('oauthToken') / floorRps, ratio, '>= 0.15', (v) => v >= 0.15),
+    figure('token exchange req/s ÷ service token req/s', ['exchange', 'oauthToken'], () => rps('exchange') / rps('oauthToken'), ratio, '>= 0.5', (v) => v >= 0.5),
     // Issue 31 sets its target; until then it is reported against the floor like the others.
     { ...figure('ID-token sign-in (POST /api/auth/oidc/<name>/id-token) req/s ÷ floor req/s', ['idToken', 'floor'], () => rps('idToken') / floorRps, ratio, 'none yet (issue 31)', () => false), met: broken.has('idToken') || broken.has('floor') ? undefined : null },
     { ...figure('passkey sign-in (options + verify) req/s ÷ floor req/s', ['passkey', 'floor'], () => rps('passkey') / floorRps, ratio, 'none yet (issue 31)', () => false), met: broken.has('passkey') || broken.has('floor') ? undefined : null },
@@ -549,12 +566,13 @@ try {
     settings: `${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}; flood ${floodConnections} login + ${floodConnections} detail), BCRYPT_COST ${bcryptCost}, NODE_ENV=production, LOG_LEVEL=warn, RATE_LIMIT_ENABLED=false`,
     method: [
       'One server process (`node src/server.ts`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
-      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, service token, ID-token sign-in, passkey sign-in, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
+      'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, service token, token exchange, ID-token sign-in, passkey sign-in, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides.',
       'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure.',
       'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
       `ID-token sign-in: panva's oidc-provider (as test/oidc-provider.ts starts it) in the bench process on 127.0.0.1, configured as the provider \`corp\`; before the rounds, one ID token per connection (${connections}), each of its own account, got by a real code flow for a native client listed in OIDC_CORP_EXTRA_AUDIENCES. Each connection posts its token (and its nonce) again and again: authgate checks the signature against the provider's JWKS (fetched once, cached), finds the account by (issuer, subject) and starts a session. The accounts are made in the warm-up.`,
       `Passkey sign-in: WEBAUTHN_RP_ID=localhost; before the rounds, one passkey per connection (${connections}), all of the bench user's, made by test/soft-authenticator.ts (ES256, attestation none) through the registration endpoints. Each connection asks for options (a challenge, one row), then posts the answer its own passkey signs (its counter one ahead each time): authgate spends the challenge, checks the signature, takes the counter by a guarded UPDATE and starts a session. req/s counts both requests: a sign-in is two.`,
       'Service token: one client (made by `npm run clients -- create` before the server starts), every request POST /oauth/token with grant_type=client_credentials and its secret in HTTP Basic.',
+      'Token exchange: another client (with --exchange-to), every request POST /oauth/token with grant_type=urn:ietf:params:oauth:grant-type:token-exchange, the round\'s access token of the bench user as subject_token and the client\'s secret in HTTP Basic.',
       'Login: one user; register: a unique username per request. After each, one more login waits behind whatever bcrypt work is still queued, so the next scenario starts on an idle server.',
       `Login figure: login req/s × one bcrypt.compare at cost ${bcryptCost} (median of 10, timed one at a time in the bench process before and after the rounds: ${compareMs.toFixed(1)} ms) ÷ (1000 × ${cores} cores): the share of the machine's CPU time the logins spend in bcrypt.`,
       `Flood: ${floodConnections} connections logging in and ${floodConnections} reading /api/detail at the same time; its p99 against detail alone with ${floodConnections} connections in the same round.`,
