@@ -131,6 +131,16 @@ t.test('the OpenAPI document lists every route once, with every status it answer
     }
   })
 
+  t.test('the token endpoint lists its grants and the parameters of token exchange and the JWT bearer grant', async (t) => {
+    const body = doc.paths['/oauth/token'].post.requestBody.content['application/x-www-form-urlencoded'].schema as Json
+    t.same(body.properties.grant_type.examples, [
+      'client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange', 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+    ])
+    for (const name of ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'resource', 'assertion']) {
+      t.ok(name in body.properties, `${name} is a parameter`)
+    }
+  })
+
   t.test('the security schemes: bearer, the cookies by their configured names, basic', async (t) => {
     const schemes = doc.components.securitySchemes as Json
     t.match(schemes.bearer, { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' })

@@ -7,6 +7,7 @@ import { perIp, perKey } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
 import type { ServiceClient } from '#src/services/oauth/clients.ts'
 import { ACCESS_TOKEN_TYPE } from '#src/services/oauth/exchange.ts'
+import { GRANTS } from '#src/services/oauth/grants.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -22,7 +23,8 @@ const TokenType = Type.String({ minLength: 1, maxLength: 128 })
 // RFC 8693 §2.1 (token exchange); RFC 7523 §2.1 (assertion). Unknown parameters are ignored
 // (RFC 6749 §3.2); one given twice is invalid_request (§3.1); one of another grant is refused.
 export const TokenRequestSchema = Type.Object({
-  grant_type: Type.String({ minLength: 1, maxLength: 128 }),
+  // Any other grant_type is unsupported_grant_type (RFC 6749 §5.2), not a validation error: a string, its values listed.
+  grant_type: Type.String({ minLength: 1, maxLength: 128, description: `One of ${GRANTS.join(', ')}.`, examples: [...GRANTS] }),
   scope: Type.Optional(Type.String({ maxLength: 4096 })),
   resource: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 512 }), Type.Array(Type.String({ minLength: 1, maxLength: 512 }), { maxItems: 20 })])),
   audience: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
