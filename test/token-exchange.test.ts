@@ -484,6 +484,18 @@ t.test('two verifiers of their own (jose, oauth4webapi\'s RFC 9068 validator) ta
   }
 })
 
+t.test('metadata: both grants and the token types of the exchange', async (t) => {
+  const app = await build(t)
+  for (const path of ['/.well-known/oauth-authorization-server', '/.well-known/openid-configuration']) {
+    const metadata = (await app.inject(path)).json()
+    t.ok(metadata.grant_types_supported.includes(EXCHANGE), `${path}: token exchange`)
+    t.ok(metadata.grant_types_supported.includes(JWT_BEARER), `${path}: the JWT bearer grant`)
+    t.same(metadata.token_exchange_subject_token_types_supported, [ACCESS], `${path}: subject token types`)
+    t.same(metadata.token_exchange_actor_token_types_supported, [ACCESS], `${path}: actor token types`)
+    t.same(metadata.token_exchange_requested_token_types_supported, [ACCESS], `${path}: requested token types`)
+  }
+})
+
 t.test('two replicas: a client disabled on one, its exchanged tokens are refused on the other once it hears of it', {
   skip: process.env.DB_ENGINE !== 'postgres' && 'notifications are PostgreSQL\'s: checked in the PostgreSQL run'
 }, async (t) => {

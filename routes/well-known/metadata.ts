@@ -20,7 +20,12 @@ const AuthorizationServerSchema = Type.Object({
   revocation_endpoint: Type.String(),
   revocation_endpoint_auth_methods_supported: Strings,
   revocation_endpoint_auth_signing_alg_values_supported: Strings,
-  scopes_supported: Strings
+  scopes_supported: Strings,
+  // RFC 8693's token types (authgate's names: RFC 8693 defines no metadata); without them here,
+  // the response schema drops them from the answer.
+  token_exchange_subject_token_types_supported: Strings,
+  token_exchange_actor_token_types_supported: Strings,
+  token_exchange_requested_token_types_supported: Strings
 })
 // OpenID Connect Discovery 1.0 §3 adds what an OpenID provider must name.
 const OpenIdConfigurationSchema = Type.Composite([AuthorizationServerSchema, Type.Object({
