@@ -330,6 +330,8 @@ t.test('token exchange', async (t) => {
     t.match(claims, { client_id: a.id, aud: B })
     t.same(claims.act, { sub: a.id }, 'A acts')
     t.equal((await exchange(app, a, access, { actor_token: own, actor_token_type: ACCESS })).statusCode, 200, 'A authenticated and its actor_token: the same client')
+    t.equal((await exchange(app, null, access, { actor_token: own, actor_token_type: ACCESS, client_id: a.id })).statusCode, 200, 'a bare client_id naming A beside its actor_token')
+    refused(t, await exchange(app, null, access, { actor_token: own, actor_token_type: ACCESS, client_id: other.id }), 400, 'invalid_request', /^client_id names another client than the actor_token/, 'a bare client_id naming another client')
 
     const forA = await serviceToken(app, a, { audience: A_AUD })
     refused(t, await exchange(app, null, access, { actor_token: forA, actor_token_type: ACCESS }), 400, 'invalid_request', /^actor_token must be a token for authgate itself/, 'A\'s token for another audience')

@@ -19,6 +19,8 @@ export interface ExchangeRequest {
   actor_token?: string
   actor_token_type?: string
   requested_token_type?: string
+  /** The client a request names without authenticating it: beside an actor_token, it must be the actor_token's. */
+  client_id?: string
 }
 
 /** RFC 8693 §2.2.1: an access token, and its type. No refresh token: a client exchanges again. */
@@ -93,6 +95,7 @@ export function createExchange ({ clock, keyring, auth, clients, audit }: Exchan
         if (actor !== null && actor.id !== named.id) throw new InvalidRequestError('actor_token is a token of another client than the one that authenticated.')
         actor = named
       }
+      if (actor !== null && request.client_id !== undefined && request.client_id !== actor.id) throw new InvalidRequestError('client_id names another client than the actor_token.')
       if (actor === null) throw new InvalidClientError('no client credentials: authenticate the client (HTTP Basic, client_secret, client_assertion), or give its actor_token.')
       if (actor.exchangeAudiences.length === 0) throw new UnauthorizedClientError('The client may not exchange tokens: it has no --exchange-to audience in the client registry.')
       if (audience === undefined) {

@@ -21,7 +21,6 @@ export interface GrantRequest extends ExchangeRequest {
   audience?: string
   refresh_token?: string
   assertion?: string
-  client_id?: string
 }
 
 /** A token endpoint answer (RFC 6749 §5.1, RFC 8693 §2.2.1); a refresh_token only for the refresh grant. */
