@@ -244,6 +244,23 @@ t.test('workload identities: the JWT bearer grant with tokens of a trusted issue
     t.match(claimsOf(orders.json().access_token), { aud: ORDERS, scope: 'orders:read orders:write' })
   })
 
+  t.test('a request refused for its scope or audience neither spends the token nor audits an issue: the same token, asked rightly, is taken', async (t) => {
+    const cluster = await startWorkloadIssuer(t, { now })
+    const { client } = await workload(app, cluster)
+    // A projected token is a file the pod reads again until the kubelet renews it: a workload retries with the same one.
+    const assertion = await cluster.kubernetesToken({ audience: authgate })
+    t.match(refusal(await jwtBearer(app, client.id, assertion, { scope: 'orders:write' })), { status: 400, error: 'invalid_scope' })
+    t.match(refusal(await jwtBearer(app, client.id, assertion, { audience: BILLING })), { status: 400, error: 'invalid_target' })
+    await app.audit.flush()
+    const issued = () => app.db.selectFrom('audit_events').select('detail').where('event', '=', 'workload_token_issued').execute()
+      .then((rows) => rows.filter((row) => row.detail?.client_id === client.id))
+    t.same(await issued(), [], 'nothing issued, nothing audited as issued')
+    const res = await jwtBearer(app, client.id, assertion, { scope: 'orders:read' })
+    t.equal(res.statusCode, 200, res.body)
+    await app.audit.flush()
+    t.equal((await issued()).length, 1)
+  })
+
   t.test('workload_token_issued is audited with the client, the issuer, the subject and the jti, and the admin API shows it', async (t) => {
     const cluster = await startWorkloadIssuer(t, { now })
     const { client } = await workload(app, cluster)

@@ -482,10 +482,31 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     return updated
   }
 
+  /**
+   * What a token of the client for `request` would be for: the scopes asked (all it holds when
+   * none are) and its one audience; the refusal otherwise. Judged before anything is spent (a
+   * workload's assertion): a request refused here can be made again, rightly.
+   */
+  function issuable (client: ServiceClient, request: { scope?: string, audience?: string }): { asked: string[], audience: string } {
+    if (client.configured === true) throw new UnauthorizedClientError('This client is configured for introspection only (INTROSPECTION_CLIENTS).')
+    const asked = request.scope === undefined ? client.scopes : scopesOf(request.scope)
+    const refused = asked.filter((scope) => !client.scopes.includes(scope))
+    if (refused.length > 0) throw new InvalidScopeError(`The client does not hold ${refused.map((s) => JSON.stringify(s)).join(', ')}.`)
+    let audience = request.audience
+    if (audience === undefined) {
+      if (client.audiences.length !== 1) throw new InvalidTargetError(`This client has several audiences: name one (resource or audience): ${client.audiences.join(', ')}.`)
+      audience = client.audiences[0]!
+    } else if (!client.audiences.includes(audience)) {
+      throw new InvalidTargetError(`The client may not have tokens for ${JSON.stringify(audience)}.`)
+    }
+    return { asked, audience }
+  }
+
   return {
     create,
     update,
     spend,
+    issuable,
     assertionAudiences,
 
     /** An enabled or disabled client by id, as a token check or an exchange judges it: configured, cached or read. */
@@ -578,17 +599,7 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
      * several): one signature, nothing written.
      */
     issue (client: ServiceClient, request: { scope?: string, audience?: string }): IssuedToken {
-      if (client.configured === true) throw new UnauthorizedClientError('This client is configured for introspection only (INTROSPECTION_CLIENTS).')
-      const asked = request.scope === undefined ? client.scopes : scopesOf(request.scope)
-      const refused = asked.filter((scope) => !client.scopes.includes(scope))
-      if (refused.length > 0) throw new InvalidScopeError(`The client does not hold ${refused.map((s) => JSON.stringify(s)).join(', ')}.`)
-      let audience = request.audience
-      if (audience === undefined) {
-        if (client.audiences.length !== 1) throw new InvalidTargetError(`This client has several audiences: name one (resource or audience): ${client.audiences.join(', ')}.`)
-        audience = client.audiences[0]!
-      } else if (!client.audiences.includes(audience)) {
-        throw new InvalidTargetError(`The client may not have tokens for ${JSON.stringify(audience)}.`)
-      }
+      const { asked, audience } = issuable(client, request)
       const iat = Math.floor(clock.now().getTime() / 1000)
       const scope = asked.join(' ')
       const token = keyring.signService({

@@ -74,7 +74,8 @@ export function createGrants ({ clock, auth, sessions, clients, exchange, worklo
       }
       if (grant === JWT_BEARER_GRANT) {
         if (claim !== undefined && claim.method !== 'none') throw new InvalidRequestError('A workload client has no secret and no key: name it with client_id alone; the assertion proves it.')
-        return await workloads.verify(claim?.id, request.assertion, caller)
+        const asked = { scope: request.scope, audience: audienceOf(request) }
+        return await workloads.verify(claim?.id, request.assertion, caller, (client) => { clients.issuable(client, asked) })
       }
       if (grant === EXCHANGE_GRANT && (claim === undefined || claim.method === 'none') && request.actor_token !== undefined) return null
       return await auth.authenticateClient(claim, { publicClient: grant === 'refresh_token' })

@@ -90,8 +90,10 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
     /**
      * The workload client `clientId` names, proven by `assertion` (RFC 7523 §2.1 and §3), its
      * token spent; invalid_grant saying why not. An issuer that cannot be reached is a 503.
+     * `admit` judges the request for the proven client before the token is spent, so that one
+     * refused for what it asks (a scope, an audience) leaves the token to be presented again.
      */
-    async verify (clientId: string | undefined, assertion: string | undefined, caller: Caller): Promise<ServiceClient> {
+    async verify (clientId: string | undefined, assertion: string | undefined, caller: Caller, admit: (client: ServiceClient) => void): Promise<ServiceClient> {
       if (assertion === undefined) throw new InvalidRequestError(`assertion is required for grant_type=${JWT_BEARER_GRANT}: a token of the issuer the client trusts.`)
       if (clientId === undefined) throw new InvalidRequestError(`client_id is required for grant_type=${JWT_BEARER_GRANT}: the workload client the assertion is for.`)
       let alg: string | undefined, payload: JWTPayload
@@ -125,6 +127,7 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
         throw refuse(UNTRUSTED)
       }
       if (client.disabled) throw new InvalidClientError(CLIENT_REFUSALS.disabled)
+      admit(client)
       // Kubernetes' and the CIs' tokens carry a jti; one without is spent by its hash.
       const jti = typeof payload.jti === 'string' && payload.jti !== '' && payload.jti.length <= 256 ? payload.jti : `sha256:${createHash('sha256').update(assertion).digest('base64url')}`
       if (!await clients.spend(client.id, jti, payload.exp!)) throw refuse('it was used already: each token of the issuer is taken once (RFC 7523 §3); get a new one')
