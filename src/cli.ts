@@ -288,8 +288,8 @@ const MIGRATIONS = Object.keys(migrations)
 
 /** The line a failed command prints. */
 function problemOf (error: unknown): string {
-  // A refused definition names each field, as the API would.
-  const fields = error instanceof ValidationFailedError ? error.errors.map((e) => `\n  --${e.field}: ${e.message}`).join('') : ''
+  // A refused definition names each field as the option it is typed as: the API's exchange_to is --exchange-to.
+  const fields = error instanceof ValidationFailedError ? error.errors.map((e) => `\n  --${e.field.replaceAll('_', '-')}: ${e.message}`).join('') : ''
   // The folder's holder did not take the command over its socket: it starts or stops, or it is another command.
   const message = error instanceof FolderLockedError && error.holder !== undefined
     ? `the data folder ${error.folder} is in use by ${holderName(error.holder)}, which does not take commands now (a service starting or stopping, or another command): try again in a moment, or stop it first`

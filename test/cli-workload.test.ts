@@ -96,10 +96,14 @@ t.test('npm run clients: a workload client, its trust and exchange policy, creat
     t.match(both.stderr, /^authgate: update takes --exchange-to or --no-exchange, not both\nusage: npm run clients -- <command>\n/)
     t.same((await json(['show', id])).exchange_audiences, [BILLING], 'nothing changed')
     t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', ISSUER], env), { code: 1, stderr: /^authgate: Invalid input\.\n {2}--subject: one to 100/ }, 'no subject')
-    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', ISSUER, '--subject', SA, '--trust-alg', 'HS256'], env), { code: 1, stderr: /"HS256" is not one of ES256/ })
-    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', 'http://issuer.example.test', '--subject', SA], env), { code: 1, stderr: /"http:\/\/issuer\.example\.test" is not an https URL/ })
-    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--exchange-to', 'billing'], env), { code: 1, stderr: /"billing" is not an absolute URI/ })
     const plain = await json(['create', '--name', 'plain', '--audience', X])
     t.match(await runCli(['clients', 'update', plain.client_id, '--subject', SA], env), { code: 1, stderr: /trusts no issuer: it has no subjects/ }, 'no subjects for a client that trusts no issuer')
+  })
+
+  t.test('a refused definition names each option as it is typed (--trust-issuer, not the field trust_issuer)', async (t) => {
+    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', ISSUER, '--subject', SA, '--trust-alg', 'HS256'], env), { code: 1, stderr: /^authgate: Invalid input\.\n {2}--trust-alg: "HS256" is not one of ES256/ })
+    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', 'http://issuer.example.test', '--subject', SA, '--trust-jwks-uri', 'http://issuer.example.test/keys'], env),
+      { code: 1, stderr: /^authgate: Invalid input\.\n {2}--trust-issuer: "http:\/\/issuer\.example\.test" is not an https URL.*\n {2}--trust-jwks-uri: "http:\/\/issuer\.example\.test\/keys" is not an https URL/ })
+    t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--exchange-to', 'billing'], env), { code: 1, stderr: /^authgate: Invalid input\.\n {2}--exchange-to: "billing" is not an absolute URI/ })
   })
 })
