@@ -536,7 +536,10 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     async rotateSecret (id: string, graceS: number, caller?: Caller): Promise<{ secret: string, previousExpiresAt: Date | null }> {
       if (!Number.isInteger(graceS) || graceS < 0 || graceS > MAX_SECRET_GRACE_S) throw new ValidationFailedError([{ field: 'grace', message: `0 to ${MAX_SECRET_GRACE_S} seconds` }])
       const client = await stored(id)
-      if (client.authMethod !== 'client_secret_basic') throw new ValidationFailedError([{ field: 'client', message: `${id} authenticates with private_key_jwt: it has no secret, and is given none` }])
+      if (client.authMethod !== 'client_secret_basic') {
+        const way = client.trust === null ? 'authenticates with private_key_jwt' : `is a workload client (the JWT bearer grant, with a token of ${client.trust.issuer})`
+        throw new ValidationFailedError([{ field: 'client', message: `${id} ${way}: it has no secret, and is given none` }])
+      }
       const secret = newSecret()
       const previousExpiresAt = await changing(id, () => db.transaction().execute(async (trx) => {
         // Two rotations at once: one after the other.
