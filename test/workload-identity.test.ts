@@ -372,3 +372,16 @@ t.test('the issuer\'s keys: a rotation is picked up; an issuer down is 503 upstr
   t.same(refusal(await jwtBearer(app, failed.id, await failing.kubernetesToken({ audience: authgate }))), unavailable(`the keys of ${failing.url} could not be read`), 'a JWKS answering 503')
   t.equal(failing.fetches.jwks, 1)
 })
+
+t.test('a workload refused by its client\'s rate limit keeps its token: nothing is spent before the request is admitted', async (t) => {
+  const clock = new TestClock()
+  const app = await build(t, { clock, env: { RATE_LIMIT_ENABLED: 'true', RATE_LIMIT_CLIENT_MAX: '1' } })
+  const cluster = await startWorkloadIssuer(t, { now: clock.now })
+  const { client } = await workload(app, cluster)
+  t.equal((await jwtBearer(app, client.id, await cluster.kubernetesToken({ audience: app.config.JWT_ISSUER }))).statusCode, 200, 'the first request of the minute')
+  // A projected token is a file the pod presents again until the kubelet renews it.
+  const assertion = await cluster.kubernetesToken({ audience: app.config.JWT_ISSUER })
+  t.equal((await jwtBearer(app, client.id, assertion)).statusCode, 429, 'the client\'s allowance is spent')
+  const spent = await app.db.selectFrom('oauth_client_assertions').select('jti').where('client_id', '=', client.id).execute()
+  t.equal(spent.length, 1, 'only the first token is spent: the refused one can be presented again once the limit allows')
+})

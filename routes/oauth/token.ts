@@ -5,14 +5,13 @@ import { callerOf } from '#src/http/caller.ts'
 import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credentials.ts'
 import { perIp, perKey } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
-import type { ServiceClient } from '#src/services/oauth/clients.ts'
 import { ACCESS_TOKEN_TYPE } from '#src/services/oauth/exchange.ts'
-import { GRANTS } from '#src/services/oauth/grants.ts'
+import { GRANTS, type GrantClient } from '#src/services/oauth/grants.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The client a request to the token endpoint authenticated as; null for the first-party (public) client, or an exchange's client named by its actor_token. */
-    oauthClient: ServiceClient | null
+    /** Who a request to the token endpoint is for, proven (grants.grantClient); null until then. */
+    oauthGrant: GrantClient | null
   }
 }
 
@@ -57,13 +56,13 @@ const TokenResponseSchema = Type.Object({
 const token: FastifyPluginAsyncTypebox = async (fastify) => {
   await fastify.register(formbody)
   const { grants, config } = fastify
-  fastify.decorateRequest('oauthClient', null)
+  fastify.decorateRequest('oauthGrant', null)
 
   fastify.post('/token', {
     // The client, proven before the per-client rate limit counts it: a client is counted only
     // once proven, so nobody else can spend its allowance; failures count per address.
     preHandler: async (request) => {
-      request.oauthClient = await grants.grantClient(request.body, clientCredentialsOf(request, request.body), callerOf(request))
+      request.oauthGrant = await grants.grantClient(request.body, clientCredentialsOf(request, request.body))
     },
     onError: logClientRefusal,
     config: {
@@ -71,7 +70,7 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
       oauth: true,
       limits: [
         perIp('token', config.RATE_LIMIT_TOKEN_MAX),
-        perKey('client', config.RATE_LIMIT_CLIENT_MAX, async (request) => request.oauthClient?.id ?? `ip:${normalizeIP(request.ip)}`)
+        perKey('client', config.RATE_LIMIT_CLIENT_MAX, async (request) => request.oauthGrant?.client?.id ?? `ip:${normalizeIP(request.ip)}`)
       ]
     },
     schema: {
@@ -89,7 +88,7 @@ const token: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     // RFC 6749 §5.1: no cache keeps a token (Cache-Control: no-store is every answer's).
     reply.header('pragma', 'no-cache')
-    return await grants.grant(request.oauthClient, request.body, callerOf(request))
+    return await grants.grant(request.oauthGrant!, request.body, callerOf(request))
   })
 }
 

@@ -6,7 +6,7 @@ import { EXCHANGE_GRANT, secondsLeft } from '../auth/claims.ts'
 import type { Sessions } from '../sessions/sessions.ts'
 import type { Clients, IssuedToken, ServiceClient } from './clients.ts'
 import type { Exchange, ExchangedToken, ExchangeRequest } from './exchange.ts'
-import { JWT_BEARER_GRANT, type Workloads } from './workloads.ts'
+import { JWT_BEARER_GRANT, type WorkloadProof, type Workloads } from './workloads.ts'
 
 /** The grants the token endpoint issues for (RFC 6749 §4.4 and §6, RFC 8693, RFC 7523 §2.1). */
 export const GRANTS = ['client_credentials', 'refresh_token', EXCHANGE_GRANT, JWT_BEARER_GRANT] as const
@@ -22,6 +22,13 @@ export interface GrantRequest extends ExchangeRequest {
   refresh_token?: string
   assertion?: string
 }
+
+/**
+ * Who a token endpoint request is for, proven before the per-client rate limit counts it: the
+ * client (null for the first-party public client, or an exchange's client its actor_token names),
+ * and a workload's token, spent only once the request is admitted.
+ */
+export interface GrantClient { client: ServiceClient | null, workload?: WorkloadProof }
 
 /** A token endpoint answer (RFC 6749 §5.1, RFC 8693 §2.2.1); a refresh_token only for the refresh grant. */
 export type GrantAnswer = IssuedToken | ExchangedToken | { access_token: string, token_type: 'Bearer', expires_in: number, refresh_token: string }
@@ -65,7 +72,7 @@ export function createGrants ({ clock, auth, sessions, clients, exchange, worklo
      * workload client is proven by its assertion; an exchange's client may be named by its
      * actor_token instead (then null here).
      */
-    async grantClient (request: GrantRequest, claim: ClientClaim, caller: Caller): Promise<ServiceClient | null> {
+    async grantClient (request: GrantRequest, claim: ClientClaim): Promise<GrantClient> {
       const grant = request.grant_type
       if (!(GRANTS as readonly string[]).includes(grant)) throw new UnsupportedGrantTypeError()
       for (const [owner, parameters] of Object.entries(OWN_PARAMETERS)) {
@@ -74,23 +81,30 @@ export function createGrants ({ clock, auth, sessions, clients, exchange, worklo
       }
       if (grant === JWT_BEARER_GRANT) {
         if (claim !== undefined && claim.method !== 'none') throw new InvalidRequestError('A workload client has no secret and no key: name it with client_id alone; the assertion proves it.')
-        const asked = { scope: request.scope, audience: audienceOf(request) }
-        return await workloads.verify(claim?.id, request.assertion, caller, (client) => { clients.issuable(client, asked) })
+        const workload = await workloads.verify(claim?.id, request.assertion)
+        return { client: workload.client, workload }
       }
-      if (grant === EXCHANGE_GRANT && (claim === undefined || claim.method === 'none') && request.actor_token !== undefined) return null
-      return await auth.authenticateClient(claim, { publicClient: grant === 'refresh_token' })
+      if (grant === EXCHANGE_GRANT && (claim === undefined || claim.method === 'none') && request.actor_token !== undefined) return { client: null }
+      return { client: await auth.authenticateClient(claim, { publicClient: grant === 'refresh_token' }) }
     },
 
     /** The token endpoint's answer for the client grantClient proved (RFC 6749 §5.1, RFC 8693 §2.2.1). */
-    async grant (client: ServiceClient | null, request: GrantRequest, caller: Caller): Promise<GrantAnswer> {
+    async grant ({ client, workload }: GrantClient, request: GrantRequest, caller: Caller): Promise<GrantAnswer> {
       const grant = request.grant_type
-      if (grant === 'client_credentials' || grant === JWT_BEARER_GRANT) return clients.issue(client!, { scope: request.scope, audience: audienceOf(request) })
-      if (grant === EXCHANGE_GRANT) return await exchange.exchange(client, audienceOf(request), request, caller)
+      const asked = { scope: request.scope, audience: audienceOf(request) }
+      if (workload !== undefined) {
+        // Judged before the workload's token is spent: a request refused for what it asks
+        // (a scope, an audience) leaves the token to be presented again.
+        clients.issuable(workload.client, asked)
+        await workloads.spend(workload, caller)
+      }
+      if (grant === 'client_credentials' || grant === JWT_BEARER_GRANT) return clients.issue(client!, asked)
+      if (grant === EXCHANGE_GRANT) return await exchange.exchange(client, asked.audience, request, caller)
       // Users' tokens are the first-party client's, for JWT_AUDIENCE, and carry no scope.
       if (client !== null) throw new InvalidGrantError()
       if (request.refresh_token === undefined) throw new InvalidRequestError('refresh_token is required for grant_type=refresh_token.')
       if (request.scope !== undefined && request.scope.trim() !== '') throw new InvalidScopeError('Users\' tokens carry no scope.')
-      if (audienceOf(request) !== undefined) throw new InvalidTargetError('Users\' tokens are for JWT_AUDIENCE alone.')
+      if (asked.audience !== undefined) throw new InvalidTargetError('Users\' tokens are for JWT_AUDIENCE alone.')
       try {
         const pair = await sessions.refresh(await auth.verifyRefresh(request.refresh_token), caller)
         return { access_token: pair.access, token_type: 'Bearer', expires_in: secondsLeft(pair.access, clock.now()), refresh_token: pair.refresh }

@@ -9,6 +9,9 @@ import { ASSERTION_MAX_LIFETIME_S, ASSERTION_SKEW_MS, CLIENT_REFUSALS, type Clie
 /** RFC 7523 §2.1's grant: a token of an issuer the client trusts, for a token of authgate's. */
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 
+/** A workload client proven by a token of its issuer, the token not yet spent (Workloads.spend). */
+export interface WorkloadProof { client: ServiceClient, issuer: string, subject: string, jti: string, exp: number }
+
 export interface WorkloadsDeps {
   clients: Clients
   clock: Clock
@@ -88,12 +91,12 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
 
   return {
     /**
-     * The workload client `clientId` names, proven by `assertion` (RFC 7523 §2.1 and §3), its
-     * token spent; invalid_grant saying why not. An issuer that cannot be reached is a 503.
-     * `admit` judges the request for the proven client before the token is spent, so that one
-     * refused for what it asks (a scope, an audience) leaves the token to be presented again.
+     * The workload client `clientId` names, proven by `assertion` (RFC 7523 §2.1 and §3), the
+     * token not yet spent: a request refused after this (a rate limit, a scope, an audience)
+     * leaves it to be presented again. invalid_grant saying why not; an issuer that cannot be
+     * reached is a 503.
      */
-    async verify (clientId: string | undefined, assertion: string | undefined, caller: Caller, admit: (client: ServiceClient) => void): Promise<ServiceClient> {
+    async verify (clientId: string | undefined, assertion: string | undefined): Promise<WorkloadProof> {
       if (assertion === undefined) throw new InvalidRequestError(`assertion is required for grant_type=${JWT_BEARER_GRANT}: a token of the issuer the client trusts.`)
       if (clientId === undefined) throw new InvalidRequestError(`client_id is required for grant_type=${JWT_BEARER_GRANT}: the workload client the assertion is for.`)
       let alg: string | undefined, payload: JWTPayload
@@ -127,12 +130,15 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
         throw refuse(UNTRUSTED)
       }
       if (client.disabled) throw new InvalidClientError(CLIENT_REFUSALS.disabled)
-      admit(client)
       // Kubernetes' and the CIs' tokens carry a jti; one without is spent by its hash.
       const jti = typeof payload.jti === 'string' && payload.jti !== '' && payload.jti.length <= 256 ? payload.jti : `sha256:${createHash('sha256').update(assertion).digest('base64url')}`
-      if (!await clients.spend(client.id, jti, payload.exp!)) throw refuse('it was used already: each token of the issuer is taken once (RFC 7523 §3); get a new one')
-      audit.record({ event: 'workload_token_issued', detail: { client_id: client.id, issuer: trust.issuer, subject: payload.sub, jti } }, caller)
-      return client
+      return { client, issuer: trust.issuer, subject: payload.sub as string, jti, exp: payload.exp! }
+    },
+
+    /** Spends a proven token once across replicas (invalid_grant when it was spent already), and audits the issue it allows. */
+    async spend ({ client, issuer, subject, jti, exp }: WorkloadProof, caller: Caller): Promise<void> {
+      if (!await clients.spend(client.id, jti, exp)) throw refuse('it was used already: each token of the issuer is taken once (RFC 7523 §3); get a new one')
+      audit.record({ event: 'workload_token_issued', detail: { client_id: client.id, issuer, subject, jti } }, caller)
     }
   }
 }
