@@ -371,6 +371,13 @@ t.test('the issuer\'s keys: a rotation is picked up; an issuer down is 503 upstr
   const { client: failed } = await workload(app, failing, { jwksUri: failing.jwksUri })
   t.same(refusal(await jwtBearer(app, failed.id, await failing.kubernetesToken({ audience: authgate }))), unavailable(`the keys of ${failing.url} could not be read`), 'a JWKS answering 503')
   t.equal(failing.fetches.jwks, 1)
+
+  // The keys are read as the issuer is: a discovery document naming plain http off this machine is not followed.
+  const downgrading = await startWorkloadIssuer(t, { now, namedJwksUri: 'http://jwks.example.test/keys' })
+  const { client: misled } = await workload(app, downgrading)
+  t.same(refusal(await jwtBearer(app, misled.id, await downgrading.kubernetesToken({ audience: authgate }))),
+    unavailable(`the discovery document of ${downgrading.url} names no jwks_uri that is https (or http on 127.0.0.1 or localhost) without query or fragment`), 'an http jwks_uri off loopback')
+  t.equal(downgrading.fetches.jwks, 0)
 })
 
 t.test('a workload refused by its client\'s rate limit keeps its token: nothing is spent before the request is admitted', async (t) => {

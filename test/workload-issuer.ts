@@ -82,6 +82,8 @@ export interface IssuerOptions {
   jwksPath?: string
   /** false: no discovery document (404), as for an issuer named by its JWKS URL alone. */
   discovery?: boolean
+  /** The jwks_uri its discovery document names, if not its own JWKS. */
+  namedJwksUri?: string
 }
 
 async function newKey (alg: 'RS256' | 'ES256'): Promise<IssuerKey> {
@@ -121,7 +123,7 @@ const uid = (): string => randomUUID()
  *   iat, nbf = iat - 600 and exp = iat + 300: the lifetime is that of GitHub's documented
  *   example token (5 minutes); the documentation states no lifetime in words.
  */
-export async function startWorkloadIssuer (t: Test, { now, jwksPath = '/openid/v1/jwks', discovery = true }: IssuerOptions): Promise<WorkloadIssuer> {
+export async function startWorkloadIssuer (t: Test, { now, jwksPath = '/openid/v1/jwks', discovery = true, namedJwksUri }: IssuerOptions): Promise<WorkloadIssuer> {
   const current = { RS256: await newKey('RS256'), ES256: await newKey('ES256') }
   let published: IssuerKey[] = [current.RS256, current.ES256]
   const fetches = { discovery: 0, jwks: 0 }
@@ -136,7 +138,7 @@ export async function startWorkloadIssuer (t: Test, { now, jwksPath = '/openid/v
       if (state.failing) return send(503, { error: 'unavailable' })
       return send(200, {
         issuer: url,
-        jwks_uri: `${url}${jwksPath}`,
+        jwks_uri: namedJwksUri ?? `${url}${jwksPath}`,
         response_types_supported: ['id_token'],
         subject_types_supported: ['public'],
         id_token_signing_alg_values_supported: ['RS256', 'ES256'],

@@ -170,7 +170,7 @@ export function scopesOf (parameter: string | undefined): string[] {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
 /** Whether a trusted issuer's URL may be used: https, or http on this machine's loopback (a test's issuer); no query or fragment. */
-const isIssuerUrl = (value: string): boolean => {
+export const isIssuerUrl = (value: string): boolean => {
   if (!URL.canParse(value) || value.length > 512) return false
   const url = new URL(value)
   return url.search === '' && url.hash === '' && (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK.has(url.hostname)))

@@ -4,7 +4,7 @@ import * as oauth from 'oauth4webapi'
 import { AssertionInvalidError, InvalidClientError, InvalidRequestError, UpstreamUnavailableError } from '../../errors.ts'
 import type { Clock } from '../../lib/clock.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
-import { ASSERTION_MAX_LIFETIME_S, ASSERTION_SKEW_MS, CLIENT_REFUSALS, type Clients, type ServiceClient, type TrustedIssuer } from './clients.ts'
+import { ASSERTION_MAX_LIFETIME_S, ASSERTION_SKEW_MS, CLIENT_REFUSALS, isIssuerUrl, type Clients, type ServiceClient, type TrustedIssuer } from './clients.ts'
 
 /** RFC 7523 §2.1's grant: a token of an issuer the client trusts, for a token of authgate's. */
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
@@ -55,7 +55,8 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
       } catch {
         throw new UpstreamUnavailableError(`the discovery document of ${issuer} could not be read`)
       }
-      if (typeof as.jwks_uri !== 'string') throw new UpstreamUnavailableError(`the discovery document of ${issuer} names no jwks_uri`)
+      // Its keys are read as the issuer is: https, or http on this machine's loopback.
+      if (typeof as.jwks_uri !== 'string' || !isIssuerUrl(as.jwks_uri)) throw new UpstreamUnavailableError(`the discovery document of ${issuer} names no jwks_uri that is https (or http on 127.0.0.1 or localhost) without query or fragment`)
       return as.jwks_uri
     })()
     const entry = { at: Date.now(), jwksUri }
