@@ -15,7 +15,7 @@ import { silentLogger } from '../src/lib/logger.ts'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import { createCleanup } from '../src/services/cleanup.ts'
 import { CLIENT_REFUSALS, createClients, type CachedClient } from '../src/services/oauth/clients.ts'
-import { bearer, build, claimsOf, eventually, freshDatabase, login, postJson, SECRET_KEY, TestClock } from './helper.ts'
+import { bearer, build, claimsOf, eventually, freshDatabase, login, postForm, postJson, SECRET_KEY, TestClock } from './helper.ts'
 
 // Service identities (issue 16): OAuth 2.0 client credentials at /oauth/token, the tokens
 // (RFC 9068) and their checks at introspection, forward-auth and verify; the refresh grant and
@@ -26,13 +26,6 @@ const BILLING = 'https://billing.example.test'
 const INTROSPECTOR = { id: 'gateway', secret: 'introspection-secret-0123456789' }
 
 const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`
-const form = (fields: Record<string, string | string[]>): string => {
-  const params = new URLSearchParams()
-  for (const [name, value] of Object.entries(fields)) for (const one of [value].flat()) params.append(name, one)
-  return params.toString()
-}
-const postForm = (app: FastifyInstance, url: string, fields: Record<string, string | string[]>, headers: Record<string, string> = {}) =>
-  app.inject({ method: 'POST', url, payload: form(fields), headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
 
 async function client (app: FastifyInstance, input: { scopes?: string[], audiences?: string[], tokenTtlS?: number } = {}) {
   const { client, secret } = await app.clients.create({ name: 'orders-reader', scopes: input.scopes ?? ['orders:read', 'orders:write'], audiences: input.audiences ?? [ORDERS], tokenTtlS: input.tokenTtlS })

@@ -186,6 +186,13 @@ export const ALL_ADMIN_SCOPES = ['admin:users:read', 'admin:users:write', 'admin
 /** The Authorization header of HTTP Basic client authentication. */
 export const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`
 
+/** A form POST as OAuth clients send one (each value of a list a parameter of its own). */
+export function postForm (app: FastifyInstance, url: string, fields: Record<string, string | string[]>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  const params = new URLSearchParams()
+  for (const [name, value] of Object.entries(fields)) for (const one of [value].flat()) params.append(name, one)
+  return app.inject({ method: 'POST', url, payload: params.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
+}
+
 /** The headers of a request made with `token` (RFC 6750 §2.1). */
 export const bearer = (token: string): { authorization: string } => ({ authorization: `Bearer ${token}` })
 

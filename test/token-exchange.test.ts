@@ -5,7 +5,7 @@ import * as oauth from 'oauth4webapi'
 import t, { type Test } from 'tap'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import type { CachedClient, NewClient } from '../src/services/oauth/clients.ts'
-import { basic, bearer, build, claimsOf, eventually, freshDatabase, login, operator, postJson, TestClock } from './helper.ts'
+import { basic, bearer, build, claimsOf, eventually, freshDatabase, login, operator, postForm, postJson, TestClock } from './helper.ts'
 
 // Token exchange (RFC 8693, issue 30): a client acting for the subject of a token it was given
 // gets a token for one audience its policy (--exchange-to) allows; scopes and lifetime only
@@ -20,14 +20,6 @@ const C = 'https://c.example.test'
 const D = 'https://d.example.test'
 const E = 'https://e.example.test'
 const F = 'https://f.example.test'
-
-const form = (fields: Record<string, string | string[]>): string => {
-  const params = new URLSearchParams()
-  for (const [name, value] of Object.entries(fields)) for (const one of [value].flat()) params.append(name, one)
-  return params.toString()
-}
-const postForm = (app: FastifyInstance, url: string, fields: Record<string, string | string[]>, headers: Record<string, string> = {}) =>
-  app.inject({ method: 'POST', url, payload: form(fields), headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
 
 interface Client { id: string, secret: string, authorization: string }
 

@@ -3,7 +3,7 @@ import { createLocalJWKSet, exportJWK, exportSPKI, generateKeyPair, importJWK, j
 import { randomBytes, randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { TrustedIssuer } from '../src/services/oauth/clients.ts'
-import { basic, bearer, build, claimsOf, login, operator, TestClock } from './helper.ts'
+import { basic, bearer, build, claimsOf, login, operator, postForm, TestClock } from './helper.ts'
 import { startWorkloadIssuer, type WorkloadIssuer } from './workload-issuer.ts'
 
 // Workload identities (issue 30, RFC 7523 §2.1): a workload client has no secret; it gets its own
@@ -24,9 +24,7 @@ const UNTRUSTED = 'The assertion is not taken: it is not a token of the issuer a
 const USED = 'The assertion is not taken: it was used already: each token of the issuer is taken once (RFC 7523 §3); get a new one'
 const WORKLOAD_AT_SECRET_GRANT = 'Client authentication failed: the client is a workload client: it has no secret and no key; it gets tokens with grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer and a token of the issuer it trusts (RFC 7523 §2.1).'
 
-const form = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
-const tokenRequest = (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}) =>
-  app.inject({ method: 'POST', url: '/oauth/token', payload: form(fields), headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
+const tokenRequest = (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}) => postForm(app, '/oauth/token', fields, headers)
 /** The JWT bearer grant: client_id and a token of its issuer. */
 const jwtBearer = (app: FastifyInstance, clientId: string, assertion: string, fields: Record<string, string> = {}, headers: Record<string, string> = {}) =>
   tokenRequest(app, { grant_type: JWT_BEARER, client_id: clientId, assertion, ...fields }, headers)
