@@ -16,10 +16,11 @@ export async function up (db: Kysely<any>): Promise<void> {
     add column trusted_alg text,
     drop constraint oauth_clients_auth_method_check,
     add constraint oauth_clients_auth_method_check check (
-      (token_endpoint_auth_method = 'client_secret_basic' and jwks is null and trusted_issuer is null)
-      or (token_endpoint_auth_method = 'private_key_jwt' and jwks is not null and trusted_issuer is null)
-      or (token_endpoint_auth_method = 'none' and jwks is null and trusted_issuer is not null
-        and trusted_alg is not null and pg_catalog.cardinality(trusted_subjects) between 1 and 100))`.execute(db)
+      (token_endpoint_auth_method in ('client_secret_basic', 'private_key_jwt')
+        and (jwks is not null) = (token_endpoint_auth_method = 'private_key_jwt')
+        and trusted_issuer is null and trusted_jwks_uri is null and trusted_subjects is null and trusted_alg is null)
+      or (token_endpoint_auth_method = 'none' and jwks is null and trusted_issuer is not null and trusted_alg is not null
+        and trusted_subjects is not null and pg_catalog.cardinality(trusted_subjects) between 1 and 100))`.execute(db)
 }
 
 export async function down (db: Kysely<any>): Promise<void> {

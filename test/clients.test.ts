@@ -553,6 +553,8 @@ t.test('private_key_jwt as third-party clients sign it: an assertion of up to an
   t.match(await why(a, await assertion({ exp: now + 3600 + 31 })), /expires more than 3600 s ahead.*at most an hour/)
   t.match(await why(a, await assertion({ exp: now - 120 })), /expired at/)
   t.match(await why(a, await assertion({ nbf: now + 120 })), /not valid yet/)
+  // Past what a date can be printed as: refused as no date, never a 500 from printing it.
+  for (const exp of [1e20, -1e20, undefined]) t.match(await why(a, await assertion({ exp })), /needs an exp \(a NumericDate/, `exp ${exp}`)
   t.match(await why(a, await assertion({ aud: 'https://elsewhere.example/oauth/token' })), /aud of the client_assertion must be the token endpoint/)
   t.match(await why(a, await assertion({ jti: undefined })), /needs a jti/)
   t.match(await why(a, await assertion({ iss: 'someone' })), /iss and sub, both the client id/)

@@ -1,6 +1,7 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { createLocalJWKSet, exportJWK, exportSPKI, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey } from 'jose'
 import { randomBytes, randomUUID } from 'node:crypto'
+import { sql } from 'kysely'
 import t, { type Test } from 'tap'
 import type { TrustedIssuer } from '../src/services/oauth/clients.ts'
 import { basic, bearer, build, claimsOf, login, operator, postForm, TestClock } from './helper.ts'
@@ -116,6 +117,13 @@ t.test('workload identities: the JWT bearer grant with tokens of a trusted issue
     t.notOk('jti' in claimsOf(noJti))
     t.equal((await jwtBearer(app, client.id, noJti)).statusCode, 200)
     t.same(refusal(await jwtBearer(app, client.id, noJti)), { status: 400, error: 'invalid_grant', error_description: USED }, 'spent by its hash')
+    // The last base64url character of a 256-byte signature carries 4 bits no decoder reads:
+    // the same signature written 15 more ways. Each is the same token, spent.
+    const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+    const last = ALPHABET.indexOf(noJti.at(-1)!)
+    const rewritten = Array.from({ length: 16 }, (_, spare) => noJti.slice(0, -1) + ALPHABET[(last & 0b110000) | spare]).filter((text) => text !== noJti)
+    t.equal(rewritten.length, 15)
+    for (const text of rewritten) t.same(refusal(await jwtBearer(app, client.id, text)), { status: 400, error: 'invalid_grant', error_description: USED }, 'its signature written another way')
     const anotherNoJti = await cluster.kubernetesToken({ audience: authgate, iat: Math.floor(now().getTime() / 1000) - 1, claims: { jti: undefined } })
     t.equal((await jwtBearer(app, client.id, anotherNoJti)).statusCode, 200, 'another token without a jti is another hash')
     const rows = await app.db.selectFrom('oauth_client_assertions').select('jti').where('client_id', '=', client.id).execute()
@@ -172,7 +180,11 @@ t.test('workload identities: the JWT bearer grant with tokens of a trusted issue
     t.equal((await jwtBearer(app, client.id, await cluster.kubernetesToken({ audience: authgate, expirationSeconds: 3607 }))).statusCode, 200, 'the same 3607 s not extended: taken')
     t.same(await refused(await cluster.kubernetesToken({ audience: authgate, iat: iat + 120, expirationSeconds: 600 })), notTaken('it is not valid yet (nbf)'), 'nbf two minutes ahead')
     t.same(await refused(await cluster.kubernetesToken({ audience: authgate, iat: iat + 120, claims: { nbf: undefined, exp: iat + 600 } })), notTaken('it was issued in the future (iat)'))
-    t.same(await refused(await cluster.kubernetesToken({ audience: authgate, claims: { exp: undefined } })), notTaken('it has no exp'))
+    const noDate = 'it has no exp (a NumericDate: seconds since 1970, up to the year 9999)'
+    t.same(await refused(await cluster.kubernetesToken({ audience: authgate, claims: { exp: undefined } })), notTaken(noDate))
+    // Past what a date can be printed as: refused as no date, never a 500 from printing it.
+    t.same(await refused(await cluster.kubernetesToken({ audience: authgate, claims: { exp: 1e20 } })), notTaken(noDate), 'exp 1e20')
+    t.same(await refused(await cluster.kubernetesToken({ audience: authgate, claims: { exp: -1e20 } })), notTaken(noDate), 'exp -1e20')
     t.same(await refused('not-a-jwt'), notTaken('it is not a JWT'))
     t.same(await refused('eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln'), notTaken('it is not a JWT'), 'three parts, no JSON claims')
 
@@ -289,6 +301,18 @@ t.test('workload identities: the JWT bearer grant with tokens of a trusted issue
     const { payload } = await verified(app, clock, exchanged.json().access_token, BILLING)
     t.match(payload, { sub: claimsOf(access).sub, client_id: client.id, act: { sub: client.id }, aud: BILLING, gty: EXCHANGE, user_id: claimsOf(access).user_id })
     t.notOk('act' in (payload.act as object), 'one actor')
+  })
+
+  t.test('the table holds a client to one way in: a workload row without subjects, or a secret client with a trusted issuer, is refused by its constraint', async (t) => {
+    const row = { name: 'raw', scopes: sql<string[]>`cast('{}' as text[])`, audiences: sql<string[]>`cast(${[ORDERS]} as text[])`, token_ttl_s: 600, created_at: new Date() }
+    const insert = (values: Record<string, unknown>) => app.db.insertInto('oauth_clients').values({ ...row, id: randomBytes(16).toString('hex'), ...values } as never).execute()
+    const trusted = { trusted_issuer: 'https://issuer.example.test', trusted_alg: 'RS256', trusted_subjects: sql<string[]>`cast(${[SA]} as text[])` }
+    await insert({ token_endpoint_auth_method: 'none', ...trusted })
+    t.pass('a workload client as clients.create writes it')
+    await t.rejects(insert({ token_endpoint_auth_method: 'none', ...trusted, trusted_subjects: null }), /oauth_clients_auth_method_check/, 'no subjects')
+    await t.rejects(insert({ token_endpoint_auth_method: 'none', ...trusted, trusted_alg: null }), /oauth_clients_auth_method_check/, 'no algorithm')
+    await t.rejects(insert({ token_endpoint_auth_method: 'client_secret_basic', ...trusted }), /oauth_clients_auth_method_check/, 'a secret client trusting an issuer')
+    await t.rejects(insert({ token_endpoint_auth_method: 'client_secret_basic', trusted_subjects: sql<string[]>`cast(${[SA]} as text[])` }), /oauth_clients_auth_method_check/, 'a secret client with subjects')
   })
 
   t.test('clients.create refuses a workload client that cannot be trusted; update replaces its subjects at once', async (t) => {

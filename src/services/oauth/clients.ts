@@ -146,6 +146,9 @@ const SCOPE = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/
 // Client ids of the database: 128 random bits, hex.
 const CLIENT_ID = /^[0-9a-f]{32}$/
 
+/** RFC 7519 §2's NumericDate as authgate takes one: seconds from 1970 to the end of the year 9999 (what a Date can print). */
+export const isNumericDate = (value: unknown): value is number => typeof value === 'number' && value >= 0 && value <= 253402300799
+
 /** RFC 7523 §3: what an assertion's audience may be: the token endpoint, or (RFC 7523bis) the issuer. */
 export const assertionAudiencesOf = (config: Pick<Config, 'JWT_ISSUER'>): string[] => [config.JWT_ISSUER, `${config.JWT_ISSUER.replace(/\/$/, '')}/oauth/token`]
 
@@ -354,7 +357,7 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
     if (typeof jti !== 'string' || jti === '' || jti.length > 256) return 'the client_assertion needs a jti of at most 256 characters: each is used once.'
     const audiences = Array.isArray(aud) ? aud : [aud]
     if (!audiences.some((one) => assertionAudiences.includes(one as string))) return `the aud of the client_assertion must be the token endpoint (${assertionAudiences[1]}) or the issuer (${assertionAudiences[0]}).`
-    if (typeof exp !== 'number') return 'the client_assertion needs an exp.'
+    if (!isNumericDate(exp)) return 'the client_assertion needs an exp (a NumericDate: seconds since 1970, up to the year 9999).'
     if (exp * 1000 + ASSERTION_SKEW_MS <= now) return `the client_assertion expired at ${new Date(exp * 1000).toISOString()}.`
     if (exp * 1000 - now > ASSERTION_MAX_LIFETIME_S * 1000 + ASSERTION_SKEW_MS) return `the client_assertion expires more than ${ASSERTION_MAX_LIFETIME_S} s ahead (exp ${new Date(exp * 1000).toISOString()}): authgate takes assertions of at most an hour.`
     if (nbf !== undefined && (typeof nbf !== 'number' || nbf * 1000 - ASSERTION_SKEW_MS > now)) return 'the client_assertion is not valid yet (nbf).'

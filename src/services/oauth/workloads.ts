@@ -4,7 +4,7 @@ import * as oauth from 'oauth4webapi'
 import { AssertionInvalidError, InvalidClientError, InvalidRequestError, UpstreamUnavailableError } from '../../errors.ts'
 import type { Clock } from '../../lib/clock.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
-import { ASSERTION_MAX_LIFETIME_S, ASSERTION_SKEW_MS, CLIENT_REFUSALS, isIssuerUrl, type Clients, type ServiceClient, type TrustedIssuer } from './clients.ts'
+import { ASSERTION_MAX_LIFETIME_S, ASSERTION_SKEW_MS, CLIENT_REFUSALS, isIssuerUrl, isNumericDate, type Clients, type ServiceClient, type TrustedIssuer } from './clients.ts'
 
 /** RFC 7523 §2.1's grant: a token of an issuer the client trusts, for a token of authgate's. */
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
@@ -82,7 +82,7 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
   function assertionProblem (payload: JWTPayload, audiences: string[], now: number): string | undefined {
     const { aud, exp, nbf, iat } = payload
     if (!(Array.isArray(aud) ? aud : [aud]).some((one) => audiences.includes(one as string))) return `its aud must be authgate's token endpoint (${audiences[1]}) or issuer (${audiences[0]})`
-    if (typeof exp !== 'number') return 'it has no exp'
+    if (!isNumericDate(exp)) return 'it has no exp (a NumericDate: seconds since 1970, up to the year 9999)'
     if (exp * 1000 + ASSERTION_SKEW_MS <= now) return `it expired at ${new Date(exp * 1000).toISOString()}`
     if (exp * 1000 - now > ASSERTION_MAX_LIFETIME_S * 1000 + ASSERTION_SKEW_MS) return `it expires more than ${ASSERTION_MAX_LIFETIME_S} s ahead (exp ${new Date(exp * 1000).toISOString()}): ask the issuer for a token of at most an hour`
     if (nbf !== undefined && (typeof nbf !== 'number' || nbf * 1000 - ASSERTION_SKEW_MS > now)) return 'it is not valid yet (nbf)'
@@ -131,8 +131,11 @@ export function createWorkloads ({ clients, clock, audit }: WorkloadsDeps) {
         throw refuse(UNTRUSTED)
       }
       if (client.disabled) throw new InvalidClientError(CLIENT_REFUSALS.disabled)
-      // Kubernetes' and the CIs' tokens carry a jti; one without is spent by its hash.
-      const jti = typeof payload.jti === 'string' && payload.jti !== '' && payload.jti.length <= 256 ? payload.jti : `sha256:${createHash('sha256').update(assertion).digest('base64url')}`
+      // Kubernetes' and the CIs' tokens carry a jti; one without is spent by the hash of what its
+      // signature signs: the signature's own text can be written several ways (the spare bits
+      // of its last base64url character; ECDSA's (r, n - s)), each of which verifies.
+      const signed = assertion.slice(0, assertion.lastIndexOf('.'))
+      const jti = typeof payload.jti === 'string' && payload.jti !== '' && payload.jti.length <= 256 ? payload.jti : `sha256:${createHash('sha256').update(signed).digest('base64url')}`
       return { client, issuer: trust.issuer, subject: payload.sub as string, jti, exp: payload.exp! }
     },
 
