@@ -148,13 +148,13 @@ t.test('token exchange', async (t) => {
     const t2 = await exchanged(app, b, t1)
     const c2 = claimsOf(t2)
     t.match(c2, { sub: String(user.id), user_id: user.id, client_id: b.id, aud: C, scope: 's1 s2' })
-    t.same(c2.act, { sub: b.id, act: { sub: a.id } }, 'B acts, after A')
+    t.same(c2.act, { sub: b.id, act: { sub: a.id, aud: B } }, 'B acts, after A, which made a token for B')
     const t3 = await exchanged(app, c, t2, { scope: 's1' })
     refused(t, await exchange(app, d, t3, { scope: 's2' }), 400, 'invalid_scope', /"s2"/, 'D asks s2, dropped by C')
     const t4 = await exchanged(app, d, t3)
     const c4 = claimsOf(t4)
     t.equal(c4.scope, 's1')
-    t.same(c4.act, { sub: d.id, act: { sub: c.id, act: { sub: b.id, act: { sub: a.id } } } }, 'four actors, the one acting now outermost')
+    t.same(c4.act, { sub: d.id, act: { sub: c.id, aud: D, act: { sub: b.id, aud: C, act: { sub: a.id, aud: B } } } }, 'four actors, the one acting now outermost')
     const exps = [access, t1, t2, t3, t4].map((token) => claimsOf(token).exp as number)
     t.ok(exps.every((exp, i) => i === 0 || exp <= exps[i - 1]!), `the lifetime never grows: ${exps.join(' ')}`)
     const through = await check(app, t4, { audience: E })
@@ -167,6 +167,36 @@ t.test('token exchange', async (t) => {
     t.equal((await check(app, t4, { audience: E })).statusCode, 401, 'A, first in the chain, disabled')
     await app.clients.enable(a.id)
     t.equal((await check(app, t4, { audience: E })).statusCode, 204, 'A enabled again')
+
+    // Every client of the chain is judged by its policy now: a scope or an audience A no longer has.
+    await app.clients.update(a.id, { scopes: ['s2', 's3'] })
+    t.equal((await check(app, t4, { audience: E })).headers['x-auth-scope'], '', 'A no longer holds s1: neither does the last token')
+    await app.clients.update(a.id, { scopes: ['s1', 's2', 's3'] })
+    t.equal((await check(app, t4, { audience: E })).headers['x-auth-scope'], 's1')
+    await app.clients.update(a.id, { exchangeAudiences: [F] })
+    t.equal((await check(app, t4, { audience: E })).statusCode, 401, 'A may no longer exchange toward B, where the chain began')
+    await app.clients.update(a.id, { exchangeAudiences: [B] })
+    t.equal((await check(app, t4, { audience: E })).statusCode, 204)
+  })
+
+  t.test('a service subject\'s client is judged by its policy now: a scope it lost is gone from the tokens acting for it', async (t) => {
+    const s = await newClient(app, { scopes: ['a:read', 'a:write'], audiences: [A_AUD] })
+    const a = await newClient(app, { scopes: ['a:read', 'a:write'], audiences: [A_AUD], exchangeAudiences: [B] })
+    const token = await exchanged(app, a, await serviceToken(app, s))
+    t.equal((await check(app, token, { audience: B })).headers['x-auth-scope'], 'a:read%20a:write')
+    await app.clients.update(s.id, { scopes: ['a:read'] })
+    t.equal((await check(app, token, { audience: B })).headers['x-auth-scope'], 'a:read', 'S no longer holds a:write')
+  })
+
+  t.test('a token of another grant is never a user\'s own: an exchanged token made for JWT_AUDIENCE, signed by authgate\'s key, is refused everywhere', async (t) => {
+    const a = await newClient(app, { scopes: [], audiences: [A_AUD], exchangeAudiences: [B] })
+    const { access } = await signedIn()
+    const claims = claimsOf(await exchanged(app, a, access))
+    // What no policy can ask for (JWT_AUDIENCE is refused as an exchange audience); as if an operator changed JWT_AUDIENCE to one that was.
+    const forged = app.keyring.signService({ ...claims, aud: app.config.JWT_AUDIENCE } as never)
+    t.equal((await app.inject({ url: '/api/detail', headers: bearer(forged) })).statusCode, 401, '/api/detail')
+    t.equal((await check(app, forged)).statusCode, 401, 'forward auth for users')
+    t.equal((await check(app, forged, { audience: app.config.JWT_AUDIENCE })).statusCode, 401, 'forward auth naming JWT_AUDIENCE')
   })
 
   t.test('escalation refused: an audience the policy does not allow, a client with no policy, a scope beyond the policy or the subject token', async (t) => {

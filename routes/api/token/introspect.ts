@@ -33,7 +33,7 @@ const IntrospectionSchema = Type.Object({
   amr: Type.Optional(Type.Array(Type.String())),
   auth_time: Type.Optional(Type.Integer()),
   // RFC 8693 §4.1: the client acting, and nested, the one that acted before it (an exchanged token).
-  act: Type.Optional(Type.Recursive((This) => Type.Object({ sub: Type.String(), act: Type.Optional(This) })))
+  act: Type.Optional(Type.Recursive((This) => Type.Object({ sub: Type.String(), aud: Type.Optional(Type.String()), act: Type.Optional(This) })))
 })
 
 /**

@@ -13,7 +13,7 @@ import { INTROSPECT_SCOPE, scopesOf, type ClientCredentials, type Clients, type 
 import type { SessionUser } from '../sessions/cache.ts'
 import type { Sessions } from '../sessions/sessions.ts'
 import {
-  actorsOf, authContextOf, parseAnyClaims, parseClaims, type ExchangedClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims
+  authContextOf, chainOf, parseAnyClaims, parseClaims, type ExchangedClaims, type ServiceClaims, type TokenClaims, type TokenType, type VerifiedClaims
 } from './claims.ts'
 
 /** Who a live token speaks for: a user of an active session, an enabled service client with the scopes it still holds, or a client acting for either. */
@@ -155,16 +155,29 @@ export function createAuth ({ config, keyring, clock, sessions, clients }: AuthD
    * active (a logout ends it), or the subject client enabled.
    */
   async function liveExchanged (claims: ExchangedClaims): Promise<Exchanged | undefined> {
-    const [client, ...before] = await Promise.all(actorsOf(claims.act).map((id) => clients.find(id)))
-    if (client === undefined || client.disabled || !client.exchangeAudiences.includes(claims.aud)) return undefined
-    if (before.some((actor) => actor === undefined || actor.disabled)) return undefined
-    const scopes = scopesOf(claims.scope).filter((scope) => client.scopes.includes(scope))
+    // Never for the users' audience or the admin API's, whatever a client's policy once said.
+    if (claims.aud === config.JWT_AUDIENCE || claims.aud === config.adminAudience) return undefined
+    const chain = chainOf(claims.act)
+    const actors = await Promise.all(chain.map((actor) => clients.find(actor.sub)))
+    // Each client of the chain enabled, and still allowed to exchange toward the audience of the token it made.
+    const allowed = actors.every((actor, i) => actor !== undefined && !actor.disabled && actor.exchangeAudiences.includes(chain[i]!.aud ?? claims.aud))
+    if (!allowed) return undefined
+    const client = actors[0]!
+    // The scopes every client of the chain (and a service subject) still holds.
+    const holders = [...actors as ServiceClient[]]
+    let subject: Exchanged['subject']
     if (claims.user_id !== undefined) {
       const user = await sessions.liveUser({ token_type: 'access', sid: claims.sid!, user_id: claims.user_id, jti: claims.jti })
-      return user === undefined ? undefined : { kind: 'exchanged', claims, subject: { kind: 'user', user }, client, scopes }
+      if (user === undefined) return undefined
+      subject = { kind: 'user', user }
+    } else {
+      const service = await clients.find(claims.sub)
+      if (service === undefined || service.disabled) return undefined
+      subject = { kind: 'service', client: service }
+      holders.push(service)
     }
-    const subject = await clients.find(claims.sub)
-    return subject === undefined || subject.disabled ? undefined : { kind: 'exchanged', claims, subject: { kind: 'service', client: subject }, client, scopes }
+    const scopes = scopesOf(claims.scope).filter((scope) => holders.every((holder) => holder.scopes.includes(scope)))
+    return { kind: 'exchanged', claims, subject, client, scopes }
   }
 
   /**

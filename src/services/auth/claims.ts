@@ -67,7 +67,8 @@ const checkClaims = TypeCompiler.Compile(TokenClaimsSchema)
  * `allowExpired` is for signing out only: an expired token may still end its own session.
  */
 export function parseClaims (payload: unknown, type: TokenType | 'any', now: Date, { allowExpired = false } = {}): TokenClaims {
-  if (!checkClaims.Check(payload) || (type !== 'any' && payload.token_type !== type) || payload.sub !== String(payload.user_id)) {
+  // A token of another grant (a service's, an exchanged one) is never a user's own, whatever else it carries.
+  if (!checkClaims.Check(payload) || (type !== 'any' && payload.token_type !== type) || payload.sub !== String(payload.user_id) || 'gty' in payload || 'act' in payload) {
     throw new TokenNotValidError()
   }
   // RFC 7519 §4.1.4: expired once the current time is at or after exp.
@@ -113,19 +114,27 @@ export const EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 /** How many actors one token may name, the outermost and those nested in it: an exchange of an exchanged token adds one. */
 export const MAX_ACTORS = 4
 
-/** RFC 8693 §4.1: the client that acts, and, nested, the one that acted before it. */
-export interface Actor { sub: string, act?: Actor }
+/**
+ * RFC 8693 §4.1: the client that acts, and, nested, the one that acted before it. A nested
+ * actor also names the audience of the token it made (`aud`, authgate's own member: prior actors
+ * are informational to other verifiers), so that its policy is judged again on each use.
+ */
+export interface Actor { sub: string, aud?: string, act?: Actor }
 const ActorSchema = Type.Recursive((This) => Type.Object({
   sub: Type.String({ minLength: 1, maxLength: 64 }),
+  aud: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
   act: Type.Optional(This)
 }))
 
-/** The clients of an `act` claim, the one acting now first. */
-export function actorsOf (act: Actor): string[] {
-  const chain: string[] = []
-  for (let actor: Actor | undefined = act; actor !== undefined; actor = actor.act) chain.push(actor.sub)
+/** The actors of an `act` claim, the one acting now first. */
+export function chainOf (act: Actor): Actor[] {
+  const chain: Actor[] = []
+  for (let actor: Actor | undefined = act; actor !== undefined; actor = actor.act) chain.push(actor)
   return chain
 }
+
+/** The clients of an `act` claim, the one acting now first. */
+export const actorsOf = (act: Actor): string[] => chainOf(act).map((actor) => actor.sub)
 
 /**
  * A token a client got by exchanging another (RFC 8693, RFC 9068's claims): for `aud` alone, with
@@ -160,12 +169,15 @@ const checkExchangedClaims = TypeCompiler.Compile(ExchangedClaimsSchema)
 /** What a verified token proves: a user's session (access or refresh), a service client (access), or a client acting for either (access). */
 export type VerifiedClaims = { kind: 'user', claims: TokenClaims } | { kind: 'service', claims: ServiceClaims } | { kind: 'exchanged', claims: ExchangedClaims }
 
-// An exchanged token's claims hold together: the actor is its client; a user's id is its sub,
-// with the session; a chain of actors no longer than MAX_ACTORS.
-const wellFormed = (claims: ExchangedClaims): boolean =>
-  claims.act.sub === claims.client_id &&
-  (claims.user_id === undefined ? claims.sid === undefined : claims.sid !== undefined && claims.sub === String(claims.user_id)) &&
-  actorsOf(claims.act).length <= MAX_ACTORS
+// An exchanged token's claims hold together: the actor is its client, and names no audience of
+// its own (the token's is); each actor before it names the audience of the token it made; a
+// user's id is its sub, with the session; a chain of actors no longer than MAX_ACTORS.
+function wellFormed (claims: ExchangedClaims): boolean {
+  const [actor, ...before] = chainOf(claims.act)
+  return actor!.sub === claims.client_id && actor!.aud === undefined && before.every((prior) => prior.aud !== undefined) &&
+    before.length < MAX_ACTORS &&
+    (claims.user_id === undefined ? claims.sid === undefined : claims.sid !== undefined && claims.sub === String(claims.user_id))
+}
 
 /**
  * The claims of a verified token of any kind, told apart by `gty`; shaped, of `type` and

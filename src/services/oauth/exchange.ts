@@ -117,7 +117,8 @@ export function createExchange ({ clock, keyring, auth, clients, audit }: Exchan
       const refused = asked.filter((scope) => !held.includes(scope))
       if (refused.length > 0) throw new InvalidScopeError(`The subject token and the client's policy do not both hold ${refused.map((s) => JSON.stringify(s)).join(', ')}: an exchange only narrows.`)
 
-      const act: Actor = { sub: actor.id, ...(subject.kind === 'exchanged' ? { act: subject.claims.act } : {}) }
+      // An exchanged token's actor, now one before, names the audience of the token it made.
+      const act: Actor = { sub: actor.id, ...(subject.kind === 'exchanged' ? { act: { ...subject.claims.act, aud: subject.claims.aud } } : {}) }
       if (actorsOf(act).length > MAX_ACTORS) throw new InvalidRequestError(`subject_token was exchanged ${MAX_ACTORS - 1} times already: no more.`)
       const iat = Math.floor(clock.now().getTime() / 1000)
       const exp = Math.min(iat + actor.tokenTtlS, subject.claims.exp)
