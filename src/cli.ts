@@ -178,6 +178,9 @@ async function clientsCommand (scope: Scope, args: string[]): Promise<string> {
       }
       case 'update': {
         if (options['no-exchange'] === true && options['exchange-to'] !== undefined) throw new Error(`update takes --exchange-to or --no-exchange, not both\n${CLIENTS_USAGE}`)
+        // What update does not change is refused, never ignored: a client's name and way in are made once.
+        const fixed = (['name', 'jwks', 'trust-issuer', 'trust-jwks-uri', 'trust-alg'] as const).filter((name) => options[name] !== undefined)
+        if (fixed.length > 0) throw new Error(`update does not change ${fixed.map((name) => `--${name}`).join(', ')}: make a new client for that\n${CLIENTS_USAGE}`)
         const client = await clients.update(idOf(), {
           scopes: scopesOption(options.scope),
           audiences: options.audience,

@@ -95,6 +95,12 @@ t.test('npm run clients: a workload client, its trust and exchange policy, creat
     t.match(both, { code: 1, stdout: '' })
     t.match(both.stderr, /^authgate: update takes --exchange-to or --no-exchange, not both\nusage: npm run clients -- <command>\n/)
     t.same((await json(['show', id])).exchange_audiences, [BILLING], 'nothing changed')
+    for (const [option, value] of [['--trust-issuer', 'https://elsewhere.example.test'], ['--trust-jwks-uri', 'https://issuer.example.test/keys'], ['--trust-alg', 'ES256'], ['--name', 'renamed']] as const) {
+      const res = await runCli(['clients', 'update', id, option, value], env)
+      t.match(res, { code: 1, stdout: '' }, `update ${option}`)
+      t.match(res.stderr, new RegExp(`^authgate: update does not change ${option}: make a new client for that\\n`), `update ${option} is refused, never ignored`)
+    }
+    t.match(await json(['show', id]), { name: 'w', trusted_issuer: ISSUER, trusted_alg: 'RS256', trusted_jwks_uri: null }, 'nothing changed')
     t.match(await runCli(['clients', 'create', '--name', 'w', '--audience', X, '--trust-issuer', ISSUER], env), { code: 1, stderr: /^authgate: Invalid input\.\n {2}--subject: one to 100/ }, 'no subject')
     const rotated = await runCli(['clients', 'rotate-secret', id], env)
     t.match(rotated, { code: 1, stdout: '' })

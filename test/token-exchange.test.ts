@@ -2,6 +2,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import type { AddressInfo } from 'node:net'
 import * as oauth from 'oauth4webapi'
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import type { CachedClient, NewClient } from '../src/services/oauth/clients.ts'
@@ -538,4 +539,30 @@ t.test('two replicas: a client disabled on one, its exchanged tokens are refused
   t.ok(await eventually(async () => (await check(two, token, { audience: B })).statusCode === 401), 'refused on the second replica')
   await one.clients.enable(a.id)
   t.ok(await eventually(async () => (await check(two, token, { audience: B })).statusCode === 204), 'taken again once enabled')
+})
+
+t.test('two policy changes of one client at once: one after the other, neither bringing back what the other changed', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'row locks between connections are PostgreSQL\'s: checked in the PostgreSQL run'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  const app = await build(t, { database })
+  const a = await newClient(app, { scopes: ['s1'], audiences: [A_AUD], exchangeAudiences: [B] })
+  // Another connection holds the client's row: both updates start and wait on it, then go.
+  const blocker = new pg.Client({ connectionString: database.DATABASE_URL })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query('select id from oauth_clients where id = $1 for update', [a.id])
+  // Watched from a third connection: within the blocker's transaction pg_stat_activity is one snapshot.
+  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
+  await watcher.connect()
+  t.teardown(() => watcher.end())
+  const waiting = async (): Promise<number> => Number((await watcher.query("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query ilike '%oauth_clients%'")).rows[0].n)
+  const scopes = app.clients.update(a.id, { scopes: ['s1', 's2'] })
+  const audiences = app.clients.update(a.id, { exchangeAudiences: [B, C] })
+  t.ok(await eventually(async () => await waiting() === 2), 'both wait on the row')
+  await blocker.query('commit')
+  await Promise.all([scopes, audiences])
+  const { client } = await app.clients.show(a.id)
+  t.same({ scopes: client.scopes, exchangeAudiences: client.exchangeAudiences }, { scopes: ['s1', 's2'], exchangeAudiences: [B, C] })
 })

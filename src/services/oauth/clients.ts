@@ -456,33 +456,38 @@ export function createClients ({ db, clock, keyring, config, audit, cache, onIss
    * is judged by the new policy: a scope or audience taken away is refused in the tokens already out.
    */
   async function update (id: string, changes: ClientChanges, caller?: Caller): Promise<ServiceClient> {
-    const client = await stored(id)
-    if (changes.subjects !== undefined && client.trust === null) throw new ValidationFailedError([{ field: 'subject', message: `${id} trusts no issuer: it has no subjects` }])
-    const next: NewClient = {
-      name: client.name,
-      scopes: changes.scopes ?? client.scopes,
-      audiences: changes.audiences ?? client.audiences,
-      exchangeAudiences: changes.exchangeAudiences ?? client.exchangeAudiences,
-      tokenTtlS: changes.tokenTtlS ?? client.tokenTtlS,
-      ...(client.trust === null ? {} : { trust: { ...client.trust, subjects: changes.subjects ?? client.trust.subjects } }),
-      ...(client.jwks === null ? {} : { jwks: client.jwks })
-    }
-    const found = problems(next, { userAudience: config.JWT_AUDIENCE, adminAudience: config.adminAudience })
-    if (found.length > 0) throw new ValidationFailedError(found)
-    const row = await changing(id, () => db.updateTable('oauth_clients')
-      .set({
-        scopes: textArray(next.scopes),
-        audiences: textArray(next.audiences),
-        exchange_audiences: textArray(next.exchangeAudiences ?? []),
-        token_ttl_s: next.tokenTtlS!,
-        ...(next.trust === undefined ? {} : { trusted_subjects: textArray(next.trust.subjects) })
-      })
-      .where('id', '=', id)
-      .returning(COLUMNS)
-      .executeTakeFirstOrThrow())
-    const updated = toClient(row)
-    audit.record({ event: 'client_updated', detail: { client_id: id, before: policyOf(client), after: policyOf(updated) } }, caller)
-    return updated
+    await stored(id)
+    // Read and written with the row locked: two updates at once, one after the other, neither
+    // bringing back what the other took away.
+    const { before, after } = await changing(id, () => db.transaction().execute(async (trx) => {
+      const client = toClient(await trx.selectFrom('oauth_clients').select(COLUMNS).where('id', '=', id).forUpdate().executeTakeFirstOrThrow())
+      if (changes.subjects !== undefined && client.trust === null) throw new ValidationFailedError([{ field: 'subject', message: `${id} trusts no issuer: it has no subjects` }])
+      const next: NewClient = {
+        name: client.name,
+        scopes: changes.scopes ?? client.scopes,
+        audiences: changes.audiences ?? client.audiences,
+        exchangeAudiences: changes.exchangeAudiences ?? client.exchangeAudiences,
+        tokenTtlS: changes.tokenTtlS ?? client.tokenTtlS,
+        ...(client.trust === null ? {} : { trust: { ...client.trust, subjects: changes.subjects ?? client.trust.subjects } }),
+        ...(client.jwks === null ? {} : { jwks: client.jwks })
+      }
+      const found = problems(next, { userAudience: config.JWT_AUDIENCE, adminAudience: config.adminAudience })
+      if (found.length > 0) throw new ValidationFailedError(found)
+      const row = await trx.updateTable('oauth_clients')
+        .set({
+          scopes: textArray(next.scopes),
+          audiences: textArray(next.audiences),
+          exchange_audiences: textArray(next.exchangeAudiences ?? []),
+          token_ttl_s: next.tokenTtlS!,
+          ...(next.trust === undefined ? {} : { trusted_subjects: textArray(next.trust.subjects) })
+        })
+        .where('id', '=', id)
+        .returning(COLUMNS)
+        .executeTakeFirstOrThrow()
+      return { before: client, after: toClient(row) }
+    }))
+    audit.record({ event: 'client_updated', detail: { client_id: id, before: policyOf(before), after: policyOf(after) } }, caller)
+    return after
   }
 
   /**
