@@ -17,7 +17,7 @@ import { SecretBox } from '../src/lib/secret-box.ts'
 import { loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
 import { echoUpstream, HOST, stop, WAIT_MS, type Upstream } from './gateway-proof.ts'
 import { bearer, build, claimsOf, login, postJson, register, SECRET_KEY, TestClock } from './helper.ts'
-import { freePort } from './server-process.ts'
+import { freePort, listensOn } from './server-process.ts'
 
 const APACHE = '/usr/sbin/apache2'
 const MODULES = '/usr/lib/apache2/modules'
@@ -127,17 +127,14 @@ async function startApache (t: Test, name: string, readme: string): Promise<Apac
   // The serving user reads the CA at each call to authgate: as root, that is www-data.
   if (process.getuid?.() === 0) await chmod(dir, 0o755)
   await copyFile(TLS_CERT, join(dir, 'tls-cert.pem'))
-  // A free port is free only until somebody takes it: another test's server between freePort()
-  // and Apache's bind. Apache then exits (it cannot bind) while the port answers for the other
-  // server; so Apache is ready once its own pid is in its PidFile (written after it bound) and
-  // the port answers, and a start that lost its port is made again on another.
+  // Up once Apache itself listens on its port (listensOn) and answers; a start that lost its port
+  // to another test's server between freePort() and its bind is made again on another.
   let port = 0
   for (let attempt = 1; ; attempt++) {
     port = await freePort()
     const conf = join(dir, 'httpd.conf')
     // 0600: it holds the introspection secret; Apache reads it before it switches user.
     await writeFile(conf, apacheConfig(dir, port, readme), { mode: 0o600 })
-    await rm(join(dir, 'httpd.pid'), { force: true })
     // libcurl in mod_auth_openidc follows *_proxy variables: authgate is on 127.0.0.1, reached directly.
     const env = Object.fromEntries(Object.entries(process.env).filter(([variable]) => !/_proxy$/i.test(variable)))
     const child = spawn(APACHE, ['-X', '-f', conf], { env, stdio: ['ignore', 'ignore', 'pipe'] })
@@ -145,7 +142,7 @@ async function startApache (t: Test, name: string, readme: string): Promise<Apac
     child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
     t.teardown(() => stop(child, 'SIGTERM'))
     const output = async (): Promise<string> => stderr + await readFile(join(dir, 'error.log'), 'utf8').catch(() => '')
-    const bound = async (): Promise<boolean> => (await readFile(join(dir, 'httpd.pid'), 'utf8').catch(() => '')).trim() === String(child.pid) && await answers(port)
+    const bound = async (): Promise<boolean> => await listensOn(child.pid, port) && await answers(port)
 
     const deadline = Date.now() + WAIT_MS
     while (child.exitCode === null && !await bound()) {

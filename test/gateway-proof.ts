@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { type Test } from 'tap'
 import { bearer, build, claimsOf, login } from './helper.ts'
+import { listensOn } from './server-process.ts'
 
 export const HOST = '127.0.0.1'
 // How long a gateway, a request through it or a line of its log may take before a test calls it
@@ -130,16 +131,21 @@ async function startGateway (t: Test, gateway: GatewayUnderTest): Promise<Gatewa
   const upstream = await echoUpstream(t)
   const upstreamSaw = upstream.saw
 
-  const port = await freePort()
-  const started = await gateway.start(dir, port, authgate, upstream.port)
-  t.teardown(started.stop)
-
-  const deadline = Date.now() + WAIT_MS
-  while (!await answers(port)) {
-    if (started.child.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`${gateway.name} did not answer on ${HOST}:${port} within ${WAIT_MS} ms: ${await started.output()}`)
+  // Up once the gateway itself listens on its port (listensOn) and answers; a start that lost
+  // its port to another test's server between freePort() and its bind is made again on another.
+  let port = 0
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort()
+    const started = await gateway.start(dir, port, authgate, upstream.port)
+    t.teardown(started.stop)
+    const deadline = Date.now() + WAIT_MS
+    while (started.child.exitCode === null && !(await listensOn(started.child.pid, port) && await answers(port))) {
+      if (Date.now() > deadline) throw new Error(`${gateway.name} did not answer on ${HOST}:${port} within ${WAIT_MS} ms: ${await started.output()}`)
+      await sleep(50)
     }
-    await sleep(50)
+    if (started.child.exitCode === null) break
+    const why = await started.output()
+    if (attempt >= 5 || !/address already in use|could not bind/i.test(why)) throw new Error(`${gateway.name} exited (${started.child.exitCode}): ${why}`)
   }
   return { app, url: `http://${HOST}:${port}`, upstreamSaw }
 }

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { readdir, readFile, readlink } from 'node:fs/promises'
 import { createServer } from 'node:net'
 
 export interface ServerProcess {
@@ -43,4 +44,27 @@ export async function freePort (): Promise<number> {
   const { port } = server.address() as { port: number }
   server.close()
   return port
+}
+
+/**
+ * Whether process `pid` itself holds the socket listening on `port` (Linux: /proc/net/tcp's
+ * listening sockets, by inode, among the process's file descriptors). A port freePort() gave is
+ * free only until another test takes it: a gateway that lost it to another server exits, while
+ * the port answers for that other server. Answering is not enough to know the gateway is up.
+ */
+export async function listensOn (pid: number | undefined, port: number): Promise<boolean> {
+  if (pid === undefined) return false
+  const inodes = new Set<string>()
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    const lines = (await readFile(table, 'utf8').catch(() => '')).split('\n').slice(1)
+    for (const line of lines) {
+      const [, local, , state, , , , , , inode] = line.trim().split(/\s+/)
+      // State 0A: LISTEN; the local address's port in hex after the colon.
+      if (state === '0A' && local !== undefined && Number.parseInt(local.split(':')[1] ?? '', 16) === port && inode !== undefined) inodes.add(`socket:[${inode}]`)
+    }
+  }
+  if (inodes.size === 0) return false
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])
+  for (const fd of fds) if (inodes.has(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))) return true
+  return false
 }

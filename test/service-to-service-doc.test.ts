@@ -14,7 +14,7 @@ import t, { type Test } from 'tap'
 import { parse } from 'yaml'
 import { echoUpstream, HOST, nginxBinary, nginxConfig, stop, WAIT_MS, type Upstream } from './gateway-proof.ts'
 import { basic, build, claimsOf, login, TestClock } from './helper.ts'
-import { freePort } from './server-process.ts'
+import { freePort, listensOn } from './server-process.ts'
 
 // docs/service-to-service.md and docs/gateways.md as written (issue 30): each block marked
 // `<!-- <doc>: <name> -->` just above it runs here, its placeholders given as the environment it
@@ -127,7 +127,9 @@ async function exchanged (base: string, client: { id: string, secret: string }, 
 /** Waits until `url` answers over HTTP, or fails with what the gateway said. */
 async function answering (url: string, child: ChildProcess, output: () => Promise<string>): Promise<void> {
   const deadline = Date.now() + WAIT_MS
-  while (!await fetch(url, { signal: AbortSignal.timeout(WAIT_MS) }).then(() => true, () => false)) {
+  // The gateway itself on its port (listensOn): the port answering may be another test's server that took it first.
+  const port = Number(new URL(url).port)
+  while (!(await listensOn(child.pid, port) && await fetch(url, { signal: AbortSignal.timeout(WAIT_MS) }).then(() => true, () => false))) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the gateway did not answer at ${url}: ${await output()}`)
     await sleep(50)
   }
