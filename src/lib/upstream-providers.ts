@@ -53,8 +53,11 @@ const PRESET_ISSUERS: Partial<Record<Preset, string>> = {
   github: 'https://github.com'
 }
 
-/** Whether a provider's URL may be used: https, or http on this machine's loopback (a test's provider). */
-function isProviderUrl (value: string): boolean {
+/**
+ * Whether an identity provider's or a trusted issuer's URL may be used: https, or http on this
+ * machine's loopback (a test's provider); no query, fragment or credentials.
+ */
+export function isProviderUrl (value: string): boolean {
   let url
   try { url = new URL(value) } catch { return false }
   if (url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') return false

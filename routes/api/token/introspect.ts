@@ -3,7 +3,8 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { clientCredentialsOf, logClientRefusal } from '#src/http/client-credentials.ts'
 import { perIp } from '#src/http/limits.ts'
 import { ClientParametersSchema, ClientSecurity, oauthProblems } from '#src/schemas.ts'
-import { authContextOf } from '#src/services/auth/claims.ts'
+import type { UserWithRoles } from '#src/services/accounts/users.ts'
+import { authContextOf, type TokenClaims } from '#src/services/auth/claims.ts'
 
 const IntrospectBodySchema = Type.Object({
   token: Type.String({ minLength: 1 }),
@@ -65,15 +66,13 @@ const introspect: FastifyPluginAsyncTypebox = async (fastify) => {
     const { sub, exp, iat, iss, aud, jti } = identity.claims
     const common = { active: true, sub, exp, iat, iss, aud, jti, token_type: 'Bearer' as const }
     if (identity.kind === 'service') return { ...common, client_id: identity.client.id, scope: identity.scopes.join(' ') }
-    if (identity.kind === 'user') {
-      const { user_id: userId, sid, client_id: clientId } = identity.claims
-      return { ...common, client_id: clientId, user_id: userId, username: identity.user.username, roles: identity.user.roles, sid, ...authContextOf(identity.claims) }
-    }
+    // A user's, from their own token or one a client got acting for them.
+    const userFields = (user: UserWithRoles, claims: Pick<TokenClaims, 'aal' | 'amr' | 'auth_time' | 'iat'> & { sid?: string }) =>
+      ({ user_id: user.id, username: user.username, roles: user.roles, sid: claims.sid, ...authContextOf(claims) })
+    if (identity.kind === 'user') return { ...common, client_id: identity.claims.client_id, ...userFields(identity.user, identity.claims) }
     // A client acting for a user or a service: the token's client is the one acting.
     const acting = { ...common, client_id: identity.client.id, scope: identity.scopes.join(' '), act: identity.claims.act }
-    if (identity.subject.kind === 'service') return acting
-    const { user } = identity.subject
-    return { ...acting, user_id: user.id, username: user.username, roles: user.roles, sid: identity.claims.sid, ...authContextOf(identity.claims) }
+    return identity.subject.kind === 'service' ? acting : { ...acting, ...userFields(identity.subject.user, identity.claims) }
   })
 }
 

@@ -10,6 +10,7 @@ import {
 } from '../../errors.ts'
 import { seconds, type Clock } from '../../lib/clock.ts'
 import { safeEqual } from '../../lib/constant-time.ts'
+import { isProviderUrl } from '../../lib/upstream-providers.ts'
 import type { NotifiedCache } from '../../lib/notified-cache.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import { SERVICE_GRANT, type ServiceClaims } from '../auth/claims.ts'
@@ -171,13 +172,8 @@ export function scopesOf (parameter: string | undefined): string[] {
   return [...new Set((parameter ?? '').split(' ').filter(Boolean))]
 }
 
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
-/** Whether a trusted issuer's URL may be used: https, or http on this machine's loopback (a test's issuer); no query or fragment. */
-export const isIssuerUrl = (value: string): boolean => {
-  if (!URL.canParse(value) || value.length > 512) return false
-  const url = new URL(value)
-  return url.search === '' && url.hash === '' && (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK.has(url.hostname)))
-}
+/** Whether a trusted issuer's URL may be used: as an identity provider's (isProviderUrl), and fit for its column. */
+export const isIssuerUrl = (value: string): boolean => value.length <= 512 && isProviderUrl(value)
 
 // RFC 8707 §2: an absolute URI without a fragment; the users' audience is theirs alone.
 function audienceProblem (audience: string, userAudience: string): string | undefined {
