@@ -31,4 +31,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # Migrations run at start, under a lock, so replicas can start together. SIGTERM (docker stop)
 # drains for SHUTDOWN_DRAIN_DELAY, lets in-flight requests finish, and exits 0.
 # As `npm start`: a young generation of 8 MB semispaces keeps the RSS near 150 MB under load.
-CMD ["node", "--max-semi-space-size=8", "src/server.ts"]
+CMD ["node", "--max-semi-space-size=8", "src/start.js"]

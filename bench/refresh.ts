@@ -51,7 +51,7 @@ try {
     BCRYPT_COST: '4',
     RATE_LIMIT_ENABLED: 'false',
     SHUTDOWN_DRAIN_DELAY: '0'
-  }, [join(serverDir, 'src/server.ts')])
+  }, [join(serverDir, 'src/start.js')])
   for (let i = 0; !await fetch(`${base}/health/ready`).then((r) => r.ok, () => false); i++) {
     if (i > 600 || server.child.exitCode !== null) throw new Error(`the server did not start:\n${server.output()}`)
     await new Promise((resolve) => setTimeout(resolve, 100))

@@ -1,51 +1,16 @@
-import { lstatSync, mkdirSync } from 'node:fs'
-import { enableCompileCache, flushCompileCache } from 'node:module'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import closeWithGrace from 'close-with-grace'
+import Fastify from 'fastify'
+import fp from 'fastify-plugin'
+import { flushCompileCache } from 'node:module'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Config } from './config.ts'
+import { IDLE_LINGER_MS } from '../plugins/lifecycle.ts'
+import app, { serverOptions } from './app.ts'
+import { serveCommands } from './cli.ts'
+import { loadConfig, processEnv, type Config } from './config.ts'
+import { DatabaseUnavailableError } from './errors.ts'
+import { lowerWorkerPriority } from './lib/worker-priority.ts'
 
-/**
- * Node's compile cache (https://nodejs.org/api/module.html#module-compile-cache): the code of
- * every module, and the JavaScript stripped from each TypeScript file, kept from one start to
- * the next; a start then neither compiles nor strips them again (about a third of the start).
- * This file itself is stripped before the cache is on, unless NODE_COMPILE_CACHE is set in the
- * environment Node starts with: only then is the type stripper (about 17 MB of RSS) never
- * loaded. NODE_COMPILE_CACHE names the folder, NODE_DISABLE_COMPILE_CACHE=1
- * turns it off. Otherwise a folder in the temporary directory that only this user can write:
- * whoever can write the cache chooses the code that runs, so a folder another user made or
- * can write is not used, and the service starts without the cache.
- */
-function compileCacheDir (): string | undefined {
-  if (process.env.NODE_COMPILE_CACHE !== undefined) return process.env.NODE_COMPILE_CACHE
-  const uid = process.getuid?.()
-  if (uid === undefined) return join(tmpdir(), 'authgate-compile-cache')
-  const dir = join(tmpdir(), `authgate-compile-cache-${uid}`)
-  try {
-    mkdirSync(dir, { mode: 0o700 })
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') return undefined
-  }
-  try {
-    const stat = lstatSync(dir)
-    return stat.isDirectory() && stat.uid === uid && (stat.mode & 0o022) === 0 ? dir : undefined
-  } catch {
-    return undefined
-  }
-}
-const cacheDir = compileCacheDir()
-if (cacheDir !== undefined) enableCompileCache(cacheDir)
-
-// Imported once the cache is on, so that they are read from it.
-const { default: closeWithGrace } = await import('close-with-grace')
-const { default: Fastify } = await import('fastify')
-const { default: fp } = await import('fastify-plugin')
-const { IDLE_LINGER_MS } = await import('../plugins/lifecycle.ts')
-const { default: app, serverOptions } = await import('./app.ts')
-const { loadConfig, processEnv } = await import('./config.ts')
-const { lowerWorkerPriority } = await import('./lib/worker-priority.ts')
-const { DatabaseUnavailableError } = await import('./errors.ts')
-const { serveCommands } = await import('./cli.ts')
+// The server: src/start.js runs it with Node's compile cache on (npm start, the image).
 
 // A failed start is one line on stderr, naming what to fix; the stack goes to the debug log.
 // A database that cannot answer says why: its driver's error is the cause.
@@ -69,7 +34,8 @@ try {
   // fp: the app's decorators (drain) on this instance, as in the tests' build().
   await fastify.register(fp(app), { config })
   await fastify.ready()
-  // Written now, not only at exit: a process that is killed still leaves it for the next start.
+  // The compile cache (src/start.js), written now, not only at exit: a process that is killed
+  // still leaves it for the next start. Nothing happens when it is off.
   flushCompileCache()
 } catch (error) {
   fastify.log.debug({ err: error }, 'could not start')

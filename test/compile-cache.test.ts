@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { freshDatabase, serverEnv } from './helper.ts'
 import { startServer } from './server-process.ts'
 
-// src/server.ts keeps Node's compile cache in the temporary directory, in a folder only its
+// src/start.js keeps Node's compile cache in the temporary directory, in a folder only its
 // user can write: whoever can write the cache chooses the code that runs.
 const uid = process.getuid?.()
 

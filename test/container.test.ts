@@ -167,7 +167,7 @@ t.test('the image runs as a non-root user; the build context is an allow-list', 
   const copied = [...dockerfile.matchAll(/^COPY (?!--from)(.+) \S+$/gm)].flatMap((m) => m[1]!.split(' '))
   t.ok(copied.length >= 7, `${copied.length} paths copied`)
   for (const path of copied) t.notOk(ignoredBy(patterns, path), `${path} is in the build context`)
-  for (const path of ['src/server.ts', 'plugins/db.ts', 'routes/health.ts', 'migrations/index.ts']) {
+  for (const path of ['src/start.js', 'src/server.ts', 'plugins/db.ts', 'routes/health.ts', 'migrations/index.ts']) {
     t.notOk(ignoredBy(patterns, path), `${path} is in the build context`)
   }
   for (const path of ['data', 'data/secret_key', '.env', '.env.local', 'node_modules/fastify/package.json',

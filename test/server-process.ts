@@ -13,8 +13,8 @@ export interface ServerProcess {
   stop: () => Promise<number | null>
 }
 
-/** Runs `node src/server.ts` (what `npm start` and the image run) with exactly `env`. */
-export function startServer (env: Record<string, string>, args = ['src/server.ts']): ServerProcess {
+/** Runs `node src/start.js` (what `npm start` and the image run) with exactly `env`. */
+export function startServer (env: Record<string, string>, args = ['src/start.js']): ServerProcess {
   const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   const listening = new Promise<string>((resolve, reject) => {
