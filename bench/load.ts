@@ -2,6 +2,7 @@
 // each connection's own `response` events (hrtime, sub-millisecond) rather than autocannon's
 // histogram (whole milliseconds): a p99 of 3 ms against 4 ms is the difference that matters.
 import autocannon, { type Client, type Options } from 'autocannon'
+import { connect } from 'node:net'
 
 export interface Run {
   /** Successful (2xx) answers per second in the steady window (after the ramp). */
@@ -15,6 +16,8 @@ export interface Run {
   statuses: Map<number, number>
   /** Connection errors and timeouts (autocannon's `errors` counts both). */
   errors: number
+  /** CPU time of the bench process (the load generator) per answer, in µs. */
+  benchCpuUs?: number
 }
 
 export interface Load {
@@ -53,6 +56,7 @@ export async function load (spec: Load): Promise<Run> {
   let non2xx = 0
   const statuses = new Map<number, number>()
   const start = performance.now()
+  const cpu = process.cpuUsage()
   const options: Options = {
     url: spec.url,
     connections: spec.connections,
@@ -77,6 +81,7 @@ export async function load (spec: Load): Promise<Run> {
   }
   const result = await autocannon(options)
   const end = performance.now()
+  const spent = process.cpuUsage(cpu)
   const rampMs = (spec.ramp ?? 1) * 1000
   const windowStart = Math.min(start + rampMs, end - 1)
   const steady = completed.filter((at) => at >= windowStart).length
@@ -88,6 +93,105 @@ export async function load (spec: Load): Promise<Run> {
     answers,
     non2xx,
     statuses,
-    errors: result.errors
+    errors: result.errors,
+    benchCpuUs: (spent.user + spent.system) / answers
+  }
+}
+
+/** One connection's requests in loadClosing: the next body, and what it does with each answer. */
+export interface Chain {
+  body: () => string
+  onResponse: (status: number, body: string) => void
+}
+
+export interface ClosingLoad {
+  url: string
+  connections: number
+  /** Seconds. */
+  duration: number
+  headers: Record<string, string>
+  ramp?: number
+  timeout?: number
+  /** The chain of connection `index` (0 to connections - 1). */
+  chain: (index: number) => Chain
+}
+
+/**
+ * POSTs as load() counts them, for a server that closes the connection after every answer
+ * (gunicorn's sync workers): autocannon writes its next request on the closing socket, counts
+ * an error and sends the same body again on its next connection. Here each of `connections`
+ * loops sends one request at a time, each on a new TCP connection (what any client of such a
+ * server does), timed with hrtime from the request's start to its answer's end; answers after
+ * `duration` are followed (the chain goes on) but not counted.
+ */
+export async function loadClosing (spec: ClosingLoad): Promise<Run> {
+  const latencies: number[] = []
+  const completed: number[] = []
+  let answers = 0
+  let non2xx = 0
+  let errors = 0
+  const statuses = new Map<number, number>()
+  const url = new URL(spec.url)
+  const timeoutMs = (spec.timeout ?? 10) * 1000
+  const head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n${Object.entries(spec.headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')}`
+  // A bare socket per request: the request written whole, the answer read to the server's close
+  // (it closes every connection), its status line and body (all after the headers: a chunked
+  // answer is not decoded) taken apart here. Node's HTTP client costs the bench process more
+  // CPU, which the server under test, on the same cores, would lose.
+  const send = (body: string): Promise<{ status: number, body: string, ms: number } | undefined> => new Promise((resolve) => {
+    const t0 = process.hrtime.bigint()
+    const chunks: Buffer[] = []
+    const socket = connect({ host: url.hostname, port: Number(url.port) })
+    socket.setNoDelay(true)
+    socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timeout')))
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+    socket.on('error', () => resolve(undefined))
+    socket.on('end', () => {
+      const text = Buffer.concat(chunks).toString()
+      const status = /^HTTP\/1\.[01] (\d{3}) /.exec(text)
+      const split = text.indexOf('\r\n\r\n')
+      if (status === null || split === -1) return resolve(undefined)
+      resolve({ status: Number(status[1]), body: text.slice(split + 4), ms: Number(process.hrtime.bigint() - t0) / 1e6 })
+    })
+    socket.end(`${head}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  })
+  const start = performance.now()
+  const end = start + spec.duration * 1000
+  const cpu = process.cpuUsage()
+  await Promise.all(Array.from({ length: spec.connections }, async (_, index) => {
+    const chain = spec.chain(index)
+    while (performance.now() < end) {
+      const answer = await send(chain.body())
+      const at = performance.now()
+      if (answer === undefined) {
+        if (at < end) errors++
+        continue
+      }
+      // The chain follows every answer; one after the end is not counted.
+      chain.onResponse(answer.status, answer.body)
+      if (at > end) break
+      answers++
+      if (answer.status < 200 || answer.status > 299) {
+        non2xx++
+        statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1)
+        continue
+      }
+      latencies.push(answer.ms)
+      completed.push(at)
+    }
+  }))
+  const spent = process.cpuUsage(cpu)
+  const windowStart = Math.min(start + (spec.ramp ?? 1) * 1000, end - 1)
+  const steady = completed.filter((at) => at >= windowStart).length
+  latencies.sort((a, b) => a - b)
+  return {
+    rps: steady / ((end - windowStart) / 1000),
+    p50: quantile(latencies, 0.5),
+    p99: quantile(latencies, 0.99),
+    answers,
+    non2xx,
+    statuses,
+    errors,
+    benchCpuUs: (spent.user + spent.system) / answers
   }
 }
