@@ -54,7 +54,7 @@ export function rssMB (pid: number): number {
 /** The command as it was run, with the settings that shape it and any password in a URL hidden. */
 export function command (): string {
   const names = ['DB_ENGINE', 'DATABASE_URL', 'BCRYPT_COST', 'BENCH_ROUNDS', 'BENCH_DURATION', 'BENCH_CONNECTIONS',
-    'BENCH_LOGIN_CONNECTIONS', 'BENCH_LOGIN_DURATION', 'BENCH_FLOOD_CONNECTIONS', 'BENCH_STARTS']
+    'BENCH_LOGIN_CONNECTIONS', 'BENCH_LOGIN_DURATION', 'BENCH_FLOOD_CONNECTIONS', 'BENCH_STARTS', 'BENCH_SEED']
   const settings = names.filter((name) => process.env[name] !== undefined).map((name) => {
     let value = process.env[name]!
     if (name === 'DATABASE_URL') {
