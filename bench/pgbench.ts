@@ -27,19 +27,24 @@ export function findPgbench (root = '/usr/lib/postgresql'): string | undefined {
 
 export const UPDATE_SCRIPT = `\\set id random(1, ${COUNTER_ROWS})\nupdate bench_counter set n = n + 1 where id = :id;\n`
 
-/** The table of its own (bench_counter, COUNTER_ROWS rows) and the script file, in `folder`. */
-export async function preparePgbench (databaseUrl: string, folder: string): Promise<string> {
+/**
+ * The table of its own (bench_counter, COUNTER_ROWS rows) and the script file, in `folder`; and
+ * the database's synchronous_commit as pgbench's sessions get it (nothing here sets it).
+ */
+export async function preparePgbench (databaseUrl: string, folder: string): Promise<{ script: string, synchronousCommit: string }> {
   const client = new pg.Client({ connectionString: databaseUrl })
   await client.connect()
+  let synchronousCommit: string
   try {
     await client.query('create table bench_counter (id int primary key, n bigint not null default 0)')
     await client.query(`insert into bench_counter (id) select generate_series(1, ${COUNTER_ROWS})`)
+    synchronousCommit = (await client.query<{ synchronous_commit: string }>('show synchronous_commit')).rows[0]!.synchronous_commit
   } finally {
     await client.end()
   }
   const script = join(folder, 'bench-counter.sql')
   await writeFile(script, UPDATE_SCRIPT)
-  return script
+  return { script, synchronousCommit }
 }
 
 /** The pgbench arguments of one run: `clients` clients, 2 threads, prepared statements, `seconds`, no vacuum (no pgbench_* tables). */

@@ -244,8 +244,14 @@ try {
 
   // pgbench's table of its own in the bench's database (PostgreSQL only).
   const pgbench = engine === 'postgres' ? findPgbench() : undefined
-  const pgbenchAbsent = engine !== 'postgres' ? 'not measured: this run is on PGlite' : pgbench === undefined ? 'not measured: no pgbench' : undefined
-  const pgbenchScript = pgbench === undefined ? undefined : await preparePgbench(serverEnv.DATABASE_URL!, folder)
+  const prepared = pgbench === undefined ? undefined : await preparePgbench(serverEnv.DATABASE_URL!, folder)
+  // The yardstick is a durable update: with synchronous_commit off it would not be one.
+  const pgbenchAbsent = engine !== 'postgres'
+    ? 'not measured: this run is on PGlite'
+    : pgbench === undefined
+      ? 'not measured: no pgbench'
+      : prepared?.synchronousCommit === 'off' ? 'not measured: synchronous_commit is off on this server (not durable)' : undefined
+  const pgbenchScript = pgbenchAbsent === undefined ? prepared?.script : undefined
   const pgbenchSeconds = Math.max(1, Math.round(duration))
   const pgbenchLatencies: number[] = []
 
@@ -798,7 +804,7 @@ try {
       'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure. pgbench\'s req/s is its own tps.',
       'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
       pgbenchAbsent === undefined
-        ? `pgbench (${pgbench}), right after the refresh scenario in each round, on the bench's own PostgreSQL database (the same server and database the service uses): a table of its own, \`bench_counter (id int primary key, n bigint)\` with 32 rows, and the script \`\\set id random(1, 32)\` / \`update bench_counter set n = n + 1 where id = :id;\`, run as \`pgbench -n -M prepared -c ${connections} -j 2 -T ${pgbenchSeconds}\` with the server's default synchronous_commit (on: every transaction durable before its answer, as a refresh is). Its figure: refresh req/s ÷ pgbench tps (tps without the initial connection time, as pgbench prints it; the median of the rounds).`
+        ? `pgbench (${pgbench}), right after the refresh scenario in each round, on the bench's own PostgreSQL database (the same server and database the service uses): a table of its own, \`bench_counter (id int primary key, n bigint)\` with 32 rows, and the script \`\\set id random(1, 32)\` / \`update bench_counter set n = n + 1 where id = :id;\`, run as \`pgbench -n -M prepared -c ${connections} -j 2 -T ${pgbenchSeconds}\` with the server's default synchronous_commit (${prepared?.synchronousCommit}, read in the database before the rounds; on: every transaction durable before its answer, as a refresh is). Its figure: refresh req/s ÷ pgbench tps (tps without the initial connection time, as pgbench prints it; the median of the rounds).`
         : `pgbench: ${pgbenchAbsent}.`,
       seedAbsent === undefined
         ? `The Django seed (../shared/seed-django/, BENCH_SEED=1): set up with its own \`SKIP_APT=1 ./setup.sh\` and started with its \`start.sh\` (gunicorn, its default 2 sync workers, DEBUG off, DB_CONN_MAX_AGE=60, on a free port of 127.0.0.1), stopped with its \`stop.sh\`. Before the rounds, a user registered there and one sign-in (POST /api/token) per connection (${connections}); each connection then posts its current refresh token to POST /api/token/refresh and takes the one in the answer for its next request (simplejwt rotates; the seed keeps no record, so it writes nothing), its chain going on from round to round. gunicorn's sync workers close the connection after every answer, which autocannon miscounts (it writes the next request on the closing socket), so this scenario has its own loop (bench/load.ts, loadClosing): ${connections} connections, each one request at a time on a new TCP connection (a bare socket, the request written whole, the answer read to gunicorn's close), counted as autocannon's are and timed from the connect to the close. The load generator shares the cores with both servers: the bench process spent ${benchCpu('seedRefresh')} µs of CPU per answer of the seed (a connection each) and ${benchCpu('refresh')} µs per answer of authgate's refresh (autocannon, connections kept). Its figure: authgate's refresh req/s ÷ the seed's.`
