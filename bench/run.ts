@@ -65,7 +65,7 @@ const seedWanted = process.env.BENCH_SEED === '1'
 const seedFolder = fileURLToPath(new URL('../../shared/seed-django/', import.meta.url))
 
 const began = performance.now()
-const serverPath = fileURLToPath(new URL('../src/server.ts', import.meta.url))
+const serverPath = fileURLToPath(new URL('../src/start.js', import.meta.url))
 // The service as `npm start` runs it: the Node.js flags of package.json's start script.
 const { scripts } = JSON.parse(readFileSync(fileURLToPath(new URL('../package.json', import.meta.url)), 'utf8')) as { scripts: { start: string } }
 const serverArgs = [...scripts.start.split(' ').filter((word) => word.startsWith('--')), serverPath]
@@ -799,7 +799,7 @@ try {
     command: command(),
     settings: `${rounds} rounds of ${duration} s (login, register and the flood ${loginDuration} s), ${connections} connections (login and register ${loginConnections}; flood ${floodConnections} login + ${floodConnections} detail), BCRYPT_COST ${bcryptCost}, NODE_ENV=production, LOG_LEVEL=warn, RATE_LIMIT_ENABLED=false`,
     method: [
-      'One server process (`node src/server.ts`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
+      'One server process (`node src/start.js`, as `npm start` runs it) and the floor (bench/floor.ts: bare Fastify, the same version, one GET route with /api/detail\'s response schema answering the same body) in its own process; autocannon runs in the bench process over 127.0.0.1.',
       'Each round runs every scenario once, in the same order (floor, detail, check, verify, refresh, pgbench, the seed\'s refresh, service token, token exchange, introspection, JWT bearer grant, ID-token sign-in, passkey sign-in, login, register, detail alone, then the flood); the tables give medians over the rounds, and the ratios are ratios of those medians, so the drift of a shared machine falls on both sides. The warm-up before the rounds (1 s each, not counted): floor, detail, check, verify, the seed\'s refresh, service token, token exchange, introspection, JWT bearer grant, ID-token and passkey sign-in.',
       'req/s counts 2xx answers after the first second of a run (the bcrypt queue fills first); p50 and p99 are of 2xx answers, timed per request with hrtime. Any non-2xx answer or error marks the scenario broken and withholds its figure. pgbench\'s req/s is its own tps.',
       'Refresh: each connection starts from a session of its own (refresh tokens harvested from the bench\'s logins, topped up with POST /api/token), sends its current refresh token, and takes the rotated one from the answer for its next request: no token is sent twice (counted) and no refresh is refused.',
@@ -821,7 +821,7 @@ try {
       'Targets against the floor for every grant and sign-in path (issue 31): service token 0.15, token exchange 0.1 (and half of the service token), JWT bearer 0.05, ID-token sign-in 0.02, passkey sign-in 0.02 (a sign-in is two requests, both counted).',
       'RSS: VmRSS of the server process from /proc after every scenario of every round (pgbench and the seed\'s refresh included, the server idle then; the flood once, after both its halves), after the last scenario, and right after it started; the target applies to the largest, named with its scenario and round. MB = 10^6 bytes.',
       engine === 'postgres'
-        ? `Start: ${starts} more starts of \`node src/server.ts\` on the migrated database (signing key present), each timed from spawn to the first 200 of /health/ready (polled every 15 ms), then SIGTERM.`
+        ? `Start: ${starts} more starts of \`node src/start.js\` on the migrated database (signing key present), each timed from spawn to the first 200 of /health/ready (polled every 15 ms), then SIGTERM.`
         : 'Start: measured on PostgreSQL only (run with DATABASE_URL set).'
     ],
     scenarios: scenarioRows,
