@@ -16,6 +16,7 @@ import * as mailCodeTries from './0014-mail-code-tries.ts'
 import * as upstreamIdentities from './0015-upstream-identities.ts'
 import * as passkeys from './0016-passkeys.ts'
 import * as tokenExchange from './0017-token-exchange.ts'
+import * as refreshBatch from './0018-refresh-batch.ts'
 
 /** Every migration, in order: listed here, never discovered from the file system. */
 export const migrations: Record<string, Migration> = {
@@ -35,5 +36,6 @@ export const migrations: Record<string, Migration> = {
   '0014-mail-code-tries': mailCodeTries,
   '0015-upstream-identities': upstreamIdentities,
   '0016-passkeys': passkeys,
-  '0017-token-exchange': tokenExchange
+  '0017-token-exchange': tokenExchange,
+  '0018-refresh-batch': refreshBatch
 }

@@ -56,6 +56,19 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       }
     })
   }
+  // Read at each scrape: refreshes waiting to be committed with the next group, and groups at
+  // the database (src/services/sessions/sessions.ts: concurrent refreshes share a commit).
+  new Gauge({ // eslint-disable-line no-new
+    name: 'authgate_refresh_rotations',
+    help: 'Refreshes waiting for the next group (waiting), groups of them at the database (running)',
+    labelNames: ['state'],
+    registers: [registry],
+    collect () {
+      const { waiting, running } = fastify.sessions.rotations()
+      this.set({ state: 'waiting' }, waiting)
+      this.set({ state: 'running' }, running)
+    }
+  })
   // On errors only: a request that succeeds pays nothing for this count.
   fastify.addHook('onError', (request, _reply, error, done) => {
     if (error instanceof RateLimitedError) counters.rateLimited.inc({ route: request.routeOptions.url ?? 'unknown' })

@@ -59,6 +59,8 @@ t.test('latency by route, security events, tokens issued, rate-limited requests 
     t.ok((sample(text, 'authgate_db_pool_connections', 'state="total"') ?? 0) >= 1, 'pool usage')
     t.equal(sample(text, 'authgate_db_pool_connections', 'state="waiting"'), 0)
   }
+  t.equal(sample(text, 'authgate_refresh_rotations', 'state="waiting"'), 0, 'no refresh waits for a commit')
+  t.equal(sample(text, 'authgate_refresh_rotations', 'state="running"'), 0)
   t.notOk(text.includes(access), 'no token in the metrics')
 })
 

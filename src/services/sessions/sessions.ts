@@ -5,6 +5,7 @@ import type { Config } from '../../config.ts'
 import type { Db, Executor } from '../../db/index.ts'
 import { InvalidCredentialsError, NotFoundError, TokenNotValidError } from '../../errors.ts'
 import { epochSeconds as seconds, type Clock } from '../../lib/clock.ts'
+import { grouped } from '../../lib/grouped.ts'
 import { SecretBox } from '../../lib/secret-box.ts'
 import type { TokenPair } from '../../schemas.ts'
 import type { AuditTrail, Caller, Device } from '../audit.ts'
@@ -33,7 +34,7 @@ export interface SessionInfo {
 /** Which sessions of a user a sign-out ends: this one, all but this one, or all. */
 export type RevokeScope = 'current' | 'others' | 'global'
 
-// What authgate_refresh answers: see migrations/0005-refresh-function.ts.
+// What authgate_refresh answers for one token: see migrations/0005-refresh-function.ts and 0009.
 interface RotateAnswer {
   outcome: 'invalid' | 'rotated' | 'replayed' | 'reused' | 'resign'
   owner_id: number | null
@@ -41,6 +42,25 @@ interface RotateAnswer {
   session_end: Date | null
   roles: string[] | null
 }
+
+// One token to rotate: authgate_refresh's arguments (migrations/0018-refresh-batch.ts).
+interface RotateItem {
+  jti: string
+  sid: string
+  user_id: number
+  session_end: number | null
+  roles: string[]
+  next_jti: string | null
+  next_exp: number | null
+  successor: string | null
+}
+
+// How many groups of refreshes a replica has at the database at once: more made smaller groups,
+// and cost PostgreSQL more per refresh (BENCHMARKS.md: 5 against 1 and 2).
+const ROTATION_GROUPS = 2
+
+// Another replica's group locked two sessions of this one's in the other order.
+const isDeadlock = (error: unknown): boolean => (error as { code?: unknown } | null)?.code === '40P01'
 
 export interface SessionsDeps {
   db: Db
@@ -86,10 +106,39 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
   const refreshExpiry = (sessionEnd: number): number =>
     Math.min(seconds(clock.now()) + config.refreshTtlS, sessionEnd)
 
-  // One call of authgate_refresh (migrations/0009-admin.ts): one round trip, one transaction.
-  // The next pair, signed for the session end `sessionEnd` and the roles `roles` and sealed as
-  // the answer to a retry within the grace, goes with it; it is used only if the token is
-  // unused, that end is the session's and those roles the user's.
+  // Rotations in one statement, one transaction, one commit (authgate_refresh_many, migrations/
+  // 0018-refresh-batch.ts), sorted by session so that two groups lock the sessions they share in
+  // one order. The clock's offset from the database's own clock (0 for the system clock) is added
+  // to the clock_timestamp() each rotation reads once it holds its locks.
+  async function rotateAll (items: RotateItem[]): Promise<RotateAnswer[]> {
+    const numbered = items.map((item, n) => ({ ...item, n })).sort((a, b) => a.sid < b.sid ? -1 : a.sid > b.sid ? 1 : a.n - b.n)
+    const { rows } = await sql<RotateAnswer & { item: number }>`select item, outcome, owner_id, successor, session_end, roles from authgate_refresh_many(
+      cast(${JSON.stringify(numbered)} as jsonb), cast(${config.AUTH_REUSE_GRACE_S} as double precision), cast(${clock.offsetS()} as double precision))`.execute(db)
+    const answers: RotateAnswer[] = []
+    for (const row of rows) answers[row.item] = row
+    return answers
+  }
+
+  // Concurrent refreshes of this replica go together (src/lib/grouped.ts): one alone when the
+  // database is idle, a group per commit when it is busy, two groups at most at once (one at
+  // work while the other commits). A session is in one group at a time: two
+  // refreshes of one session race inside one transaction, in the order they came, never across
+  // two that would wait for each other's locks. Only another replica's group can deadlock with
+  // one of these (PostgreSQL ends one of the two after a second): its rotations then run one by one.
+  const rotateTogether = grouped(async (items: RotateItem[]) => {
+    try {
+      return await rotateAll(items)
+    } catch (error) {
+      if (items.length === 1 || !isDeadlock(error)) throw error
+      const answers: RotateAnswer[] = []
+      for (const item of items) answers.push((await rotateAll([item]))[0]!)
+      return answers
+    }
+  }, { running: ROTATION_GROUPS, max: 100, key: (item) => item.sid })
+
+  // Rotates one token: the next pair, signed for the session end `sessionEnd` and the roles
+  // `roles` and sealed as the answer to a retry within the grace, goes with it; it is used only
+  // if the token is unused, that end is the session's and those roles the user's.
   async function rotate (claims: TokenClaims, sessionEnd: number | undefined, roles: string[]): Promise<{ answer: RotateAnswer, pair?: TokenPair }> {
     let next: { jti: string, exp: number, pair: TokenPair, sealed: string } | undefined
     if (sessionEnd !== undefined) {
@@ -99,15 +148,17 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
       const pair = signPair(claims.user_id, claims.sid, jti, exp, sessionEnd, roles, auth)
       next = { jti, exp, pair, sealed: box.seal(JSON.stringify(pair), claims.jti) }
     }
-    // The clock's offset from the database's own clock (0 for the system clock), added to the
-    // clock_timestamp() the function reads once it holds the locks.
-    const { rows } = await sql<RotateAnswer>`select outcome, owner_id, successor, session_end, roles from authgate_refresh(
-      cast(${claims.jti} as uuid), cast(${claims.sid} as uuid), cast(${claims.user_id} as integer), cast(${sessionEnd ?? null} as bigint),
-      cast(${roles} as text[]),
-      cast(${next?.jti ?? null} as uuid), cast(${next?.exp ?? null} as bigint), cast(${next?.sealed ?? null} as text),
-      cast(${config.AUTH_REUSE_GRACE_S} as double precision),
-      cast(${clock.offsetS()} as double precision))`.execute(db)
-    return { answer: rows[0]!, pair: next?.pair }
+    const answer = await rotateTogether({
+      jti: claims.jti,
+      sid: claims.sid,
+      user_id: claims.user_id,
+      session_end: sessionEnd ?? null,
+      roles,
+      next_jti: next?.jti ?? null,
+      next_exp: next?.exp ?? null,
+      successor: next?.sealed ?? null
+    })
+    return { answer, pair: next?.pair }
   }
 
   // The session, joined to its user, if it is active: not revoked, not ended, user active.
@@ -213,9 +264,9 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * and session rows locked, so two concurrent refreshes of one token cannot both mint a
      * pair. A used token presented again within the grace, counted on the database clock from
      * the moment it was used, gets the pair its first use got; after the grace the whole
-     * session is revoked (reuse detection), and the revocation is committed. One round trip
-     * (authgate_refresh); two for a token without the session's end (issued before sxp), or
-     * whose session's end was changed since. Every outcome of a token of ours is in the trail.
+     * session is revoked (reuse detection), and the revocation is committed. One round trip,
+     * shared with the refreshes that came meanwhile (authgate_refresh_many); two for a token
+     * without the session's end (issued before sxp), or whose session's end was changed since. Every outcome of a token of ours is in the trail.
      */
     async refresh (claims: TokenClaims, caller: Caller): Promise<TokenPair> {
       const who = { userId: claims.user_id, sessionId: claims.sid }
@@ -243,6 +294,9 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
 
     userOf,
     revoke,
+
+    /** Refreshes waiting for a group and groups of them at the database now (metrics); how many there were. */
+    rotations: () => rotateTogether.state(),
 
     /**
      * Runs `change` of the user in a transaction, the user forgotten by this replica's cache
