@@ -124,12 +124,13 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
   // work while the other commits). A session is in one group at a time: two
   // refreshes of one session race inside one transaction, in the order they came, never across
   // two that would wait for each other's locks. Only another replica's group can deadlock with
-  // one of these (PostgreSQL ends one of the two after a second): its rotations then run one by one.
+  // one of these (PostgreSQL ends one of the two after a second; nothing of it was done): its
+  // rotations then run again, one by one.
   const rotateTogether = grouped(async (items: RotateItem[]) => {
     try {
       return await rotateAll(items)
     } catch (error) {
-      if (items.length === 1 || !isDeadlock(error)) throw error
+      if (!isDeadlock(error)) throw error
       const answers: RotateAnswer[] = []
       for (const item of items) answers.push((await rotateAll([item]))[0]!)
       return answers
@@ -266,7 +267,8 @@ export function createSessions ({ db, keyring, clock, config, audit, cache, onIs
      * the moment it was used, gets the pair its first use got; after the grace the whole
      * session is revoked (reuse detection), and the revocation is committed. One round trip,
      * shared with the refreshes that came meanwhile (authgate_refresh_many); two for a token
-     * without the session's end (issued before sxp), or whose session's end was changed since. Every outcome of a token of ours is in the trail.
+     * without the session's end (issued before sxp), or whose session's end was changed since.
+     * Every outcome of a token of ours is in the trail.
      */
     async refresh (claims: TokenClaims, caller: Caller): Promise<TokenPair> {
       const who = { userId: claims.user_id, sessionId: claims.sid }
