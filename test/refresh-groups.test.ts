@@ -1,5 +1,6 @@
+import pg from 'pg'
 import t from 'tap'
-import { build, claimsOf, login, postJson, TestClock } from './helper.ts'
+import { build, claimsOf, eventually, freshDatabase, lockSession, login, postJson, TestClock } from './helper.ts'
 
 // Concurrent refreshes share one statement and one commit (src/services/sessions/sessions.ts,
 // migrations/0018-refresh-batch.ts). Whatever groups they fall into, each gets what it would
@@ -41,4 +42,30 @@ t.test('refreshes sent at once: each rotated, a retry answered with the same pai
   t.equal((await postJson(app, '/api/token/refresh', { refresh: signedIn[5]!.refresh })).statusCode, 401, 'a rotated token is spent')
   t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${signedIn[0]!.access}` } })).statusCode, 401, 'the reused session is revoked')
   t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${pairs[3]!.access}` } })).statusCode, 200, 'the others are not')
+})
+
+// A group deadlocked with another transaction (another replica's group, taking the same rows in
+// the other order): PostgreSQL ends the group, and its rotations run again, one by one. Here the
+// other transaction holds the session, then asks for the token the group holds; its own
+// deadlock_timeout is longer than the server's, so the group is the one PostgreSQL ends.
+t.test('a group ended by a deadlock runs again: the refresh is answered', { skip: process.env.DB_ENGINE !== 'postgres' && 'a deadlock takes two connections: PostgreSQL' }, async (t) => {
+  const database = await freshDatabase(t)
+  const app = await build(t, { database })
+  const { refresh } = await login(app)
+  const { sid, jti } = claimsOf(refresh) as { sid: string, jti: string }
+  const other = await lockSession(t, database.DATABASE_URL!, sid)
+  await other.query("set deadlock_timeout = '30s'")
+  const answer = postJson(app, '/api/token/refresh', { refresh })
+  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
+  await watcher.connect()
+  t.teardown(() => watcher.end())
+  const waiting = async (): Promise<boolean> => (await watcher.query("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rowCount! > 0
+  t.ok(await eventually(waiting), 'the group holds the token and waits for the session')
+  // The server's deadlock_timeout (1 s) passes first: the group's check finds the cycle.
+  await other.query('select jti from refresh_tokens where jti = $1 for update', [jti])
+  await other.query('rollback')
+  const res = await answer
+  t.equal(res.statusCode, 200, 'rotated on the second try')
+  const next = await postJson(app, '/api/token/refresh', { refresh: res.json().refresh })
+  t.equal(next.statusCode, 200, 'its new refresh token is the live one')
 })
