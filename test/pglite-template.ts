@@ -14,7 +14,12 @@ const root = join(import.meta.dirname, '..')
 const { version } = JSON.parse(await readFile(join(root, 'node_modules', '@electric-sql', 'pglite', 'package.json'), 'utf8')) as { version: string }
 const migrationsHash = createHash('sha256')
 for (const file of (await readdir(join(root, 'migrations'))).sort()) migrationsHash.update(file).update(await readFile(join(root, 'migrations', file)))
-const versions = { [PGLITE_TEMPLATE]: version, [PGLITE_MIGRATED_TEMPLATE]: `${version} ${migrationsHash.digest('hex')}` }
+// PostgreSQL's default buffer pool (128 MB) is zeroed by every start of PGlite: in WebAssembly,
+// 0.4 s of CPU of each test app's start (its memset, the most of it), where a test database
+// holds a few MB. The tests' clusters start with 16 MB (pg_settings shows it); the app's own
+// initdb, for a folder that is no copy of these, keeps the default.
+const SETTINGS = "shared_buffers = '16MB'"
+const versions = { [PGLITE_TEMPLATE]: `${version} ${SETTINGS}`, [PGLITE_MIGRATED_TEMPLATE]: `${version} ${SETTINGS} ${migrationsHash.digest('hex')}` }
 
 /** Makes `target` with `make(folder)` when its marker says another version, renamed into place: a run copying it never sees half of one. */
 async function ensure (target: string, make: (folder: string) => Promise<void>): Promise<void> {
@@ -34,6 +39,7 @@ async function ensure (target: string, make: (folder: string) => Promise<void>):
 if (process.env.DB_ENGINE !== 'postgres') {
   await ensure(PGLITE_TEMPLATE, async (folder) => {
     const pglite = await PGlite.create(folder)
+    await pglite.exec(`alter system set ${SETTINGS}`)
     await pglite.close()
   })
   // The app's own database code migrates a copy: DB_NAME holds the data directory `pglite`.
