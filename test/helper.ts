@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fp from 'fastify-plugin'
 import { createHmac, randomBytes } from 'node:crypto'
-import { cpSync, existsSync } from 'node:fs'
+import { accessSync, constants, cpSync, existsSync, statfsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -38,6 +38,23 @@ export const PGLITE_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-t
 export const PGLITE_MIGRATED_TEMPLATE = join(import.meta.dirname, '..', '.tap', 'pglite-template-migrated')
 
 /**
+ * Where the PGlite data folders go: a memory file system (/dev/shm) when it has room for many,
+ * else the temporary directory. On the disk each copy of a template (a thousand files) costs
+ * 0.2 to 0.4 s of CPU, most of it the file system's, and the disk writes back folders that are
+ * removed a few seconds later; in memory, 0.04 s.
+ */
+const DATABASE_FOLDERS = ((): string => {
+  const shm = '/dev/shm'
+  try {
+    const { bavail, bsize } = statfsSync(shm)
+    accessSync(shm, constants.W_OK)
+    // Room for a hundred folders (40 MB each) at once, far more than the runs hold.
+    if (bavail * bsize >= 4 * 2 ** 30) return shm
+  } catch {}
+  return tmpdir()
+})()
+
+/**
  * A fresh database: a PGlite data folder (a copy of a template, removed at teardown) by
  * default, or, with DB_ENGINE=postgres and DATABASE_URL, a new PostgreSQL database dropped
  * at teardown. `migrated` (the default): on PGlite a copy of the migrated template, sparing an app's
@@ -45,7 +62,7 @@ export const PGLITE_MIGRATED_TEMPLATE = join(import.meta.dirname, '..', '.tap', 
  */
 export async function freshDatabase (t: Test, { migrated = true } = {}): Promise<Record<string, string>> {
   if (process.env.DB_ENGINE !== 'postgres') {
-    const folder = await mkdtemp(join(tmpdir(), 'authgate-test-'))
+    const folder = await mkdtemp(join(DATABASE_FOLDERS, 'authgate-test-'))
     // Teardowns run last-registered first: the app closes before its folder goes.
     t.teardown(() => rm(folder, { recursive: true, force: true }))
     // Without the templates (a test file run by node alone), PGlite runs initdb itself and the
