@@ -42,8 +42,7 @@ try {
   fail('could not start', error)
 }
 // Requests before bcrypt: a login flood uses what the requests leave of the cores.
-const workers = await lowerWorkerPriority()
-if (workers === 'nice') fastify.log.warn('libuv\'s workers (bcrypt) run at nice 10, not SCHED_IDLE: util-linux\'s chrt is missing or refused')
+await lowerWorkerPriority()
 // On a PGlite folder, the CLI's commands run here (the folder is this process's alone): taken
 // before the port opens, so a command sent once the service listens finds the socket.
 const commands = await serveCommands({ config, db: fastify.db, log: fastify.log, keyring: fastify.keyring })
