@@ -3,7 +3,7 @@ import { connect } from 'node:net'
 import t from 'tap'
 import { Random } from './fuzz/random.ts'
 import { httpCase, rawCase, type FuzzCase, type HttpCase, type Secrets } from './fuzz/requests.ts'
-import { claimsOf, freshDatabase, serverEnv, uniqueUser } from './helper.ts'
+import { claimsOf, eventually, freshDatabase, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // A seeded fuzz test of the running server: malformed bodies, headers, tokens, content types,
@@ -113,11 +113,13 @@ function judgeOAuth (answer: Answer): string | undefined {
 }
 
 /** Why an answer breaks the contract, or undefined. */
-function judge (answer: Answer, head: boolean, oauth = false): string | undefined {
+function judge (answer: Answer, head: boolean, oauth = false, readiness = false): string | undefined {
   const { status, body } = answer
   if (!Number.isInteger(status)) return `not an HTTP answer: ${JSON.stringify(body.toString('latin1').slice(0, 300))}`
-  // The database is up throughout: nothing here may be a 503 either.
-  if (status >= 500) return `status ${status}: ${body.toString().slice(0, 500)}`
+  // The database is up throughout: nothing here may be a 503 either, but readiness's own. Its
+  // ping gives the database 500 ms (routes/health.ts), which a machine loaded past its cores
+  // can exceed: then it says so, as a problem (checked below).
+  if (status >= 500 && !(readiness && status === 503)) return `status ${status}: ${body.toString().slice(0, 500)}`
   if (status < 400) return undefined
   if (body.length === 0) return head || answer.bodiless ? undefined : `status ${status} without a body`
   if (answer.headers['x-content-type-options'] !== 'nosniff') return `status ${status} without the security headers`
@@ -289,10 +291,12 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
         const outcome = await untilSent(send, () => { resent++ })
         const problems: string[] = []
         const head = c.kind === 'http' ? c.method.toUpperCase() === 'HEAD' : c.bytes.subarray(0, 5).toString('latin1') === 'HEAD '
+        // A raw case may pipeline several requests: readiness among them may answer its 503.
+        const asksReadiness = c.kind === 'http' ? c.path.startsWith('/health/ready') : c.bytes.toString('latin1').includes(' /health/ready')
         for (const answer of outcome.answers) {
           const key = Number.isInteger(answer.status) ? String(answer.status) : 'not HTTP'
           statuses.set(key, (statuses.get(key) ?? 0) + 1)
-          const wrong = judge(answer, head, OAUTH_PATH.test(pathOf(c)))
+          const wrong = judge(answer, head, OAUTH_PATH.test(pathOf(c)), asksReadiness)
           if (wrong !== undefined) problems.push(wrong)
         }
         if (outcome.answers.length === 0) {
@@ -327,8 +331,8 @@ t.test(`seeded fuzz (seed ${SEED}, ${COUNT} requests): no 5xx, every error probl
   // The server is the same process, healthy, and still does its job.
   t.equal(server.child.exitCode, null, 'the server did not exit')
   t.equal(server.child.pid, pid, 'the same process')
-  const ready = await fetch(`${base}/health/ready`)
-  t.equal(ready.status, 200, '/health/ready')
+  // Ready again, once a loaded machine lets the database answer its ping within 500 ms.
+  t.ok(await eventually(async () => (await fetch(`${base}/health/ready`)).status === 200), '/health/ready')
   // Defects the fuzz found, fixed in src/app.ts, kept as assertions of their own. Awaited: the
   // server stops at the end of this test.
   await t.test('a CONNECT is answered 405 problem+json, not dropped', async (t) => {

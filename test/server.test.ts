@@ -1,15 +1,15 @@
 import { once } from 'node:events'
 import { readdir, readFile } from 'node:fs/promises'
 import t from 'tap'
-import { freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
+import { eventually, freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
 t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', async (t) => {
   const server = startServer(serverEnv(await freshDatabase(t)))
   t.teardown(() => { server.child.kill('SIGKILL') })
-  const res = await fetch(`${await server.listening}/health/ready`)
-  t.equal(res.status, 200)
+  const url = await server.listening
+  t.ok(await eventually(async () => (await fetch(`${url}/health/ready`)).status === 200), 'ready (its database ping has 500 ms, which a loaded machine may take a few tries for)')
   if (process.platform === 'linux') {
     // libuv's workers (bcrypt) yield to the main thread (the requests): nice 10, the main thread 0.
     const threads = await Promise.all((await readdir(`/proc/${server.child.pid}/task`)).map(async (tid) => {
@@ -78,8 +78,9 @@ t.test('a start while the database does not answer yet waits for it, then serves
   }
   await proxy.reopen()
   const url = await server.listening
-  const res = await fetch(`${url}/health/ready`)
-  t.equal(res.status, 200)
+  // Ready once the database answers the readiness ping within its 500 ms, which a loaded
+  // machine may take a few tries for.
+  t.ok(await eventually(async () => (await fetch(`${url}/health/ready`)).status === 200), 'ready')
   const user = uniqueUser()
   const registered = await fetch(`${url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) })
   t.equal(registered.status, 201, 'serves')
