@@ -50,7 +50,7 @@ t.test('one process per data folder', { skip }, async (t) => {
     const second = startServer(env)
     t.teardown(() => { second.child.kill('SIGKILL') })
     t.equal((await once(second.child, 'exit'))[0], 1)
-    t.match(second.output(), new RegExp(`^authgate: could not start: the data folder ${folder} is in use by process ${first.child.pid} \\(server\\.ts, since [0-9T:.-]+Z\\): stop it first, or give this one another DB_NAME\\n$`))
+    t.match(second.output(), new RegExp(`^authgate: could not start: the data folder ${folder} is in use by process ${first.child.pid} \\(start\\.js, since [0-9T:.-]+Z\\): stop it first, or give this one another DB_NAME\\n$`))
     t.equal((await fetch(`${url}/health/ready`)).status, 200, 'the first serves on')
   })
 
