@@ -47,7 +47,6 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
   let listener: pg.Client | undefined
   let listenerPid: number | undefined
   let sender: pg.Client | undefined
-  let timer: NodeJS.Timeout | undefined
   let silence: NodeJS.Timeout | undefined
   const listenWaits = new Backoff(250, 5000)
   const sendWaits = new Backoff(250, 5000)
@@ -115,8 +114,16 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
     }, options.silenceWarningMs ?? 5000).unref()
   }
 
+  // One heartbeat at a time, on one interval for the listener's whole life: a tick while the last
+  // heartbeat is still out (a loaded server, a connection being made) sends none, and after a
+  // failure none goes until the backoff's wait has passed. A heartbeat queued per tick behind a
+  // stalled one, each of whose failures restarted the interval, multiplied the intervals at
+  // every outage: the process spun on its timers and grew by gigabytes.
+  let sending = false
+  let resumeAt = 0
   const send = async (): Promise<void> => {
-    if (closed) return
+    if (closed || sending || Date.now() < resumeAt) return
+    sending = true
     try {
       if (sender === undefined) {
         const current = ownClient(beatUrl, 'authgate-heartbeat')
@@ -134,13 +141,14 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
       sender = undefined
       failed?.end().catch(() => {})
       // No heartbeat while it is down: the caches go unused by themselves.
-      clearInterval(timer)
-      setTimeout(() => { if (!closed) timer = setInterval(() => { send().catch(() => {}) }, beatIntervalMs).unref() }, sendWaits.next()).unref()
+      resumeAt = Date.now() + sendWaits.next()
+    } finally {
+      sending = false
     }
   }
 
   listen().catch(() => {})
-  timer = setInterval(() => { send().catch(() => {}) }, beatIntervalMs).unref()
+  const timer = setInterval(() => { send().catch(() => {}) }, beatIntervalMs).unref()
 
   return {
     async close () {
