@@ -1,3 +1,4 @@
+import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
 import { auditEvents, bearer, build, claimsOf, eventually, operator, postJson, register, uniqueUser } from './helper.ts'
@@ -9,6 +10,13 @@ import {
 // Sign-in with upstream identity providers (issue 28), against a real OpenID Provider (panva's
 // oidc-provider, test/oidc-provider.ts) through authgate's routes: each anchor failure of the
 // issue as an attack authgate refuses. Both engines.
+
+/** When the identity of `subject` was last used, and when its account last signed in (ms). */
+async function usedAt (app: FastifyInstance, subject: string): Promise<{ identity: number, login: number }> {
+  const row = await app.db.selectFrom('user_identities').innerJoin('users', 'users.id', 'user_identities.user_id')
+    .select(['user_identities.last_used_at', 'users.last_login_at']).where('subject', '=', subject).executeTakeFirstOrThrow()
+  return { identity: row.last_used_at!.getTime(), login: row.last_login_at!.getTime() }
+}
 
 t.test('which account: an identity is (issuer, subject), never an address', async (t) => {
   // corp: a generic provider trusted for addresses (TRUST_EMAIL=true), no implicit linking;
@@ -41,9 +49,12 @@ t.test('which account: an identity is (issuer, subject), never an address', asyn
     // Anchor: an email claim changed upstream (to an address of nobody's, then to another
     // account's) still signs in the known pair's account, and makes none. A matching by address
     // would make a new account (or sign in the other one).
+    const first = await usedAt(app, alice.sub)
     const changed = `changed-${alice.email}`
     corp.accounts.set(alice.sub, { ...alice.claims, email: changed })
     t.equal((await detailOf(app, signedIn(t, await signIn(app, corp, 'corp', alice.sub)))).id, user.id, 'the same account')
+    const again = await usedAt(app, alice.sub)
+    t.ok(again.identity > first.identity && again.login > first.login, 'a returning sign-in records the identity\'s use and the account\'s last sign-in')
     t.equal(await accountsWith(app, changed), 0, 'no account of the new address')
     const other = await register(app)
     corp.accounts.set(alice.sub, { ...alice.claims, email: other.email })
@@ -122,9 +133,11 @@ t.test('which account: an identity is (issuer, subject), never an address', asyn
 
     t.equal((await postJson(app, `/api/admin/users/${user.id}/disable`, { reason: 'left the company' }, bearer(admin.token))).statusCode, 200)
     const before = await sessionsOf(app, user.id)
+    const used = await usedAt(app, carol.sub)
     // Catches a sign-in by a known pair that skips the account's state.
     refused(t, await signIn(app, corp, 'corp', carol.sub), 'invalid_credentials')
     t.equal(await sessionsOf(app, user.id), before, 'no new session')
+    t.same(await usedAt(app, carol.sub), used, 'neither the identity\'s use nor a sign-in recorded')
   })
 
   // Catches a concurrent first sign-in answered account_exists (the other's new account holds the address) or making a second account.

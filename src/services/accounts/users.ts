@@ -1,4 +1,4 @@
-import { expressionBuilder, sql, type ExpressionBuilder, type RawBuilder } from 'kysely'
+import { expressionBuilder, sql, type ExpressionBuilder, type QueryCreator, type RawBuilder } from 'kysely'
 import type { Executor } from '../../db/index.ts'
 import type { Database } from '../../db/types.ts'
 import { normalizeUsername } from '../../lib/usernames.ts'
@@ -168,6 +168,20 @@ export async function userHandleOf (executor: Executor, userId: number, made: st
 /** A sign-in that proved no password (an upstream provider's): when. */
 export async function recordLastLogin (executor: Executor, userId: number, at: RawBuilder<Date>): Promise<void> {
   await executor.updateTable('users').set({ last_login_at: at }).where('id', '=', userId).execute()
+}
+
+/**
+ * The sign-in of the active user whom the WITH `signer` of `q` names (its user_id), recorded as
+ * recordLastLogin does, in that one statement: the user with their sign-in methods, as
+ * activeWithMethods reads them; undefined when `signer` names no one, or no active user.
+ */
+export async function recordLoginOfSigner (q: QueryCreator<Database & { signer: { user_id: number } }>, at: RawBuilder<Date>) {
+  const row = await q.updateTable('users').from('signer')
+    .set({ last_login_at: at })
+    .whereRef('users.id', '=', 'signer.user_id').where(isActive)
+    .returning(['users.id', 'users.username', 'users.email', 'users.roles', 'users.email_verified_at']).returning(signInMethods)
+    .executeTakeFirst()
+  return row === undefined ? undefined : { ...row, methods: methodsOf(row) }
 }
 
 /**

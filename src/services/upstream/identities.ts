@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import type { RawBuilder } from 'kysely'
+import type { QueryCreator, RawBuilder } from 'kysely'
 import type { Executor } from '../../db/index.ts'
+import type { Database } from '../../db/types.ts'
+import { activeUsers } from '../accounts/users.ts'
 import type { UpstreamProfile } from './provider-client.ts'
 
 // The one owner of `user_identities`: an upstream identity is the pair (issuer, subject),
@@ -24,6 +26,18 @@ export async function touchIdentity (executor: Executor, id: string, profile: Up
     .where('id', '=', id)
     .execute()
 }
+
+/**
+ * The identity's use recorded (touchIdentity's columns) when it is known and its user active: a
+ * statement for the WITH of another (recordLoginOfSigner), which takes its user_id, so that a
+ * returning sign-in is one round trip. Nothing when the identity is new or its user is not active.
+ */
+export const touchKnownIdentity = (q: QueryCreator<Database>, profile: UpstreamProfile, at: RawBuilder<Date>) =>
+  q.updateTable('user_identities')
+    .set({ last_used_at: at, email: profile.email ?? null, email_verified: profile.emailVerified })
+    .where('issuer', '=', profile.issuer).where('subject', '=', profile.subject)
+    .where('user_id', 'in', activeUsers().select('id'))
+    .returning('user_id')
 
 /** Links the identity to the user; false when it is linked already (to anyone: the pair is unique). */
 export async function insertIdentity (executor: Executor, userId: number, profile: UpstreamProfile, at: RawBuilder<Date>): Promise<boolean> {

@@ -11,7 +11,7 @@ import { epochSeconds, type Clock } from '../../lib/clock.ts'
 import { safeEqual } from '../../lib/constant-time.ts'
 import { normalizeUsername, usernameProblem } from '../../lib/usernames.ts'
 import { proofOf, type PasswordProof } from '../accounts/accounts.ts'
-import { activeWithMethods, hasWayIn, idOfEmail, insertUpstreamUser, methodsOfUser, needsSecondStep, recipientOf, recordLastLogin } from '../accounts/users.ts'
+import { activeWithMethods, hasWayIn, idOfEmail, insertUpstreamUser, methodsOfUser, needsSecondStep, recipientOf, recordLastLogin, recordLoginOfSigner } from '../accounts/users.ts'
 import { requireRecent, type TokenClaims } from '../auth/claims.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import type { Outbox } from '../mail/outbox.ts'
@@ -19,7 +19,7 @@ import type { MailTemplates } from '../mail/templates.ts'
 import type { OneTimeCodes } from '../one-time-codes.ts'
 import type { Sessions } from '../sessions/sessions.ts'
 import type { SignIn, SignInStep } from '../sign-in.ts'
-import { deleteIdentity, identitiesOf, insertIdentity, touchIdentity, userOfIdentity } from './identities.ts'
+import { deleteIdentity, identitiesOf, insertIdentity, touchIdentity, touchKnownIdentity, userOfIdentity } from './identities.ts'
 import { createProviderClient, type ProviderClient, type UpstreamProfile } from './provider-client.ts'
 
 export interface UpstreamDeps {
@@ -143,6 +143,10 @@ export function createUpstream ({ db, clock, config, oneTimeCodes, signIn, sessi
    * concurrent first sign-in of the same identity makes one account: the other retries and finds it.
    */
   async function accountOf (profile: UpstreamProfile, linkByEmail: boolean, caller: Caller): Promise<PasswordProof> {
+    // A returning identity of an active user, the usual sign-in: its use and the sign-in in one
+    // statement. Anything else (a new identity, an inactive user) takes the transaction below.
+    const returning = await recordLoginOfSigner(db.with('signer', (q) => touchKnownIdentity(q, profile, clock.db())), clock.db())
+    if (returning !== undefined) return proofOf(returning)
     for (let attempt = 0; ; attempt++) {
       try {
         const { user, change } = await db.transaction().execute(async (trx) => {
