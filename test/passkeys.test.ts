@@ -44,6 +44,7 @@ t.test('passkeys', async (t) => {
   const list = async (access: string) => (await app.inject({ url: '/api/auth/passkeys', headers: bearer(access) })).json().passkeys as Array<Record<string, unknown>>
   const remove = (access: string, id: string) => app.inject({ method: 'DELETE', url: `/api/auth/passkeys/${id}`, headers: bearer(access) })
   const storedPasskeys = async (userId: number) => (await app.db.selectFrom('passkeys').select('id').where('user_id', '=', userId).execute()).length
+  const lastSignIn = async (userId: number) => (await app.db.selectFrom('users').select('last_login_at').where('id', '=', userId).executeTakeFirstOrThrow()).last_login_at?.getTime() ?? 0
 
   /** Adds a passkey made by the soft authenticator from the session of `access`: its id, its credential, the options it answered. */
   async function addPasskey (access: string, name?: string) {
@@ -463,8 +464,10 @@ t.test('passkeys', async (t) => {
       last_used_at: null
     })
     t.match((await inbox.find(user.email, /a passkey \(laptop\) was added/)).subject, 'The passkeys of your account changed')
+    const signedInBefore = await lastSignIn(user.id)
     const pair = await passkeyPair(passkey.credential)
     t.type((await list(access))[0]!.last_used_at, 'string', 'its last use')
+    t.ok(await lastSignIn(user.id) > signedInBefore, 'and the account\'s last sign-in')
 
     const rename = (token: string, id: string, name: string) => app.inject({ method: 'PATCH', url: `/api/auth/passkeys/${id}`, payload: { name }, headers: bearer(token) })
     t.equal((await rename(access, passkey.id, 'old laptop')).statusCode, 204)
@@ -540,11 +543,14 @@ t.test('passkeys', async (t) => {
     const writer = await operator(app, ALL_ADMIN_SCOPES)
     const disabled = await withPasskey()
     t.equal((await postJson(app, `/api/admin/users/${disabled.user.id}/disable`, { reason: 'a test' }, bearer(writer.token))).statusCode, 200)
+    const counterOf = async () => (await app.db.selectFrom('passkeys').select('counter').where('user_id', '=', disabled.user.id).executeTakeFirstOrThrow()).counter
+    const [counter, signedIn] = [await counterOf(), await lastSignIn(disabled.user.id)]
     const refused = await passkeySignIn(disabled.passkey.credential)
     t.equal(refused.statusCode, 401)
     t.equal(refused.headers['set-cookie'], undefined)
     t.match(await auditEvents(app, disabled.user.id, ['detail'], { event: 'login', outcome: 'failure' }), [{ detail: { method: 'passkey', reason: 'inactive' } }])
     t.equal(await storedPasskeys(disabled.user.id), 1, 'kept for when the account is enabled again')
+    t.same([await counterOf(), await lastSignIn(disabled.user.id)], [counter, signedIn], 'neither its counter taken nor a sign-in recorded')
 
     const deleted = await withPasskey()
     t.equal((await app.inject({ method: 'DELETE', url: `/api/admin/users/${deleted.user.id}?reason=gone`, headers: bearer(writer.token) })).statusCode, 204)

@@ -4,7 +4,7 @@ import { EmailNotVerifiedError, InvalidCredentialsError, SignInCodeInvalidError 
 import { epochSeconds, type Clock } from '../lib/clock.ts'
 import type { TokenPair, User } from '../schemas.ts'
 import { proofOf, type Accounts, type PasswordProof } from './accounts/accounts.ts'
-import { activeWithMethods, needsSecondStep, recordLastLogin } from './accounts/users.ts'
+import { activeWithMethods, needsSecondStep, type ActiveUser } from './accounts/users.ts'
 import type { Addresses } from './accounts/addresses.ts'
 import type { AuditTrail, Caller } from './audit.ts'
 import type { OneTimeCodes } from './one-time-codes.ts'
@@ -129,18 +129,16 @@ export function createSignIn ({ db, clock, config, accounts, sessions, oneTimeCo
     },
 
     /**
-     * A sign-in by a passkey its user verified (src/services/passkeys/): aal2 by itself, no
-     * second step; `amr` as the passkey gives it (hwk or swk, user, mfa).
+     * A sign-in by a passkey its user verified (src/services/passkeys/), `user` as the statement
+     * that took its counter read them and recorded the sign-in (undefined: not active): aal2 by
+     * itself, no second step; `amr` as the passkey gives it (hwk or swk, user, mfa).
      */
-    async passkey (userId: number, { amr, passkey }: { amr: string[], passkey: string }, caller: Caller): Promise<SignInStep> {
-      const user = await activeWithMethods(db, userId)
+    async passkey (userId: number, user: ActiveUser | undefined, { amr, passkey }: { amr: string[], passkey: string }, caller: Caller): Promise<SignInStep> {
       if (user === undefined) {
         audit.record({ event: 'login', outcome: 'failure', userId, detail: { method: 'passkey', passkey, reason: 'inactive' } }, caller)
         throw new InvalidCredentialsError()
       }
-      const step = await next(proofOf(user), caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
-      await recordLastLogin(db, userId, clock.db())
-      return step
+      return await next(proofOf(user), caller, { method: 'passkey', amr, aal: 'aal2', whole: true, detail: { passkey } }, { cookies: true })
     },
 
     /**

@@ -10,7 +10,7 @@ import type { User } from '../../schemas.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import type { SessionUser } from '../sessions/cache.ts'
 import type { Credential, Sessions } from '../sessions/sessions.ts'
-import { byIdentifier, insertUser, methodsOf, passwordHashOf, recordSignIn, setPasswordHash, signInMethods, type activeWithMethods, type SignInMethods } from './users.ts'
+import { byIdentifier, insertUser, methodsOf, passwordHashOf, recordSignIn, setPasswordHash, signInMethods, type ActiveUser, type SignInMethods } from './users.ts'
 
 export interface Registration { username: string, email: string, password: string }
 
@@ -29,7 +29,7 @@ export interface PasswordProof { user: User, credential: Credential, emailVerifi
  * The proof of a sign-in that took no password (a mailed code, a provider, a passkey), for the
  * user activeWithMethods read: no password hash in the credential to hold the session to.
  */
-export const proofOf = (user: NonNullable<Awaited<ReturnType<typeof activeWithMethods>>>): PasswordProof => ({
+export const proofOf = (user: ActiveUser): PasswordProof => ({
   user: { id: user.id, username: user.username, email: user.email },
   credential: { userId: user.id, roles: user.roles },
   emailVerified: user.email_verified_at !== null,

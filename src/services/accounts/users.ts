@@ -109,6 +109,9 @@ export async function activeWithMethods (executor: Executor, userId: number) {
   return row === undefined ? undefined : { ...row, methods: methodsOf(row) }
 }
 
+/** An active user with their sign-in methods, as activeWithMethods and recordLoginOfSigner read them. */
+export type ActiveUser = NonNullable<Awaited<ReturnType<typeof activeWithMethods>>>
+
 /** Whom a notice about the account goes to (its name and address), while it is not deleted. */
 export async function recipientOf (executor: Executor, userId: number): Promise<{ username: string, email: string } | undefined> {
   return await executor.selectFrom('users').select(['username', 'email']).where('id', '=', userId).where('deleted_at', 'is', null).executeTakeFirst()
@@ -175,7 +178,7 @@ export async function recordLastLogin (executor: Executor, userId: number, at: R
  * recordLastLogin does, in that one statement: the user with their sign-in methods, as
  * activeWithMethods reads them; undefined when `signer` names no one, or no active user.
  */
-export async function recordLoginOfSigner (q: QueryCreator<Database & { signer: { user_id: number } }>, at: RawBuilder<Date>) {
+export async function recordLoginOfSigner (q: QueryCreator<Database & { signer: { user_id: number } }>, at: RawBuilder<Date>): Promise<ActiveUser | undefined> {
   const row = await q.updateTable('users').from('signer')
     .set({ last_login_at: at })
     .whereRef('users.id', '=', 'signer.user_id').where(isActive)

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import type { RawBuilder } from 'kysely'
+import type { QueryCreator, RawBuilder } from 'kysely'
 import type { Executor } from '../../db/index.ts'
+import type { Database } from '../../db/types.ts'
+import { activeUsers } from '../accounts/users.ts'
 
 // The one owner of `passkeys`: a user's WebAuthn credentials, each its public key and the
 // signature counter it last showed.
@@ -62,16 +64,22 @@ export async function insertPasskey (executor: Executor, userId: number, passkey
 /**
  * A use of the passkey, in one guarded statement: its counter moved to `counter` only while
  * that is ahead of the stored one (both nought: an authenticator that keeps no counter, as
- * synced passkeys do), its backup state and last use recorded. False when the counter did not
- * move ahead (a copied authenticator, or a parallel use of the same count) or the passkey is gone.
+ * synced passkeys do), its backup state and last use recorded; with `ofActiveUser`, only while
+ * its user is active. Returns the passkey's user_id, so that it can be the WITH of a statement
+ * that records the sign-in (recordLoginOfSigner). Nothing when the counter did not move ahead
+ * (a copied authenticator, or a parallel use of the same count) or the passkey is gone.
  */
-export async function usePasskey (executor: Executor, id: string, use: { counter: number, backedUp: boolean }, at: RawBuilder<Date>): Promise<boolean> {
-  const updated = await executor.updateTable('passkeys')
+export const takePasskey = (q: QueryCreator<Database>, id: string, use: { counter: number, backedUp: boolean }, at: RawBuilder<Date>, { ofActiveUser = false } = {}) =>
+  q.updateTable('passkeys')
     .set({ counter: use.counter, backed_up: use.backedUp, last_used_at: at })
     .where('id', '=', id)
     .where('counter', use.counter === 0 ? '=' : '<', String(use.counter))
-    .executeTakeFirst()
-  return updated.numUpdatedRows === 1n
+    .$if(ofActiveUser, (w) => w.where('user_id', 'in', activeUsers().select('id')))
+    .returning('user_id')
+
+/** takePasskey within `executor`: whether the counter moved ahead. */
+export async function usePasskey (executor: Executor, id: string, use: { counter: number, backedUp: boolean }, at: RawBuilder<Date>): Promise<boolean> {
+  return await takePasskey(executor, id, use, at).executeTakeFirst() !== undefined
 }
 
 /** Renames the user's passkey; false when the user has no such passkey. */

@@ -11,7 +11,7 @@ import {
 } from '../../errors.ts'
 import { epochSeconds, type Clock } from '../../lib/clock.ts'
 import type { TokenPair } from '../../schemas.ts'
-import { hasAal2Way, hasWayIn, methodsOfUser, recipientOf, userHandleOf } from '../accounts/users.ts'
+import { activeWithMethods, hasAal2Way, hasWayIn, methodsOfUser, recipientOf, recordLoginOfSigner, userHandleOf } from '../accounts/users.ts'
 import type { AuditTrail, Caller } from '../audit.ts'
 import { requireRecent, type TokenClaims } from '../auth/claims.ts'
 import type { MailTemplates } from '../mail/templates.ts'
@@ -20,7 +20,7 @@ import type { Mfa } from '../mfa/mfa.ts'
 import type { OneTimeCodes } from '../one-time-codes.ts'
 import type { Executor } from '../sessions/sessions.ts'
 import type { SignIn, SignInStep } from '../sign-in.ts'
-import { credentialIdsOf, deletePasskey, insertPasskey, passkeyOfCredential, passkeysOf, renamePasskey, usePasskey } from './credentials.ts'
+import { credentialIdsOf, deletePasskey, insertPasskey, passkeyOfCredential, passkeysOf, renamePasskey, takePasskey, usePasskey } from './credentials.ts'
 
 export interface PasskeysDeps {
   db: Db
@@ -130,13 +130,33 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     if (!verified.verified) return fail(refusal(undefined), passkey.user_id)
     const info = verified.authenticationInfo
     const amr = [info.credentialDeviceType === 'singleDevice' ? 'hwk' : 'swk', 'user', 'mfa']
-    // Takes the signature counter, within `executor`: one that does not move ahead is refused.
-    const take = async (executor: Executor): Promise<void> => {
-      if (await usePasskey(executor, passkey.id, { counter: info.newCounter, backedUp: info.credentialBackedUp }, clock.db())) return
+    const use = { counter: info.newCounter, backedUp: info.credentialBackedUp }
+    // A signature counter that did not move ahead: refused, and in the audit trail.
+    const regressed = (): never => {
       audit.record({ event: 'passkey_counter_regressed', outcome: 'failure', userId: passkey.user_id, detail: { passkey: passkey.id, stored: Number(passkey.counter), shown: info.newCounter } }, caller)
-      fail(new PasskeyInvalidError('its signature counter did not move ahead, as a copied authenticator\'s would not'), passkey.user_id)
+      return fail(new PasskeyInvalidError('its signature counter did not move ahead, as a copied authenticator\'s would not'), passkey.user_id)
     }
-    return { id: passkey.id, userId: passkey.user_id, amr, take }
+    return {
+      id: passkey.id,
+      userId: passkey.user_id,
+      amr,
+      /** Takes the signature counter within `executor`: one that does not move ahead is refused. */
+      async take (executor: Executor): Promise<void> {
+        if (!await usePasskey(executor, passkey.id, use, clock.db())) regressed()
+      },
+      /**
+       * Takes the counter and records the sign-in of its user, if active, in one statement: the
+       * user with their sign-in methods. Refused when the counter did not move ahead; undefined
+       * when the user is not active (the counter then stays).
+       */
+      async takeForSignIn () {
+        const user = await recordLoginOfSigner(db.with('signer', (q) => takePasskey(q, passkey.id, use, clock.db(), { ofActiveUser: true })), clock.db())
+        if (user !== undefined) return user
+        // Nothing taken: the user is not active, or the counter did not move ahead.
+        if (await activeWithMethods(db, passkey.user_id) !== undefined) regressed()
+        return undefined
+      }
+    }
   }
 
   return {
@@ -227,8 +247,7 @@ export function createPasskeys ({ db, clock, config, oneTimeCodes, signIn, mfa, 
     async signIn (answer: { challengeId: string, response: AuthenticationResponseJSON }, caller: Caller): Promise<SignInStep> {
       const flow = await spendChallenge('passkey_authentication', answer.challengeId)
       const passkey = await verifyAssertion(answer.response, flow.challenge, caller, { discoverable: true })
-      await passkey.take(db)
-      return await signIn.passkey(passkey.userId, { amr: passkey.amr, passkey: passkey.id }, caller)
+      return await signIn.passkey(passkey.userId, await passkey.takeForSignIn(), { amr: passkey.amr, passkey: passkey.id }, caller)
     },
 
     /**
