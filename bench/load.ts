@@ -49,14 +49,53 @@ export function median (values: number[]): number {
   return finite.length % 2 === 1 ? finite[middle]! : (finite[middle - 1]! + finite[middle]!) / 2
 }
 
+/**
+ * The answers of one run as they come, and the run's figures made of them: throughput over the
+ * steady window (after `ramp` seconds), the percentiles of the 2xx answers' latencies, the bench
+ * process's CPU per answer.
+ */
+class Tally {
+  readonly #latencies: number[] = []
+  readonly #completed: number[] = []
+  readonly #statuses = new Map<number, number>()
+  readonly #start = performance.now()
+  readonly #cpu = process.cpuUsage()
+  #answers = 0
+  #non2xx = 0
+
+  /** An answer of `status`, `ms` after its request, arrived at `at`. */
+  answered (status: number, ms: number, at = performance.now()): void {
+    this.#answers++
+    if (status < 200 || status > 299) {
+      this.#non2xx++
+      this.#statuses.set(status, (this.#statuses.get(status) ?? 0) + 1)
+      return
+    }
+    this.#latencies.push(ms)
+    this.#completed.push(at)
+  }
+
+  /** The run, ended at `end`. */
+  run ({ end = performance.now(), ramp = 1, errors }: { end?: number, ramp?: number, errors: number }): Run {
+    const spent = process.cpuUsage(this.#cpu)
+    const windowStart = Math.min(this.#start + ramp * 1000, end - 1)
+    const steady = this.#completed.filter((at) => at >= windowStart).length
+    const latencies = this.#latencies.sort((a, b) => a - b)
+    return {
+      rps: steady / ((end - windowStart) / 1000),
+      p50: quantile(latencies, 0.5),
+      p99: quantile(latencies, 0.99),
+      answers: this.#answers,
+      non2xx: this.#non2xx,
+      statuses: this.#statuses,
+      errors,
+      benchCpuUs: (spent.user + spent.system) / this.#answers
+    }
+  }
+}
+
 export async function load (spec: Load): Promise<Run> {
-  const latencies: number[] = []
-  const completed: number[] = []
-  let answers = 0
-  let non2xx = 0
-  const statuses = new Map<number, number>()
-  const start = performance.now()
-  const cpu = process.cpuUsage()
+  const tally = new Tally()
   const options: Options = {
     url: spec.url,
     connections: spec.connections,
@@ -66,36 +105,12 @@ export async function load (spec: Load): Promise<Run> {
     body: spec.body,
     timeout: spec.timeout ?? 10,
     setupClient: (client) => {
-      client.on('response', (statusCode: number, _bytes: number, responseTime: number) => {
-        answers++
-        if (statusCode < 200 || statusCode > 299) {
-          non2xx++
-          statuses.set(statusCode, (statuses.get(statusCode) ?? 0) + 1)
-          return
-        }
-        latencies.push(responseTime)
-        completed.push(performance.now())
-      })
+      client.on('response', (statusCode: number, _bytes: number, responseTime: number) => tally.answered(statusCode, responseTime))
       spec.setupClient?.(client)
     }
   }
   const result = await autocannon(options)
-  const end = performance.now()
-  const spent = process.cpuUsage(cpu)
-  const rampMs = (spec.ramp ?? 1) * 1000
-  const windowStart = Math.min(start + rampMs, end - 1)
-  const steady = completed.filter((at) => at >= windowStart).length
-  latencies.sort((a, b) => a - b)
-  return {
-    rps: steady / ((end - windowStart) / 1000),
-    p50: quantile(latencies, 0.5),
-    p99: quantile(latencies, 0.99),
-    answers,
-    non2xx,
-    statuses,
-    errors: result.errors,
-    benchCpuUs: (spent.user + spent.system) / answers
-  }
+  return tally.run({ ramp: spec.ramp, errors: result.errors })
 }
 
 /** One connection's requests in loadClosing: the next body, and what it does with each answer. */
@@ -125,12 +140,8 @@ export interface ClosingLoad {
  * `duration` are followed (the chain goes on) but not counted.
  */
 export async function loadClosing (spec: ClosingLoad): Promise<Run> {
-  const latencies: number[] = []
-  const completed: number[] = []
-  let answers = 0
-  let non2xx = 0
+  const tally = new Tally()
   let errors = 0
-  const statuses = new Map<number, number>()
   const url = new URL(spec.url)
   const timeoutMs = (spec.timeout ?? 10) * 1000
   const head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n${Object.entries(spec.headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')}`
@@ -155,9 +166,7 @@ export async function loadClosing (spec: ClosingLoad): Promise<Run> {
     })
     socket.end(`${head}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
   })
-  const start = performance.now()
-  const end = start + spec.duration * 1000
-  const cpu = process.cpuUsage()
+  const end = performance.now() + spec.duration * 1000
   await Promise.all(Array.from({ length: spec.connections }, async (_, index) => {
     const chain = spec.chain(index)
     while (performance.now() < end) {
@@ -170,28 +179,8 @@ export async function loadClosing (spec: ClosingLoad): Promise<Run> {
       // The chain follows every answer; one after the end is not counted.
       chain.onResponse(answer.status, answer.body)
       if (at > end) break
-      answers++
-      if (answer.status < 200 || answer.status > 299) {
-        non2xx++
-        statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1)
-        continue
-      }
-      latencies.push(answer.ms)
-      completed.push(at)
+      tally.answered(answer.status, answer.ms, at)
     }
   }))
-  const spent = process.cpuUsage(cpu)
-  const windowStart = Math.min(start + (spec.ramp ?? 1) * 1000, end - 1)
-  const steady = completed.filter((at) => at >= windowStart).length
-  latencies.sort((a, b) => a - b)
-  return {
-    rps: steady / ((end - windowStart) / 1000),
-    p50: quantile(latencies, 0.5),
-    p99: quantile(latencies, 0.99),
-    answers,
-    non2xx,
-    statuses,
-    errors,
-    benchCpuUs: (spent.user + spent.system) / answers
-  }
+  return tally.run({ end, ramp: spec.ramp, errors })
 }

@@ -373,17 +373,28 @@ try {
   const bearer = (): Record<string, string> => ({ authorization: `Bearer ${access}` })
   const floorUrl = floor.url
   const basic = (client: typeof serviceClient): string => `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`
-  // POST /oauth/token as a client with its secret in HTTP Basic, the same form each time.
-  const tokenRequests = (client: typeof serviceClient, form: Record<string, string>, seconds: number): Promise<Run> => load({
-    url: `${base}/oauth/token`,
+  // POSTs of a form to `path`, as `client` with its secret in HTTP Basic (none: the form itself
+  // authenticates); the same form each time, or one made for each request.
+  const formPosts = (path: string, { client, form, onResponse }: {
+    client?: typeof serviceClient
+    form: Record<string, string> | (() => string)
+    onResponse?: (status: number, body: string) => void
+  }, seconds: number): Promise<Run> => load({
+    url: `${base}${path}`,
     connections,
     duration: seconds,
     method: 'POST',
-    headers: {
-      ...formHeaders,
-      authorization: basic(client)
-    },
-    body: new URLSearchParams(form).toString()
+    setupClient: (c) => {
+      c.setRequests([{
+        method: 'POST',
+        path,
+        headers: { ...formHeaders, ...client === undefined ? {} : { authorization: basic(client) } },
+        ...typeof form === 'function'
+          ? { setupRequest: (request) => ({ ...request, body: form() }) }
+          : { body: new URLSearchParams(form).toString() },
+        onResponse
+      }])
+    }
   })
   const scenarios: Record<Exclude<Key, 'detailFlood' | 'loginFlood'>, ((seconds?: number) => Promise<Run>) | undefined> = {
     floor: (seconds = duration) => load({ url: `${floorUrl}/api/detail`, connections, duration: seconds, headers: bearer() }),
@@ -443,52 +454,34 @@ try {
           })
         }),
     // A service token (client_secret_basic): a client lookup and one signature, nothing written.
-    oauthToken: (seconds = duration) => tokenRequests(serviceClient, { grant_type: 'client_credentials' }, seconds),
+    oauthToken: (seconds = duration) => formPosts('/oauth/token', { client: serviceClient, form: { grant_type: 'client_credentials' } }, seconds),
     // A service acting for the bench user (RFC 8693): the user's token verified, its session
     // (cached), the client's policy, one signature; nothing written but the queued audit event.
-    exchange: (seconds = duration) => tokenRequests(exchangeClient, {
-      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
-      subject_token: access,
-      subject_token_type: 'urn:ietf:params:oauth:token-type:access_token'
+    exchange: (seconds = duration) => formPosts('/oauth/token', {
+      client: exchangeClient,
+      form: {
+        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+        subject_token: access,
+        subject_token_type: 'urn:ietf:params:oauth:token-type:access_token'
+      }
     }, seconds),
     // A gateway asking whether the bench user's token may pass (RFC 7662): the client's secret,
     // the token verified, its session's user; nothing written. Only active answers count as the
     // path measured (an inactive one is counted and breaks the scenario).
-    introspect: (seconds = duration) => load({
-      url: `${base}/api/token/introspect`,
-      connections,
-      duration: seconds,
-      method: 'POST',
-      setupClient: (client) => {
-        client.setRequests([{
-          method: 'POST',
-          path: '/api/token/introspect',
-          headers: { ...formHeaders, authorization: basic(introspectClient) },
-          body: new URLSearchParams({ token: access }).toString(),
-          onResponse: (status, body) => { if (status === 200 && !body.startsWith('{"active":true')) introspectTrouble.inactive++ }
-        }])
-      }
-    }),
+    introspect: (seconds = duration) => formPosts('/api/token/introspect', {
+      client: introspectClient,
+      form: { token: access },
+      onResponse: (status, body) => { if (status === 200 && !body.startsWith('{"active":true')) introspectTrouble.inactive++ }
+    }, seconds),
     // A workload's own token by the JWT bearer grant (RFC 7523 §2.1): a fresh assertion each
     // request, verified against the issuer's cached JWKS, its jti spent (one row), one signature.
-    jwtBearer: (seconds = duration) => load({
-      url: `${base}/oauth/token`,
-      connections,
-      duration: seconds,
-      method: 'POST',
-      setupClient: (client) => {
-        client.setRequests([{
-          method: 'POST',
-          path: '/oauth/token',
-          headers: formHeaders,
-          setupRequest: (request) => {
-            workloadSent++
-            return { ...request, body: jwtBearerBody() }
-          },
-          onResponse: (status) => { if (status === 200) workloadGrants++ }
-        }])
-      }
-    }),
+    jwtBearer: (seconds = duration) => formPosts('/oauth/token', {
+      form: () => {
+        workloadSent++
+        return jwtBearerBody()
+      },
+      onResponse: (status) => { if (status === 200) workloadGrants++ }
+    }, seconds),
     // A native app's sign-in: the ID token's signature against the provider's cached JWKS, the
     // identity's account, a session; no bcrypt.
     idToken: (seconds = duration) => {
