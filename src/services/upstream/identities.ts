@@ -20,21 +20,21 @@ export async function userOfIdentity (executor: Executor, issuer: string, subjec
 }
 
 /** The identity's last use, and the address it now names (shown, never matched on). */
+const used = (profile: UpstreamProfile, at: RawBuilder<Date>) => ({ last_used_at: at, email: profile.email ?? null, email_verified: profile.emailVerified })
+
+/** Records the use of identity `id` (used). */
 export async function touchIdentity (executor: Executor, id: string, profile: UpstreamProfile, at: RawBuilder<Date>): Promise<void> {
-  await executor.updateTable('user_identities')
-    .set({ last_used_at: at, email: profile.email ?? null, email_verified: profile.emailVerified })
-    .where('id', '=', id)
-    .execute()
+  await executor.updateTable('user_identities').set(used(profile, at)).where('id', '=', id).execute()
 }
 
 /**
- * The identity's use recorded (touchIdentity's columns) when it is known and its user active: a
- * statement for the WITH of another (recordLoginOfSigner), which takes its user_id, so that a
- * returning sign-in is one round trip. Nothing when the identity is new or its user is not active.
+ * The identity's use recorded (used) when it is known and its user active: a statement for the
+ * WITH of another (recordLoginOfSigner), which takes its user_id, so that a returning sign-in is
+ * one round trip. Nothing when the identity is new or its user is not active.
  */
 export const touchKnownIdentity = (q: QueryCreator<Database>, profile: UpstreamProfile, at: RawBuilder<Date>) =>
   q.updateTable('user_identities')
-    .set({ last_used_at: at, email: profile.email ?? null, email_verified: profile.emailVerified })
+    .set(used(profile, at))
     .where('issuer', '=', profile.issuer).where('subject', '=', profile.subject)
     .where('user_id', 'in', activeUsers().select('id'))
     .returning('user_id')
