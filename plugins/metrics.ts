@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { poolUsage } from '../src/db/index.ts'
 import { safeEqual } from '../src/lib/constant-time.ts'
+import { hashingState } from '../src/lib/password-hashing.ts'
 import { NotAuthenticatedError, RateLimitedError } from '../src/errors.ts'
 import { problems } from '../src/schemas.ts'
 import { perIp } from '../src/http/limits.ts'
@@ -67,6 +68,19 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       const { waiting, running } = fastify.sessions.rotations()
       this.set({ state: 'waiting' }, waiting)
       this.set({ state: 'running' }, running)
+    }
+  })
+  // Read at each scrape: password hashings at work in libuv's pool, and those waiting for a slot
+  // (src/lib/password-hashing.ts: never all of the pool, which other sign-ins share).
+  new Gauge({ // eslint-disable-line no-new
+    name: 'authgate_password_hashing',
+    help: 'Password hashings and checks (bcrypt) at work (running) and waiting for a slot of the thread pool (waiting)',
+    labelNames: ['state'],
+    registers: [registry],
+    collect () {
+      const { running, waiting } = hashingState()
+      this.set({ state: 'running' }, running)
+      this.set({ state: 'waiting' }, waiting)
     }
   })
   // On errors only: a request that succeeds pays nothing for this count.

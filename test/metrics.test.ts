@@ -61,6 +61,8 @@ t.test('latency by route, security events, tokens issued, rate-limited requests 
   }
   t.equal(sample(text, 'authgate_refresh_rotations', 'state="waiting"'), 0, 'no refresh waits for a commit')
   t.equal(sample(text, 'authgate_refresh_rotations', 'state="running"'), 0)
+  t.equal(sample(text, 'authgate_password_hashing', 'state="waiting"'), 0, 'no password check waits for a slot')
+  t.equal(sample(text, 'authgate_password_hashing', 'state="running"'), 0)
   t.notOk(text.includes(access), 'no token in the metrics')
 })
 

@@ -4,6 +4,7 @@ import type { Db } from '../../db/index.ts'
 import { EmailTakenError, InvalidCredentialsError, UsernameTakenError, ValidationFailedError } from '../../errors.ts'
 import type { Clock } from '../../lib/clock.ts'
 import { isDjangoHash, verifyDjangoPassword } from '../../lib/django-hashers.ts'
+import { withHashingSlot } from '../../lib/password-hashing.ts'
 import { MAX_PASSWORD_BYTES, passwordProblems } from '../../lib/password-policy.ts'
 import { normalizeUsername, usernameProblem } from '../../lib/usernames.ts'
 import type { User } from '../../schemas.ts'
@@ -59,6 +60,11 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * would match on its first 72).
    */
   async function passwordMatches (password: string, hash: string | undefined): Promise<boolean> {
+    // One slot of the pool for the whole check: its comparisons run one after the other.
+    return await withHashingSlot(() => check(password, hash))
+  }
+
+  async function check (password: string, hash: string | undefined): Promise<boolean> {
     // Every check, whatever the account, waits for the equaliser: a login in the first moments
     // after the start waits the same for a known account as for an unknown one.
     const dummyHash = await dummy
@@ -87,8 +93,8 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
   }
 
-  /** A password's hash at the configured cost. */
-  const hashPassword = async (password: string): Promise<string> => await bcrypt.hash(password, cost)
+  /** A password's hash at the configured cost, in a slot of the pool. */
+  const hashPassword = (password: string): Promise<string> => withHashingSlot(() => bcrypt.hash(password, cost))
 
   /**
    * The active user whose username (or, with an @, email) and password match, else
@@ -108,7 +114,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
 
     // Upgraded to the configured cost, only while the hash is still the one just verified:
     // a password change landing meanwhile is never overwritten with the old password.
-    const rehash = needsRehash(hash, password) ? await bcrypt.hash(password, cost) : undefined
+    const rehash = needsRehash(hash, password) ? await hashPassword(password) : undefined
     const updated = await recordSignIn(db, row.id, clock.db(), { rehash, hash, ...(resumes ? { resumeFrom: row.disabled_until! } : {}) })
     const passwordHash = rehash !== undefined && updated ? rehash : hash
     return { user: { id: row.id, username: row.username, email: row.email }, credential: { userId: row.id, passwordHash, roles: row.roles }, emailVerified: row.email_verified_at !== null, methods: methodsOf(row) }
@@ -146,7 +152,7 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
       ]
       if (problems.length > 0) throw new ValidationFailedError(problems)
 
-      const passwordHash = await bcrypt.hash(input.password, cost)
+      const passwordHash = await hashPassword(input.password)
       let user: User
       try {
         user = await insertUser(db, { username, email: input.email, password_hash: passwordHash })
