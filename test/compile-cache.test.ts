@@ -2,7 +2,7 @@ import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promi
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { freshDatabase, serverEnv } from './helper.ts'
+import { becomesReady, freshDatabase, serverEnv } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 // src/start.js keeps Node's compile cache in the temporary directory, in a folder only its
@@ -13,7 +13,7 @@ async function serve (t: Test, tmp: string): Promise<void> {
   const { NODE_COMPILE_CACHE: _, ...env } = serverEnv(await freshDatabase(t), { TMPDIR: tmp })
   const server = startServer(env)
   t.teardown(() => { server.child.kill('SIGKILL') })
-  t.equal((await fetch(`${await server.listening}/health/ready`)).status, 200, 'the server starts')
+  t.ok(await becomesReady(await server.listening), 'the server starts')
   t.equal(await server.stop(), 0)
 }
 

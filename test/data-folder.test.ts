@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { runCli } from '../src/cli.ts'
 import { FolderLockedError, lockFolder } from '../src/lib/folder-lock.ts'
-import { build, freshDatabase, login, postJson, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
+import { becomesReady, build, freshDatabase, login, postJson, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 
 const skip = process.env.DB_ENGINE === 'postgres' && 'the data folder is PGlite\'s'
@@ -51,7 +51,7 @@ t.test('one process per data folder', { skip }, async (t) => {
     t.teardown(() => { second.child.kill('SIGKILL') })
     t.equal((await once(second.child, 'exit'))[0], 1)
     t.match(second.output(), new RegExp(`^authgate: could not start: the data folder ${folder} is in use by process ${first.child.pid} \\(start\\.js, since [0-9T:.-]+Z\\): stop it first, or give this one another DB_NAME\\n$`))
-    t.equal((await fetch(`${url}/health/ready`)).status, 200, 'the first serves on')
+    t.ok(await becomesReady(url), 'the first serves on')
   })
 
   t.test('a CLI command beside it is handed to it (test/command-socket.test.ts): the change is its own at once', async (t) => {

@@ -248,6 +248,15 @@ export async function eventually (check: () => boolean | Promise<boolean>, { wit
 }
 
 /**
+ * Whether the server at `base` answers /health/ready 200 within `eventually`'s time. Its
+ * database ping has 500 ms (routes/health.ts), which a machine loaded past its cores can exceed:
+ * then readiness says 503, rightly, and a later try passes.
+ */
+export async function becomesReady (base: string): Promise<boolean> {
+  return await eventually(async () => (await fetch(`${base}/health/ready`)).status === 200)
+}
+
+/**
  * Runs `statement` in a transaction with the trigger that tells the replicas of a change of
  * `table` (migrations 0004, 0006, 0008) off: a change no replica hears of, so a replica whose
  * cache holds the row answers as before until the entry ages out. A witness, for a test across

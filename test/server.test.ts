@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import { readdir, readFile } from 'node:fs/promises'
 import t from 'tap'
-import { eventually, freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
+import { becomesReady, freshDatabase, SECRET_KEY, serverEnv, uniqueUser } from './helper.ts'
 import { startServer } from './server-process.ts'
 import { proxyDatabase } from './tcp-proxy.ts'
 
@@ -9,7 +9,7 @@ t.test('npm start serves on HOST:PORT and shuts down gracefully on SIGTERM', asy
   const server = startServer(serverEnv(await freshDatabase(t)))
   t.teardown(() => { server.child.kill('SIGKILL') })
   const url = await server.listening
-  t.ok(await eventually(async () => (await fetch(`${url}/health/ready`)).status === 200), 'ready (its database ping has 500 ms, which a loaded machine may take a few tries for)')
+  t.ok(await becomesReady(url), 'ready')
   if (process.platform === 'linux') {
     // libuv's workers (bcrypt) yield to the main thread (the requests): nice 10, the main thread 0.
     const threads = await Promise.all((await readdir(`/proc/${server.child.pid}/task`)).map(async (tid) => {
@@ -78,9 +78,7 @@ t.test('a start while the database does not answer yet waits for it, then serves
   }
   await proxy.reopen()
   const url = await server.listening
-  // Ready once the database answers the readiness ping within its 500 ms, which a loaded
-  // machine may take a few tries for.
-  t.ok(await eventually(async () => (await fetch(`${url}/health/ready`)).status === 200), 'ready')
+  t.ok(await becomesReady(url), 'ready')
   const user = uniqueUser()
   const registered = await fetch(`${url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) })
   t.equal(registered.status, 201, 'serves')

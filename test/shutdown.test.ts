@@ -3,7 +3,7 @@ import { Agent, request, type IncomingHttpHeaders } from 'node:http'
 import { connect } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { build, freshDatabase, login, serverEnv, uniqueUser } from './helper.ts'
+import { becomesReady, build, freshDatabase, login, serverEnv, uniqueUser } from './helper.ts'
 import { startServer, type ServerProcess } from './server-process.ts'
 
 interface Outcome {
@@ -188,8 +188,7 @@ t.test('SIGINT closes at once, without the drain', async (t) => {
   // An hour's drain: had SIGINT drained, the test would hang (tap's timeout) instead of exiting.
   const server = startServer(serverEnv(database, { SHUTDOWN_DRAIN_DELAY: '1h' }))
   t.teardown(() => { server.child.kill('SIGKILL') })
-  const url = await server.listening
-  t.equal((await fetch(`${url}/health/ready`)).status, 200)
+  t.ok(await becomesReady(await server.listening))
   const exited = once(server.child, 'exit')
   server.child.kill('SIGINT')
   t.equal((await exited)[0], 0, 'exits 0 without the hour of drain')
