@@ -44,11 +44,14 @@ function isUniqueViolation (error: unknown): error is { code: string, constraint
 /** Accounts: registration, the password check of a sign-in, the password change. */
 export async function createAccounts ({ db, sessions, clock, config, audit }: AccountsDeps) {
   const cost = config.BCRYPT_COST
+  /** A password's hash at the configured cost, in a slot of the pool. */
+  const hashPassword = (password: string): Promise<string> => withHashingSlot(() => bcrypt.hash(password, cost))
   // Compared against when the account does not exist, so that an unknown user costs one
   // comparison of the configured cost like a wrong password does. Started now, not on the first
   // login, but not awaited: at cost 12 it is a quarter of a second of the thread pool's CPU that
   // the start no longer waits for. Every password check awaits it first (see passwordMatches).
-  const dummy = bcrypt.hash('authgate timing equaliser', cost)
+  // In a slot of the pool, as every hashing.
+  const dummy = hashPassword('authgate timing equaliser')
   // Awaited by each check, which then fails with its error; never an unhandled rejection.
   dummy.catch(() => {})
 
@@ -60,14 +63,15 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
    * would match on its first 72).
    */
   async function passwordMatches (password: string, hash: string | undefined): Promise<boolean> {
+    // Every check, whatever the account, waits for the equaliser: a login in the first moments
+    // after the start waits the same for a known account as for an unknown one. Waited for
+    // before the slot, which the equaliser may still be waiting for itself.
+    const dummyHash = await dummy
     // One slot of the pool for the whole check: its comparisons run one after the other.
-    return await withHashingSlot(() => check(password, hash))
+    return await withHashingSlot(() => check(password, hash, dummyHash))
   }
 
-  async function check (password: string, hash: string | undefined): Promise<boolean> {
-    // Every check, whatever the account, waits for the equaliser: a login in the first moments
-    // after the start waits the same for a known account as for an unknown one.
-    const dummyHash = await dummy
+  async function check (password: string, hash: string | undefined, dummyHash: string): Promise<boolean> {
     const tooLong = Buffer.byteLength(password, 'utf8') > MAX_PASSWORD_BYTES
     // Django's hashers read the whole password, however long: such a hash is checked as it is.
     if (hash !== undefined && isDjangoHash(hash)) {
@@ -92,9 +96,6 @@ export async function createAccounts ({ db, sessions, clock, config, audit }: Ac
     const problems = passwordProblems(password, user)
     if (problems.length > 0) throw new ValidationFailedError(problems.map((message) => ({ field: 'new_password', message })))
   }
-
-  /** A password's hash at the configured cost, in a slot of the pool. */
-  const hashPassword = (password: string): Promise<string> => withHashingSlot(() => bcrypt.hash(password, cost))
 
   /**
    * The active user whose username (or, with an @, email) and password match, else
