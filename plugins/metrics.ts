@@ -70,17 +70,19 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       this.set({ state: 'running' }, running)
     }
   })
-  // Read at each scrape: password hashings at work in libuv's pool, and those waiting for a slot
-  // (src/lib/password-hashing.ts: never all of the pool, which other sign-ins share).
+  // Read at each scrape: password hashings at work in libuv's pool, those waiting for a slot, and
+  // how many may run now (src/lib/password-hashing.ts: never all of the pool, which other
+  // sign-ins share, and one fewer while the event loop is busy).
   new Gauge({ // eslint-disable-line no-new
     name: 'authgate_password_hashing',
-    help: 'Password hashings and checks (bcrypt) at work (running) and waiting for a slot of the thread pool (waiting)',
+    help: 'Password hashings and checks (bcrypt) at work (running), waiting for a slot of the thread pool (waiting), and how many may run at once now (allowed)',
     labelNames: ['state'],
     registers: [registry],
     collect () {
-      const { running, waiting } = hashingState()
+      const { running, waiting, allowed } = hashingState()
       this.set({ state: 'running' }, running)
       this.set({ state: 'waiting' }, waiting)
+      this.set({ state: 'allowed' }, allowed)
     }
   })
   // On errors only: a request that succeeds pays nothing for this count.

@@ -63,6 +63,7 @@ t.test('latency by route, security events, tokens issued, rate-limited requests 
   t.equal(sample(text, 'authgate_refresh_rotations', 'state="running"'), 0)
   t.equal(sample(text, 'authgate_password_hashing', 'state="waiting"'), 0, 'no password check waits for a slot')
   t.equal(sample(text, 'authgate_password_hashing', 'state="running"'), 0)
+  t.ok((sample(text, 'authgate_password_hashing', 'state="allowed"') ?? 0) >= 1, 'a hashing may run')
   t.notOk(text.includes(access), 'no token in the metrics')
 })
 

@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os'
+import { performance } from 'node:perf_hooks'
 import pLimit from 'p-limit'
 
 /**
@@ -13,11 +14,55 @@ export function hashingSlots (poolSize = Number(process.env.UV_THREADPOOL_SIZE) 
   return Math.max(1, Math.min(cores, poolSize - 1))
 }
 
+// The share of its time the event loop was at work (requests, not waiting) above which it is
+// busy: then one slot fewer, so that a core stays free for it. A login flood alone leaves the
+// loop at a few hundredths (the hashing is off it), and every core hashes; readers beside the
+// flood keep one core to themselves (BENCHMARKS.md: detail's p99 during a flood).
+export const BUSY_LOOP = 0.25
+
+// The event loop's utilization since the last reading, read again at most every 50 ms: at each
+// hashing's start and end, so a quiet process reads nothing.
+export function loopUtilization (): () => number {
+  let last = performance.eventLoopUtilization()
+  let utilization = 0
+  return () => {
+    const now = performance.eventLoopUtilization()
+    const since = performance.eventLoopUtilization(now, last)
+    if (since.idle + since.active < 50) return utilization
+    last = now
+    utilization = since.utilization
+    return utilization
+  }
+}
+
+/** Slots for password hashings: `slots` at once, one fewer while `utilization()` says the event loop is busy. */
+export function hashingLimiter (slots: number, utilization: () => number = loopUtilization()) {
+  const limit = pLimit(slots)
+  // Read before a hashing takes a slot and as it gives its slot back: a lower limit lets no new
+  // hashing start until one fewer run; a hashing at work is never stopped.
+  const adapt = (): void => {
+    const allowed = utilization() >= BUSY_LOOP ? Math.max(1, slots - 1) : slots
+    if (limit.concurrency !== allowed) limit.concurrency = allowed
+  }
+  return {
+    /** Runs `work` (password hashings and checks, one at a time within it) once a slot is free. */
+    run: <T>(work: () => Promise<T>): Promise<T> => {
+      adapt()
+      return limit(async () => {
+        try {
+          return await work()
+        } finally {
+          adapt()
+        }
+      })
+    },
+    /** How many hashings run, how many wait for a slot, and how many may run now. */
+    state: (): { running: number, waiting: number, allowed: number } => ({ running: limit.activeCount, waiting: limit.pendingCount, allowed: limit.concurrency })
+  }
+}
+
 // One for the process, as the pool is.
-const limit = pLimit(hashingSlots())
+const hashing = hashingLimiter(hashingSlots())
 
-/** Runs `work` (password hashings and checks, one at a time within it) once a slot is free. */
-export const withHashingSlot = <T>(work: () => Promise<T>): Promise<T> => limit(work)
-
-/** How many hashings run, and how many wait for a slot. */
-export const hashingState = (): { running: number, waiting: number } => ({ running: limit.activeCount, waiting: limit.pendingCount })
+export const withHashingSlot = hashing.run
+export const hashingState = hashing.state
