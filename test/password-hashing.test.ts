@@ -21,7 +21,6 @@ t.test('the event loop\'s utilization: the share of the time since the last read
   while (performance.now() < busyUntil);
   const busy = utilization()
   t.ok(busy > 0.5, `${busy.toFixed(2)} after 120 ms of work`)
-  t.equal(utilization(), busy, 'read again within 50 ms: the same reading')
   await new Promise((resolve) => setTimeout(resolve, 120))
   const quiet = utilization()
   t.ok(quiet < BUSY_LOOP, `${quiet.toFixed(2)} after 120 ms of waiting`)
