@@ -15,9 +15,10 @@ export function hashingSlots (poolSize = Number(process.env.UV_THREADPOOL_SIZE) 
 }
 
 // The share of its time the event loop was at work (requests, not waiting) above which it is
-// busy: then one slot fewer, so that a core stays free for it. A login flood alone leaves the
-// loop at a few hundredths (the hashing is off it), and every core hashes; readers beside the
-// flood keep one core to themselves (BENCHMARKS.md: detail's p99 during a flood).
+// busy: then one slot fewer, so that a core stays free for it. A login flood alone left the
+// loop at 0.03 to 0.14 where it was measured (the hashing is off it), and every core hashes;
+// readers beside the flood (0.92 to 0.98) keep one core to themselves (BENCHMARKS.md: detail's
+// p99 during a flood).
 export const BUSY_LOOP = 0.25
 
 // The event loop's utilization since the last reading, read again at most every 50 ms: at each
