@@ -1,6 +1,5 @@
-import pg from 'pg'
 import t from 'tap'
-import { build, claimsOf, eventually, freshDatabase, lockSession, login, postJson, TestClock } from './helper.ts'
+import { build, claimsOf, eventually, freshDatabase, lockSession, lockWaiters, login, postJson, TestClock } from './helper.ts'
 
 // Concurrent refreshes share one statement and one commit (src/services/sessions/sessions.ts,
 // migrations/0018-refresh-batch.ts). Whatever groups they fall into, each gets what it would
@@ -56,11 +55,8 @@ t.test('a group ended by a deadlock runs again: the refresh is answered', { skip
   const other = await lockSession(t, database.DATABASE_URL!, sid)
   await other.query("set deadlock_timeout = '30s'")
   const answer = postJson(app, '/api/token/refresh', { refresh })
-  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
-  await watcher.connect()
-  t.teardown(() => watcher.end())
-  const waiting = async (): Promise<boolean> => (await watcher.query("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rowCount! > 0
-  t.ok(await eventually(waiting), 'the group holds the token and waits for the session')
+  const waiters = await lockWaiters(t, database.DATABASE_URL!)
+  t.ok(await eventually(async () => (await waiters()).length > 0), 'the group holds the token and waits for the session')
   // The server's deadlock_timeout (1 s) passes first: the group's check finds the cycle.
   await other.query('select jti from refresh_tokens where jti = $1 for update', [jti])
   await other.query('rollback')

@@ -6,7 +6,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { NotifiedCache } from '../src/lib/notified-cache.ts'
 import type { CachedClient, NewClient } from '../src/services/oauth/clients.ts'
-import { basic, bearer, build, claimsOf, eventually, freshDatabase, login, operator, postForm, postJson, TestClock } from './helper.ts'
+import { basic, bearer, build, claimsOf, eventually, freshDatabase, lockWaiters, login, operator, postForm, postJson, TestClock } from './helper.ts'
 
 // Token exchange (RFC 8693, issue 30): a client acting for the subject of a token it was given
 // gets a token for one audience its policy (--exchange-to) allows; scopes and lifetime only
@@ -553,14 +553,10 @@ t.test('two policy changes of one client at once: one after the other, neither b
   t.teardown(() => blocker.end())
   await blocker.query('begin')
   await blocker.query('select id from oauth_clients where id = $1 for update', [a.id])
-  // Watched from a third connection: within the blocker's transaction pg_stat_activity is one snapshot.
-  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
-  await watcher.connect()
-  t.teardown(() => watcher.end())
-  const waiting = async (): Promise<number> => Number((await watcher.query("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query ilike '%oauth_clients%'")).rows[0].n)
+  const waiters = await lockWaiters(t, database.DATABASE_URL!)
   const scopes = app.clients.update(a.id, { scopes: ['s1', 's2'] })
   const audiences = app.clients.update(a.id, { exchangeAudiences: [B, C] })
-  t.ok(await eventually(async () => await waiting() === 2), 'both wait on the row')
+  t.ok(await eventually(async () => (await waiters('%oauth_clients%')).length === 2), 'both wait on the row')
   await blocker.query('commit')
   await Promise.all([scopes, audiences])
   const { client } = await app.clients.show(a.id)

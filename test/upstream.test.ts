@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
-import { auditEvents, bearer, build, claimsOf, eventually, operator, postJson, register, uniqueUser } from './helper.ts'
+import { auditEvents, bearer, build, claimsOf, eventually, lockWaiters, operator, postJson, register, uniqueUser } from './helper.ts'
 import {
   accessOf, accountsWith, atProvider, callback, CLIENT, detailOf, FLOW_COOKIE, fragmentOf, identitiesIn, OTHER_RETURN, person,
   providerEnv, providerFor, PUBLIC_URL, redirectOf, refused, RETURN, sessionsOf, signedIn, signIn, start, verifyAddress
@@ -179,12 +179,11 @@ t.test('which account: an identity is (issuer, subject), never an address', asyn
     const flow = await start(app, 'corp')
     const back = await atProvider(corp, flow.begun!, erin.sub)
 
+    const waiters = await lockWaiters(t, app.config.DATABASE_URL!)
     await other.query('begin')
     await other.query('select id from user_identities where issuer = $1 and subject = $2 for update', [corp.issuer, erin.sub])
     const answer = callback(app, back, flow.begun!.cookie)
-    t.ok(await eventually(async () => (await other.query(
-      'select 1 from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and wait_event_type = \'Lock\''
-    )).rowCount === 1), 'the sign-in waits at its lookup of the identity')
+    t.ok(await eventually(async () => (await waiters()).length === 1), 'the sign-in waits at its lookup of the identity')
     // The other sign-in: the identity's account made, and the identity linked to it.
     await other.query('delete from user_identities where issuer = $1 and subject = $2', [corp.issuer, erin.sub])
     const userId = (await other.query('insert into users (username, email, password_hash, email_verified_at) values ($1, $2, null, now()) returning id', [erin.claims.preferred_username, erin.email])).rows[0].id as number
