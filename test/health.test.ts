@@ -65,7 +65,7 @@ t.test('a database connection lost mid-transaction answers 503 and the service l
   t.ok(await eventually(async () => (waiting = await waiters()).length === 1), 'the refresh waits on the session row')
 
   // ...where its server connection is killed, as a restart or failover would.
-  await blocker.query('select pg_terminate_backend($1)', waiting)
+  t.same((await blocker.query('select pg_terminate_backend($1) as ended', waiting)).rows, [{ ended: true }], 'its backend is terminated')
   const res = await pending
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'service_unavailable')
