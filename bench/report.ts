@@ -75,6 +75,12 @@ function markdownTable (rows: Array<Record<string, string | number>>): string {
   return [line(columns), line(columns.map(() => '---')), ...rows.map((row) => line(columns.map((column) => row[column] ?? '')))].join('\n')
 }
 
+/**
+ * A ratio as the tables give it: three decimals, or three significant digits below 0.1, so that
+ * a ratio that misses its target is never shown as the target (0.0197 against 0.02, not 0.020).
+ */
+export const ratio = (v: number): string => Math.abs(v) < 0.1 ? v.toPrecision(3) : v.toFixed(3)
+
 export const yesNo = (met: boolean | null | undefined): string => met === null ? 'no target yet' : met === undefined ? 'not measured' : met ? 'yes' : 'NO'
 
 const NOTES_START = '<!-- notes -->'

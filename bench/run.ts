@@ -39,7 +39,7 @@ import { assertionCostUs, assertionMaker } from './assertion.ts'
 import { load, loadClosing, median, type Run } from './load.ts'
 import { findPgbench, pgbenchArgs, pgbenchRun, preparePgbench } from './pgbench.ts'
 import { seedAbsence, startSeed, type Seed } from './seed.ts'
-import { command, machine, rssMB, writeBenchmarks, yesNo, type Figure, type ScenarioRow } from './report.ts'
+import { command, machine, ratio, rssMB, writeBenchmarks, yesNo, type Figure, type ScenarioRow } from './report.ts'
 
 const setting = (name: string, fallback: number, minimum: number): number => {
   const value = Number(process.env[name] ?? fallback)
@@ -725,7 +725,7 @@ try {
     scenario: names[key][0],
     connections: names[key][1],
     'req/s': rps(key) >= 100 ? rps(key).toFixed(0) : rps(key).toFixed(1),
-    'vs floor': (rps(key) / floorRps).toFixed(3),
+    'vs floor': ratio(rps(key) / floorRps),
     'p50 ms': ms(p(key, 'p50')),
     'p99 ms': ms(p(key, 'p99')),
     'req/s by round': runs[key].map((run) => run.rps >= 100 ? run.rps.toFixed(0) : run.rps.toFixed(1)).join(' '),
@@ -739,7 +739,6 @@ try {
     const v = value()
     return { figure: name, measured: format(v), target, met: met(v) }
   }
-  const ratio = (v: number): string => v.toFixed(3)
   const figures: Figure[] = [
     figure('detail req/s ÷ floor req/s', ['detail', 'floor'], () => rps('detail') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
     figure('check (forward-auth) req/s ÷ floor req/s', ['check', 'floor'], () => rps('check') / floorRps, ratio, '>= 0.5', (v) => v >= 0.5),
