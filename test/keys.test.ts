@@ -5,7 +5,9 @@ import { SecretBox } from '../src/lib/secret-box.ts'
 import { createKeyring } from '../src/services/keys/keyring.ts'
 import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
 import type { TokenClaims } from '../src/services/auth/claims.ts'
+import { SessionCache } from '../src/services/sessions/cache.ts'
 import { build, claimsOf, eventually, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
+import { proxyDatabase } from './tcp-proxy.ts'
 
 t.test('JWKS and signing keys', async (t) => {
   const app = await build(t)
@@ -74,8 +76,9 @@ t.test('two instances starting together on one database make one key', {
 t.test('a key created by another replica after start is found by its kid, one lookup per 10 s', async (t) => {
   const clock = new TestClock()
   // The reload timer (a minute) an hour away: what this replica comes to know, a lookup or the
-  // notification told it.
-  const app = await build(t, { clock, overrides: { keysReloadIntervalS: 3600 } })
+  // notification told it. Its session cache is used once LISTEN holds (a heartbeat arrived).
+  const sessionCache = new SessionCache()
+  const app = await build(t, { clock, overrides: { keysReloadIntervalS: 3600, sessionCache } })
   const { access } = await login(app)
   const claims = JSON.parse(Buffer.from(access.split('.')[1]!, 'base64url').toString())
   const box = new SecretBox(SECRET_KEY, 'signing-keys')
@@ -92,6 +95,7 @@ t.test('a key created by another replica after start is found by its kid, one lo
   t.equal(await detail(access), 200, 'the retired key still verifies')
   t.equal(app.keyring.jwks.keys.length, 2, 'both keys in the JWKS')
 
+  if (process.env.DB_ENGINE === 'postgres') t.ok(await eventually(() => sessionCache.live), 'it listens')
   const second = await rotateElsewhere()
   if (process.env.DB_ENGINE === 'postgres') {
     // On PostgreSQL every replica hears of a key change at once (NOTIFY), no lookup needed: the
@@ -203,11 +207,33 @@ t.test('a rotation reaches every replica at once: none signs with the retired ke
 }, async (t) => {
   const database = await freshDatabase(t)
   const a = await build(t, { database })
-  // B's reload timer (a minute) an hour away: only the notification can tell it of the rotation.
-  const b = await build(t, { database, overrides: { keysReloadIntervalS: 3600 } })
   const kidOf = (token: string): string => JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString()).kid
-  const { kid } = await rotateSigningKey(a.db, new SecretBox(SECRET_KEY, 'signing-keys'), 'ES256')
-  t.ok(await eventually(async () => kidOf((await login(b)).access) === kid), 'B signs with the new key, told by the notification')
+  const box = new SecretBox(SECRET_KEY, 'signing-keys')
+
+  t.test('B listening: told by the notification', async (t) => {
+    // B's reload timer (a minute) an hour away: only the notification can tell it of the rotation.
+    // Its session cache is used once a heartbeat arrived, which only a LISTEN in place can hear.
+    const sessionCache = new SessionCache()
+    const b = await build(t, { database, overrides: { keysReloadIntervalS: 3600, sessionCache } })
+    t.ok(await eventually(() => sessionCache.live), 'B listens')
+    const { kid } = await rotateSigningKey(a.db, box, 'ES256')
+    t.ok(await eventually(async () => kidOf((await login(b)).access) === kid), 'B signs with the new key')
+  })
+
+  t.test('B not listening yet: it reads the keys once its LISTEN holds', async (t) => {
+    // B's listener connects through a proxy that holds it: the rotation's notification is sent
+    // before B listens, and never reaches it. CI's stop 40 saw this window open by itself on a
+    // loaded machine: a replica's start reads the keys, then its LISTEN lands a little later.
+    const { proxy, url } = await proxyDatabase(t, database.DATABASE_URL!)
+    proxy.pause()
+    const sessionCache = new SessionCache()
+    const b = await build(t, { database: { ...database, DATABASE_LISTEN_URL: url }, overrides: { keysReloadIntervalS: 3600, sessionCache } })
+    const { kid } = await rotateSigningKey(a.db, box, 'ES256')
+    t.not(kidOf((await login(b)).access), kid, 'before its LISTEN, B signs with the key it read at its start')
+    proxy.resume()
+    t.ok(await eventually(() => sessionCache.live), 'B listens')
+    t.ok(await eventually(async () => kidOf((await login(b)).access) === kid), 'B signs with the new key')
+  })
 })
 
 t.test('npm run keys:rotate says what it did', async (t) => {

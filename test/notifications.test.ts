@@ -17,6 +17,7 @@ t.test('a heartbeat connection that stalls, then breaks, leaves one heartbeat pe
     listenUrl: direct,
     beatUrl: throughProxy,
     channels: { authgate_test: () => {} },
+    onListening: () => {},
     onBeat: () => { beats++ },
     onLost: () => {},
     warn: () => {},

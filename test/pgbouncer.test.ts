@@ -120,11 +120,12 @@ t.test('behind PgBouncer in transaction mode', { skip }, async (t) => {
   t.test('a pooled listener is found out by its handshake, before any heartbeat could land on its server connection', async (t) => {
     /** A listener on `listenUrl`, with what it warned of and how many heartbeats it heard. */
     const listenOn = (listenUrl: string, beatIntervalMs: number) => {
-      const heard = { warnings: [] as string[], beats: 0 }
+      const heard = { warnings: [] as string[], beats: 0, listening: 0 }
       const listener = listenForNotifications({
         listenUrl,
         beatUrl: direct,
         channels: { authgate_test: () => {} },
+        onListening: () => { heard.listening++ },
         onBeat: () => { heard.beats++ },
         onLost: () => {},
         warn: (message) => heard.warnings.push(message),
@@ -138,9 +139,11 @@ t.test('behind PgBouncer in transaction mode', { skip }, async (t) => {
     const pooledListener = listenOn(pooled, 3_600_000)
     t.ok(await eventually(() => pooledListener.warnings.length > 0), 'warned')
     t.match(pooledListener.warnings, [/transaction pooler.*DATABASE_LISTEN_URL/])
+    t.equal(pooledListener.listening, 0, 'a pooled listener never says it listens')
     const directListener = listenOn(direct, 250)
     t.ok(await eventually(() => directListener.beats >= 2), 'a direct listener hears its heartbeats')
     t.same(directListener.warnings, [], 'a direct connection is not taken for a pooler')
+    t.equal(directListener.listening, 1, 'it said once that it listens')
   })
 
   t.test('a session read through the pooler sees its own sign-in and refresh', async (t) => {

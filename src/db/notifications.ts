@@ -10,6 +10,11 @@ export interface NotificationsOptions {
   beatUrl: string
   /** What to do with each channel's notifications. */
   channels: Readonly<Record<string, (payload: string) => void>>
+  /**
+   * LISTEN holds from now on (at the start, and again after a loss): what was notified before it
+   * never arrives, so whatever is kept in step by a notification alone is to be read afresh.
+   */
+  onListening: () => void
   /** A heartbeat arrived: every notification committed before it was sent has arrived too. */
   onBeat: () => void
   /** The listening connection was lost: whatever was notified meanwhile is unknown. */
@@ -37,7 +42,7 @@ const BEAT_PREFIX = 'hb:'
  * very server connection that LISTENed: the listener stops, and says to set DATABASE_LISTEN_URL.
  */
 export function listenForNotifications (options: NotificationsOptions): Notifications {
-  const { listenUrl, beatUrl, channels, onBeat, onLost, warn } = options
+  const { listenUrl, beatUrl, channels, onListening, onBeat, onLost, warn } = options
   const beatIntervalMs = options.beatIntervalMs ?? 250
   const beat = `${BEAT_PREFIX}${randomUUID()}`
   const [beatChannel] = Object.keys(channels)
@@ -109,6 +114,7 @@ export function listenForNotifications (options: NotificationsOptions): Notifica
       lost(error as Error)
       return
     }
+    onListening()
     silence = setTimeout(() => {
       warn('database notifications do not arrive: each request reads its session from the database. If DATABASE_URL goes through a transaction pooler (PgBouncer), set DATABASE_LISTEN_URL to a direct connection')
     }, options.silenceWarningMs ?? 5000).unref()

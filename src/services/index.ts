@@ -106,6 +106,9 @@ export async function createServices (deps: ServicesDeps) {
       listenUrl: config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!,
       beatUrl: config.DATABASE_URL!,
       channels: { [SESSIONS_CHANNEL]: notified, [KEYS_CHANNEL]: () => { reloadKeys().catch(() => {}) } },
+      // A rotation committed before the LISTEN (between the start's reload and it, or while the
+      // listener was lost) was notified to no one here: read the keys once more.
+      onListening: () => { reloadKeys().catch(() => {}) },
       onBeat: () => {
         caches.sessions.heartbeat()
         caches.clients.heartbeat()
