@@ -3,7 +3,7 @@ import { createSigner, createVerifier } from 'fast-jwt'
 import t from 'tap'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { createKeyring } from '../src/services/keys/keyring.ts'
-import { ensureSigningKey, loadSigningKeys, rotateSigningKey } from '../src/services/keys/signing-keys.ts'
+import { ensureSigningKey, loadSigningKeys, rotateSigningKey, type SigningKey } from '../src/services/keys/signing-keys.ts'
 import type { TokenClaims } from '../src/services/auth/claims.ts'
 import { SessionCache } from '../src/services/sessions/cache.ts'
 import { build, claimsOf, eventually, freshDatabase, login, SECRET_KEY, TestClock } from './helper.ts'
@@ -200,6 +200,26 @@ t.test('a replica that has not heard of a rotation still signs with the retired 
   t.equal((await app.inject({ url: '/api/detail', headers: { authorization: `Bearer ${late}` } })).statusCode, 200, 'it verifies')
   const kids = (await app.inject({ url: '/.well-known/jwks.json' })).json().keys.map((k: { kid: string }) => k.kid)
   t.ok(kids.includes(before[0]!.kid), 'and its key is still in the JWKS')
+})
+
+t.test('two reloads at once apply in the order they read: an older reading never overwrites a newer one', async (t) => {
+  const app = await build(t)
+  const box = new SecretBox(SECRET_KEY, 'signing-keys')
+  const before = await loadSigningKeys(app.db, box, 0)
+  const { kid } = await rotateSigningKey(app.db, box, 'ES256')
+  const after = await loadSigningKeys(app.db, box, 0)
+  // The first reading answers late, the second at once, as two queries on two connections may.
+  let answerFirst!: (keys: SigningKey[]) => void
+  const readings = [new Promise<SigningKey[]>((resolve) => { answerFirst = resolve }), Promise.resolve(after)]
+  let reads = 0
+  const keyring = createKeyring({ issuer: app.config.JWT_ISSUER, audience: app.config.JWT_AUDIENCE, clientId: app.config.OAUTH_FIRST_PARTY_CLIENT_ID, secret: SECRET_KEY, load: async () => await readings[reads++]!, clock: new TestClock() })
+  const reloads = [keyring.reload(), keyring.reload()]
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(reads, 1, 'the second reads only once the first is applied')
+  answerFirst(before)
+  await Promise.all(reloads)
+  t.equal(reads, 2)
+  t.ok(keyring.jwks.keys.some((key) => key.kid === kid), 'the newer reading stands')
 })
 
 t.test('a rotation reaches every replica at once: none signs with the retired key', {

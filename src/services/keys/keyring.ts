@@ -1,5 +1,6 @@
 import { createSigner } from 'fast-jwt'
 import { createHash } from 'node:crypto'
+import pLimit from 'p-limit'
 import { subkey } from '../../lib/subkeys.ts'
 import type { Clock } from '../../lib/clock.ts'
 import { TokenNotValidError } from '../../errors.ts'
@@ -50,7 +51,13 @@ export function createKeyring (options: KeyringOptions) {
   let lastKidLookup = Number.NEGATIVE_INFINITY
   let kidLookup: Promise<void> | undefined
 
-  async function reload (): Promise<void> {
+  // One reload at a time, each reading after the last has been applied: two at once (the
+  // minute's, a notification's, a kid's lookup) could answer out of order, and the older
+  // reading, applied last, would sign with a key already retired.
+  const oneAtATime = pLimit(1)
+  const reload = (): Promise<void> => oneAtATime(apply)
+
+  async function apply (): Promise<void> {
     const loaded = await options.load()
     const active = loaded.find((k) => k.retiredAt === null && !k.next)
     if (active === undefined) throw new Error('no active signing key')
