@@ -161,18 +161,20 @@ export async function lockSession (t: Test, databaseUrl: string, sid: string): P
 }
 
 /**
- * Reads which backends of `databaseUrl`'s database wait on a lock (their process ids), with
- * `query` narrowing them by their statement (an ILIKE pattern). It reads from a connection of
- * its own, in no transaction: within a transaction pg_stat_activity's rows (which backends, their
- * statements) are the snapshot of its first read, and only the wait event is read afresh, so a
- * backend that connected after that read never shows, however long it waits.
+ * Reads which backends of `databaseUrl`'s database wait on a row's lock (their process ids),
+ * with `query` narrowing them by their statement (an ILIKE pattern). It reads from a connection
+ * of its own, in no transaction: within a transaction pg_stat_activity's rows (which backends,
+ * their statements) are the snapshot of its first read, and only the wait event is read afresh,
+ * so a backend that connected after that read never shows, however long it waits. Row locks
+ * only (a transaction's id, a tuple): a commit that notifies (the app's own heartbeat, every
+ * 250 ms) waits for a moment on the server-wide lock of the notification queue, an `object`.
  */
 export async function lockWaiters (t: Test, databaseUrl: string): Promise<(query?: string) => Promise<number[]>> {
   const watcher = new pg.Client({ connectionString: databaseUrl })
   await watcher.connect()
   t.teardown(() => watcher.end())
   return async (query = '%') => (await watcher.query<{ pid: number }>(
-    "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike $1 order by pid",
+    "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple') and query ilike $1 order by pid",
     [query])).rows.map((row) => row.pid)
 }
 
