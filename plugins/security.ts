@@ -104,6 +104,17 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
       log.info('Redis answers again: rate limits are shared')
     })
     fastify.addHook('onClose', async () => { redis.disconnect() })
+    // The start waits for Redis's first answer or its first failure, two seconds at most (a
+    // Redis still loading its data answers later): the first requests are counted where every
+    // replica counts them, with no warning that Redis was not there yet.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(bound)
+        resolve()
+      }
+      const bound = setTimeout(done, 2000)
+      redis.once('ready', done).once('error', done)
+    })
     // Accounts are counted by their id, which is the database's: the keys of deployments (or
     // test databases) sharing one Redis never meet. Every replica of one database shares them.
     store = fallbackStore(redis, config.DB_ENGINE === 'postgres' ? new URL(config.DATABASE_URL!).pathname.slice(1) : resolve(config.DB_NAME), lost)

@@ -165,6 +165,19 @@ t.test('when Redis goes away, requests are still served, limited per replica, wi
   t.equal((await probe(someIp())).statusCode, 404)
 })
 
+t.test('a start waits for Redis\'s first answer or failure: a Redis that does not answer is warned of before the service is ready', async (t) => {
+  const proxy = await startProxy(6379)
+  t.teardown(() => proxy.close())
+  // Connections are taken, and nothing passes: Redis's ready check goes unanswered (its 500 ms).
+  proxy.pause()
+  const logLines: string[] = []
+  const app = await build(t, { logLines, env: { ...limits, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, TRUST_PROXY: '127.0.0.1' } })
+  const warnings = (): number => logLines.filter((line) => /Redis does not answer/.test(JSON.parse(line).msg)).length
+  t.equal(warnings(), 1, 'warned during the start')
+  t.equal((await app.inject({ url: '/nope', headers: { 'x-forwarded-for': someIp() } })).statusCode, 404, 'and requests are served, counted per replica')
+  t.equal(warnings(), 1, 'with no second warning')
+})
+
 t.test('CORS: configured origins only, with credentials, never a wildcard', async (t) => {
   const origin = 'http://localhost:5173'
   const app = await build(t, { env: { CORS_ORIGINS: `${origin},https://app.example.com` } })
