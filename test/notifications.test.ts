@@ -41,9 +41,11 @@ t.test('a heartbeat connection that stalls, then breaks, leaves one heartbeat pe
   // started an interval of its own after the backoff's wait (the longest 5 s): fifty intervals,
   // fifty heartbeats a tick, and more at every outage after it (a test process spun on them to
   // 4 GB). Counted once the longest wait has passed; a slow machine sends fewer, never more.
+  // They are counted as they arrive: a listener held off the CPU for a while receives the ones
+  // it missed in a bunch, so the bound is two a tick, and the defect sent fifty.
   await sleep(5500)
   const from = beats
   await sleep(1000)
   const perSecond = beats - from
-  t.ok(perSecond <= 1000 / everyMs + 5, `${perSecond} heartbeats in a second, at most one per ${everyMs} ms tick`)
+  t.ok(perSecond <= 2 * 1000 / everyMs, `${perSecond} heartbeats in a second, about one per ${everyMs} ms tick at most`)
 })
