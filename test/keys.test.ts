@@ -1,6 +1,9 @@
 import { createPublicKey, randomUUID } from 'node:crypto'
 import { createSigner, createVerifier } from 'fast-jwt'
+import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t from 'tap'
+import { LOCK_KEYS } from '../src/db/locks.ts'
 import { SecretBox } from '../src/lib/secret-box.ts'
 import { createKeyring } from '../src/services/keys/keyring.ts'
 import { ensureSigningKey, loadSigningKeys, rotateSigningKey, type SigningKey } from '../src/services/keys/signing-keys.ts'
@@ -254,6 +257,31 @@ t.test('a rotation reaches every replica at once: none signs with the retired ke
     t.ok(await eventually(() => sessionCache.live), 'B listens')
     t.ok(await eventually(async () => kidOf((await login(b)).access) === kid), 'B signs with the new key')
   })
+})
+
+t.test('a first start whose LISTEN takes hold before its key is made warns of nothing', {
+  skip: process.env.DB_ENGINE !== 'postgres' && 'LISTEN is PostgreSQL\'s: checked in the PostgreSQL run'
+}, async (t) => {
+  const database = await freshDatabase(t)
+  // The lock of the signing keys, held here: the start's first key waits for it, its LISTEN does not.
+  const holder = new pg.Client({ connectionString: database.DATABASE_URL })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  await holder.query('begin')
+  await holder.query(`select pg_advisory_xact_lock(${LOCK_KEYS.signingKeys})`)
+  // pg_stat_activity from a connection in no transaction (lockWaiters in helper.ts says why).
+  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
+  await watcher.connect()
+  t.teardown(() => watcher.end())
+  const logLines: string[] = []
+  const starting = build(t, { database, logLines })
+  t.ok(await eventually(async () => (await watcher.query("select 1 from pg_stat_activity where datname = current_database() and application_name = 'authgate-listener' and query ilike 'listen%'")).rowCount === 1), 'the replica listens, its first key not made yet')
+  // Time for a reading of the keys, had the LISTEN asked for one: it would find none, and warn.
+  await sleep(500)
+  await holder.query('commit')
+  const app = await starting
+  t.same(logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 40).map((line) => line.msg), [], 'no warning')
+  t.equal(app.keyring.jwks.keys.length, 1, 'and it signs with its first key')
 })
 
 t.test('npm run keys:rotate says what it did', async (t) => {

@@ -85,6 +85,9 @@ export async function createServices (deps: ServicesDeps) {
     await keyring.reload().catch((error: unknown) => log.warn({ err: error }, 'reloading the signing keys failed'))
   }
 
+  // Whether the start's own reading of the keys has begun.
+  let keysRead = false
+
   // On PostgreSQL the users of active sessions and the service clients are cached on each
   // replica, kept true by LISTEN/NOTIFY, which also tells every replica of a key change at once;
   // PGlite answers in the process, one process only, with nothing to save.
@@ -106,9 +109,11 @@ export async function createServices (deps: ServicesDeps) {
       listenUrl: config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!,
       beatUrl: config.DATABASE_URL!,
       channels: { [SESSIONS_CHANNEL]: notified, [KEYS_CHANNEL]: () => { reloadKeys().catch(() => {}) } },
-      // A rotation committed before the LISTEN (between the start's reload and it, or while the
-      // listener was lost) was notified to no one here: read the keys once more.
-      onListening: () => { reloadKeys().catch(() => {}) },
+      // A rotation committed before the LISTEN (between the start's reading and it, or while the
+      // listener was lost) was notified to no one here: read the keys once more. A LISTEN before
+      // the start's reading needs none: that reading comes after it (and a first start's key may
+      // not be made yet).
+      onListening: () => { if (keysRead) reloadKeys().catch(() => {}) },
       onBeat: () => {
         caches.sessions.heartbeat()
         caches.clients.heartbeat()
@@ -146,6 +151,7 @@ export async function createServices (deps: ServicesDeps) {
 
   if (background) {
     await signingKeys.ensure()
+    keysRead = true
     await keyring.reload()
     every(deps.overrides?.keysReloadIntervalS ?? KEYS_RELOAD_INTERVAL_S, reloadKeys)
     every(config.pruneIntervalS, () => cleanup.prune())
