@@ -22,16 +22,19 @@ export function hashingSlots (poolSize = Number(process.env.UV_THREADPOOL_SIZE) 
 export const BUSY_LOOP = 0.25
 
 // The event loop's utilization since the last reading, read again at most every 50 ms: at each
-// hashing's start and end, so a quiet process reads nothing.
-export function loopUtilization (): () => number {
-  let last = performance.eventLoopUtilization()
+// hashing's start and end, so a quiet process reads nothing. Node counts as active the time the
+// loop's thread waits for a core, not only the time it works: a machine loaded past its cores
+// reads busy, and leaves that core too.
+export function loopUtilization (read: () => { idle: number, active: number } = () => performance.eventLoopUtilization()): () => number {
+  let last = read()
   let utilization = 0
   return () => {
-    const now = performance.eventLoopUtilization()
-    const since = performance.eventLoopUtilization(now, last)
-    if (since.idle + since.active < 50) return utilization
+    const now = read()
+    const idle = now.idle - last.idle
+    const active = now.active - last.active
+    if (idle + active < 50) return utilization
     last = now
-    utilization = since.utilization
+    utilization = active / (idle + active)
     return utilization
   }
 }
