@@ -245,8 +245,8 @@ t.test('a rotation reaches every replica at once: none signs with the retired ke
 
   t.test('B not listening yet: it reads the keys once its LISTEN holds', async (t) => {
     // B's listener connects through a proxy that holds it: the rotation's notification is sent
-    // before B listens, and never reaches it. CI's stop 40 saw this window open by itself on a
-    // loaded machine: a replica's start reads the keys, then its LISTEN lands a little later.
+    // before B listens, and never reaches it. CI saw this window open by itself once, on a loaded
+    // machine: a replica's start reads the keys, and its LISTEN lands a little later.
     const { proxy, url } = await proxyDatabase(t, database.DATABASE_URL!)
     proxy.pause()
     const sessionCache = new SessionCache()
