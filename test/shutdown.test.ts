@@ -168,9 +168,10 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
   const servedWhileDraining = outcomes.filter((o) => o.status === 200 && o.sentAt > drainingAt! && o.doneAt < closingAt!)
   t.ok(servedWhileDraining.length > 0, `requests are served during the drain (${servedWhileDraining.length})`)
 
-  const firstUnready = readiness.find((o) => o.status === 503)
-  t.ok(firstUnready !== undefined && isShuttingDown(firstUnready), 'ready answers 503 problem+json, saying it shuts down')
-  t.ok(readiness.filter((o) => o.doneAt < sigtermAt).every((o) => o.status === 200), 'ready was 200 before')
+  t.ok(readiness.some(isShuttingDown), 'ready answers 503 problem+json, saying it shuts down')
+  // Before the signal: 200, or a 503 of its database ping's own bound (500 ms), which a machine
+  // loaded past its cores may pass (helper.ts, becomesReady); never that it shuts down.
+  t.same(readiness.filter((o) => o.doneAt < sigtermAt && o.status !== 200 && (o.status !== 503 || isShuttingDown(o))), [], 'ready was 200 before')
   // Read at the server (the client's own timings include its load): every probe sent once the
   // drain had started is answered 503. How soon after the signal it starts is the event loop's
   // turn on a loaded machine: no test asserts a wall-clock time.
