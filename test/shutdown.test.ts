@@ -171,7 +171,7 @@ t.test('SIGTERM during a stream of requests: drain, close, and no request in fli
   t.ok(readiness.some(isShuttingDown), 'ready answers 503 problem+json, saying it shuts down')
   // Before the signal: 200, or a 503 of its database ping's own bound (500 ms), which a machine
   // loaded past its cores may pass (helper.ts, becomesReady); never that it shuts down.
-  t.same(readiness.filter((o) => o.doneAt < sigtermAt && o.status !== 200 && (o.status !== 503 || isShuttingDown(o))), [], 'ready was 200 before')
+  t.same(readiness.filter((o) => o.doneAt < sigtermAt && o.status !== 200 && (o.status !== 503 || isShuttingDown(o))), [], 'before the signal ready answered 200, or its ping\'s own 503, never that it shuts down')
   // Read at the server (the client's own timings include its load): every probe sent once the
   // drain had started is answered 503. How soon after the signal it starts is the event loop's
   // turn on a loaded machine: no test asserts a wall-clock time.
