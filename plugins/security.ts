@@ -2,6 +2,7 @@ import cors from '@fastify/cors'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import { once } from 'node:events'
 import { resolve } from 'node:path'
 import { BadRequestError, FORM_OR_JSON, JSON_ONLY, RateLimitedError, UnsupportedMediaTypeError } from '../src/errors.ts'
 import type { Limit } from '../src/http/limits.ts'
@@ -106,15 +107,9 @@ const rateLimits = fp(async function rateLimits (fastify: FastifyInstance): Prom
     fastify.addHook('onClose', async () => { redis.disconnect() })
     // The start waits for Redis's first answer or its first failure, two seconds at most (a
     // Redis still loading its data answers later): the first requests are counted where every
-    // replica counts them, with no warning that Redis was not there yet.
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        clearTimeout(bound)
-        resolve()
-      }
-      const bound = setTimeout(done, 2000)
-      redis.once('ready', done).once('error', done)
-    })
+    // replica counts them, with no warning that Redis was not there yet. once() rejects on an
+    // 'error' too, whose warning is lost()'s.
+    await once(redis, 'ready', { signal: AbortSignal.timeout(2000) }).catch(() => {})
     // Accounts are counted by their id, which is the database's: the keys of deployments (or
     // test databases) sharing one Redis never meet. Every replica of one database shares them.
     store = fallbackStore(redis, config.DB_ENGINE === 'postgres' ? new URL(config.DATABASE_URL!).pathname.slice(1) : resolve(config.DB_NAME), lost)
