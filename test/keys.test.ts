@@ -269,13 +269,11 @@ t.test('a first start whose LISTEN takes hold before its key is made warns of no
   t.teardown(() => holder.end())
   await holder.query('begin')
   await holder.query(`select pg_advisory_xact_lock(${LOCK_KEYS.signingKeys})`)
-  // pg_stat_activity from a connection in no transaction (lockWaiters in helper.ts says why).
-  const watcher = new pg.Client({ connectionString: database.DATABASE_URL })
-  await watcher.connect()
-  t.teardown(() => watcher.end())
   const logLines: string[] = []
-  const starting = build(t, { database, logLines })
-  t.ok(await eventually(async () => (await watcher.query("select 1 from pg_stat_activity where datname = current_database() and application_name = 'authgate-listener' and query ilike 'listen%'")).rowCount === 1), 'the replica listens, its first key not made yet')
+  // Its session cache is used once a heartbeat arrived, which only a LISTEN in place can hear.
+  const sessionCache = new SessionCache()
+  const starting = build(t, { database, logLines, overrides: { sessionCache } })
+  t.ok(await eventually(() => sessionCache.live), 'the replica listens, its first key not made yet')
   // Time for a reading of the keys, had the LISTEN asked for one: it would find none, and warn.
   await sleep(500)
   await holder.query('commit')
